@@ -1,0 +1,10 @@
+/* gpuseg/gpuseg.h: the whole public C API of libgpuseg (include this one header).
+ * OpenCL interoperability (device buffers) is in gpuseg/gpuseg_cl.h. */
+#ifndef GPUSEG_H
+#define GPUSEG_H
+
+#include "gpuseg/common.h"
+#include "gpuseg/context.h"
+#include "gpuseg/image.h"
+
+#endif

@@ -1,0 +1,15 @@
+/* cli/commands.h: the table of `gpuseg` subcommands. Each X(name, summary) entry is implemented
+ * by `int gpuseg_cmd_<name>(int argc, char **argv)` in src/cli/cmd_<name>.c, where argv[0] is
+ * the subcommand's name; it returns the process exit code. */
+#ifndef GPUSEG_CLI_COMMANDS_H
+#define GPUSEG_CLI_COMMANDS_H
+
+#define GPUSEG_COMMANDS(X)                                                                         \
+    X(devices, "list OpenCL platforms and devices, marking the one gpuseg would use")              \
+    X(cache, "show or clear the compiled-program cache (gpuseg cache dir|clear)")
+
+#define GPUSEG_DECLARE_CMD_(name, summary) int gpuseg_cmd_##name(int argc, char **argv);
+GPUSEG_COMMANDS(GPUSEG_DECLARE_CMD_)
+#undef GPUSEG_DECLARE_CMD_
+
+#endif

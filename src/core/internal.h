@@ -1,0 +1,155 @@
+/* core/internal.h: what the library's modules share and the public API does not show: the
+ * context structure, error reporting, overflow-checked size arithmetic, and the helpers for
+ * OpenCL programs, kernels and buffers. Never installed. */
+#ifndef GPUSEG_INTERNAL_H
+#define GPUSEG_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gpuseg/gpuseg.h"
+#include "gpuseg/gpuseg_cl.h"
+
+#define GPUSEG__ERRMSG_LEN   2048
+#define GPUSEG__MAX_PROGRAMS 64
+#define GPUSEG__MAX_KERNELS  256
+
+#if defined(__GNUC__)
+#define GPUSEG__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define GPUSEG__PRINTF(a, b)
+#endif
+
+typedef struct gpuseg__program_entry {
+    char name[64];
+    char options[256];
+    cl_program program;
+} gpuseg__program_entry;
+
+typedef struct gpuseg__kernel_entry {
+    const char *program; /* points into the program table's name */
+    char name[64];
+    cl_kernel kernel;
+} gpuseg__kernel_entry;
+
+struct gpuseg_ctx {
+    gpuseg_device_info dev;
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context cl;
+    cl_command_queue queue;
+    bool use_cache;
+    char cache_dir[1024];
+    char kernel_dir[1024]; /* empty: embedded sources */
+    gpuseg_log_fn log;
+    void *log_user;
+    gpuseg_log_level log_level;
+    gpuseg__program_entry programs[GPUSEG__MAX_PROGRAMS];
+    unsigned n_programs;
+    gpuseg__kernel_entry kernels[GPUSEG__MAX_KERNELS];
+    unsigned n_kernels;
+    gpuseg_program_stats stats;
+    char errmsg[GPUSEG__ERRMSG_LEN];
+};
+
+/* --- errors ------------------------------------------------------------------------------- */
+
+/* Records a failure: formats the message into the thread's last-error buffer and, when ctx is
+ * not NULL, into the context. Returns status so that callers can write
+ * `return gpuseg__fail(ctx, GPUSEG_FORMAT, "%s: ...", path);`. */
+gpuseg_status gpuseg__fail(gpuseg_ctx *ctx, gpuseg_status status, const char *fmt, ...)
+    GPUSEG__PRINTF(3, 4);
+gpuseg_status gpuseg__failv(gpuseg_ctx *ctx, gpuseg_status status, const char *fmt, va_list ap);
+
+/* Records an OpenCL failure "what: CL_NAME (code)"; CL_MEM_OBJECT_ALLOCATION_FAILURE and
+ * CL_OUT_OF_RESOURCES map to GPUSEG_DEVICE_MEMORY, everything else to GPUSEG_OPENCL. */
+gpuseg_status gpuseg__fail_cl(gpuseg_ctx *ctx, cl_int err, const char *fmt, ...)
+    GPUSEG__PRINTF(3, 4);
+
+/* Prefixes the current message (thread and ctx) with "prefix: ", so that context grows as an
+ * error travels up. Returns status unchanged. */
+gpuseg_status gpuseg__wrap(gpuseg_ctx *ctx, gpuseg_status status, const char *fmt, ...)
+    GPUSEG__PRINTF(3, 4);
+
+/* Clears the thread's (and ctx's) last error; public entry points call it on entry. */
+void gpuseg__clear_error(gpuseg_ctx *ctx);
+
+void gpuseg__log(gpuseg_ctx *ctx, gpuseg_log_level level, const char *fmt, ...)
+    GPUSEG__PRINTF(3, 4);
+
+/* --- overflow-checked sizes --------------------------------------------------------------- */
+
+/* *out = a * b; false on overflow. */
+static inline bool gpuseg__mul_size(size_t a, size_t b, size_t *out) {
+    if (b != 0 && a > SIZE_MAX / b)
+        return false;
+    *out = a * b;
+    return true;
+}
+/* *out = a * b * c * d; false on overflow. */
+static inline bool gpuseg__mul4_size(size_t a, size_t b, size_t c, size_t d, size_t *out) {
+    size_t t;
+    return gpuseg__mul_size(a, b, &t) && gpuseg__mul_size(t, c, &t) && gpuseg__mul_size(t, d, out);
+}
+static inline bool gpuseg__add_size(size_t a, size_t b, size_t *out) {
+    if (a > SIZE_MAX - b)
+        return false;
+    *out = a + b;
+    return true;
+}
+
+/* --- OpenCL programs, kernels, buffers ---------------------------------------------------- */
+
+/* Returns the program built from kernels/<name>.cl with the given extra build options (may be
+ * NULL), compiling it or loading it from the cache on first use. The context owns it. */
+gpuseg_status gpuseg__program(gpuseg_ctx *ctx, const char *name, const char *options,
+                              cl_program *out);
+
+/* Returns kernel `kernel` of program `program` (default build options). The context owns it
+ * and reuses it; set all arguments before every enqueue. */
+gpuseg_status gpuseg__kernel(gpuseg_ctx *ctx, const char *program, const char *kernel,
+                             cl_kernel *out);
+
+/* Sets kernel arguments from (size, pointer) pairs, naming the kernel and the index on failure.
+ * Example: gpuseg__set_args(ctx, k, 3, sizeof(cl_mem), &buf, sizeof(cl_int), &n, ...). */
+gpuseg_status gpuseg__set_args(gpuseg_ctx *ctx, cl_kernel k, unsigned n, ...);
+
+/* Enqueues a 1-D or 2-D kernel over global (rounded up to multiples of local where local is
+ * non-zero; kernels check bounds). local may be NULL. */
+gpuseg_status gpuseg__run(gpuseg_ctx *ctx, cl_kernel k, unsigned dims, const size_t *global,
+                          const size_t *local);
+
+/* Allocates a device buffer of `bytes` (> 0) with flags; refuses sizes over the device's maximum
+ * single allocation with GPUSEG_DEVICE_MEMORY and a message naming `what`. */
+gpuseg_status gpuseg__buffer(gpuseg_ctx *ctx, cl_mem_flags flags, size_t bytes, const char *what,
+                             cl_mem *out);
+
+/* Releases a buffer if not NULL and sets it to NULL. */
+void gpuseg__release(cl_mem *m);
+
+/* --- small utilities ---------------------------------------------------------------------- */
+
+/* SHA-256 of data (one-shot and incremental). */
+typedef struct gpuseg__sha256 {
+    uint32_t h[8];
+    uint64_t len;
+    unsigned char buf[64];
+    size_t nbuf;
+} gpuseg__sha256;
+void gpuseg__sha256_init(gpuseg__sha256 *s);
+void gpuseg__sha256_update(gpuseg__sha256 *s, const void *data, size_t n);
+void gpuseg__sha256_final(gpuseg__sha256 *s, unsigned char out[32]);
+void gpuseg__sha256_hex(const unsigned char digest[32], char hex[65]);
+
+/* Writes `n` bytes to `path` atomically: a temporary file in the same folder, fsync, rename.
+ * Either the complete file exists afterwards or the previous state is kept. */
+gpuseg_status gpuseg__write_file_atomic(gpuseg_ctx *ctx, const char *path, const void *data,
+                                        size_t n);
+
+/* Reads a whole file (at most max_bytes) into a new buffer (free with free()). */
+gpuseg_status gpuseg__read_file(gpuseg_ctx *ctx, const char *path, size_t max_bytes, void **data,
+                                size_t *n);
+
+#endif
