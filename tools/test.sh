@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# tools/test.sh: the test command (README and .ci/run call it). Sets up (tools/setup.sh), checks
+# formatting, builds with warnings as errors, runs the whole Check suite under ctest with the
+# device tests required to run (on PoCL where there is no GPU), builds the example against the
+# *installed* library both ways (CMake package and pkg-config), and runs the host-side tests
+# again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Environment: GPUSEG_TEST_SKIP_ASAN=1 skips the sanitizer pass (for quick local runs).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+build=${GPUSEG_BUILD_DIR:-$here/build}
+jobs=$(nproc)
+
+bash tools/setup.sh --no-build
+
+echo "== format check"
+bash tools/format.sh --check
+
+echo "== build (warnings are errors)"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGPUSEG_WERROR=ON >/dev/null
+cmake --build "$build" -j"$jobs"
+
+echo "== install + examples against the installed library"
+prefix=$(mktemp -d /tmp/gpuseg-install-XXXXXX)
+trap 'rm -rf "$prefix"' EXIT
+cmake --install "$build" --prefix "$prefix" >/dev/null
+bash examples/build_against_install.sh "$prefix"
+
+echo "== tests"
+export GPUSEG_REQUIRE_DEVICE=1                    # a device test that cannot run fails, not skips
+export GPUSEG_CACHE_DIR="$build/program-cache"    # keep the user's cache out of it
+(cd "$build" && ctest --output-on-failure -j"$jobs" --timeout 900)
+
+if [[ ${GPUSEG_TEST_SKIP_ASAN:-0} != 1 ]]; then
+  echo "== host-side tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+  # No OpenCL platform in this pass (an empty vendor folder): PoCL's JIT is not built for ASan,
+  # so the device cases skip (77) and every parser and host path runs instrumented.
+  asan="$build-asan"
+  cmake -S . -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DGPUSEG_SANITIZE=ON -DGPUSEG_BUILD_BENCH=OFF \
+    -DGPUSEG_WERROR=ON >/dev/null
+  cmake --build "$asan" -j"$jobs"
+  empty=$(mktemp -d /tmp/gpuseg-novendors-XXXXXX)
+  (cd "$asan" && env -u GPUSEG_REQUIRE_DEVICE OCL_ICD_VENDORS="$empty" \
+     ASAN_OPTIONS=abort_on_error=0:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+     ctest --output-on-failure -j"$jobs" --timeout 900)
+  rm -rf "$empty"
+fi
+echo "== all tests passed"
