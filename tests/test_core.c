@@ -356,6 +356,27 @@ START_TEST(no_platform_message) {
 }
 END_TEST
 
+START_TEST(cache_concurrent_processes) {
+    /* Four processes fill one empty cache at once, then a fifth must load every program from it:
+     * temp-file + rename means no process ever reads a torn file. */
+    const char *dir = tu_tmpdir();
+    tu_cli_result *r = tu_cli("devices --build >/dev/null & pids=$!; "
+                              "for i in 1 2 3; do GPUSEG_CACHE_DIR='%s' '%s' devices --build "
+                              ">/dev/null & pids=\"$pids $!\"; done; "
+                              "GPUSEG_CACHE_DIR='%s' '%s' devices --build >/dev/null; rc=$?; "
+                              "for p in $pids; do wait $p || rc=1; done; "
+                              "[ $rc = 0 ] && GPUSEG_CACHE_DIR='%s' '%s' devices --build; "
+                              "ls '%s' | grep -c tmp- ; true",
+                              dir, GPUSEG_CLI, dir, GPUSEG_CLI, dir, GPUSEG_CLI, dir);
+    ck_assert_int_eq(r->status, 0);
+    ck_assert_msg(strstr(r->out, "0 compiled") != NULL, "warm run compiled: %s", r->out);
+    /* no temporary files left behind */
+    ck_assert_msg(r->out[strlen(r->out) - 2] == '0', "temporaries left: %s", r->out);
+    free(r);
+    tu_rmtree(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *host = tcase_create("host");
@@ -378,6 +399,7 @@ int main(void) {
         tcase_add_test(d, build_error_has_log);
         tcase_add_test(d, kernel_u16_to_planar);
         tcase_add_test(d, cli_devices_and_cache);
+        tcase_add_test(d, cache_concurrent_processes);
         suite_add_tcase(s, d);
     }
     return tu_run(s);

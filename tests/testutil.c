@@ -105,7 +105,9 @@ tu_cli_result *tu_cli(const char *fmt, ...) {
     char cmd[8192], outp[128], errp[128];
     snprintf(outp, sizeof outp, "%s/stdout", dir);
     snprintf(errp, sizeof errp, "%s/stderr", dir);
-    snprintf(cmd, sizeof cmd, "'%s' %s </dev/null >'%s' 2>'%s'", GPUSEG_CLI, args, outp, errp);
+    /* Braces: a shell list in args has all of its output captured, not just the last part. */
+    snprintf(cmd, sizeof cmd, "{ '%s' %s ; } </dev/null >'%s' 2>'%s'", GPUSEG_CLI, args, outp,
+             errp);
     tu_cli_result *r = calloc(1, sizeof *r);
     ck_assert_ptr_nonnull(r);
     int rc = system(cmd);

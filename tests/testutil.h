@@ -33,7 +33,7 @@ typedef struct {
     char err[16384];
 } tu_cli_result;
 
-/* Runs `gpuseg <args>` through /bin/sh (args is a shell fragment, printf-formatted) and
+/* Runs `{ gpuseg <args> ; }` through /bin/sh (args is a shell fragment, printf-formatted) and
  * captures its exit status, stdout and stderr. The result is malloc'd; free() it. */
 tu_cli_result *tu_cli(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
