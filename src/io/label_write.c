@@ -1,0 +1,308 @@
+/* io/label_write.c: gpuseg_labels_write: chooses the format from the extension, widens uint8
+ * labels to uint16, and writes 16-bit PNG (stb_image_write's encoder with the header patched
+ * to 16-bit grey), .npy, and raw .bin with its .json sidecar. TIFF is in tiff.c. Every file is
+ * written to a temporary file in the target folder, fsync'ed and renamed. */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <stb_image_write.h>
+
+#include "io/io_internal.h"
+
+/* ---- 16-bit greyscale PNG ---- */
+
+/* PNG's CRC-32 (ISO 3309), bitwise: it only runs over the 17 bytes of the patched IHDR. */
+static uint32_t crc32_png(const unsigned char *p, size_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+typedef struct {
+    unsigned char *buf;
+    size_t len, cap;
+    bool failed;
+} membuf;
+
+static void membuf_put(void *ctx, void *data, int size) {
+    membuf *m = ctx;
+    if (m->failed || size <= 0)
+        return;
+    if (m->len + (size_t)size > m->cap) {
+        size_t cap = m->cap ? m->cap : 65536;
+        while (cap < m->len + (size_t)size)
+            cap *= 2;
+        unsigned char *nb = realloc(m->buf, cap);
+        if (!nb) {
+            m->failed = true;
+            return;
+        }
+        m->buf = nb;
+        m->cap = cap;
+    }
+    memcpy(m->buf + m->len, data, (size_t)size);
+    m->len += (size_t)size;
+}
+
+/* stb_image_write only writes 8-bit PNGs. PNG filters work on bytes with a filter unit of
+ * ceil(bits per pixel / 8) bytes, which is 2 both for 8-bit grey+alpha and for 16-bit grey. So
+ * big-endian 16-bit samples given to stb as 2-channel 8-bit pixels produce exactly the filtered,
+ * compressed data of a 16-bit grey PNG; only the IHDR's bit depth (8 -> 16) and colour type
+ * (4 -> 0) and its CRC differ, and we patch those. */
+gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab) {
+    if (lab->pages != 1)
+        return gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
+                            "%s: PNG holds one page, the labels have %u (write .tif or .npy)", path,
+                            lab->pages);
+    size_t npx = (size_t)lab->width * lab->height;
+    /* stb's encoder uses int sizes for the filtered rows and the zlib stream. */
+    if (npx > (size_t)INT_MAX / 4)
+        return gpuseg__fail(NULL, GPUSEG_TOO_LARGE,
+                            "%s: %u x %u labels are too large for the PNG encoder (write .tif)",
+                            path, lab->width, lab->height);
+    unsigned char *be = malloc(npx * 2);
+    if (!be)
+        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
+    if (lab->dtype == GPUSEG_DTYPE_U32) {
+        const uint32_t *s = lab->data;
+        for (size_t i = 0; i < npx; i++) {
+            if (s[i] > 65535) {
+                free(be);
+                return gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
+                                    "%s: label %u at pixel (%zu, %zu) does not fit a 16-bit PNG "
+                                    "(max 65535); write .tif, .npy or .bin",
+                                    path, s[i], i % lab->width, i / lab->width);
+            }
+            be[2 * i] = (unsigned char)(s[i] >> 8);
+            be[2 * i + 1] = (unsigned char)s[i];
+        }
+    } else {
+        const uint16_t *s = lab->data;
+        for (size_t i = 0; i < npx; i++) {
+            be[2 * i] = (unsigned char)(s[i] >> 8);
+            be[2 * i + 1] = (unsigned char)s[i];
+        }
+    }
+    membuf m = {0};
+    int ok = stbi_write_png_to_func(membuf_put, &m, (int)lab->width, (int)lab->height, 2, be,
+                                    (int)lab->width * 2);
+    free(be);
+    /* Signature (8), IHDR length (4) and type (4), then width, height, depth at 24, colour at
+     * 25; the CRC covers type + 13 data bytes (offsets 12..28) and sits at 29. */
+    if (!ok || m.failed || m.len < 33 || memcmp(m.buf + 12, "IHDR", 4) != 0 || m.buf[24] != 8 ||
+        m.buf[25] != 4) {
+        free(m.buf);
+        return gpuseg__fail(NULL, GPUSEG_INTERNAL, "%s: PNG encoding failed", path);
+    }
+    m.buf[24] = 16;
+    m.buf[25] = 0;
+    uint32_t crc = crc32_png(m.buf + 12, 17);
+    m.buf[29] = (unsigned char)(crc >> 24);
+    m.buf[30] = (unsigned char)(crc >> 16);
+    m.buf[31] = (unsigned char)(crc >> 8);
+    m.buf[32] = (unsigned char)crc;
+    gpuseg__afile af;
+    gpuseg_status st = gpuseg__afile_open(path, &af);
+    if (st == GPUSEG_OK) {
+        st = gpuseg__afile_write(&af, m.buf, m.len);
+        if (st == GPUSEG_OK)
+            st = gpuseg__afile_commit(&af);
+        else
+            gpuseg__afile_abort(&af);
+    }
+    free(m.buf);
+    return st;
+}
+
+/* ---- .bin + .json sidecar ---- */
+
+/* Checks that s is one JSON object ({ ... } with balanced brackets outside strings) and returns
+ * the text between its outer braces, trimmed, in [*b, *e). A light check, not a full parser:
+ * it catches a missing brace or a non-object, which would corrupt the sidecar. */
+static bool json_object_members(const char *s, const char **b, const char **e) {
+    const char *p = s, *end = s + strlen(s);
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+        end--;
+    if (end - p < 2 || *p != '{' || end[-1] != '}')
+        return false;
+    int depth = 0;
+    bool in_str = false;
+    for (const char *q = p; q < end; q++) {
+        if (in_str) {
+            if (*q == '\\' && q + 1 < end)
+                q++;
+            else if (*q == '"')
+                in_str = false;
+            else if ((unsigned char)*q < 0x20)
+                return false;
+        } else if (*q == '"') {
+            in_str = true;
+        } else if (*q == '{' || *q == '[') {
+            depth++;
+        } else if (*q == '}' || *q == ']') {
+            if (--depth < 0)
+                return false;
+            if (depth == 0 && q != end - 1)
+                return false;
+        }
+    }
+    if (in_str || depth != 0)
+        return false;
+    p++;
+    end--;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+        end--;
+    *b = p;
+    *e = end;
+    return true;
+}
+
+static gpuseg_status write_bin(const char *path, const gpuseg_image *lab, const char *json_extra) {
+    size_t plen = strlen(path);
+    const char *mb = NULL, *me = NULL;
+    if (json_extra && !json_object_members(json_extra, &mb, &me))
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "%s: json_extra is not a JSON object ({...})", path);
+    size_t extra = json_extra ? (size_t)(me - mb) : 0;
+    char *jpath = malloc(plen + 2);
+    char *json = malloc(256 + extra);
+    gpuseg_status st;
+    gpuseg__afile ab = {.fd = -1}, aj = {.fd = -1};
+    if (!jpath || !json) {
+        st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
+        goto fail;
+    }
+    memcpy(jpath, path, plen - 4);
+    memcpy(jpath + plen - 4, ".json", 6);
+    char shape[96];
+    if (lab->pages > 1)
+        snprintf(shape, sizeof shape, "[%u,%u,%u]", lab->pages, lab->height, lab->width);
+    else
+        snprintf(shape, sizeof shape, "[%u,%u]", lab->height, lab->width);
+    int n = snprintf(json, 256,
+                     "{\"shape\":%s,\"dtype\":\"%s\",\"byte_order\":\"little\",\"order\":\"C\"",
+                     shape, gpuseg_dtype_name(lab->dtype));
+    size_t jl = (size_t)n;
+    if (extra) {
+        json[jl++] = ',';
+        memcpy(json + jl, mb, extra);
+        jl += extra;
+    }
+    json[jl++] = '}';
+    json[jl++] = '\n';
+    size_t bytes;
+    gpuseg__image_bytes(lab, &bytes);
+    /* Both files are complete and durable before either is renamed into place; the .bin goes
+     * last, so a reader that sees the new .bin also finds its sidecar. */
+    if ((st = gpuseg__afile_open(path, &ab)) != GPUSEG_OK)
+        goto fail;
+    if ((st = gpuseg__afile_write(&ab, lab->data, bytes)) != GPUSEG_OK ||
+        (st = gpuseg__afile_finish(&ab)) != GPUSEG_OK)
+        goto fail;
+    if ((st = gpuseg__afile_open(jpath, &aj)) != GPUSEG_OK)
+        goto fail;
+    if ((st = gpuseg__afile_write(&aj, json, jl)) != GPUSEG_OK ||
+        (st = gpuseg__afile_commit(&aj)) != GPUSEG_OK)
+        goto fail;
+    if ((st = gpuseg__afile_rename(&ab)) != GPUSEG_OK) {
+        remove(jpath);
+        goto fail;
+    }
+    free(jpath);
+    free(json);
+    return GPUSEG_OK;
+fail:
+    /* afile_abort accepts files already finished, committed or never opened. */
+    if (ab.tmp)
+        gpuseg__afile_abort(&ab);
+    if (aj.tmp)
+        gpuseg__afile_abort(&aj);
+    free(jpath);
+    free(json);
+    return st;
+}
+
+/* ---- dispatch ---- */
+
+static bool has_ext(const char *path, const char *ext) {
+    size_t n = strlen(path), e = strlen(ext);
+    return n > e && strcasecmp(path + n - e, ext) == 0;
+}
+
+gpuseg_status gpuseg_labels_write(const char *path, const gpuseg_image *labels,
+                                  const char *json_extra) {
+    gpuseg__clear_error(NULL);
+    if (!path || !labels || !labels->data)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_labels_write: NULL argument");
+    gpuseg_status st = gpuseg__image_check_size(path, "label image", labels->width, labels->height,
+                                                labels->channels, labels->pages);
+    if (st != GPUSEG_OK)
+        return st;
+    if (labels->channels != 1)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "%s: label images have one channel, not %u", path, labels->channels);
+    if (labels->dtype != GPUSEG_DTYPE_U8 && labels->dtype != GPUSEG_DTYPE_U16 &&
+        labels->dtype != GPUSEG_DTYPE_U32)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "%s: labels must be uint16 or uint32 (or uint8), not %s", path,
+                            gpuseg_dtype_name(labels->dtype));
+    enum { TIF, PNG, NPY, BIN } fmt;
+    if (has_ext(path, ".tif") || has_ext(path, ".tiff"))
+        fmt = TIF;
+    else if (has_ext(path, ".png"))
+        fmt = PNG;
+    else if (has_ext(path, ".npy"))
+        fmt = NPY;
+    else if (has_ext(path, ".bin"))
+        fmt = BIN;
+    else
+        return gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
+                            "%s: unknown label file extension (use .tif, .tiff, .png, .npy or "
+                            ".bin)",
+                            path);
+
+    /* uint8 labels are widened so that every label file is uint16 or uint32. */
+    gpuseg_image wide = *labels;
+    uint16_t *w16 = NULL;
+    if (labels->dtype == GPUSEG_DTYPE_U8) {
+        size_t n = (size_t)labels->width * labels->height * labels->pages;
+        w16 = malloc(n * 2);
+        if (!w16)
+            return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
+        const uint8_t *s = labels->data;
+        for (size_t i = 0; i < n; i++)
+            w16[i] = s[i];
+        wide.dtype = GPUSEG_DTYPE_U16;
+        wide.data = w16;
+    }
+    switch (fmt) {
+    case TIF:
+        st = gpuseg__tiff_write_labels(path, &wide);
+        break;
+    case PNG:
+        st = gpuseg__png16_write(path, &wide);
+        break;
+    case NPY: {
+        uint64_t shape[3] = {wide.pages, wide.height, wide.width};
+        st = wide.pages > 1 ? gpuseg_npy_write(path, wide.dtype, 3, shape, wide.data)
+                            : gpuseg_npy_write(path, wide.dtype, 2, shape + 1, wide.data);
+        break;
+    }
+    case BIN:
+        st = write_bin(path, &wide, json_extra);
+        break;
+    }
+    free(w16);
+    return st;
+}
