@@ -6,5 +6,6 @@
 #include "gpuseg/common.h"
 #include "gpuseg/context.h"
 #include "gpuseg/image.h"
+#include "gpuseg/model.h"
 
 #endif

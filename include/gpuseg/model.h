@@ -1,0 +1,104 @@
+/* gpuseg/model.h: Cellpose 3 (CPnet) model files, read directly: the ZIP archive torch.save
+ * writes, its pickled state dict, and the raw tensor storages. Loading validates every tensor
+ * name, shape and dtype against the CPnet topology with channel widths (nbase) inferred from the
+ * file, and converts all weights to float32. Host memory only; no device is involved. */
+#ifndef GPUSEG_MODEL_H
+#define GPUSEG_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gpuseg/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Largest model file accepted (bytes). A full-size CPnet is ~26 MB; the cap only stops absurd
+ * files from being read into memory. */
+#define GPUSEG_MODEL_MAX_FILE_BYTES ((size_t)1 << 30)
+/* Most dimensions a stored tensor may have. */
+#define GPUSEG_TENSOR_MAX_DIMS 8
+
+/* Element type of a tensor as stored in the file (PyTorch storage types). */
+typedef enum gpuseg_tensor_dtype {
+    GPUSEG_DTYPE_FLOAT32 = 0, /* torch.FloatStorage */
+    GPUSEG_DTYPE_FLOAT64,     /* torch.DoubleStorage */
+    GPUSEG_DTYPE_FLOAT16,     /* torch.HalfStorage */
+    GPUSEG_DTYPE_BFLOAT16,    /* torch.BFloat16Storage */
+    GPUSEG_DTYPE_INT64,       /* torch.LongStorage (num_batches_tracked) */
+    GPUSEG_DTYPE_INT32,       /* torch.IntStorage */
+    GPUSEG_DTYPE_INT16,       /* torch.ShortStorage */
+    GPUSEG_DTYPE_INT8,        /* torch.CharStorage */
+    GPUSEG_DTYPE_UINT8,       /* torch.ByteStorage */
+    GPUSEG_DTYPE_BOOL         /* torch.BoolStorage */
+} gpuseg_tensor_dtype;
+
+/* "float32", "int64", ...; "unknown" outside the enum. */
+GPUSEG_API const char *gpuseg_tensor_dtype_name(gpuseg_tensor_dtype t);
+
+/* One tensor of a loaded model. Pointers stay valid until gpuseg_model_free. */
+typedef struct gpuseg_tensor_info {
+    const char *name;               /* state-dict key, e.g. "output.2.weight" */
+    gpuseg_tensor_dtype file_dtype; /* as stored; data is float32 whatever this is */
+    int ndim;                       /* 0 for scalars such as num_batches_tracked */
+    int64_t shape[GPUSEG_TENSOR_MAX_DIMS];
+    size_t numel;
+    /* Contiguous row-major float32 values (PyTorch's layout, e.g. OIHW for conv weights),
+     * 64-byte aligned. NULL for integer/bool tensors (num_batches_tracked), which inference
+     * does not use. */
+    const float *data;
+} gpuseg_tensor_info;
+
+/* Summary of a loaded CPnet. */
+typedef struct gpuseg_model_info {
+    int nbase[5];       /* [nchan, c1, c2, c3, c4]; built-in models: [2, 32, 64, 128, 256] */
+    int nout;           /* output channels: 3 (dY, dX, cellprob) for segmentation */
+    int style_channels; /* length of the style vector (= nbase[4]) */
+    float diam_mean;    /* diameter the model was trained at (30 for cyto3, 17 for nuclei);
+                         * 30 (Cellpose's default) when the file lacks it */
+    bool has_diam_mean;
+    float diam_labels; /* mean training diameter; = diam_mean when the file lacks it */
+    bool has_diam_labels;
+    size_t n_tensors;    /* state-dict entries in the file */
+    size_t n_parameters; /* learnable elements (weights and biases; no BN running stats,
+                          * num_batches_tracked, diam_mean or diam_labels) */
+    gpuseg_tensor_dtype weight_dtype; /* dtype of output.2.weight in the file */
+} gpuseg_model_info;
+
+typedef struct gpuseg_model gpuseg_model;
+
+/* Loads a Cellpose 3 (CPnet) model file written by torch.save (CPnet.save_model, the built-in
+ * cyto3/nuclei/... files, user-trained models). The library allocates *out; free it with
+ * gpuseg_model_free. The file is read whole (at most GPUSEG_MODEL_MAX_FILE_BYTES) and released
+ * before returning; the model keeps only names and float32 values.
+ * Errors (message names the file): GPUSEG_NOT_FOUND / GPUSEG_IO (cannot read),
+ * GPUSEG_TOO_LARGE, GPUSEG_UNSUPPORTED (legacy pre-1.6 PyTorch format, Cellpose 4 (SAM)
+ * model, compressed ZIP entries, pickle content outside what state dicts contain),
+ * GPUSEG_FORMAT (truncated or foreign file, missing tensor, wrong shape or dtype, ...),
+ * GPUSEG_CHECKSUM (a ZIP entry fails its CRC-32). */
+GPUSEG_API gpuseg_status gpuseg_model_load(const char *path, gpuseg_model **out);
+
+/* Releases a model; accepts NULL. */
+GPUSEG_API void gpuseg_model_free(gpuseg_model *m);
+
+/* Fills *info (owned by the caller); m must be a loaded model. */
+GPUSEG_API void gpuseg_model_get_info(const gpuseg_model *m, gpuseg_model_info *info);
+
+/* The tensor named name: GPUSEG_OK and *out filled, or GPUSEG_NOT_FOUND (message names it).
+ * Pointers in *out belong to the model. */
+GPUSEG_API gpuseg_status gpuseg_model_tensor(const gpuseg_model *m, const char *name,
+                                             gpuseg_tensor_info *out);
+
+/* The i-th tensor in file order (i < info.n_tensors); GPUSEG_INVALID_ARGUMENT otherwise. */
+GPUSEG_API gpuseg_status gpuseg_model_tensor_at(const gpuseg_model *m, size_t i,
+                                                gpuseg_tensor_info *out);
+
+/* The path the model was loaded from (owned by the model). */
+GPUSEG_API const char *gpuseg_model_path(const gpuseg_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
