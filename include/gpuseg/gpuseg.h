@@ -7,5 +7,6 @@
 #include "gpuseg/context.h"
 #include "gpuseg/image.h"
 #include "gpuseg/model.h"
+#include "gpuseg/shm.h"
 
 #endif

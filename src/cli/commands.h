@@ -8,6 +8,8 @@
     X(devices, "list OpenCL platforms and devices, marking the one gpuseg would use")              \
     X(cache, "show or clear the compiled-program cache (gpuseg cache dir|clear)")                  \
     X(info, "print size, channels, dtype and pages of image files as JSON lines")                  \
+    X(save, "save the labels of a shared-memory segment to a file (the saver process)")            \
+    X(shm, "list, publish, remove or clean shared-memory label segments")                          \
     X(model, "describe a Cellpose 3 (CPnet) model file as JSON (gpuseg model info FILE)")
 
 #define GPUSEG_DECLARE_CMD_(name, summary) int gpuseg_cmd_##name(int argc, char **argv);
