@@ -8,5 +8,7 @@
 #include "gpuseg/image.h"
 #include "gpuseg/model.h"
 #include "gpuseg/shm.h"
+#include "gpuseg/flows.h"
+#include "gpuseg/metrics.h"
 
 #endif

@@ -7,6 +7,8 @@
 #define GPUSEG_COMMANDS(X)                                                                         \
     X(devices, "list OpenCL platforms and devices, marking the one gpuseg would use")              \
     X(cache, "show or clear the compiled-program cache (gpuseg cache dir|clear)")                  \
+    X(flows, "ideal flows of a label image (Cellpose masks_to_flows) as FLOWS.npy")                \
+    X(eval, "average precision (AP@0.5/0.75/0.9, TP/FP/FN) of label files or folders")             \
     X(info, "print size, channels, dtype and pages of image files as JSON lines")                  \
     X(save, "save the labels of a shared-memory segment to a file (the saver process)")            \
     X(shm, "list, publish, remove or clean shared-memory label segments")                          \
