@@ -33,6 +33,34 @@ GPUSEG_API gpuseg_status gpuseg_labels_diameter(const uint32_t *labels, uint32_t
 
 /* ---- end of labels -> flows section --------------------------------------------------------- */
 
+/* ---- flows -> masks (module flow/masks.c, docs/masks.md) ---------------------------------- */
+
+/* Parameters of flows -> masks; gpuseg_masks_params_default gives Cellpose 3.1's defaults. */
+typedef struct gpuseg_masks_params {
+    float cellprob_threshold; /* 0.0: pixels with cellprob > this are followed */
+    float flow_threshold;     /* 0.4: masks with flow error > this are removed; <= 0: QC off */
+    uint32_t niter;           /* 200: Euler steps; 0 means the default (200) */
+    int32_t min_size;         /* 15: masks below this many pixels are removed; <= 0: off */
+    double max_size_fraction; /* 0.4: masks above this fraction of the image are removed */
+} gpuseg_masks_params;
+
+/* Fills *p with the defaults above. */
+GPUSEG_API void gpuseg_masks_params_default(gpuseg_masks_params *p);
+
+/* Labels from network outputs, on the context's device, as Cellpose 3.1.1.3 compute_masks (CPU
+ * path) followed by fill_holes_and_remove_small_masks: threshold, Euler integration, end-point
+ * histogram seeds, growth, label assignment, big-mask removal, flow-error QC, hole filling,
+ * small-mask removal, renumbering 1..N by first appearance (row-major).
+ * flows: host float32 [3, H, W]: dY, dX (network scale, about 5x unit length), cellprob logit.
+ * params may be NULL (defaults). On success *labels_out is a new one-channel image of dtype
+ * GPUSEG_DTYPE_U16, or GPUSEG_DTYPE_U32 where Cellpose returns uint32 (a label >= 65536 after
+ * QC); free it with gpuseg_image_free. *n_masks (may be NULL) receives the largest label.
+ * Non-finite values in flows are refused with GPUSEG_FORMAT (message gives channel, y, x). */
+GPUSEG_API gpuseg_status gpuseg_flows_to_masks(gpuseg_ctx *ctx, const float *flows, uint32_t H,
+                                               uint32_t W, const gpuseg_masks_params *params,
+                                               gpuseg_image **labels_out, uint32_t *n_masks);
+
+/* ---- end of flows -> masks section ---------------------------------------------------------- */
 
 #ifdef __cplusplus
 }

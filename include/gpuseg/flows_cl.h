@@ -21,6 +21,18 @@ GPUSEG_API gpuseg_status gpuseg_labels_to_flows_cl(gpuseg_ctx *ctx, cl_mem label
 
 /* ---- end of labels -> flows section --------------------------------------------------------- */
 
+/* ---- flows -> masks (module flow/masks.c) --------------------------------------------------- */
+
+/* As gpuseg_flows_to_masks with the flows in a device buffer (float32 [3*H*W], at least that
+ * size) and the labels left on the device: on success *labels_out is a new buffer of H*W samples
+ * of *dtype (GPUSEG_DTYPE_U16 or GPUSEG_DTYPE_U32) that the caller releases with
+ * clReleaseMemObject. The flows buffer is only read. */
+GPUSEG_API gpuseg_status gpuseg_flows_to_masks_cl(gpuseg_ctx *ctx, cl_mem flows, uint32_t H,
+                                                  uint32_t W, const gpuseg_masks_params *params,
+                                                  cl_mem *labels_out, gpuseg_dtype *dtype,
+                                                  uint32_t *n_masks);
+
+/* ---- end of flows -> masks section ---------------------------------------------------------- */
 
 #ifdef __cplusplus
 }

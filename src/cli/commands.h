@@ -10,6 +10,7 @@
     X(flows, "ideal flows of a label image (Cellpose masks_to_flows) as FLOWS.npy")                \
     X(eval, "average precision (AP@0.5/0.75/0.9, TP/FP/FN) of label files or folders")             \
     X(info, "print size, channels, dtype and pages of image files as JSON lines")                  \
+    X(masks, "flows (float32 [3,H,W] .npy: dY, dX, cellprob) -> label image, as Cellpose")         \
     X(save, "save the labels of a shared-memory segment to a file (the saver process)")            \
     X(shm, "list, publish, remove or clean shared-memory label segments")                          \
     X(model, "describe a Cellpose 3 (CPnet) model file as JSON (gpuseg model info FILE)")

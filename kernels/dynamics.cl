@@ -1,0 +1,318 @@
+/* kernels/dynamics.cl: flows -> masks, the per-pixel and per-seed stages (Cellpose 3.1.1.3
+ * compute_masks, CPU path): foreground threshold and flow scaling, Euler integration with
+ * bilinear sampling, the end-point histogram, 5x5 seed maxima, seed growth and painting, label
+ * assignment, per-label statistics and relabelling through a table. Every kernel checks its
+ * bounds. FP contraction is off: the exact-arithmetic helpers below rely on separate roundings. */
+#pragma OPENCL FP_CONTRACT OFF
+
+/* x / 5 correctly rounded (numpy's float32 division), without relying on the device's division
+ * accuracy (OpenCL allows 2.5 ulp). One Newton correction with fma; checked against IEEE
+ * division for every finite float32 on the host (only the sign of -0 differs, which cannot
+ * change any result here). */
+static inline float div5(float x) {
+    float q = x * 0.2f;
+    float r = fma(-q, 5.0f, x);
+    return fma(r, 0.2f, q);
+}
+
+/* ---- exact-ish arithmetic: Cellpose's numba map_coordinates evaluates, with numba's typing
+ * (float32 fractions fy, fx; the literal 1 makes 1 - f a float64):
+ *   t00 = (F00 * (1 - fy)) * (1 - fx)      float64 products
+ *   t01 = (F01 * (1 - fy)) * fx            float64 products
+ *   t10 = float32(F10 * fy) * (1 - fx)     float32 product, then float64
+ *   t11 = float32(float32(F11 * fy) * fx)  float32 products
+ *   value = float32(((t00 + t01) + t10) + t11)   float64 sums, one final rounding.
+ * We evaluate the float64 parts as unevaluated float pairs (error-free products via fma,
+ * two-sum) and round once, which gives the same float32 except when the exact value lies within
+ * ~2^-46 (relative) of a rounding boundary. */
+typedef struct {
+    float h, l;
+} ff;
+
+static inline ff two_sum(float a, float b) {
+    ff r;
+    r.h = a + b;
+    float bb = r.h - a;
+    r.l = (a - (r.h - bb)) + (b - bb);
+    return r;
+}
+
+/* a (float) * b (pair) as a pair. */
+static inline ff mul_f_ff(float a, ff b) {
+    ff r;
+    r.h = a * b.h;
+    r.l = fma(a, b.h, -r.h);
+    r.l = fma(a, b.l, r.l);
+    return r;
+}
+
+/* a (pair) * b (pair) as a pair (the a.l * b.l term is below the pair's precision). */
+static inline ff mul_ff_ff(ff a, ff b) {
+    ff r;
+    r.h = a.h * b.h;
+    r.l = fma(a.h, b.h, -r.h);
+    r.l = fma(a.h, b.l, r.l);
+    r.l = fma(a.l, b.h, r.l);
+    return r;
+}
+
+static inline ff add_ff(ff a, ff b) {
+    ff s = two_sum(a.h, b.h);
+    s.l += a.l + b.l;
+    return s;
+}
+
+/* Bilinear sample of plane F (H x W) at (py, px) >= 0, edges clamped, as numba map_coordinates
+ * in Cellpose's steps_interp: y0 = min(H-1, trunc(py)), y1 = min(H-1, y0+1), fy = py - trunc(py);
+ * the weights wy0 = 1 - fy, wx0 = 1 - fx are exact pairs. */
+static inline float bilinear(__global const float *F, uint W, int y0, int y1, int x0, int x1,
+                             ff wy0, float fy, ff wx0, float fx) {
+    const ff wx1 = {fx, 0.0f};
+    ff t00 = mul_ff_ff(mul_f_ff(F[(size_t)y0 * W + x0], wy0), wx0);
+    ff t01 = mul_ff_ff(mul_f_ff(F[(size_t)y0 * W + x1], wy0), wx1);
+    ff t10 = mul_f_ff(F[(size_t)y1 * W + x0] * fy, wx0);
+    ff t11 = {(F[(size_t)y1 * W + x1] * fy) * fx, 0.0f};
+    ff s = add_ff(add_ff(add_ff(t00, t01), t10), t11);
+    return s.h + s.l;
+}
+
+/* ---- stage 1: threshold and scale -------------------------------------------------------- */
+
+/* flows: [3, H*W] (dY, dX, cellprob). F: [2, H*W] = dP * (cellprob > thr) / 5 (float32, as
+ * numpy). end[i] = 0 for a followed pixel, -1 otherwise. bad[0] counts non-finite values,
+ * bad[1] receives the smallest flat index of one (init 0xffffffff). */
+__kernel void masks_prep(__global const float *flows, const uint n, const float thr,
+                         __global float *F, __global int *end, __global uint *bad) {
+    const uint i = get_global_id(0);
+    if (i >= n)
+        return;
+    const float dy = flows[i], dx = flows[n + i], cp = flows[2 * (size_t)n + i];
+    if (!isfinite(dy) || !isfinite(dx) || !isfinite(cp)) {
+        atomic_inc(&bad[0]);
+        uint c = !isfinite(dy) ? 0u : (!isfinite(dx) ? 1u : 2u);
+        atomic_min(&bad[1], (uint)(c * n + i));
+    }
+    const int fg = cp > thr;
+    F[i] = fg ? div5(dy) : 0.0f;
+    F[n + i] = fg ? div5(dx) : 0.0f;
+    end[i] = fg ? 0 : -1;
+}
+
+/* ---- stage 2: Euler integration and histogram ------------------------------------------ */
+
+/* Follows every foreground pixel for niter steps; end[i] = flat index of trunc(final position),
+ * hist[end] += 1. pos (may be NULL): final float positions, y plane then x plane (tests). */
+__kernel void masks_euler(__global const float *F, const uint H, const uint W, const uint niter,
+                          __global int *end, __global uint *hist, __global float *pos) {
+    const uint x = get_global_id(0), y = get_global_id(1);
+    if (x >= W || y >= H)
+        return;
+    const size_t i = (size_t)y * W + x;
+    if (end[i] < 0)
+        return;
+    const size_t n = (size_t)H * W;
+    __global const float *Fy = F, *Fx = F + n;
+    const float ymax = (float)(H - 1), xmax = (float)(W - 1);
+    float py = (float)y, px = (float)x;
+    /* The step is a pure function of the position, so once the sequence repeats (a fixed point,
+     * or a 2-cycle, common at the sinks) the position after niter steps is known: stop early.
+     * This changes no result, only the work. */
+    float ay = -1.0f, ax = -1.0f; /* position one step back (none yet) */
+    for (uint t = 0; t < niter; t++) {
+        int iy = (int)py, ix = (int)px; /* trunc; positions are >= 0 */
+        int y0 = min((int)H - 1, max(0, iy)), x0 = min((int)W - 1, max(0, ix));
+        int y1 = min((int)H - 1, y0 + 1), x1 = min((int)W - 1, x0 + 1);
+        float fy = py - (float)iy, fx = px - (float)ix; /* exact (Sterbenz) */
+        ff wy0 = two_sum(1.0f, -fy), wx0 = two_sum(1.0f, -fx);
+        float vy = bilinear(Fy, W, y0, y1, x0, x1, wy0, fy, wx0, fx);
+        float vx = bilinear(Fx, W, y0, y1, x0, x1, wy0, fy, wx0, fx);
+        /* numpy: minimum(L-1, maximum(0, p + v)) in float32 */
+        float ny = fmin(ymax, fmax(0.0f, py + vy));
+        float nx = fmin(xmax, fmax(0.0f, px + vx));
+        if (ny == py && nx == px)
+            break; /* fixed point */
+        if (ny == ay && nx == ax) {
+            /* 2-cycle: p(t+1) = p(t-1); p(niter) = p(t+1) when niter - (t+1) is even */
+            if (((niter - (t + 1)) & 1u) == 0) {
+                py = ny;
+                px = nx;
+            }
+            break;
+        }
+        ay = py;
+        ax = px;
+        py = ny;
+        px = nx;
+    }
+    if (pos) {
+        pos[i] = py;
+        pos[n + i] = px;
+    }
+    const int e = (int)py * (int)W + (int)px;
+    end[i] = e;
+    atomic_inc(&hist[e]);
+}
+
+/* ---- stage 3: seeds ------------------------------------------------------------------------ */
+
+/* A seed is a histogram cell with count > 10 that equals the maximum of its 5x5 neighbourhood
+ * (cells outside the image ignored; Cellpose's 20-pixel zero border cannot change a maximum of
+ * non-negative counts). Appends the cell's flat index to seeds (order arbitrary). */
+__kernel void masks_seeds(__global const uint *hist, const uint H, const uint W,
+                          __global uint *seeds, __global uint *n_seeds, const uint cap) {
+    const uint x = get_global_id(0), y = get_global_id(1);
+    if (x >= W || y >= H)
+        return;
+    const uint h = hist[(size_t)y * W + x];
+    if (h <= 10)
+        return;
+    for (int dy = -2; dy <= 2; dy++) {
+        int yy = (int)y + dy;
+        if (yy < 0 || yy >= (int)H)
+            continue;
+        for (int dx = -2; dx <= 2; dx++) {
+            int xx = (int)x + dx;
+            if (xx < 0 || xx >= (int)W)
+                continue;
+            if (hist[(size_t)yy * W + xx] > h)
+                return;
+        }
+    }
+    uint k = atomic_inc(n_seeds);
+    if (k < cap)
+        seeds[k] = y * W + x;
+}
+
+/* Grows seed k: the 11x11 window around it, 5 times "dilate by 3x3 within the window, keep cells
+ * with count > 2" (Cellpose get_masks_torch). Rows are 11-bit masks. Stores the region in
+ * region[k*11 .. k*11+10], records seedid[cell] = k, and raises best[c] to the seed's count for
+ * every covered cell c (pass 1 of painting: the highest count wins, as Cellpose paints seeds in
+ * ascending count order). */
+__kernel void masks_grow(__global const uint *hist, const uint H, const uint W,
+                         __global const uint *seeds, const uint n_seeds, __global ushort *region,
+                         __global uint *seedid, __global uint *best) {
+    const uint k = get_global_id(0);
+    if (k >= n_seeds)
+        return;
+    const uint c = seeds[k];
+    const int cy = (int)(c / W), cx = (int)(c % W);
+    ushort ok[11], m[11], nm[11];
+    for (int r = 0; r < 11; r++) {
+        int yy = cy - 5 + r;
+        ushort bits = 0;
+        if (yy >= 0 && yy < (int)H) {
+            for (int b = 0; b < 11; b++) {
+                int xx = cx - 5 + b;
+                if (xx >= 0 && xx < (int)W && hist[(size_t)yy * W + xx] > 2)
+                    bits |= (ushort)(1u << b);
+            }
+        }
+        ok[r] = bits;
+        m[r] = 0;
+    }
+    m[5] = (ushort)(1u << 5);
+    for (int it = 0; it < 5; it++) {
+        for (int r = 0; r < 11; r++) {
+            uint v = m[r];
+            if (r > 0)
+                v |= m[r - 1];
+            if (r < 10)
+                v |= m[r + 1];
+            v = (v | (v << 1) | (v >> 1)) & 0x7ffu;
+            nm[r] = (ushort)(v & ok[r]);
+        }
+        for (int r = 0; r < 11; r++)
+            m[r] = nm[r];
+    }
+    const uint h = hist[c];
+    seedid[c] = k;
+    for (int r = 0; r < 11; r++) {
+        region[(size_t)k * 11 + r] = m[r];
+        for (int b = 0; b < 11; b++)
+            if (m[r] & (1u << b))
+                atomic_max(&best[(size_t)(cy - 5 + r) * W + (uint)(cx - 5 + b)], h);
+    }
+}
+
+/* Pass 2 of painting: among the seeds with the highest count at a cell, the one latest in
+ * row-major order wins (what a stable ascending sort would give; torch's argsort is not stable,
+ * so Cellpose leaves this tie unspecified). win[c] = flat index of the winning seed + 1. */
+__kernel void masks_paint(__global const uint *hist, const uint W, __global const uint *seeds,
+                          const uint n_seeds, __global const ushort *region,
+                          __global const uint *best, __global uint *win) {
+    const uint k = get_global_id(0);
+    if (k >= n_seeds)
+        return;
+    const uint c = seeds[k];
+    const int cy = (int)(c / W), cx = (int)(c % W);
+    const uint h = hist[c];
+    for (int r = 0; r < 11; r++) {
+        uint m = region[(size_t)k * 11 + r];
+        for (int b = 0; b < 11; b++) {
+            if (!(m & (1u << b)))
+                continue;
+            size_t cell = (size_t)(cy - 5 + r) * W + (uint)(cx - 5 + b);
+            if (best[cell] == h)
+                atomic_max(&win[cell], c + 1);
+        }
+    }
+}
+
+/* Each followed pixel takes the label of the cell its end point fell into: seed list index + 1
+ * (provisional), 0 when no seed region covers it. */
+__kernel void masks_assign(__global const int *end, const uint n, __global const uint *win,
+                           __global const uint *seedid, __global uint *labels) {
+    const uint i = get_global_id(0);
+    if (i >= n)
+        return;
+    const int e = end[i];
+    uint lab = 0;
+    if (e >= 0) {
+        uint w = win[e];
+        if (w)
+            lab = seedid[w - 1] + 1;
+    }
+    labels[i] = lab;
+}
+
+/* ---- per-label statistics and relabelling ----------------------------------------------- */
+
+/* For labels 1..n_labels (index l-1): count, first flat index (row-major first appearance)
+ * and, when box is not NULL, the bounding box as min y, max y, min x, max x at box[4*(l-1)].
+ * The host initialises count 0, first 0xffffffff, box (0xffffffff, 0, 0xffffffff, 0). */
+__kernel void masks_stats(__global const uint *labels, const uint H, const uint W,
+                          const uint n_labels, __global uint *count, __global uint *first,
+                          __global uint *box) {
+    const uint x = get_global_id(0), y = get_global_id(1);
+    if (x >= W || y >= H)
+        return;
+    const uint i = y * W + x;
+    const uint l = labels[i];
+    if (l == 0 || l > n_labels)
+        return;
+    atomic_inc(&count[l - 1]);
+    atomic_min(&first[l - 1], i);
+    if (box) {
+        atomic_min(&box[4 * (l - 1) + 0], y);
+        atomic_max(&box[4 * (l - 1) + 1], y);
+        atomic_min(&box[4 * (l - 1) + 2], x);
+        atomic_max(&box[4 * (l - 1) + 3], x);
+    }
+}
+
+/* labels[i] = map[labels[i]] (map[0] = 0; labels above n_map become 0). */
+__kernel void masks_relabel(__global uint *labels, const uint n, __global const uint *map,
+                            const uint n_map) {
+    const uint i = get_global_id(0);
+    if (i >= n)
+        return;
+    const uint l = labels[i];
+    labels[i] = l < n_map ? map[l] : 0u;
+}
+
+/* Final conversion to uint16 (when every label is below 65536). */
+__kernel void masks_to_u16(__global const uint *labels, const uint n, __global ushort *out) {
+    const uint i = get_global_id(0);
+    if (i < n)
+        out[i] = (ushort)labels[i];
+}

@@ -1,0 +1,168 @@
+/* cli/cmd_masks.c: `gpuseg masks FLOWS.npy -o OUT`: network outputs (float32 [3, H, W]: dY, dX,
+ * cellprob) -> label image, as Cellpose 3.1's compute_masks + fill_holes_and_remove_small_masks
+ * (docs/masks.md). The output format follows OUT's extension (.tif .png .npy .bin); one JSON
+ * line with the result goes to stdout. */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cli/cli.h"
+#include "cli/commands.h"
+
+/* True when path ends in an extension gpuseg_labels_write knows; checked before the work so that
+ * a typo does not cost a whole run (the writer checks again and has the final word). */
+static bool known_extension(const char *path) {
+    static const char *ext[] = {".tif", ".tiff", ".png", ".npy", ".bin"};
+    size_t n = strlen(path);
+    for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++) {
+        size_t k = strlen(ext[i]);
+        if (n > k && strcasecmp(path + n - k, ext[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Writes s as a JSON string (quotes, backslashes and control characters escaped). */
+static void json_string(const char *s) {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+int gpuseg_cmd_masks(int argc, char **argv) {
+    const char *use = "masks FLOWS.npy -o OUT [--cellprob-threshold 0.0] [--flow-threshold 0.4] "
+                      "[--niter 200] [--min-size 15] [--max-size-fraction 0.4] [--device SPEC]";
+    enum { O_CP = 256, O_FT, O_NITER, O_MIN, O_MAXF, O_DEV };
+    static const struct option opts[] = {{"output", required_argument, NULL, 'o'},
+                                         {"cellprob-threshold", required_argument, NULL, O_CP},
+                                         {"flow-threshold", required_argument, NULL, O_FT},
+                                         {"niter", required_argument, NULL, O_NITER},
+                                         {"min-size", required_argument, NULL, O_MIN},
+                                         {"max-size-fraction", required_argument, NULL, O_MAXF},
+                                         {"device", required_argument, NULL, O_DEV},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    gpuseg_masks_params p;
+    gpuseg_masks_params_default(&p);
+    const char *out = NULL, *device = NULL;
+    double d;
+    long l;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o':
+            out = optarg;
+            break;
+        case O_CP:
+            if (!cli_parse_double("--cellprob-threshold", optarg, -1e30, 1e30, &d))
+                return CLI_USAGE;
+            p.cellprob_threshold = (float)d;
+            break;
+        case O_FT:
+            if (!cli_parse_double("--flow-threshold", optarg, -1e30, 1e30, &d))
+                return CLI_USAGE;
+            p.flow_threshold = (float)d;
+            break;
+        case O_NITER:
+            if (!cli_parse_int("--niter", optarg, 0, 1000000, &l))
+                return CLI_USAGE;
+            p.niter = (uint32_t)l;
+            break;
+        case O_MIN:
+            if (!cli_parse_int("--min-size", optarg, -1, INT32_MAX, &l))
+                return CLI_USAGE;
+            p.min_size = (int32_t)l;
+            break;
+        case O_MAXF:
+            if (!cli_parse_double("--max-size-fraction", optarg, 0, 1e30, &d))
+                return CLI_USAGE;
+            p.max_size_fraction = d;
+            break;
+        case O_DEV:
+            device = optarg;
+            break;
+        case 'h':
+            printf("usage: gpuseg %s\n"
+                   "FLOWS.npy: float32 array [3, H, W] holding dY, dX (network scale) and the "
+                   "cellprob logit.\nWrites labels (uint16, or uint32 above 65535 masks) to OUT: "
+                   ".tif .png .npy or .bin (+ .json); prints one JSON line.\n"
+                   "--flow-threshold 0 turns the flow-error check off; --min-size -1 (or 0) the "
+                   "size filter; --niter 0 means 200.\n",
+                   use);
+            return CLI_OK;
+        default:
+            return cli_usage(use);
+        }
+    }
+    if (optind != argc - 1 || !out)
+        return cli_usage(use);
+    const char *in = argv[optind];
+    if (!known_extension(out)) {
+        cli_error("%s: unknown label file extension (use .tif, .tiff, .png, .npy or .bin)", out);
+        return CLI_FAIL;
+    }
+
+    gpuseg_npy *arr = NULL;
+    gpuseg_ctx *ctx = NULL;
+    gpuseg_image *labels = NULL;
+    int rc = CLI_FAIL;
+    gpuseg_status st = gpuseg_npy_read(in, &arr);
+    if (st != GPUSEG_OK) {
+        cli_fail(st); /* the reader's message names the file */
+        goto done;
+    }
+    if (arr->dtype != GPUSEG_DTYPE_F32 || arr->ndim != 3 || arr->shape[0] != 3 ||
+        arr->shape[1] > UINT32_MAX || arr->shape[2] > UINT32_MAX) {
+        char shape[96] = "";
+        size_t k = 0;
+        for (uint32_t i = 0; i < arr->ndim && k < sizeof shape - 24; i++)
+            k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%" PRIu64, i ? ", " : "",
+                                  arr->shape[i]);
+        cli_error("%s: expected a float32 array of shape [3, H, W] (dY, dX, cellprob), got %s "
+                  "[%s]",
+                  in, gpuseg_dtype_name(arr->dtype), shape);
+        goto done;
+    }
+    const uint32_t H = (uint32_t)arr->shape[1], W = (uint32_t)arr->shape[2];
+    if ((st = cli_ctx_create(device, &ctx)) != GPUSEG_OK) {
+        cli_fail(st);
+        goto done;
+    }
+    uint32_t n = 0;
+    if ((st = gpuseg_flows_to_masks(ctx, arr->data, H, W, &p, &labels, &n)) != GPUSEG_OK) {
+        cli_error("%s: %s", in, gpuseg_last_error());
+        goto done;
+    }
+    char extra[256];
+    snprintf(extra, sizeof extra,
+             "{\"n_masks\":%u,\"source\":\"gpuseg masks\",\"cellprob_threshold\":%g,"
+             "\"flow_threshold\":%g,\"niter\":%u,\"min_size\":%d}",
+             n, (double)p.cellprob_threshold, (double)p.flow_threshold, p.niter ? p.niter : 200,
+             p.min_size);
+    if ((st = gpuseg_labels_write(out, labels, extra)) != GPUSEG_OK) {
+        cli_fail(st); /* the writer's message names the file */
+        goto done;
+    }
+    fputs("{\"input\":", stdout);
+    json_string(in);
+    fputs(",\"output\":", stdout);
+    json_string(out);
+    printf(",\"height\":%u,\"width\":%u,\"n_masks\":%u,\"dtype\":\"%s\"}\n", H, W, n,
+           gpuseg_dtype_name(labels->dtype));
+    rc = CLI_OK;
+done:
+    gpuseg_image_free(labels);
+    gpuseg_ctx_free(ctx);
+    gpuseg_npy_free(arr);
+    return rc;
+}
