@@ -143,6 +143,10 @@ void gpuseg__sha256_update(gpuseg__sha256 *s, const void *data, size_t n);
 void gpuseg__sha256_final(gpuseg__sha256 *s, unsigned char out[32]);
 void gpuseg__sha256_hex(const unsigned char digest[32], char hex[65]);
 
+/* CRC-32 with zlib's parameters (as zlib.crc32): start with crc = 0, or chain the previous
+ * result to checksum data in pieces. Used by ZIP entries, PNG chunks and the shm payload. */
+uint32_t gpuseg__crc32(uint32_t crc, const void *data, size_t n);
+
 /* Writes `n` bytes to `path` atomically: a temporary file in the same folder, fsync, rename.
  * Either the complete file exists afterwards or the previous state is kept. */
 gpuseg_status gpuseg__write_file_atomic(gpuseg_ctx *ctx, const char *path, const void *data,

@@ -14,17 +14,6 @@
 
 /* ---- 16-bit greyscale PNG ---- */
 
-/* PNG's CRC-32 (ISO 3309), bitwise: it only runs over the 17 bytes of the patched IHDR. */
-static uint32_t crc32_png(const unsigned char *p, size_t n) {
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-    }
-    return c ^ 0xFFFFFFFFu;
-}
-
 typedef struct {
     unsigned char *buf;
     size_t len, cap;
@@ -103,7 +92,7 @@ gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab) {
     }
     m.buf[24] = 16;
     m.buf[25] = 0;
-    uint32_t crc = crc32_png(m.buf + 12, 17);
+    uint32_t crc = gpuseg__crc32(0, m.buf + 12, 17);
     m.buf[29] = (unsigned char)(crc >> 24);
     m.buf[30] = (unsigned char)(crc >> 16);
     m.buf[31] = (unsigned char)(crc >> 8);

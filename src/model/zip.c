@@ -2,7 +2,6 @@
  * (with the Zip64 locator and record torch's miniz writer always adds), central-directory entries
  * (with Zip64 extra fields), local headers, and CRC-32. All arithmetic on file offsets is done in
  * uint64_t and checked against the buffer size, so a corrupt or hostile file fails cleanly. */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,37 +24,6 @@ static int span_ok(uint64_t off, uint64_t len, uint64_t limit) {
 }
 
 /* ---- CRC-32, slicing by 4 (about 1 GB/s, so a 26 MB model costs ~25 ms) ---- */
-
-static uint32_t crc_table[4][256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-
-static void crc_init(void) {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 4; t++)
-            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
-}
-
-uint32_t gpuseg__crc32(uint32_t crc, const void *data, size_t n) {
-    pthread_once(&crc_once, crc_init);
-    const unsigned char *p = data;
-    crc = ~crc;
-    while (n >= 4) {
-        crc ^= rd32(p);
-        crc = crc_table[3][crc & 0xFF] ^ crc_table[2][(crc >> 8) & 0xFF] ^
-              crc_table[1][(crc >> 16) & 0xFF] ^ crc_table[0][crc >> 24];
-        p += 4;
-        n -= 4;
-    }
-    while (n--)
-        crc = crc_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-    return ~crc;
-}
 
 /* ---- central directory ---- */
 

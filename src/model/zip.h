@@ -50,7 +50,4 @@ long gpuseg__zip_find(const gpuseg__zip *z, const char *name, size_t len);
 gpuseg_status gpuseg__zip_data(const gpuseg__zip *z, size_t i, int verify_crc,
                                const unsigned char **data, size_t *n);
 
-/* CRC-32 (ZIP/IEEE polynomial) of n bytes, continuing from crc (start with 0). */
-uint32_t gpuseg__crc32(uint32_t crc, const void *data, size_t n);
-
 #endif

@@ -19,6 +19,13 @@
 
 #include "shm/shm_internal.h"
 
+/* The payload checksum is CRC-32 with zlib's parameters (core/crc32.c): every language has it in
+ * its standard library (Python: zlib.crc32), so a consumer verifies a segment without extra
+ * packages. */
+uint32_t gpuseg_shm_checksum(uint32_t crc, const void *data, size_t n) {
+    return gpuseg__crc32(crc, data, n);
+}
+
 /* The state word is a 32-bit little-endian field accessed atomically; on a big-endian host the
  * value is byte-swapped so that the bytes in memory stay little-endian. */
 static uint32_t le32(uint32_t v) {

@@ -1,12 +1,11 @@
-/* shm/crc32.c: the payload checksum of shared-memory segments: CRC-32 with zlib's parameters
- * (ISO-HDLC: reflected polynomial 0xEDB88320, init and final XOR 0xFFFFFFFF). Chosen over a
- * custom hash because every language has it in its standard library (Python: zlib.crc32), so a
- * consumer verifies a segment without extra packages. Slicing-by-8 tables make it run at a few
- * GB/s, which keeps publishing cheap next to segmentation. */
+/* core/crc32.c: CRC-32 with zlib's parameters (ISO-HDLC: reflected polynomial 0xEDB88320, init
+ * and final XOR 0xFFFFFFFF), the one checksum that ZIP entries (model files), PNG chunks and the
+ * shared-memory payload all use. Slicing-by-8 tables run at a few GB/s; the input is read as
+ * little-endian words by byte loads, so the result does not depend on the host's byte order. */
 #include <pthread.h>
 #include <stdint.h>
 
-#include "shm/shm_internal.h"
+#include "core/internal.h"
 
 static uint32_t crc_table[8][256];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
@@ -23,20 +22,21 @@ static void crc_init(void) {
             crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
 }
 
-uint32_t gpuseg_shm_checksum(uint32_t crc, const void *data, size_t n) {
+static uint32_t ld32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+uint32_t gpuseg__crc32(uint32_t crc, const void *data, size_t n) {
     pthread_once(&crc_once, crc_init);
     const unsigned char *p = data;
     uint32_t c = ~crc;
-    /* Byte at a time until 8-byte words; then 8 bytes per step with independent table lookups
-     * (the input is read as little-endian words by byte loads, so the result does not depend on
-     * the host's byte order). */
     while (n && ((uintptr_t)p & 7u)) {
         c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
         n--;
     }
     while (n >= 8) {
-        uint32_t lo = c ^ gpuseg__ld32(p);
-        uint32_t hi = gpuseg__ld32(p + 4);
+        uint32_t lo = c ^ ld32(p);
+        uint32_t hi = ld32(p + 4);
         c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^
             crc_table[5][(lo >> 16) & 0xFF] ^ crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xFF] ^
             crc_table[2][(hi >> 8) & 0xFF] ^ crc_table[1][(hi >> 16) & 0xFF] ^
