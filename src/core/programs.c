@@ -390,7 +390,9 @@ static int is_cache_file(const char *name) {
     for (int i = 0; i < 64; i++)
         if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
             return 0;
-    return strcmp(name + 64, ".clbin") == 0 || strncmp(name + 64, ".clbin.tmp-", 11) == 0;
+    return strcmp(name + 64, ".clbin") == 0 || strncmp(name + 64, ".clbin.tmp-", 11) == 0 ||
+           /* ops/conv_choice.c: measured convolution choices, keyed like the programs */
+           strcmp(name + 64, ".convchoice") == 0 || strncmp(name + 64, ".convchoice.tmp-", 16) == 0;
 }
 
 gpuseg_status gpuseg_cache_clear(const gpuseg_ctx_params *params, size_t *removed) {

@@ -1,0 +1,142 @@
+/* ops/ops.c: the ops object (context, scratch buffers, convolution choice table), buffer-size
+ * validation shared by every op, and batch-norm folding. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/ops_internal.h"
+
+/* The tuning table: register blocking of the direct kernel per kind of device, measured with
+ * bench/bench_conv (GPUSEG_CONV_TILE overrides it for tuning runs). */
+static void default_tile(const gpuseg_ctx *ctx, gpuseg__conv_tile *t) {
+    /* Measured on PoCL 3.1 / AVX2 (AMD EPYC, 16 ymm registers), bench_conv, CPU time per run:
+     * 2x4x1 (8 accumulators) and 2x5x1 / 1x5x2 (10) reach 65-80 GFLOP/s per core on CPnet's
+     * 3x3 layers; 12 accumulators (2x6x1, 2x3x2, 3x4x1) spill and fall to 35-55. 2x4x1 also
+     * divides every CPnet channel count, so no lane is wasted. GPUs have not been tuned: they
+     * get the same blocking until someone measures one. */
+    t->rows = 2;
+    t->couts = 4;
+    t->xvecs = 1;
+    (void)ctx;
+}
+
+void gpuseg__ops_params_default(gpuseg__ops_params *p) {
+    memset(p, 0, sizeof *p);
+    p->conv = GPUSEG__CONV_AUTO;
+}
+
+gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *params,
+                                 gpuseg__ops **out) {
+    *out = NULL;
+    if (!ctx)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "ops: NULL context");
+    gpuseg__ops_params p;
+    if (params)
+        p = *params;
+    else
+        gpuseg__ops_params_default(&p);
+    if (p.conv != GPUSEG__CONV_AUTO && p.conv != GPUSEG__CONV_CLBLAST &&
+        p.conv != GPUSEG__CONV_DIRECT)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "ops: unknown convolution kind %d",
+                            (int)p.conv);
+    if (p.conv == GPUSEG__CONV_AUTO) {
+        /* Read once here, so that one ops object behaves the same for its whole life. */
+        const char *env = getenv("GPUSEG_CONV");
+        if (env && *env) {
+            if (strcmp(env, "clblast") == 0)
+                p.conv = GPUSEG__CONV_CLBLAST;
+            else if (strcmp(env, "direct") == 0)
+                p.conv = GPUSEG__CONV_DIRECT;
+            else if (strcmp(env, "auto") != 0)
+                return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                    "GPUSEG_CONV='%s': expected clblast, direct or auto", env);
+        }
+    }
+    gpuseg__conv_tile tile = {p.tile_rows, p.tile_couts, p.tile_xvecs};
+    if (!tile.rows && !tile.couts && !tile.xvecs) {
+        const char *env = getenv("GPUSEG_CONV_TILE");
+        if (env && *env && sscanf(env, "%u,%u,%u", &tile.rows, &tile.couts, &tile.xvecs) != 3)
+            return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                "GPUSEG_CONV_TILE='%s': expected ROWS,COUTS,XVECS", env);
+        if (!env || !*env)
+            default_tile(ctx, &tile);
+    }
+    /* rows * couts * xvecs float8 accumulators must stay in registers; more is never faster. */
+    if (tile.rows < 1 || tile.rows > 8 || tile.couts < 1 || tile.couts > 16 || tile.xvecs < 1 ||
+        tile.xvecs > 4 || tile.rows * tile.couts * tile.xvecs > 32)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "ops: direct-convolution tile %ux%ux%u out of range", tile.rows,
+                            tile.couts, tile.xvecs);
+    gpuseg__ops *ops = calloc(1, sizeof *ops);
+    if (!ops)
+        return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "ops: out of memory");
+    ops->ctx = ctx;
+    ops->conv = p.conv;
+    ops->tile = tile;
+    if (ops->conv == GPUSEG__CONV_AUTO)
+        gpuseg__conv_choice_load(ops);
+    *out = ops;
+    return GPUSEG_OK;
+}
+
+void gpuseg__ops_free(gpuseg__ops *ops) {
+    if (!ops)
+        return;
+    for (unsigned i = 0; i < GPUSEG__OPS_SCRATCH; i++)
+        gpuseg__release(&ops->scratch[i]);
+    if (ops->direct3)
+        clReleaseKernel(ops->direct3);
+    if (ops->direct1)
+        clReleaseKernel(ops->direct1);
+    free(ops);
+}
+
+gpuseg_ctx *gpuseg__ops_ctx(const gpuseg__ops *ops) {
+    return ops->ctx;
+}
+
+void gpuseg__bn_fold(const float *weight, const float *bias, const float *mean, const float *var,
+                     size_t n, float eps, float *scale, float *shift) {
+    for (size_t i = 0; i < n; i++) {
+        /* In double, so that the folded constants are the correctly rounded values. */
+        const double s = (double)weight[i] / sqrt((double)var[i] + (double)eps);
+        scale[i] = (float)s;
+        shift[i] = (float)((double)bias[i] - (double)mean[i] * s);
+    }
+}
+
+gpuseg_status gpuseg__ops_check_buf(gpuseg__ops *ops, const char *op, const char *what, cl_mem m,
+                                    size_t floats) {
+    size_t need;
+    if (!gpuseg__mul_size(floats, sizeof(float), &need))
+        return gpuseg__fail(ops->ctx, GPUSEG_TOO_LARGE, "%s: %s: size overflows", op, what);
+    if (!m)
+        return gpuseg__fail(ops->ctx, GPUSEG_INVALID_ARGUMENT, "%s: %s: missing buffer", op, what);
+    size_t have = 0;
+    cl_int err = clGetMemObjectInfo(m, CL_MEM_SIZE, sizeof have, &have, NULL);
+    if (err != CL_SUCCESS)
+        return gpuseg__fail_cl(ops->ctx, err, "%s: %s: clGetMemObjectInfo", op, what);
+    if (have < need)
+        return gpuseg__fail(ops->ctx, GPUSEG_INVALID_ARGUMENT,
+                            "%s: %s buffer holds %zu bytes, the shape needs %zu", op, what, have,
+                            need);
+    return GPUSEG_OK;
+}
+
+gpuseg_status gpuseg__ops_scratch(gpuseg__ops *ops, unsigned slot, size_t bytes, cl_mem *out) {
+    *out = NULL;
+    if (slot >= GPUSEG__OPS_SCRATCH)
+        return gpuseg__fail(ops->ctx, GPUSEG_INTERNAL, "ops: scratch slot %u", slot);
+    if (!ops->scratch[slot] || ops->scratch_bytes[slot] < bytes) {
+        gpuseg__release(&ops->scratch[slot]);
+        ops->scratch_bytes[slot] = 0;
+        gpuseg_status st =
+            gpuseg__buffer(ops->ctx, CL_MEM_READ_WRITE, bytes, "ops scratch", &ops->scratch[slot]);
+        if (st != GPUSEG_OK)
+            return st;
+        ops->scratch_bytes[slot] = bytes;
+    }
+    *out = ops->scratch[slot];
+    return GPUSEG_OK;
+}

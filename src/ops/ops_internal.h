@@ -1,0 +1,154 @@
+/* ops/ops_internal.h: the tensor operations CPnet needs, on device buffers (NCHW float32):
+ * convolution (1x1/3x3, fused BN+ReLU prologue, bias + residual epilogue) behind one call with
+ * two implementations (im2col + CLBlast GEMM, and our own direct kernel), and the small ops
+ * (max-pool, upsample, add, style, linear, standalone BN). Internal: the network module uses it;
+ * nothing here is installed. */
+#ifndef GPUSEG_OPS_INTERNAL_H
+#define GPUSEG_OPS_INTERNAL_H
+
+#include "core/internal.h"
+
+/* Which convolution implementation runs. AUTO: $GPUSEG_CONV if set ("clblast", "direct" or
+ * "auto"), else the faster one, measured once per layer shape and device, kept in the ops object
+ * and in a small file beside the program cache (when the cache is on). */
+typedef enum gpuseg__conv_impl {
+    GPUSEG__CONV_AUTO = 0,
+    GPUSEG__CONV_CLBLAST = 1, /* im2col + CLBlastSgemm */
+    GPUSEG__CONV_DIRECT = 2   /* kernels/conv.cl conv*_direct */
+} gpuseg__conv_impl;
+
+typedef struct gpuseg__ops_params {
+    gpuseg__conv_impl conv; /* default AUTO */
+    /* Direct-kernel blocking; 0 = from the tuning table (ops.c), or $GPUSEG_CONV_TILE="R,C,X". */
+    unsigned tile_rows, tile_couts, tile_xvecs;
+} gpuseg__ops_params;
+
+void gpuseg__ops_params_default(gpuseg__ops_params *p);
+
+/* The ops object: the context it runs on, scratch buffers (prologue planes, im2col columns)
+ * reused across calls, and the per-shape convolution choice. Not thread-safe (like the context).
+ */
+typedef struct gpuseg__ops gpuseg__ops;
+
+#define GPUSEG__OPS_SCRATCH 4  /* 0: prologue planes, 1: im2col columns, 2: trial output */
+#define GPUSEG__OPS_CHOICES 64 /* layer shapes remembered (CPnet has about 20) */
+
+/* What AUTO measured for one layer shape (seconds of one warm run each). */
+typedef struct gpuseg__conv_choice_entry {
+    unsigned batch, cin, cout, height, width, ksize;
+    int impl; /* gpuseg__conv_impl */
+    double seconds_clblast, seconds_direct;
+} gpuseg__conv_choice_entry;
+
+/* Register blocking of the direct kernel: rows x output channels x 8-pixel vectors per work-item.
+ */
+typedef struct gpuseg__conv_tile {
+    unsigned rows, couts, xvecs;
+} gpuseg__conv_tile;
+
+struct gpuseg__ops {
+    gpuseg_ctx *ctx;
+    int conv; /* gpuseg__conv_impl: forced, or AUTO */
+    gpuseg__conv_tile tile;
+    cl_kernel direct3, direct1; /* built with the tile's -D options; owned here */
+    cl_mem scratch[GPUSEG__OPS_SCRATCH];
+    size_t scratch_bytes[GPUSEG__OPS_SCRATCH];
+    gpuseg__conv_choice_entry choices[GPUSEG__OPS_CHOICES];
+    unsigned n_choices;
+};
+
+/* Creates an ops object on ctx (which must outlive it). params may be NULL (defaults). The
+ * caller frees *out with gpuseg__ops_free. GPUSEG_INVALID_ARGUMENT for a bad $GPUSEG_CONV. */
+gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *params,
+                                 gpuseg__ops **out);
+void gpuseg__ops_free(gpuseg__ops *ops); /* accepts NULL */
+gpuseg_ctx *gpuseg__ops_ctx(const gpuseg__ops *ops);
+
+/* Folds eval-mode batch norm into y = x * scale + shift (host arrays of n values):
+ * scale = weight / sqrt(var + eps), shift = bias - mean * scale. */
+void gpuseg__bn_fold(const float *weight, const float *bias, const float *mean, const float *var,
+                     size_t n, float eps, float *scale, float *shift);
+
+/* One convolution layer:
+ *   t   = in (+ add_in) (+ pre_add[n][ci])          before BN, as batchconvstyle adds skip+style
+ *   t   = t * bn_scale[ci] + bn_shift[ci], then ReLU if relu   (only on real pixels)
+ *   out = conv_k(t, zero padding k/2) + bias (+ residual)
+ * Buffers are the caller's; residual may be the same buffer as out (accumulate in place), in may
+ * not. NULL means "absent" for every optional buffer; bn_scale and bn_shift come together. */
+typedef struct gpuseg__conv_desc {
+    const char *name; /* for messages ("res_down_2.conv_1"); may be NULL */
+    unsigned batch, cin, cout, height, width;
+    unsigned ksize;  /* 1 or 3 */
+    cl_mem weight;   /* [cout][cin][k][k] (PyTorch OIHW) */
+    cl_mem bias;     /* [cout] or NULL */
+    cl_mem bn_scale; /* [cin] or NULL (no BN) */
+    cl_mem bn_shift; /* [cin] or NULL */
+    int relu;        /* ReLU after BN */
+    cl_mem add_in;   /* [batch][cin][h][w] or NULL */
+    cl_mem pre_add;  /* [batch][cin] or NULL */
+    cl_mem residual; /* [batch][cout][h][w] or NULL; may equal out */
+} gpuseg__conv_desc;
+
+/* Enqueues the convolution (in: [batch][cin][h][w], out: [batch][cout][h][w]). Validates every
+ * size and buffer (GPUSEG_INVALID_ARGUMENT naming the layer and the problem). Under AUTO, the
+ * first call for a new layer shape (on this device, unless the program cache is off) times both
+ * implementations on the first sample of the batch (into scratch, so out and residual are
+ * untouched by the trials) and keeps the faster. */
+gpuseg_status gpuseg__conv2d(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem in, cl_mem out);
+
+/* The implementation calls with d's shape use: the forced one, the one AUTO measured, or
+ * GPUSEG__CONV_AUTO when no call with this shape has been made yet. */
+gpuseg__conv_impl gpuseg__conv_choice(const gpuseg__ops *ops, const gpuseg__conv_desc *d);
+const char *gpuseg__conv_impl_name(gpuseg__conv_impl impl);
+
+/* --- small ops (all enqueue only; planes = batch * channels) ------------------------------ */
+
+/* out = act(in * scale[c] + shift[c]) over [batch][c][hw]. out may be in. */
+gpuseg_status gpuseg__bn_act(gpuseg__ops *ops, cl_mem in, cl_mem scale, cl_mem shift, int relu,
+                             cl_mem out, unsigned batch, unsigned c, size_t hw);
+/* [planes][h][w] -> [planes][h/2][w/2] (floor), 2x2 max. */
+gpuseg_status gpuseg__maxpool2(gpuseg__ops *ops, cl_mem in, cl_mem out, size_t planes, unsigned h,
+                               unsigned w);
+/* [planes][h][w] -> [planes][2h][2w] nearest, plus skip ([planes][2h][2w]) when not NULL. */
+gpuseg_status gpuseg__upsample2(gpuseg__ops *ops, cl_mem in, cl_mem skip, cl_mem out, size_t planes,
+                                unsigned h, unsigned w);
+/* out = a + b over n floats (out may be a or b). */
+gpuseg_status gpuseg__add(gpuseg__ops *ops, cl_mem a, cl_mem b, cl_mem out, size_t n);
+/* style[n][c] = mean over [h][w] of in[n][c], then each style[n] divided by its L2 norm. */
+gpuseg_status gpuseg__style(gpuseg__ops *ops, cl_mem in, cl_mem style, unsigned batch, unsigned c,
+                            size_t hw);
+/* out[n][m] = w[m][:] . in[n][:] + b[m] (b may be NULL). */
+gpuseg_status gpuseg__linear(gpuseg__ops *ops, cl_mem in, cl_mem w, cl_mem b, cl_mem out,
+                             unsigned batch, unsigned k, unsigned m);
+
+/* --- shared by the ops/ files ------------------------------------------------------------- */
+
+/* GPUSEG_INVALID_ARGUMENT unless buffer m (named what, in op) holds at least `floats` floats. */
+gpuseg_status gpuseg__ops_check_buf(gpuseg__ops *ops, const char *op, const char *what, cl_mem m,
+                                    size_t floats);
+/* A scratch buffer slot (0..3) of at least `bytes`, grown (reallocated) as needed; owned by ops.
+ */
+gpuseg_status gpuseg__ops_scratch(gpuseg__ops *ops, unsigned slot, size_t bytes, cl_mem *out);
+
+/* The prologue plane geometry each implementation needs; conv.c fills it and runs it. */
+typedef struct gpuseg__conv_geom {
+    unsigned hp, wp; /* plane rows, row stride of the prologue buffer */
+} gpuseg__conv_geom;
+
+/* Implementations (conv_clblast.c, conv_direct.c): src is the prologue buffer of geometry g
+ * ([batch][cin][hp][wp]); they write out (bias + residual included). */
+gpuseg_status gpuseg__conv_clblast(gpuseg__ops *ops, const gpuseg__conv_desc *d,
+                                   const gpuseg__conv_geom *g, cl_mem src, cl_mem out);
+gpuseg_status gpuseg__conv_direct(gpuseg__ops *ops, const gpuseg__conv_desc *d,
+                                  const gpuseg__conv_geom *g, cl_mem src, cl_mem out);
+/* The choice table on disk (conv_choice.c): load at creation (AUTO only), store after each new
+ * measurement. Failures only cost a new measurement, so neither reports one. */
+void gpuseg__conv_choice_load(gpuseg__ops *ops);
+void gpuseg__conv_choice_store(gpuseg__ops *ops);
+
+/* Geometry each implementation needs for its prologue buffer. */
+void gpuseg__conv_clblast_geom(const gpuseg__conv_desc *d, gpuseg__conv_geom *g);
+void gpuseg__conv_direct_geom(const gpuseg__ops *ops, const gpuseg__conv_desc *d,
+                              gpuseg__conv_geom *g);
+
+#endif
