@@ -80,8 +80,8 @@ int main(int argc, char **argv) {
             FILE *f = popen(cmd, "r");
             double secs = -1;
             unsigned n = 0, compiled = 0, hits = 0;
-            if (!f || fscanf(f, "%lf %u %u %u %255[^\n]", &secs, &n, &compiled, &hits, device) !=
-                          5) {
+            if (!f ||
+                fscanf(f, "%lf %u %u %u %255[^\n]", &secs, &n, &compiled, &hits, device) != 5) {
                 fprintf(stderr, "bench_startup: child run failed\n");
                 return 1;
             }
