@@ -17,5 +17,8 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/gpusegConfigVersion.cmake
 install(FILES ${PROJECT_BINARY_DIR}/gpusegConfig.cmake ${PROJECT_BINARY_DIR}/gpusegConfigVersion.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gpuseg)
 string(REPLACE ";" " -l" GPUSEG_PC_LIBS_PRIVATE "-l${GPUSEG_DEP_LIBRARIES}")
+# The .pc file finds its prefix from its own location, so `cmake --install --prefix X` works
+# whatever CMAKE_INSTALL_PREFIX was at configure time ("lib/pkgconfig" -> "../..").
+string(REGEX REPLACE "[^/]+" ".." GPUSEG_PC_UP "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
 configure_file(cmake/gpuseg.pc.in ${PROJECT_BINARY_DIR}/gpuseg.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/gpuseg.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

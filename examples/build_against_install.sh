@@ -12,6 +12,7 @@ img="$here/data/nuclei.png"
 cmake -S "$here" -B "$out/cmake" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
 cmake --build "$out/cmake" >/dev/null
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/$(gcc -print-multiarch 2>/dev/null)/pkgconfig:${PKG_CONFIG_PATH:-}"
+pkg-config --exists gpuseg || { echo "examples: pkg-config cannot find gpuseg.pc under $prefix" >&2; exit 1; }
 libdir=$(pkg-config --variable=libdir gpuseg)
 # shellcheck disable=SC2046
 cc -std=c11 -Wall -Werror -o "$out/pc_shared" "$here/consumer.c" $(pkg-config --cflags --libs gpuseg) -Wl,-rpath,"$libdir"
