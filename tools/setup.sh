@@ -14,7 +14,6 @@ packages=(
   libclblast-dev                        # GEMM for the network's convolutions
   libstb-dev                            # PNG/JPEG/BMP/PNM/GIF reading and PNG writing
   libtiff-dev                           # TIFF reading and writing
-  zlib1g-dev                            # inflate for compressed model-file entries
   check                                 # unit-test framework
   clang-format                          # formatting check in tools/test.sh
 )
