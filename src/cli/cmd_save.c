@@ -11,7 +11,7 @@
 #include "cli/cli.h"
 #include "cli/commands.h"
 
-static const char *USE = "save --shm NAME -o OUT [--unlink] [--timeout SEC]";
+static const char *USE = "save --shm NAME -o OUT [--unlink] [--timeout SEC] [--meta JSON]";
 
 static void help(void) {
     printf("usage: gpuseg %s\n"
@@ -21,7 +21,9 @@ static void help(void) {
            "  --shm NAME     the segment (with or without the leading '/')\n"
            "  -o, --output   the file to write\n"
            "  --unlink       remove the segment after a successful save\n"
-           "  --timeout SEC  wait up to SEC seconds for the producer to publish (default 10)\n",
+           "  --timeout SEC  wait up to SEC seconds for the producer to publish (default 10)\n"
+           "  --meta JSON    a JSON object whose members are added to the .bin sidecar (model,\n"
+           "                 parameters, version, ...); ignored for the other formats\n",
            USE);
 }
 
@@ -34,12 +36,56 @@ static void fmt_double(double v, char *buf, size_t len) {
     }
 }
 
+/* The members of a JSON object "{...}" (without braces and surrounding blanks) in *b, *n; false
+ * when s is not one object with balanced braces, brackets and strings. The members are copied
+ * into the sidecar as they are: they must not repeat n_masks, diameter or source. */
+static bool meta_members(const char *s, const char **b, size_t *n) {
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+        s++;
+    size_t len = strlen(s);
+    while (len && strchr(" \t\n\r", s[len - 1]))
+        len--;
+    if (len < 2 || len > 65536 || s[0] != '{' || s[len - 1] != '}')
+        return false;
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if ((c == '}' || c == ']') && (--depth < 0 || (depth == 0 && i != len - 1))) {
+            return false;
+        }
+    }
+    if (in_str || depth != 0)
+        return false;
+    const char *p = s + 1, *e = s + len - 1;
+    while (p < e && strchr(" \t\n\r", *p))
+        p++;
+    while (e > p && strchr(" \t\n\r", e[-1]))
+        e--;
+    *b = p;
+    *n = (size_t)(e - p);
+    return true;
+}
+
 int gpuseg_cmd_save(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"shm", required_argument, NULL, 's'}, {"output", required_argument, NULL, 'o'},
-        {"unlink", no_argument, NULL, 'u'},    {"timeout", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0}};
-    const char *name = NULL, *out = NULL;
+    static const struct option opts[] = {{"shm", required_argument, NULL, 's'},
+                                         {"output", required_argument, NULL, 'o'},
+                                         {"unlink", no_argument, NULL, 'u'},
+                                         {"timeout", required_argument, NULL, 't'},
+                                         {"meta", required_argument, NULL, 'm'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *name = NULL, *out = NULL, *meta = NULL;
+    size_t meta_len = 0;
     bool unlink_after = false;
     double timeout = 10.0;
     optind = 1;
@@ -59,6 +105,12 @@ int gpuseg_cmd_save(int argc, char **argv) {
             if (!cli_parse_double("--timeout", optarg, 0, 86400, &timeout))
                 return CLI_USAGE;
             break;
+        case 'm':
+            if (!meta_members(optarg, &meta, &meta_len)) {
+                cli_error("--meta: '%s' is not one JSON object {...}", optarg);
+                return CLI_USAGE;
+            }
+            break;
         case 'h':
             help();
             return CLI_OK;
@@ -77,11 +129,20 @@ int gpuseg_cmd_save(int argc, char **argv) {
     gpuseg_image view;
     st = gpuseg_shm_labels_view(seg, &view);
     if (st == GPUSEG_OK) {
-        char diam[40], extra[320];
+        char diam[40];
         fmt_double(info->diameter, diam, sizeof diam);
-        snprintf(extra, sizeof extra, "{\"n_masks\":%llu,\"diameter\":%s,\"source\":\"shm:%s\"}",
-                 (unsigned long long)info->n_masks, diam, info->name);
+        size_t cap = 320 + meta_len;
+        char *extra = malloc(cap);
+        if (!extra) {
+            gpuseg_shm_close(seg);
+            cli_error("%s: out of memory", out);
+            return CLI_FAIL;
+        }
+        snprintf(extra, cap, "{\"n_masks\":%llu,\"diameter\":%s,\"source\":\"shm:%s\"%s%.*s}",
+                 (unsigned long long)info->n_masks, diam, info->name, meta_len ? "," : "",
+                 (int)meta_len, meta ? meta : "");
         st = gpuseg_labels_write(out, &view, extra);
+        free(extra);
     }
     if (st != GPUSEG_OK) {
         int rc = cli_fail(st);

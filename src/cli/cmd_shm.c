@@ -1,18 +1,27 @@
-/* cli/cmd_shm.c: `gpuseg shm list | rm NAME... | clean | put LABELS`: inspecting and removing
- * shared-memory label segments, and `put`, a producer for development and tests that publishes
- * a label image file as a segment and leaves it for a caller, printing the same JSON line that
- * `gpuseg segment --shm-only --json` prints. */
+/* cli/cmd_shm.c: `gpuseg shm list | rm NAME... | clean | put LABELS | batch LABELS...`:
+ * inspecting and removing shared-memory label segments; `put`, a producer for development and
+ * tests that publishes a label image file as a segment and leaves it for a caller, printing the
+ * same JSON line that `gpuseg segment --shm-only --json` prints; and `batch`, which pushes many
+ * label files through the output pipeline of `segment` (cli/segment_output.h): converts them
+ * with saver processes, or publishes them all with --shm-only. */
+#define _DEFAULT_SOURCE /* realpath */
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "cli/segment_output.h"
 
 static const char *USE = "shm list [--prefix P] | rm NAME... | clean [--prefix P] | "
-                         "put LABELS [--json] [--name NAME] [--n-masks N] [--diameter D]";
+                         "put LABELS [--json] [--name NAME] [--n-masks N] [--diameter D] | "
+                         "batch LABELS... (--save-dir DIR [--format bin|tif|png|npy] | --shm-only "
+                         "[--json]) [--max-in-flight N] [--host | --device D] [--name-prefix P] "
+                         "[--saver EXE] [--timeout SEC] [--busy-ms MS]";
 
 static void help(void) {
     printf(
@@ -26,6 +35,17 @@ static void help(void) {
         "          leave it; prints its name, or with --json one line\n"
         "          {\"shm\",\"shape\",\"dtype\",\"offset\",\"bytes\",\"n_masks\",\"diameter\"}.\n"
         "          --n-masks defaults to the number of distinct labels, --diameter to 0 (unknown)\n"
+        "  batch   push label files through the output pipeline of `gpuseg segment`: each one is\n"
+        "          uploaded to the device (unless --host; without a device the host copy is\n"
+        "          used), published from there as a segment, and saved by a `gpuseg save`\n"
+        "          process as DIR/STEM.FORMAT (default bin: .bin + .json sidecar), while the\n"
+        "          next file is read; --max-in-flight N savers at once (default 2; 0 = wait for\n"
+        "          each save). With --shm-only the segments are left and their names (--json:\n"
+        "          JSON lines with \"image\") printed. Exit 1 naming each file that failed.\n"
+        "          --name-prefix P names segments P + 16 hex digits; --saver EXE runs EXE as\n"
+        "          the saver; --timeout SEC is the saver's; --busy-ms MS is a BENCHMARK KNOB "
+        "only:\n"
+        "          it sleeps MS ms per file after the upload, standing in for segmentation\n"
         "  --prefix P  only segments whose name starts with P (default /gpuseg-)\n",
         USE);
 }
@@ -263,6 +283,211 @@ static int cmd_put(int argc, char **argv) {
     return CLI_OK;
 }
 
+/* ---- batch ---- */
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* s as a JSON string (quotes included) into buf; false when it does not fit. */
+static bool json_quote(const char *s, char *buf, size_t len) {
+    size_t n = 0;
+    if (len < 3)
+        return false;
+    buf[n++] = '"';
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char e[8];
+        int k = *p == '"' || *p == '\\' ? snprintf(e, sizeof e, "\\%c", *p)
+                : *p < 0x20             ? snprintf(e, sizeof e, "\\u%04x", *p)
+                                        : snprintf(e, sizeof e, "%c", *p);
+        if (n + (size_t)k + 2 > len)
+            return false;
+        memcpy(buf + n, e, (size_t)k);
+        n += (size_t)k;
+    }
+    buf[n++] = '"';
+    buf[n] = '\0';
+    return true;
+}
+
+/* DIR/STEM.EXT for input path; refuses to overwrite the input itself. */
+static bool batch_out_path(const char *dir, const char *in, const char *ext, char *out,
+                           size_t len) {
+    const char *base = strrchr(in, '/');
+    base = base ? base + 1 : in;
+    const char *dot = strrchr(base, '.');
+    size_t stem = dot && dot != base ? (size_t)(dot - base) : strlen(base);
+    if ((size_t)snprintf(out, len, "%s/%.*s.%s", dir, (int)stem, base, ext) >= len) {
+        cli_error("%s: output path too long", in);
+        return false;
+    }
+    char a[PATH_MAX], b[PATH_MAX], d[PATH_MAX];
+    if (realpath(in, a) && realpath(dir, d)) {
+        snprintf(b, sizeof b, "%s/%.*s.%s", d, (int)stem, base, ext);
+        if (strcmp(a, b) == 0) {
+            cli_error("%s: the output would overwrite the input (choose another --save-dir "
+                      "or --format)",
+                      in);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Reads one label file, uploads it (when ctx) and submits it. Returns false (message printed)
+ * when this file could not be handed over. */
+static bool batch_one(segment_output *o, gpuseg_ctx *ctx, const char *path, const char *out,
+                      long busy_ms) {
+    gpuseg_image *img = NULL;
+    gpuseg_status st = gpuseg_image_read(path, &img);
+    if (st != GPUSEG_OK) {
+        cli_fail(st);
+        return false;
+    }
+    bool ok = false;
+    cl_mem buf = NULL;
+    uint64_t count = 0;
+    char quoted[PATH_MAX * 6 + 4], extra[PATH_MAX * 6 + 64];
+    if (img->pages != 1) {
+        cli_error("%s: %u pages; batch takes one-page label images", path, img->pages);
+        goto done;
+    }
+    if (to_label_dtype(path, img) != GPUSEG_OK || count_labels(path, img, &count) != GPUSEG_OK)
+        goto done;
+    if (!json_quote(path, quoted, sizeof quoted)) {
+        cli_error("%s: path too long", path);
+        goto done;
+    }
+    snprintf(extra, sizeof extra, "{\"input\":%s}", quoted);
+    if (ctx) {
+        size_t bytes = (size_t)img->width * img->height * (img->dtype == GPUSEG_DTYPE_U16 ? 2 : 4);
+        cl_int err;
+        buf = clCreateBuffer(gpuseg_ctx_cl_context(ctx), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
+                             bytes, img->data, &err);
+        if (!buf) {
+            cli_error("%s: cannot upload the labels: %s", path, gpuseg_cl_error_name(err));
+            goto done;
+        }
+    }
+    if (busy_ms > 0)
+        sleep_ms(busy_ms); /* benchmark knob: stands in for the segmentation of this image */
+    st = segment_output_submit(o, ctx, path, out, buf, buf ? NULL : img, img->height, img->width,
+                               img->dtype, count, 0.0, out ? extra : NULL);
+    if (st != GPUSEG_OK) {
+        cli_fail(st);
+        goto done;
+    }
+    ok = true;
+done:
+    if (buf)
+        clReleaseMemObject(buf);
+    gpuseg_image_free(img);
+    return ok;
+}
+
+static int cmd_batch(int argc, char **argv) {
+    static const struct option opts[] = {{"save-dir", required_argument, NULL, 'd'},
+                                         {"format", required_argument, NULL, 'f'},
+                                         {"max-in-flight", required_argument, NULL, 'm'},
+                                         {"shm-only", no_argument, NULL, 's'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"host", no_argument, NULL, 'H'},
+                                         {"device", required_argument, NULL, 'D'},
+                                         {"name-prefix", required_argument, NULL, 'p'},
+                                         {"saver", required_argument, NULL, 'x'},
+                                         {"timeout", required_argument, NULL, 't'},
+                                         {"busy-ms", required_argument, NULL, 'b'},
+                                         {NULL, 0, NULL, 0}};
+    segment_output_opts so = SEGMENT_OUTPUT_OPTS_INIT;
+    const char *dir = NULL, *fmt = "bin", *device = NULL;
+    bool host = false;
+    long v = 0, busy_ms = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            dir = optarg;
+            break;
+        case 'f':
+            fmt = optarg;
+            if (strcmp(fmt, "bin") && strcmp(fmt, "tif") && strcmp(fmt, "png") &&
+                strcmp(fmt, "npy")) {
+                cli_error("--format: '%s' is not bin, tif, png or npy", fmt);
+                return CLI_USAGE;
+            }
+            break;
+        case 'm':
+            if (!cli_parse_int("--max-in-flight", optarg, 0, SEGMENT_OUTPUT_MAX_IN_FLIGHT, &v))
+                return CLI_USAGE;
+            so.max_in_flight = (unsigned)v;
+            break;
+        case 's':
+            so.shm_only = 1;
+            break;
+        case 'j':
+            so.json = 1;
+            break;
+        case 'H':
+            host = true;
+            break;
+        case 'D':
+            device = optarg;
+            break;
+        case 'p':
+            so.name_prefix = optarg;
+            break;
+        case 'x':
+            so.gpuseg_exe = optarg;
+            break;
+        case 't':
+            if (!cli_parse_double("--timeout", optarg, 0, 86400, &so.save_timeout_s))
+                return CLI_USAGE;
+            break;
+        case 'b':
+            if (!cli_parse_int("--busy-ms", optarg, 0, 600000, &busy_ms))
+                return CLI_USAGE;
+            break;
+        default:
+            return cli_usage(USE);
+        }
+    }
+    if (optind >= argc || (!dir && !so.shm_only) || (dir && so.shm_only) ||
+        (so.json && !so.shm_only) || (host && device))
+        return cli_usage(USE);
+    gpuseg_ctx *ctx = NULL;
+    if (!host) {
+        gpuseg_status st = cli_ctx_create(device, &ctx);
+        if (st != GPUSEG_OK) {
+            if (device) /* asked for: a failure is an error; otherwise use the host copy */
+                return cli_fail(st);
+            ctx = NULL;
+        }
+    }
+    segment_output *o = NULL;
+    gpuseg_status st = segment_output_create(&so, &o);
+    if (st != GPUSEG_OK) {
+        gpuseg_ctx_free(ctx);
+        return cli_fail(st);
+    }
+    unsigned failed = 0;
+    for (int i = optind; i < argc; i++) {
+        char out[PATH_MAX];
+        if (!so.shm_only && !batch_out_path(dir, argv[i], fmt, out, sizeof out)) {
+            failed++;
+            continue;
+        }
+        if (!batch_one(o, ctx, argv[i], so.shm_only ? NULL : out, busy_ms))
+            failed++;
+    }
+    failed += segment_output_finish(o);
+    segment_output_free(o);
+    gpuseg_ctx_free(ctx);
+    return failed ? CLI_FAIL : CLI_OK;
+}
+
 int gpuseg_cmd_shm(int argc, char **argv) {
     if (argc < 2)
         return cli_usage(USE);
@@ -279,6 +504,8 @@ int gpuseg_cmd_shm(int argc, char **argv) {
         return cmd_clean(argc - 1, argv + 1);
     if (strcmp(sub, "put") == 0)
         return cmd_put(argc - 1, argv + 1);
-    cli_error("shm: unknown subcommand '%s' (list, rm, clean, put)", sub);
+    if (strcmp(sub, "batch") == 0)
+        return cmd_batch(argc - 1, argv + 1);
+    cli_error("shm: unknown subcommand '%s' (list, rm, clean, put, batch)", sub);
     return CLI_USAGE;
 }

@@ -1,0 +1,613 @@
+/* cli/segment_output.c: the batch output pipeline (cli/segment_output.h): publish each image's
+ * labels into a shared-memory segment, spawn a bounded number of `gpuseg save` processes with
+ * posix_spawn and reap them with waitpid (collecting each one's stderr through a pipe), and
+ * remove every segment on the way out -- also when this process is interrupted by SIGINT,
+ * SIGTERM or SIGHUP, through a registry of live segments that the signal handler walks. */
+#define _GNU_SOURCE /* getrandom, strsignal */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/segment_output.h"
+#include "core/internal.h"
+
+extern char **environ;
+
+/* ---- the registry of live segments, shared with the signal handler -------------------------
+ * A slot is PUBLISHING from the moment its name is chosen until a saver owns the segment (or,
+ * with shm_only, until it is handed to the caller), SAVING while its saver runs. Slots are
+ * changed only with the handled signals blocked, so the handler never sees half a slot. The
+ * handler uses only async-signal-safe calls (unlink on the /dev/shm path, close, waitpid, raise).
+ */
+enum { SLOT_FREE = 0, SLOT_PUBLISHING = 1, SLOT_SAVING = 2 };
+#define N_SLOTS (SEGMENT_OUTPUT_MAX_IN_FLIGHT + 1u)
+#define SHM_DIR "/dev/shm"
+
+typedef struct {
+    volatile sig_atomic_t state;
+    pid_t pid;
+    int errfd; /* read end of the saver's stderr pipe, -1 when closed */
+    char name[GPUSEG_SHM_NAME_MAX];
+    char path[GPUSEG_SHM_NAME_MAX + sizeof SHM_DIR]; /* /dev/shm/gpuseg-... */
+    /* not used by the handler: */
+    char err[512]; /* first bytes of the saver's stderr */
+    size_t err_len;
+    char *image, *out; /* for messages */
+} slot;
+
+static slot g_slots[N_SLOTS];
+static int g_active; /* a pipeline exists */
+static const int g_sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+static struct sigaction g_old[3];
+static int g_installed[3];
+
+struct segment_output {
+    segment_output_opts opts;
+    char exe[PATH_MAX];
+    char prefix[GPUSEG_SHM_NAME_MAX];
+    char timeout[32];
+    unsigned running;  /* slots in SAVING */
+    unsigned failures; /* failed saves so far */
+};
+
+static void on_signal(int sig) {
+    /* Segments no saver owns yet: nobody else will remove them. */
+    for (unsigned i = 0; i < N_SLOTS; i++)
+        if (g_slots[i].state == SLOT_PUBLISHING)
+            unlink(g_slots[i].path);
+    /* Savers own theirs: let them finish the file (they remove the segment on success), then
+     * remove what a failed one left. Closing our pipe ends first means a saver writing its
+     * error line cannot block on a full pipe; it dies of SIGPIPE instead and we clean up. */
+    for (unsigned i = 0; i < N_SLOTS; i++)
+        if (g_slots[i].state == SLOT_SAVING && g_slots[i].errfd >= 0)
+            close(g_slots[i].errfd);
+    for (unsigned i = 0; i < N_SLOTS; i++) {
+        if (g_slots[i].state != SLOT_SAVING)
+            continue;
+        int status;
+        while (waitpid(g_slots[i].pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        unlink(g_slots[i].path); /* ENOENT after a successful save; the saver is gone either way */
+    }
+    /* SA_RESETHAND restored the default action and SA_NODEFER leaves sig unblocked: this ends
+     * the process the way the signal would have, so the parent sees "killed by SIGTERM". */
+    raise(sig);
+}
+
+static void block_signals(sigset_t *old) {
+    sigset_t s;
+    sigemptyset(&s);
+    for (int i = 0; i < 3; i++)
+        sigaddset(&s, g_sigs[i]);
+    sigprocmask(SIG_BLOCK, &s, old);
+}
+
+static void restore_signals(const sigset_t *old) {
+    sigprocmask(SIG_SETMASK, old, NULL);
+}
+
+static void slot_set(slot *s, int state) {
+    sigset_t old;
+    block_signals(&old);
+    s->state = state;
+    restore_signals(&old);
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+/* Appends s as a JSON string (with quotes) to buf[*len..cap); false when it does not fit. */
+static bool json_str(char *buf, size_t cap, size_t *len, const char *s) {
+    size_t n = *len;
+    if (n + 1 >= cap)
+        return false;
+    buf[n++] = '"';
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char esc[8];
+        size_t k;
+        if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+            k = 2;
+        } else if (*p < 0x20) {
+            k = (size_t)snprintf(esc, sizeof esc, "\\u%04x", *p);
+        } else {
+            esc[0] = (char)*p;
+            k = 1;
+        }
+        if (n + k + 1 >= cap)
+            return false;
+        memcpy(buf + n, esc, k);
+        n += k;
+    }
+    buf[n++] = '"';
+    buf[n] = '\0';
+    *len = n;
+    return true;
+}
+
+/* The members of a JSON object "{...}" without the braces and surrounding blanks; false when
+ * s does not look like one object (braces, brackets and strings balanced, nothing after it). */
+static bool json_members(const char *s, const char **b, size_t *n) {
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+        s++;
+    size_t len = strlen(s);
+    while (len &&
+           (s[len - 1] == ' ' || s[len - 1] == '\t' || s[len - 1] == '\n' || s[len - 1] == '\r'))
+        len--;
+    if (len < 2 || s[0] != '{' || s[len - 1] != '}')
+        return false;
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (--depth < 0 || (depth == 0 && i != len - 1))
+                return false;
+        }
+    }
+    if (in_str || depth != 0)
+        return false;
+    const char *p = s + 1, *e = s + len - 1;
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    while (e > p && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
+        e--;
+    *b = p;
+    *n = (size_t)(e - p);
+    return true;
+}
+
+static bool valid_prefix(const char *p) {
+    size_t n = strlen(p);
+    if (n < 8 || strncmp(p, "/gpuseg-", 8) != 0 || n + 16 >= GPUSEG_SHM_NAME_MAX)
+        return false;
+    for (size_t i = 8; i < n; i++) {
+        char c = p[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static const char *sig_name(int sig) {
+    switch (sig) {
+    case SIGKILL:
+        return "SIGKILL";
+    case SIGTERM:
+        return "SIGTERM";
+    case SIGINT:
+        return "SIGINT";
+    case SIGSEGV:
+        return "SIGSEGV";
+    case SIGBUS:
+        return "SIGBUS";
+    case SIGABRT:
+        return "SIGABRT";
+    case SIGPIPE:
+        return "SIGPIPE";
+    case SIGHUP:
+        return "SIGHUP";
+    default:
+        return strsignal(sig);
+    }
+}
+
+/* ---- create / free ------------------------------------------------------------------------ */
+
+gpuseg_status segment_output_create(const segment_output_opts *opts, segment_output **out) {
+    gpuseg__clear_error(NULL);
+    if (!opts || !out)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "segment_output_create: NULL argument");
+    *out = NULL;
+    if (g_active)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "segment output: only one pipeline may exist at a time");
+    if (opts->max_in_flight > SEGMENT_OUTPUT_MAX_IN_FLIGHT)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "segment output: at most %u savers in flight, not %u",
+                            SEGMENT_OUTPUT_MAX_IN_FLIGHT, opts->max_in_flight);
+    if (opts->name_prefix && !valid_prefix(opts->name_prefix))
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "segment output: name prefix '%s' is not /gpuseg- followed by "
+                            "[A-Za-z0-9._-] (at most %u characters)",
+                            opts->name_prefix, GPUSEG_SHM_NAME_MAX - 17);
+    segment_output *o = calloc(1, sizeof *o);
+    if (!o)
+        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "segment output: out of memory");
+    o->opts = *opts;
+    if (opts->gpuseg_exe) {
+        if (strlen(opts->gpuseg_exe) >= sizeof o->exe) {
+            free(o);
+            return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                                "segment output: saver path too long");
+        }
+        snprintf(o->exe, sizeof o->exe, "%s", opts->gpuseg_exe);
+    } else {
+        /* Resolved now: the file behind /proc/self/exe stays the same for the whole batch even
+         * if the installed gpuseg is replaced meanwhile. */
+        ssize_t n = readlink("/proc/self/exe", o->exe, sizeof o->exe - 1);
+        if (n <= 0 || (size_t)n >= sizeof o->exe - 1) {
+            free(o);
+            return gpuseg__fail(NULL, GPUSEG_IO, "/proc/self/exe: cannot resolve: %s",
+                                n < 0 ? strerror(errno) : "too long");
+        }
+        o->exe[n] = '\0';
+    }
+    o->opts.gpuseg_exe = o->exe;
+    snprintf(o->prefix, sizeof o->prefix, "%s", opts->name_prefix ? opts->name_prefix : "/gpuseg-");
+    o->opts.name_prefix = o->prefix;
+    snprintf(o->timeout, sizeof o->timeout, "%.17g",
+             opts->save_timeout_s > 0 ? opts->save_timeout_s : 10.0);
+    for (unsigned i = 0; i < N_SLOTS; i++) {
+        memset(&g_slots[i], 0, sizeof g_slots[i]);
+        g_slots[i].errfd = -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        g_installed[i] = 0;
+        if (sigaction(g_sigs[i], NULL, &g_old[i]) != 0 || g_old[i].sa_handler == SIG_IGN)
+            continue; /* ignored (nohup, background shell): keep ignoring */
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        for (int k = 0; k < 3; k++)
+            if (k != i)
+                sigaddset(&sa.sa_mask, g_sigs[k]);
+        /* A second signal of the same kind while we wait for savers kills at once. */
+        sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+        if (sigaction(g_sigs[i], &sa, NULL) == 0)
+            g_installed[i] = 1;
+    }
+    g_active = 1;
+    *out = o;
+    return GPUSEG_OK;
+}
+
+/* ---- reaping ------------------------------------------------------------------------------ */
+
+/* The saver of slot s has exited with wait status `status`: report a failure, remove what it
+ * left, free the slot. */
+static void finish_slot(segment_output *o, slot *s, int status) {
+    bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!ok) {
+        char why[600];
+        if (WIFSIGNALED(status)) {
+            snprintf(why, sizeof why, "killed by signal %d (%s)", WTERMSIG(status),
+                     sig_name(WTERMSIG(status)));
+        } else {
+            s->err[s->err_len < sizeof s->err ? s->err_len : sizeof s->err - 1] = '\0';
+            char *msg = s->err;
+            if (strncmp(msg, "gpuseg: ", 8) == 0)
+                msg += 8;
+            msg[strcspn(msg, "\n")] = '\0';
+            if (*msg)
+                snprintf(why, sizeof why, "%s", msg);
+            else
+                snprintf(why, sizeof why, "the saver exited with status %d",
+                         WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        }
+        cli_error("saving %s to %s failed: %s", s->image, s->out, why);
+        o->failures++;
+    }
+    /* A failed saver leaves the segment (for inspection, in `save` alone); here nobody would
+     * look at it. After a success it is normally gone already (NOT_FOUND). */
+    gpuseg_shm_unlink(s->name);
+    if (s->errfd >= 0)
+        close(s->errfd);
+    s->errfd = -1;
+    free(s->image);
+    free(s->out);
+    s->image = s->out = NULL;
+    slot_set(s, SLOT_FREE);
+    o->running--;
+}
+
+/* Waits until one saver has exited (until `which` has, when not NULL) and finishes it. Reads
+ * the savers' stderr meanwhile so that none blocks on a full pipe; a saver's end of file means
+ * it exited (its pipe end is not shared: every other descriptor is close-on-exec). */
+static void wait_one(segment_output *o, const slot *which) {
+    for (;;) {
+        struct pollfd pf[N_SLOTS];
+        slot *ps[N_SLOTS];
+        nfds_t n = 0;
+        for (unsigned i = 0; i < N_SLOTS; i++) {
+            slot *s = &g_slots[i];
+            if (s->state != SLOT_SAVING)
+                continue;
+            if (s->errfd < 0) { /* its pipe is already at end of file */
+                int status;
+                while (waitpid(s->pid, &status, 0) < 0 && errno == EINTR)
+                    ;
+                finish_slot(o, s, status);
+                if (!which || which == s)
+                    return;
+                continue;
+            }
+            pf[n].fd = s->errfd;
+            pf[n].events = POLLIN;
+            pf[n].revents = 0;
+            ps[n++] = s;
+        }
+        if (n == 0)
+            return;
+        if (poll(pf, n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            /* Cannot happen with valid descriptors; fall back to plain waiting. */
+            for (nfds_t k = 0; k < n; k++) {
+                close(ps[k]->errfd);
+                ps[k]->errfd = -1;
+            }
+            continue;
+        }
+        for (nfds_t k = 0; k < n; k++) {
+            if (!pf[k].revents)
+                continue;
+            slot *s = ps[k];
+            char buf[512];
+            ssize_t r = read(s->errfd, buf, sizeof buf);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r > 0) {
+                size_t room = sizeof s->err - 1 - s->err_len;
+                size_t take = (size_t)r < room ? (size_t)r : room;
+                memcpy(s->err + s->err_len, buf, take);
+                s->err_len += take;
+                continue;
+            }
+            close(s->errfd); /* end of file (or an error): the saver is exiting */
+            s->errfd = -1;
+        }
+    }
+}
+
+/* ---- submit ------------------------------------------------------------------------------- */
+
+static gpuseg_status random_name(const char *prefix, char *name) {
+    uint64_t r = 0;
+    unsigned char *p = (unsigned char *)&r;
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t k = getrandom(p + got, sizeof r - got, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return gpuseg__fail(NULL, GPUSEG_IO, "segment output: getrandom failed: %s",
+                                strerror(errno));
+        got += (size_t)k;
+    }
+    snprintf(name, GPUSEG_SHM_NAME_MAX, "%s%016llx", prefix, (unsigned long long)r);
+    return GPUSEG_OK;
+}
+
+/* Starts `gpuseg save` for slot s (segment published and closed). */
+static gpuseg_status spawn_saver(segment_output *o, slot *s, const char *json_extra) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return gpuseg__fail(NULL, GPUSEG_IO, "%s: cannot create a pipe for the saver: %s", s->image,
+                            strerror(errno));
+    char *argv[12];
+    int a = 0;
+    argv[a++] = o->exe;
+    argv[a++] = (char *)"save";
+    argv[a++] = (char *)"--shm";
+    argv[a++] = s->name;
+    argv[a++] = (char *)"-o";
+    argv[a++] = s->out;
+    argv[a++] = (char *)"--unlink";
+    argv[a++] = (char *)"--timeout";
+    argv[a++] = o->timeout;
+    if (json_extra) {
+        argv[a++] = (char *)"--meta";
+        argv[a++] = (char *)json_extra;
+    }
+    argv[a] = NULL;
+
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&at);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], 2); /* dup2 clears close-on-exec */
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&at, &none);
+    /* Own process group: a terminal's Ctrl-C goes to us, and we let savers finish instead of
+     * leaving half-written temporary files (see on_signal). */
+    posix_spawnattr_setpgroup(&at, 0);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
+
+    /* Signals stay blocked from the spawn until the slot says SAVING, so that the handler
+     * either unlinks the segment (no saver yet) or waits for the saver -- never neither. */
+    sigset_t old;
+    block_signals(&old);
+    pid_t pid;
+    int rc = posix_spawn(&pid, o->exe, &fa, &at, argv, environ);
+    if (rc == 0) {
+        s->pid = pid;
+        s->errfd = fds[0];
+        s->err_len = 0;
+        s->state = SLOT_SAVING;
+        o->running++;
+    }
+    restore_signals(&old);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    close(fds[1]);
+    if (rc != 0) {
+        close(fds[0]);
+        gpuseg_shm_unlink(s->name); /* before the message: unlink clears the last error */
+        return gpuseg__fail(NULL, GPUSEG_IO, "%s: cannot start the saver %s: %s", s->image, o->exe,
+                            strerror(rc));
+    }
+    return GPUSEG_OK;
+}
+
+/* Prints the shm_only line: the segment's JSON (gpuseg_shm_json) plus "image" and the members of
+ * json_extra, or only the name. */
+static gpuseg_status print_line(segment_output *o, const gpuseg_shm_info *info, const char *image,
+                                const char *json_extra) {
+    if (!o->opts.json) {
+        printf("%s\n", info->name);
+        fflush(stdout);
+        return GPUSEG_OK;
+    }
+    size_t cap = 2048 + 6 * strlen(image) + (json_extra ? strlen(json_extra) : 0);
+    char *line = malloc(cap);
+    if (!line)
+        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", image);
+    gpuseg_status st = gpuseg_shm_json(info, line, cap);
+    if (st != GPUSEG_OK) {
+        free(line);
+        return st;
+    }
+    size_t len = strlen(line) - 1; /* drop the closing brace */
+    memcpy(line + len, ",\"image\":", 9);
+    len += 9;
+    line[len] = '\0';
+    json_str(line, cap, &len, image); /* fits: cap counts 6 bytes per character */
+    const char *mb;
+    size_t mn;
+    if (json_extra && json_members(json_extra, &mb, &mn) && mn) {
+        line[len++] = ',';
+        memcpy(line + len, mb, mn);
+        len += mn;
+    }
+    line[len++] = '}';
+    line[len] = '\0';
+    printf("%s\n", line);
+    fflush(stdout);
+    free(line);
+    return GPUSEG_OK;
+}
+
+gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const char *image_path,
+                                    const char *out_path, cl_mem labels,
+                                    const gpuseg_image *host_labels, uint32_t H, uint32_t W,
+                                    gpuseg_dtype dtype, uint64_t n_masks, double diameter,
+                                    const char *json_extra) {
+    gpuseg__clear_error(NULL);
+    if (!o || !image_path || (!out_path && !o->opts.shm_only) || (!labels && !host_labels) ||
+        (labels && !ctx))
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "segment_output_submit: bad arguments");
+    const char *mb;
+    size_t mn;
+    if (json_extra && (strlen(json_extra) > 65536 || !json_members(json_extra, &mb, &mn)))
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "%s: the metadata is not one JSON object of at most 64 KiB",
+                            image_path);
+    if (dtype != GPUSEG_DTYPE_U16 && dtype != GPUSEG_DTYPE_U32)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "%s: labels must be uint16 or uint32",
+                            image_path);
+    if (!labels &&
+        (host_labels->height != H || host_labels->width != W || host_labels->dtype != dtype ||
+         host_labels->pages != 1 || host_labels->channels != 1))
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "%s: the host labels are not one %s page of %u x %u", image_path,
+                            gpuseg_dtype_name(dtype), H, W);
+
+    /* Room for one more saver (serial mode: none runs here). */
+    unsigned limit = o->opts.max_in_flight ? o->opts.max_in_flight : 1;
+    while (o->running >= limit)
+        wait_one(o, NULL);
+    slot *s = NULL;
+    for (unsigned i = 0; i < N_SLOTS && !s; i++)
+        if (g_slots[i].state == SLOT_FREE)
+            s = &g_slots[i];
+    if (!s)
+        return gpuseg__fail(NULL, GPUSEG_INTERNAL, "segment output: no free slot");
+
+    gpuseg_status st = random_name(o->prefix, s->name);
+    if (st != GPUSEG_OK)
+        return st;
+    snprintf(s->path, sizeof s->path, SHM_DIR "%s", s->name);
+    s->image = strdup(image_path);
+    s->out = strdup(out_path ? out_path : "");
+    if (!s->image || !s->out) {
+        st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", image_path);
+        goto fail;
+    }
+    /* Registered before it exists, so that a signal during creation removes it too. */
+    slot_set(s, SLOT_PUBLISHING);
+    gpuseg_shm *seg = NULL;
+    if (labels) {
+        const uint64_t shape[2] = {H, W};
+        st = gpuseg_shm_create_from_buffer(ctx, s->name, labels, dtype, 2, shape, n_masks, diameter,
+                                           &seg);
+    } else {
+        st = gpuseg_shm_create_labels(s->name, host_labels, n_masks, diameter, &seg);
+    }
+    if (st != GPUSEG_OK) { /* nothing left behind by either call */
+        gpuseg__wrap(ctx, st, "%s", image_path);
+        goto fail;
+    }
+    if (o->opts.shm_only) {
+        st = print_line(o, gpuseg_shm_get_info(seg), image_path, json_extra);
+        gpuseg_shm_close(seg);
+        if (st != GPUSEG_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", gpuseg_last_error());
+            gpuseg_shm_unlink(s->name);
+            st = gpuseg__fail(NULL, st, "%s", msg);
+            goto fail;
+        }
+        /* The segment is the caller's now. */
+        free(s->image);
+        free(s->out);
+        s->image = s->out = NULL;
+        slot_set(s, SLOT_FREE);
+        return GPUSEG_OK;
+    }
+    gpuseg_shm_close(seg);              /* the mapping; the segment stays for the saver */
+    st = spawn_saver(o, s, json_extra); /* on failure it has removed the segment */
+    if (st != GPUSEG_OK)
+        goto fail;
+    if (o->opts.max_in_flight == 0)
+        wait_one(o, s);
+    return GPUSEG_OK;
+fail:
+    free(s->image);
+    free(s->out);
+    s->image = s->out = NULL;
+    slot_set(s, SLOT_FREE);
+    return st;
+}
+
+unsigned segment_output_finish(segment_output *o) {
+    if (!o)
+        return 0;
+    while (o->running > 0)
+        wait_one(o, NULL);
+    return o->failures;
+}
+
+void segment_output_free(segment_output *o) {
+    if (!o)
+        return;
+    segment_output_finish(o);
+    for (int i = 0; i < 3; i++)
+        if (g_installed[i])
+            sigaction(g_sigs[i], &g_old[i], NULL);
+    g_active = 0;
+    free(o);
+}
