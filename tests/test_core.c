@@ -32,6 +32,10 @@ START_TEST(error_messages) {
                      GPUSEG_DEVICE_MEMORY);
     ck_assert_str_eq(gpuseg_last_error(), "conv: CL_MEM_OBJECT_ALLOCATION_FAILURE (-4)");
     ck_assert_int_eq(gpuseg__fail_cl(NULL, CL_INVALID_KERNEL_ARGS, "k"), GPUSEG_OPENCL);
+    /* re-reporting the current message through a format argument is safe */
+    gpuseg__fail(NULL, GPUSEG_IO, "inner problem");
+    gpuseg__fail(NULL, GPUSEG_IO, "outer.bin: %s", gpuseg_last_error());
+    ck_assert_str_eq(gpuseg_last_error(), "outer.bin: inner problem");
 }
 END_TEST
 

@@ -54,8 +54,12 @@ void gpuseg__clear_error(gpuseg_ctx *ctx) {
 }
 
 gpuseg_status gpuseg__failv(gpuseg_ctx *ctx, gpuseg_status status, const char *fmt, va_list ap) {
-    vsnprintf(tls_error, sizeof tls_error, fmt, ap);
-    /* One line: a message never carries a newline except a build log, which is kept. */
+    /* Format into a local buffer first: the arguments may point into tls_error itself (a
+     * caller re-reporting gpuseg_last_error()), and vsnprintf's source and destination must
+     * not overlap. */
+    char line[GPUSEG__ERRMSG_LEN];
+    vsnprintf(line, sizeof line, fmt, ap);
+    memcpy(tls_error, line, sizeof tls_error);
     if (ctx)
         memcpy(ctx->errmsg, tls_error, sizeof ctx->errmsg);
     if (ctx)
