@@ -10,5 +10,6 @@
 #include "gpuseg/shm.h"
 #include "gpuseg/flows.h"
 #include "gpuseg/metrics.h"
+#include "gpuseg/segment.h"
 
 #endif

@@ -200,7 +200,9 @@ static gpuseg_status choose(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem
                 "%s: %ux%ux%ux%u -> %u k%u: clblast %.3f ms, direct %.3f ms: using %s",
                 layer_name(d), d->batch, d->cin, d->height, d->width, d->cout, d->ksize, 1e3 * tc,
                 1e3 * td, gpuseg__conv_impl_name(pick));
-    if (ops->n_choices < GPUSEG__OPS_CHOICES) {
+    if (ops->n_choices == GPUSEG__OPS_CHOICES)
+        ops->n_choices = 0; /* full: forget the table in memory rather than measure every call */
+    {
         e = &ops->choices[ops->n_choices++];
         e->batch = d->batch;
         e->cin = d->cin;

@@ -30,8 +30,10 @@ void gpuseg__ops_params_default(gpuseg__ops_params *p);
  */
 typedef struct gpuseg__ops gpuseg__ops;
 
-#define GPUSEG__OPS_SCRATCH 4  /* 0: prologue planes, 1: im2col columns, 2: trial output */
-#define GPUSEG__OPS_CHOICES 64 /* layer shapes remembered (CPnet has about 20) */
+#define GPUSEG__OPS_SCRATCH 4 /* 0: prologue planes, 1: im2col columns, 2: trial output */
+/* Layer shapes remembered (CPnet has about 21 per tile shape and batch size; the table on disk
+ * collects every model, tile shape and batch size used on the device, so it needs room). */
+#define GPUSEG__OPS_CHOICES 1024
 
 /* What AUTO measured for one layer shape (seconds of one warm run each). */
 typedef struct gpuseg__conv_choice_entry {

@@ -1,0 +1,68 @@
+/* net/net_internal.h: the CPnet network on the device (cpnet.c): weights uploaded once with the
+ * batch norms folded into per-channel scale/shift, activation buffers planned once per tile shape
+ * and batch size and reused, and the forward pass of a batch of tiles (flows + style per tile).
+ * segment.c builds Cellpose's eval pipeline on top of it. Internal; tests use it directly. */
+#ifndef GPUSEG_NET_INTERNAL_H
+#define GPUSEG_NET_INTERNAL_H
+
+#include "core/internal.h"
+#include "gpuseg/model.h"
+#include "gpuseg/segment.h"
+#include "ops/ops_internal.h"
+
+/* One convolution layer as gpuseg__conv2d runs it (BN folded to scale/shift on the device). */
+typedef struct gpuseg__layer {
+    char name[48];
+    unsigned cin, cout, ksize;
+    int relu;
+    cl_mem weight, bias, scale, shift;
+} gpuseg__layer;
+
+/* A residual block (resdown or resup): proj (BN, 1x1), conv_0..conv_3 (BN, ReLU, 3x3); resup
+ * blocks also have the style Linear of conv_1..3 (full_w [cout][style], full_b [cout]). */
+typedef struct gpuseg__block {
+    gpuseg__layer proj, conv[4];
+    cl_mem full_w[3], full_b[3];
+} gpuseg__block;
+
+/* Optional per-layer timing (benchmarks): with profile on, every op is followed by clFinish and
+ * its wall time added to the entry of its name. Off by default (it serialises the queue). */
+#define GPUSEG__NET_PROF_MAX 64
+typedef struct gpuseg__net_prof {
+    char name[48];
+    unsigned calls;
+    double seconds, flops; /* flops: 2 * MACs of the convolution (0 for other ops) */
+} gpuseg__net_prof;
+
+struct gpuseg_net {
+    gpuseg_ctx *ctx;
+    gpuseg__ops *ops;
+    gpuseg_model_info info;
+    char model_path[1024];
+    gpuseg__block down[4], up[4];
+    gpuseg__layer head;
+    /* The plan: buffers for batches of up to plan_batch tiles of plan_h x plan_w. */
+    unsigned plan_batch, plan_h, plan_w;
+    cl_mem xd[4];      /* encoder outputs [B][nbase[l+1]][h>>l][w>>l] */
+    cl_mem tmp[3];     /* scratch of the largest activation */
+    cl_mem feat[4][3]; /* Linear(style) per resup conv_1..3: [B][cout] */
+    cl_mem in;         /* [B][nbase[0]][h][w] the tile batch */
+    cl_mem out;        /* [B][nout][h][w] */
+    cl_mem style;      /* [B][nbase[4]] */
+    int profile;
+    unsigned n_prof;
+    gpuseg__net_prof prof[GPUSEG__NET_PROF_MAX];
+};
+
+/* Makes sure buffers for `batch` tiles of h x w exist (reallocating when the shape grows or
+ * changes). h and w must be multiples of 8 (three 2x2 poolings; Cellpose pads to 16).
+ * GPUSEG_DEVICE_MEMORY when an allocation fails (the caller may retry with a smaller batch). */
+gpuseg_status gpuseg__net_plan(gpuseg_net *net, unsigned batch, unsigned h, unsigned w);
+/* Releases the planned buffers (weights stay). */
+void gpuseg__net_unplan(gpuseg_net *net);
+
+/* Forward pass of net->in ([batch][nbase0][h][w], batch <= plan_batch, the planned h, w) into
+ * net->out ([batch][nout][h][w]) and net->style ([batch][nbase4]); enqueues only. */
+gpuseg_status gpuseg__net_forward(gpuseg_net *net, unsigned batch);
+
+#endif

@@ -1,0 +1,284 @@
+/* net/segment.c: CellposeModel.eval (Cellpose 3.1, 2-D, resample=True) on the device:
+ * rescale factor and niter as Cellpose computes them (float32), prep (channels, normalise,
+ * resize, pad), tiles through the network batch by batch (halving the batch when device memory
+ * runs out), taper blend, resize back, flows -> masks; style vector as run_net's per-image sum. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gpuseg/flows_cl.h"
+#include "net/net_internal.h"
+#include "prep/prep_internal.h"
+
+void gpuseg_segment_params_default(gpuseg_segment_params *p) {
+    memset(p, 0, sizeof *p);
+    p->diameter = 0.0;
+    p->normalize = 1;
+    p->flow_threshold = 0.4f;
+    p->cellprob_threshold = 0.0f;
+    p->niter = 0;
+    p->min_size = 15;
+    p->max_size_fraction = 0.4;
+    p->tile_overlap = 0.1;
+    p->batch_size = 8;
+}
+
+void gpuseg_segment_result_free(gpuseg_segment_result *r) {
+    if (!r)
+        return;
+    gpuseg_image_free(r->labels);
+    free(r->flows);
+    free(r->style);
+    memset(r, 0, sizeof *r);
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static gpuseg_status read_buf(gpuseg_ctx *ctx, cl_mem m, size_t bytes, void *dst,
+                              const char *what) {
+    cl_int err = clEnqueueReadBuffer(ctx->queue, m, CL_TRUE, 0, bytes, dst, 0, NULL, NULL);
+    return err == CL_SUCCESS ? GPUSEG_OK : gpuseg__fail_cl(ctx, err, "reading back %s", what);
+}
+
+/* Plans the network for `want` tiles of th x tw, halving the batch while the device runs out of
+ * memory; *got receives the batch that fits. */
+static gpuseg_status plan_batch(gpuseg_ctx *ctx, gpuseg_net *net, unsigned want, uint32_t th,
+                                uint32_t tw, unsigned *got) {
+    gpuseg_status st;
+    for (unsigned b = want;; b /= 2) {
+        st = gpuseg__net_plan(net, b, th, tw);
+        if (st == GPUSEG_OK) {
+            *got = b;
+            return GPUSEG_OK;
+        }
+        if (st != GPUSEG_DEVICE_MEMORY)
+            return st;
+        if (b == 1)
+            break;
+        gpuseg__log(ctx, GPUSEG_LOG_WARN, "network buffers for %u tiles do not fit; trying %u", b,
+                    b / 2);
+    }
+    return gpuseg__wrap(
+        ctx, st, "network: even a batch of 1 tile of %ux%u does not fit in device memory", th, tw);
+}
+
+/* The network part: tiles batch by batch through the net into the blend, then the blended maps
+ * resized back into full ([3, ly0, lx0], caller's) and the style summed into style_sum. */
+static gpuseg_status run_tiles(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg__prep_out *in,
+                               unsigned batch, cl_mem full, float *style_sum,
+                               unsigned *batch_used) {
+    const gpuseg__tile_geom *g = &in->geom;
+    uint32_t ntiles = g->ny * g->nx, ns = (uint32_t)net->info.nbase[4];
+    gpuseg__blend b = {0};
+    cl_mem maps = NULL;
+    float *style = NULL;
+    unsigned bsz = 0;
+    gpuseg_status st = plan_batch(ctx, net, batch < ntiles ? batch : ntiles, g->th, g->tw, &bsz);
+    if (st != GPUSEG_OK)
+        return st;
+    *batch_used = bsz;
+    style = malloc((size_t)bsz * ns * sizeof *style);
+    if (!style)
+        return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "style: out of host memory");
+    if ((st = gpuseg__blend_begin(ctx, g, 3, &b)) != GPUSEG_OK)
+        goto fail;
+    memset(style_sum, 0, ns * sizeof *style_sum);
+    for (uint32_t first = 0; first < ntiles; first += bsz) {
+        uint32_t count = ntiles - first < bsz ? ntiles - first : bsz;
+        if ((st = gpuseg__tiles_extract(ctx, in->image, 2, g, first, count, net->in)) !=
+                GPUSEG_OK ||
+            (st = gpuseg__net_forward(net, count)) != GPUSEG_OK ||
+            (st = gpuseg__blend_add(ctx, &b, g, net->out, first, count)) != GPUSEG_OK ||
+            (st = read_buf(ctx, net->style, (size_t)count * ns * sizeof(float), style, "style")) !=
+                GPUSEG_OK)
+            goto fail;
+        for (uint32_t t = 0; t < count; t++)
+            for (uint32_t c = 0; c < ns; c++)
+                style_sum[c] += style[(size_t)t * ns + c];
+    }
+    size_t mbytes;
+    if (!gpuseg__mul4_size(3, g->lyr, g->lxr, sizeof(float), &mbytes)) {
+        st = gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "blended maps: size overflows");
+        goto fail;
+    }
+    if ((st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, mbytes, "blended maps", &maps)) != GPUSEG_OK ||
+        (st = gpuseg__blend_end(ctx, &b, g, maps)) != GPUSEG_OK ||
+        (st = gpuseg__resize_maps(ctx, maps, 3, g, full)) != GPUSEG_OK)
+        goto fail;
+    /* run_net: stylei /= (stylei**2).sum()**0.5 over the image's summed tile styles */
+    float ss = 0.0f;
+    for (uint32_t c = 0; c < ns; c++)
+        ss += style_sum[c] * style_sum[c];
+    ss = sqrtf(ss);
+    for (uint32_t c = 0; c < ns; c++)
+        style_sum[c] /= ss;
+fail:
+    gpuseg__blend_free(&b);
+    gpuseg__release(&maps);
+    free(style);
+    return st;
+}
+
+/* Cellpose sizes the rescaled image as int(L * rsz) with rsz a numpy float32 and L a Python int,
+ * so the product is rounded to float32 before truncation; prep computes trunc(L * r) in double.
+ * The two differ when L * r lies within float32 rounding below an integer. The resize itself
+ * depends only on the sizes, so this returns a double factor whose truncated products equal the
+ * float32 ones on both axes (r itself when they agree already, which is nearly always). */
+static double prep_rescale(float r, uint32_t ly0, uint32_t lx0) {
+    if (r == 1.0f)
+        return 1.0;
+    const uint32_t L[2] = {ly0, lx0};
+    double want[2], cand[3] = {(double)r, 0, 0};
+    for (int a = 0; a < 2; a++) {
+        float prod = (float)L[a] * r;
+        want[a] = prod < 4294967296.0f ? (double)(uint32_t)prod : -1;
+        cand[a + 1] = want[a] >= 0 ? nextafter(want[a] / L[a], INFINITY) : (double)r;
+    }
+    for (int c = 0; c < 3; c++) {
+        int ok = 1;
+        for (int a = 0; a < 2; a++)
+            ok &= want[a] >= 0 && floor((double)L[a] * cand[c]) == want[a];
+        if (ok)
+            return cand[c];
+    }
+    return (double)r;
+}
+
+gpuseg_status gpuseg_segment(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img,
+                             const gpuseg_segment_params *params, gpuseg_segment_result *result) {
+    gpuseg__clear_error(ctx);
+    if (!ctx || !net || !img || !result)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "gpuseg_segment: NULL argument");
+    memset(result, 0, sizeof *result);
+    gpuseg_segment_params p;
+    if (params)
+        p = *params;
+    else
+        gpuseg_segment_params_default(&p);
+    const gpuseg_model_info *mi = &net->info;
+    if (mi->nout != 3)
+        return gpuseg__fail(ctx, GPUSEG_UNSUPPORTED,
+                            "%s: the model has %d outputs; segmentation needs 3 (dY, dX, "
+                            "cellprob)",
+                            net->model_path, mi->nout);
+    if (!isfinite(p.diameter) || p.diameter < 0)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "diameter %g: must be 0 (the model's own) or a positive number of "
+                            "pixels",
+                            p.diameter);
+    if (p.batch_size == 0 || p.batch_size > 1024)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "batch size %u: must be 1..1024",
+                            p.batch_size);
+    if (!isfinite(p.tile_overlap) || !isfinite(p.cellprob_threshold) || !isfinite(p.flow_threshold))
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "tile overlap and thresholds must be finite numbers");
+
+    /* Cellpose: rescale = diam_mean / diameter with a float32 diam_mean (numpy keeps float32
+     * with a Python float), else diam_mean / diam_labels (both float32). */
+    float r = p.diameter > 0 ? mi->diam_mean / (float)p.diameter : mi->diam_mean / mi->diam_labels;
+    if (!(r > 0.0f) || !isfinite(r) || r > 1e4f)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "diameter %g: rescale factor %g (diam_mean %g / diameter) is absurd",
+                            p.diameter, (double)r, (double)mi->diam_mean);
+    /* niter0 = 1 / rescale * 200 in float32, then np.uint32 (truncation) in follow_flows */
+    float nf = (1.0f / r) * 200.0f;
+    uint32_t niter = p.niter ? p.niter : (nf >= 4294967295.0f ? UINT32_MAX : (uint32_t)nf);
+    if (niter == 0)
+        niter = 1; /* rescale > 200: Cellpose follows 0 steps; to the masks module 0 means
+                    * "default (200)", so one step is the closest we can ask for */
+
+    gpuseg__prep_params pp;
+    gpuseg__prep_params_default(&pp);
+    pp.chan = p.chan;
+    pp.chan2 = p.chan2;
+    pp.normalize = p.normalize;
+    pp.invert = p.invert;
+    if (p.page >= img->pages)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "page %u: the image has %u", p.page,
+                            img->pages);
+    pp.rescale = prep_rescale(r, img->height, img->width);
+    pp.augment = p.augment;
+    pp.tile_overlap = p.tile_overlap;
+    pp.page = p.page;
+    pp.no_tiles = 1;
+
+    gpuseg__prep_out in;
+    memset(&in, 0, sizeof in);
+    cl_mem full = NULL, labels = NULL;
+    float *style = NULL;
+    gpuseg_status st;
+    double t0 = now_s();
+    if ((st = gpuseg__prep_image(ctx, img, &pp, &in)) != GPUSEG_OK)
+        return st;
+    uint32_t H = in.geom.ly0, W = in.geom.lx0, ns = (uint32_t)mi->nbase[4];
+    size_t fbytes;
+    if (!gpuseg__mul4_size(3, H, W, sizeof(float), &fbytes)) {
+        st = gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "flows: size overflows");
+        goto fail;
+    }
+    style = malloc(ns * sizeof *style);
+    if (!style) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "style: out of host memory");
+        goto fail;
+    }
+    if ((st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, fbytes, "flows", &full)) != GPUSEG_OK ||
+        (st = run_tiles(ctx, net, &in, p.batch_size, full, style, &result->batch_size)) !=
+            GPUSEG_OK)
+        goto fail;
+    clFinish(ctx->queue);
+    double t1 = now_s();
+
+    gpuseg_masks_params mp;
+    gpuseg_masks_params_default(&mp);
+    mp.cellprob_threshold = p.cellprob_threshold;
+    mp.flow_threshold = p.flow_threshold;
+    mp.niter = niter;
+    mp.min_size = p.min_size;
+    mp.max_size_fraction = p.max_size_fraction;
+    gpuseg_dtype dt;
+    uint32_t nm;
+    if ((st = gpuseg_flows_to_masks_cl(ctx, full, H, W, &mp, &labels, &dt, &nm)) != GPUSEG_OK)
+        goto fail;
+    if ((st = gpuseg_image_create(W, H, 1, 1, dt, &result->labels)) != GPUSEG_OK ||
+        (st = read_buf(ctx, labels, (size_t)H * W * gpuseg_dtype_size(dt), result->labels->data,
+                       "labels")) != GPUSEG_OK)
+        goto fail;
+    if (p.want_flows) {
+        result->flows = malloc(fbytes);
+        if (!result->flows) {
+            st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "flows: out of host memory");
+            goto fail;
+        }
+        if ((st = read_buf(ctx, full, fbytes, result->flows, "flows")) != GPUSEG_OK)
+            goto fail;
+    }
+    if (p.want_style) {
+        result->style = style;
+        style = NULL;
+    }
+    result->style_len = ns;
+    result->n_masks = nm;
+    result->diameter = p.diameter > 0 ? p.diameter : (double)mi->diam_labels;
+    result->rescale = (double)r;
+    result->niter = niter;
+    result->n_tiles = in.geom.ny * in.geom.nx;
+    result->seconds_net = t1 - t0;
+    result->seconds_masks = now_s() - t1;
+    st = GPUSEG_OK;
+fail:
+    if (st != GPUSEG_OK) {
+        gpuseg_segment_result_free(result);
+        if (img && img->width)
+            gpuseg__wrap(ctx, st, "segmenting %ux%u image", img->width, img->height);
+    }
+    gpuseg__release(&full);
+    gpuseg__release(&labels);
+    gpuseg__prep_out_free(&in);
+    free(style);
+    return st;
+}

@@ -1,0 +1,368 @@
+/* tests/test_segment.c: gpuseg_segment (Cellpose 3.1 CellposeModel.eval, 2-D) against Cellpose
+ * itself on the fixtures of tools/fixtures/make_net_fixtures.py (a small random CPnet; a grey
+ * crop at diameter 0, an RGB crop with chan 2 / chan2 3 at diameter 36, a grey crop with
+ * augment at diameter 30): blended, resized flows and cellprob, the style vector, niter, and
+ * the final masks (AP@0.5), with each convolution implementation; batching; the `gpuseg
+ * segment` command (outputs and their contents) and its error paths. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "net/net_internal.h"
+#include "testutil.h"
+
+#define FIX GPUSEG_SOURCE_DIR "/tests/fixtures/net/"
+
+/* The cases as make_net_fixtures.py ran them (see MANIFEST.json there: the thresholds are its
+ * recorded per-case cellprob medians; niter its trunc(200 / rescale)). */
+static const struct {
+    const char *name;
+    int chan, chan2;
+    double diameter;
+    int augment;
+    float flow_threshold, cellprob_threshold;
+    uint32_t niter, n_masks;
+} cases[] = {
+    {"grey", 0, 0, 0.0, 0, 0.0f, -0.13f, 163, 99},
+    {"rgb", 2, 3, 36.0, 0, 2.0f, 2.36f, 240, 4},
+    {"aug", 0, 0, 30.0, 1, 0.0f, -0.18f, 200, 139},
+    /* 132 x 120 at diameter 36: Cellpose's float32 int(L * r) gives 110 x 100 (double: 109 x 99) */
+    {"d36", 0, 0, 36.0, 0, 0.0f, -0.1f, 240, 45},
+};
+static const char *impls[] = {"direct", "clblast"};
+
+static gpuseg_npy *load(const char *name) {
+    char path[1024];
+    snprintf(path, sizeof path, FIX "%s", name);
+    gpuseg_npy *a = NULL;
+    ck_assert_msg(gpuseg_npy_read(path, &a) == GPUSEG_OK, "%s", gpuseg_last_error());
+    return a;
+}
+
+static gpuseg_image *load_image(const char *name) {
+    char path[1024];
+    snprintf(path, sizeof path, FIX "%s", name);
+    gpuseg_image *img = NULL;
+    ck_assert_msg(gpuseg_image_read(path, &img) == GPUSEG_OK, "%s", gpuseg_last_error());
+    return img;
+}
+
+static uint32_t *labels_u32(const void *data, gpuseg_dtype t, size_t n) {
+    uint32_t *o = malloc(n * sizeof *o);
+    ck_assert_ptr_nonnull(o);
+    for (size_t i = 0; i < n; i++)
+        o[i] = t == GPUSEG_DTYPE_U16 ? ((const uint16_t *)data)[i] : ((const uint32_t *)data)[i];
+    return o;
+}
+
+static void params_for(int c, gpuseg_segment_params *p) {
+    gpuseg_segment_params_default(p);
+    p->chan = cases[c].chan;
+    p->chan2 = cases[c].chan2;
+    p->diameter = cases[c].diameter;
+    p->augment = cases[c].augment;
+    p->flow_threshold = cases[c].flow_threshold;
+    p->cellprob_threshold = cases[c].cellprob_threshold;
+    p->want_flows = 1;
+    p->want_style = 1;
+}
+
+/* _i = case * 2 + implementation */
+START_TEST(matches_cellpose_eval) {
+    int c = _i / 2;
+    setenv("GPUSEG_CONV", impls[_i % 2], 1); /* forked per test: stays in this test */
+    char name[64];
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert(gpuseg_net_load(ctx, FIX "small_cpnet.pth", &net) == GPUSEG_OK);
+    snprintf(name, sizeof name, "%s_img.png", cases[c].name);
+    gpuseg_image *img = load_image(name);
+    gpuseg_segment_params p;
+    params_for(c, &p);
+    gpuseg_segment_result r;
+    ck_assert_msg(gpuseg_segment(ctx, net, img, &p, &r) == GPUSEG_OK, "%s", gpuseg_last_error());
+    ck_assert_uint_eq(r.niter, cases[c].niter);
+    uint32_t H = img->height, W = img->width;
+    ck_assert_uint_eq(r.labels->height, H);
+    ck_assert_uint_eq(r.labels->width, W);
+
+    snprintf(name, sizeof name, "%s_flows.npy", cases[c].name);
+    gpuseg_npy *fl = load(name);
+    ck_assert(fl->shape[0] == 3 && fl->shape[1] == H && fl->shape[2] == W);
+    const float *want = fl->data;
+    double err[3] = {0, 0, 0}, range[3] = {0, 0, 0};
+    for (int k = 0; k < 3; k++) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (size_t i = (size_t)k * H * W; i < (size_t)(k + 1) * H * W; i++) {
+            err[k] = fmax(err[k], fabs((double)r.flows[i] - want[i]));
+            lo = fminf(lo, want[i]);
+            hi = fmaxf(hi, want[i]);
+        }
+        range[k] = hi - lo;
+        /* forward ~1e-6 of the range (test_net), blend ~1 ulp, resize back ~1e-7 relative;
+         * measured up to ~2e-6 of the range. 1e-4 of each map's range leaves margin while a
+         * wrong tile, flip, sign or pad moves values by a large part of the range. */
+        ck_assert_msg(err[k] <= 1e-4 * range[k], "%s map %d: error %g, range %g", cases[c].name, k,
+                      err[k], range[k]);
+    }
+    snprintf(name, sizeof name, "%s_style.npy", cases[c].name);
+    gpuseg_npy *st = load(name);
+    ck_assert_uint_eq(r.style_len, st->shape[0]);
+    double serr = 0;
+    for (uint32_t k = 0; k < r.style_len; k++)
+        serr = fmax(serr, fabs((double)r.style[k] - ((const float *)st->data)[k]));
+    ck_assert_msg(serr <= 1e-5, "style error %g", serr); /* unit vector; measured ~1e-7 */
+
+    snprintf(name, sizeof name, "%s_masks.npy", cases[c].name);
+    gpuseg_npy *mk = load(name);
+    uint32_t *truth = labels_u32(mk->data, mk->dtype, (size_t)H * W);
+    uint32_t *pred = labels_u32(r.labels->data, r.labels->dtype, (size_t)H * W);
+    gpuseg_ap_result ap;
+    double thr = 0.5;
+    ck_assert(gpuseg_metrics_ap(truth, pred, H, W, &thr, 1, &ap) == GPUSEG_OK);
+    size_t same = 0;
+    for (size_t i = 0; i < (size_t)H * W; i++)
+        same += truth[i] == pred[i];
+    printf("%s (%s): flows err %.2g/%.2g/%.2g (ranges %.3g/%.3g/%.3g), style %.2g, masks %u vs "
+           "%u, AP@0.5 %.4f, equal pixels %.5f, net %.2f s, masks %.2f s\n",
+           cases[c].name, impls[_i % 2], err[0], err[1], err[2], range[0], range[1], range[2], serr,
+           r.n_masks, cases[c].n_masks, ap.ap, (double)same / ((double)H * W), r.seconds_net,
+           r.seconds_masks);
+    /* the flows differ by float rounding only, so a mask may move a few boundary pixels */
+    ck_assert_msg(ap.ap >= 0.99, "AP@0.5 %g", ap.ap);
+    ck_assert_uint_eq(ap.n_true, cases[c].n_masks);
+    free(truth);
+    free(pred);
+    gpuseg_npy_free(mk);
+    gpuseg_npy_free(st);
+    gpuseg_npy_free(fl);
+    gpuseg_segment_result_free(&r);
+    gpuseg_image_free(img);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
+/* Batches of 1 and 3 tiles give the same flows as the default 8 (per-tile work does not depend
+ * on the batch); the style and the masks too. */
+START_TEST(batching_invariant) {
+    setenv("GPUSEG_CONV", "direct", 1);
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert(gpuseg_net_load(ctx, FIX "small_cpnet.pth", &net) == GPUSEG_OK);
+    gpuseg_image *img = load_image("aug_img.png");
+    gpuseg_segment_params p;
+    params_for(2, &p);
+    gpuseg_segment_result a, b;
+    ck_assert(gpuseg_segment(ctx, net, img, &p, &a) == GPUSEG_OK);
+    ck_assert_uint_eq(a.batch_size, 4); /* 4 tiles: the batch is cut to the tile count */
+    p.batch_size = 3;
+    ck_assert(gpuseg_segment(ctx, net, img, &p, &b) == GPUSEG_OK);
+    ck_assert_uint_eq(b.batch_size, 3);
+    size_t n = (size_t)3 * img->height * img->width;
+    ck_assert(memcmp(a.flows, b.flows, n * sizeof(float)) == 0);
+    ck_assert_uint_eq(a.n_masks, b.n_masks);
+    gpuseg_segment_result_free(&b);
+    p.batch_size = 1;
+    ck_assert(gpuseg_segment(ctx, net, img, &p, &b) == GPUSEG_OK);
+    ck_assert(memcmp(a.flows, b.flows, n * sizeof(float)) == 0);
+    ck_assert(memcmp(a.style, b.style, a.style_len * sizeof(float)) == 0);
+    gpuseg_segment_result_free(&a);
+    gpuseg_segment_result_free(&b);
+    gpuseg_image_free(img);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(api_errors) {
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert(gpuseg_net_load(ctx, FIX "small_cpnet.pth", &net) == GPUSEG_OK);
+    gpuseg_image *rgb = load_image("rgb_img.png");
+    gpuseg_segment_params p;
+    gpuseg_segment_params_default(&p);
+    ck_assert_uint_eq(p.batch_size, 8);
+    ck_assert_float_eq(p.flow_threshold, 0.4f);
+    ck_assert_int_eq(p.min_size, 15);
+    gpuseg_segment_result r;
+    p.diameter = -3;
+    ck_assert_int_eq(gpuseg_segment(ctx, net, rgb, &p, &r), GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_last_error(), "diameter") != NULL);
+    ck_assert_ptr_null(r.labels);
+    p.diameter = NAN;
+    ck_assert_int_eq(gpuseg_segment(ctx, net, rgb, &p, &r), GPUSEG_INVALID_ARGUMENT);
+    p.diameter = 1e-6; /* rescale 3e7 */
+    ck_assert_int_eq(gpuseg_segment(ctx, net, rgb, &p, &r), GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_last_error(), "absurd") != NULL);
+    p.diameter = 0;
+    p.chan = 4; /* the RGB image has 3 channels */
+    ck_assert_int_eq(gpuseg_segment(ctx, net, rgb, &p, &r), GPUSEG_INVALID_ARGUMENT);
+    ck_assert(gpuseg_last_error()[0] != 0);
+    p.chan = 0;
+    p.batch_size = 0;
+    ck_assert_int_eq(gpuseg_segment(ctx, net, rgb, &p, &r), GPUSEG_INVALID_ARGUMENT);
+    ck_assert_int_eq(gpuseg_segment(ctx, net, NULL, NULL, &r), GPUSEG_INVALID_ARGUMENT);
+
+    /* an image smaller than a tile (and than the padding): 12 x 9, one tile of 32 x 32 */
+    gpuseg_image *tiny = NULL;
+    ck_assert(gpuseg_image_create(9, 12, 1, 1, GPUSEG_DTYPE_U8, &tiny) == GPUSEG_OK);
+    for (int i = 0; i < 108; i++)
+        ((uint8_t *)tiny->data)[i] = (uint8_t)((i * 37) % 251);
+    ck_assert_msg(gpuseg_segment(ctx, net, tiny, NULL, &r) == GPUSEG_OK, "%s", gpuseg_last_error());
+    ck_assert_uint_eq(r.labels->width, 9);
+    ck_assert_uint_eq(r.labels->height, 12);
+    ck_assert_uint_eq(r.n_tiles, 1);
+    ck_assert_ptr_null(r.flows); /* not asked for */
+    gpuseg_segment_result_free(&r);
+    gpuseg_segment_result_free(&r); /* twice is harmless */
+    gpuseg_image_free(tiny);
+    gpuseg_image_free(rgb);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s", path);
+    static char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+START_TEST(cli_segment) {
+    const char *dir = tu_tmpdir();
+    char cmd[4096], path[1024];
+    /* default output beside the image: STEM_segmentation.bin + .json, summary on stderr */
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s/grey.png'", FIX "grey_img.png", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    tu_cli_result *r =
+        tu_cli("segment '%s/grey.png' --model '%s' --flow-threshold 0 --cellprob-threshold "
+               "-0.13 --save-flows",
+               dir, FIX "small_cpnet.pth");
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert(strstr(r->err, "99 masks") && strstr(r->err, "diameter 24.50"));
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    free(r);
+    snprintf(path, sizeof path, "%s/grey_segmentation.json", dir);
+    const char *js = read_text(path);
+    ck_assert_msg(strstr(js, "\"shape\":[200,184]") && strstr(js, "\"dtype\":\"uint16\"") &&
+                      strstr(js, "\"n_masks\":99") && strstr(js, "\"diameter\":24.5") &&
+                      strstr(js, "small_cpnet.pth") && strstr(js, "\"niter\":163") &&
+                      strstr(js, "\"gpuseg_version\"") && strstr(js, "\"flow_threshold\":0"),
+                  "%s", js);
+    snprintf(path, sizeof path, "%s/grey_segmentation.bin", dir);
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    static uint16_t lab[200 * 184];
+    ck_assert_uint_eq(fread(lab, 2, 200 * 184 + 1, f), 200 * 184);
+    fclose(f);
+    gpuseg_npy *mk = load("grey_masks.npy");
+    uint32_t *truth = labels_u32(mk->data, mk->dtype, 200 * 184);
+    uint32_t *pred = labels_u32(lab, GPUSEG_DTYPE_U16, 200 * 184);
+    gpuseg_ap_result ap;
+    double thr = 0.5;
+    ck_assert(gpuseg_metrics_ap(truth, pred, 200, 184, &thr, 1, &ap) == GPUSEG_OK);
+    ck_assert(ap.ap >= 0.99);
+    free(truth);
+    free(pred);
+    gpuseg_npy_free(mk);
+    gpuseg_npy *fl = NULL, *sv = NULL;
+    snprintf(path, sizeof path, "%s/grey_flows.npy", dir);
+    ck_assert(gpuseg_npy_read(path, &fl) == GPUSEG_OK);
+    ck_assert(fl->dtype == GPUSEG_DTYPE_F32 && fl->ndim == 3 && fl->shape[0] == 3 &&
+              fl->shape[1] == 200 && fl->shape[2] == 184);
+    snprintf(path, sizeof path, "%s/grey_style.npy", dir);
+    ck_assert(gpuseg_npy_read(path, &sv) == GPUSEG_OK);
+    ck_assert(sv->ndim == 1 && sv->shape[0] == 32);
+    gpuseg_npy_free(fl);
+    gpuseg_npy_free(sv);
+
+    /* --save-dir, --format tif, --quiet, a small image (.npy, 20 x 30) */
+    uint8_t small[600];
+    for (int i = 0; i < 600; i++)
+        small[i] = (uint8_t)((i * 71) % 255);
+    uint64_t sh[2] = {20, 30};
+    snprintf(path, sizeof path, "%s/small.npy", dir);
+    ck_assert(gpuseg_npy_write(path, GPUSEG_DTYPE_U8, 2, sh, small) == GPUSEG_OK);
+    snprintf(cmd, sizeof cmd, "mkdir '%s/out'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    r = tu_cli("segment '%s' '%s/grey.png' --model '%s' --save-dir '%s/out' --format tif --quiet",
+               path, dir, FIX "small_cpnet.pth", dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_str_eq(r->err, "");
+    free(r);
+    snprintf(path, sizeof path, "%s/out/small_segmentation.tif", dir);
+    ck_assert(tu_exists(path));
+    snprintf(path, sizeof path, "%s/out/grey_segmentation.tif", dir);
+    ck_assert(tu_exists(path));
+    /* -o */
+    r = tu_cli("segment '%s/grey.png' --model '%s' -o '%s/o.npy' --quiet", dir,
+               FIX "small_cpnet.pth", dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    snprintf(path, sizeof path, "%s/o.npy", dir);
+    ck_assert(tu_exists(path));
+
+    /* errors: one line each, naming the problem */
+    r = tu_cli("segment '%s/grey.png'", dir); /* no --model */
+    ck_assert_int_eq(r->status, 2);
+    ck_assert(strstr(r->err, "--model") && strstr(r->err, "bundled"));
+    free(r);
+    r = tu_cli("segment '%s/grey.png' --model '%s/none.pth'", dir, dir);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert(strstr(r->err, "none.pth") != NULL);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    free(r);
+    r = tu_cli("segment '%s/grey.png' --model '%s/grey.png'", dir, dir); /* not a model */
+    ck_assert_int_eq(r->status, 1);
+    ck_assert(strstr(r->err, "grey.png") && strstr(r->err, "PNG"));
+    free(r);
+    r = tu_cli("segment '%s' --model '%s' --chan 4 --save-dir '%s'", FIX "rgb_img.png",
+               FIX "small_cpnet.pth", dir);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert(strstr(r->err, "rgb_img.png") != NULL);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    free(r);
+    r = tu_cli("segment '%s/grey.png' --model '%s' --diameter -4", dir, FIX "small_cpnet.pth");
+    ck_assert_int_eq(r->status, 2);
+    ck_assert(strstr(r->err, "--diameter") != NULL);
+    free(r);
+    r = tu_cli("segment '%s/grey.png' --model '%s' --diameter 0.0001", dir, FIX "small_cpnet.pth");
+    ck_assert_int_eq(r->status, 1);
+    ck_assert(strstr(r->err, "grey.png") && strstr(r->err, "absurd"));
+    free(r);
+    r = tu_cli("segment '%s/grey.png' --model '%s' --save-dir '%s/nope'", dir,
+               FIX "small_cpnet.pth", dir);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert(strstr(r->err, "nope") != NULL);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    free(r);
+    r = tu_cli("segment '%s/missing.png' --model '%s'", dir, FIX "small_cpnet.pth");
+    ck_assert_int_eq(r->status, 1);
+    ck_assert(strstr(r->err, "missing.png") != NULL);
+    free(r);
+    tu_rmtree(dir);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("segment");
+    int dev = tu_require_device();
+    if (dev == 1)
+        return 1;
+    if (dev == 0) {
+        TCase *d = tcase_create("device");
+        tcase_set_timeout(d, 600);
+        tcase_add_loop_test(d, matches_cellpose_eval, 0, 8);
+        tcase_add_test(d, batching_invariant);
+        tcase_add_test(d, api_errors);
+        tcase_add_test(d, cli_segment);
+        suite_add_tcase(s, d);
+    }
+    return tu_run(s);
+}
