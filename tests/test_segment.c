@@ -350,6 +350,53 @@ START_TEST(cli_segment) {
 }
 END_TEST
 
+/* Labels travel through shared memory: --shm-only --json leaves a segment that a separate saver
+ * turns into the same bytes the default run writes; a save that fails names the image. */
+START_TEST(cli_segment_shm) {
+    const char *dir = tu_tmpdir();
+    char cmd[4096], path[1024], name[256];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s/grey.png' && mkdir '%s/adir.bin'", FIX "grey_img.png",
+             dir, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    const char *args = "--flow-threshold 0 --cellprob-threshold -0.13 --quiet";
+    tu_cli_result *r = tu_cli("segment '%s/grey.png' --model '%s' %s --max-in-flight 0", dir,
+                              FIX "small_cpnet.pth", args);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    r = tu_cli("segment '%s/grey.png' --model '%s' %s --shm-only --json", dir,
+               FIX "small_cpnet.pth", args);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_int_eq(tu_count_lines(r->out), 1);
+    ck_assert_msg(strstr(r->out, "\"shape\":[200,184]") && strstr(r->out, "\"dtype\":\"uint16\"") &&
+                      strstr(r->out, "\"n_masks\":99") && strstr(r->out, "\"offset\":"),
+                  "%s", r->out);
+    const char *p = strstr(r->out, "\"shm\":\"");
+    ck_assert_ptr_nonnull(p);
+    p += 7;
+    size_t n = strcspn(p, "\"");
+    ck_assert(n > 8 && n < sizeof name && strncmp(p, "/gpuseg-", 8) == 0);
+    memcpy(name, p, n);
+    name[n] = 0;
+    free(r);
+    snprintf(path, sizeof path, "/dev/shm%s", name);
+    ck_assert_msg(tu_exists(path), "segment %s was not left for the caller", name);
+    r = tu_cli("save --shm '%s' -o '%s/from_shm.bin' --unlink", name, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    ck_assert(!tu_exists(path));
+    snprintf(cmd, sizeof cmd, "cmp '%s/grey_segmentation.bin' '%s/from_shm.bin'", dir, dir);
+    ck_assert_int_eq(system(cmd), 0);
+
+    /* the output path is a folder: the saver fails, segment names the image and exits 1 */
+    r = tu_cli("segment '%s/grey.png' --model '%s' %s -o '%s/adir.bin'", dir, FIX "small_cpnet.pth",
+               args, dir);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_msg(strstr(r->err, "grey.png") && strstr(r->err, "failed"), "%s", r->err);
+    free(r);
+    tu_rmtree(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("segment");
     int dev = tu_require_device();
@@ -362,6 +409,7 @@ int main(void) {
         tcase_add_test(d, batching_invariant);
         tcase_add_test(d, api_errors);
         tcase_add_test(d, cli_segment);
+        tcase_add_test(d, cli_segment_shm);
         suite_add_tcase(s, d);
     }
     return tu_run(s);

@@ -1,8 +1,9 @@
 /* cli/cmd_segment.c: `gpuseg segment IMAGE... --model FILE`: Cellpose 3.1 segmentation
  * (CellposeModel.eval, 2-D) of each image on the device (docs/net.md). Labels go to
- * STEM_segmentation.<format> (+ .json for .bin) beside the image, in --save-dir, or to -o;
- * --save-flows adds STEM_flows.npy and STEM_style.npy. All writing is in write_outputs(), so that
- * another output pipeline (shared memory + saver process) can replace it in one place. */
+ * STEM_segmentation.<format> (+ .json for .bin) beside the image, in --save-dir, or to -o,
+ * written by saver processes from a shared-memory segment (cli/segment_output.c) while the
+ * device goes on with the next image; --shm-only leaves the segment for the caller instead.
+ * --save-flows adds STEM_flows.npy and STEM_style.npy, written here. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 
 #include "cli/cli.h"
 #include "cli/commands.h"
+#include "cli/segment_output.h"
 
 #define PATH_MAX_LEN 4096
 
@@ -80,11 +82,15 @@ static bool output_paths(const char *image, const char *out, const char *save_di
     return true;
 }
 
-/* Writes one image's results: labels (with the JSON sidecar for .bin), and the flows and style
- * when asked. The single place where segment writes files. */
-static gpuseg_status write_outputs(const seg_outputs *o, const gpuseg_segment_result *r,
+/* Hands one image's results over: the labels to the output pipeline (a segment and a saver
+ * process, or a segment left for the caller), the flows and style, when asked, to files. */
+static gpuseg_status write_outputs(segment_output *pipe, gpuseg_ctx *ctx, const char *image,
+                                   const seg_outputs *o, const gpuseg_segment_result *r,
                                    const char *json_extra) {
-    gpuseg_status st = gpuseg_labels_write(o->labels, r->labels, json_extra);
+    const gpuseg_image *lab = r->labels;
+    gpuseg_status st =
+        segment_output_submit(pipe, ctx, image, o->labels, NULL, lab, lab->height, lab->width,
+                              lab->dtype, r->n_masks, r->diameter, json_extra);
     if (st != GPUSEG_OK)
         return st;
     if (o->flows[0] && r->flows) {
@@ -116,7 +122,8 @@ int gpuseg_cmd_segment(int argc, char **argv) {
         "segment IMAGE... --model FILE [--diameter D] [--chan C --chan2 C2] [--invert] "
         "[--flow-threshold 0.4] [--cellprob-threshold 0.0] [--niter N] [--min-size 15] "
         "[--augment] [--tile-overlap 0.1] [--batch-size 8] [--device SPEC] "
-        "[-o OUT | --save-dir DIR] [--format bin|tif|png|npy] [--save-flows] [--quiet]";
+        "[-o OUT | --save-dir DIR] [--format bin|tif|png|npy] [--save-flows] "
+        "[--shm-only [--json]] [--max-in-flight 2] [--quiet]";
     enum {
         O_MODEL = 256,
         O_DIAM,
@@ -134,7 +141,10 @@ int gpuseg_cmd_segment(int argc, char **argv) {
         O_SAVEDIR,
         O_FMT,
         O_FLOWS,
-        O_QUIET
+        O_QUIET,
+        O_SHM_ONLY,
+        O_JSON,
+        O_IN_FLIGHT
     };
     static const struct option opts[] = {{"model", required_argument, NULL, O_MODEL},
                                          {"diameter", required_argument, NULL, O_DIAM},
@@ -154,12 +164,16 @@ int gpuseg_cmd_segment(int argc, char **argv) {
                                          {"format", required_argument, NULL, O_FMT},
                                          {"save-flows", no_argument, NULL, O_FLOWS},
                                          {"quiet", no_argument, NULL, O_QUIET},
+                                         {"shm-only", no_argument, NULL, O_SHM_ONLY},
+                                         {"json", no_argument, NULL, O_JSON},
+                                         {"max-in-flight", required_argument, NULL, O_IN_FLIGHT},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     gpuseg_segment_params p;
     gpuseg_segment_params_default(&p);
     const char *model = NULL, *device = NULL, *out = NULL, *save_dir = NULL, *format = "bin";
     bool save_flows = false, quiet = false;
+    segment_output_opts so = SEGMENT_OUTPUT_OPTS_INIT;
     double d;
     long l;
     optind = 1;
@@ -239,13 +253,30 @@ int gpuseg_cmd_segment(int argc, char **argv) {
         case O_QUIET:
             quiet = true;
             break;
+        case O_SHM_ONLY:
+            so.shm_only = 1;
+            break;
+        case O_JSON:
+            so.json = 1;
+            break;
+        case O_IN_FLIGHT:
+            if (!cli_parse_int("--max-in-flight", optarg, 0, SEGMENT_OUTPUT_MAX_IN_FLIGHT, &l))
+                return CLI_USAGE;
+            so.max_in_flight = (unsigned)l;
+            break;
         case 'h':
             printf("usage: gpuseg %s\n"
                    "Segments each image as Cellpose 3.1 CellposeModel.eval (2-D, resample). "
                    "--diameter 0 (default) uses the model's diam_mean / diam_labels scaling.\n"
                    "Writes STEM_segmentation.FORMAT (+ .json for bin) beside the image, in "
                    "--save-dir, or to -o (one image only); --save-flows adds STEM_flows.npy "
-                   "(float32 [3,H,W]: dY, dX, cellprob) and STEM_style.npy.\n",
+                   "(float32 [3,H,W]: dY, dX, cellprob) and STEM_style.npy.\n"
+                   "Labels are handed to saver processes through shared memory (at most "
+                   "--max-in-flight at once; 0 = one after the other) while the next image is "
+                   "segmented. --shm-only leaves each image's labels in a shared-memory segment "
+                   "for the caller and prints its name, or with --json one line "
+                   "{\"shm\",\"shape\",\"dtype\",\"offset\",\"n_masks\",\"diameter\",...} "
+                   "(docs/shm.md); the caller removes it (gpuseg shm rm NAME).\n",
                    use);
             return CLI_OK;
         default:
@@ -267,6 +298,10 @@ int gpuseg_cmd_segment(int argc, char **argv) {
         cli_error("-o names one output: use --save-dir with %d images", argc - optind);
         return CLI_USAGE;
     }
+    if (so.json && !so.shm_only) {
+        cli_error("--json goes with --shm-only");
+        return CLI_USAGE;
+    }
     if (save_dir && !is_dir(save_dir)) {
         cli_error("%s: --save-dir is not an existing folder", save_dir);
         return CLI_FAIL;
@@ -276,10 +311,12 @@ int gpuseg_cmd_segment(int argc, char **argv) {
 
     gpuseg_ctx *ctx = NULL;
     gpuseg_net *net = NULL;
+    segment_output *pipe = NULL;
     int rc = CLI_OK;
     gpuseg_status st;
     if ((st = cli_ctx_create(device, &ctx)) != GPUSEG_OK ||
-        (st = gpuseg_net_load(ctx, model, &net)) != GPUSEG_OK) {
+        (st = gpuseg_net_load(ctx, model, &net)) != GPUSEG_OK ||
+        (st = segment_output_create(&so, &pipe)) != GPUSEG_OK) {
         rc = cli_fail(st); /* the loader's message names the model file */
         goto done;
     }
@@ -306,7 +343,8 @@ int gpuseg_cmd_segment(int argc, char **argv) {
             continue;
         }
         char extra[PATH_MAX_LEN + 1024];
-        snprintf(extra, sizeof extra, "{\"source\":\"gpuseg segment\",\"gpuseg_version\":");
+        /* n_masks, diameter and source come from the segment header (gpuseg save adds them) */
+        snprintf(extra, sizeof extra, "{\"producer\":\"gpuseg segment\",\"gpuseg_version\":");
         json_append_string(extra, sizeof extra, gpuseg_version());
         strcat(extra, ",\"image\":");
         json_append_string(extra, sizeof extra, image);
@@ -314,17 +352,17 @@ int gpuseg_cmd_segment(int argc, char **argv) {
         json_append_string(extra, sizeof extra, model);
         size_t k = strlen(extra);
         snprintf(extra + k, sizeof extra - k,
-                 ",\"n_masks\":%u,\"diameter\":%.9g,\"rescale\":%.9g,\"niter\":%u,"
+                 ",\"rescale\":%.9g,\"niter\":%u,"
                  "\"n_tiles\":%u,\"parameters\":{\"diameter\":%.9g,\"chan\":%d,\"chan2\":%d,"
                  "\"invert\":%s,\"flow_threshold\":%.9g,\"cellprob_threshold\":%.9g,"
                  "\"niter\":%u,\"min_size\":%d,\"augment\":%s,\"tile_overlap\":%.9g,"
                  "\"batch_size\":%u}}",
-                 r.n_masks, r.diameter, r.rescale, r.niter, r.n_tiles, p.diameter, p.chan, p.chan2,
+                 r.rescale, r.niter, r.n_tiles, p.diameter, p.chan, p.chan2,
                  p.invert ? "true" : "false", (double)p.flow_threshold,
                  (double)p.cellprob_threshold, p.niter, p.min_size, p.augment ? "true" : "false",
                  p.tile_overlap, p.batch_size);
-        if ((st = write_outputs(&o, &r, extra)) != GPUSEG_OK)
-            rc = cli_fail(st); /* the writer's message names the file */
+        if ((st = write_outputs(pipe, ctx, image, &o, &r, extra)) != GPUSEG_OK)
+            rc = cli_fail(st); /* the message names the image or the file */
         else if (!quiet)
             fprintf(stderr, "%s: %u masks, diameter %.2f, %.2f s (network %.2f s, masks %.2f s)\n",
                     image, r.n_masks, r.diameter, now_s() - t0, r.seconds_net, r.seconds_masks);
@@ -332,6 +370,9 @@ int gpuseg_cmd_segment(int argc, char **argv) {
         gpuseg_image_free(img);
     }
 done:
+    if (pipe && segment_output_finish(pipe) > 0)
+        rc = CLI_FAIL; /* each failed save was reported by name */
+    segment_output_free(pipe);
     gpuseg_net_free(net);
     gpuseg_ctx_free(ctx);
     return rc;
