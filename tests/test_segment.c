@@ -397,6 +397,32 @@ START_TEST(cli_segment_shm) {
 }
 END_TEST
 
+/* The issue's scenario from Python (examples/python/shm_consumer.py, numpy + standard library):
+ * start `gpuseg segment --shm-only --json`, map the segment, save it, release it. Skipped, and
+ * said so, when numpy cannot be imported ($GPUSEG_PYTHON, else python3). */
+START_TEST(python_consumer_segment) {
+    const char *py = getenv("GPUSEG_PYTHON") ? getenv("GPUSEG_PYTHON") : "python3";
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' -c 'import numpy' >/dev/null 2>&1", py);
+    if (system(cmd) != 0) {
+        printf("SKIP: numpy missing for %s: python_consumer_segment not run\n", py);
+        return;
+    }
+    const char *dir = tu_tmpdir();
+    snprintf(cmd, sizeof cmd,
+             "cp '%s' '%s/grey.png' && cd '%s' && '%s' '%s/examples/python/shm_consumer.py' "
+             "grey.png --gpuseg '%s' --command '{gpuseg} segment {image} --model %s "
+             "--flow-threshold 0 --cellprob-threshold -0.13 --shm-only --json --quiet' "
+             "-o py.bin > py.log 2>&1 && grep -q 'n_masks: 99' py.log && "
+             "'%s' segment grey.png --model '%s' --flow-threshold 0 --cellprob-threshold -0.13 "
+             "--quiet && cmp py.bin grey_segmentation.bin",
+             FIX "grey_img.png", dir, dir, py, GPUSEG_SOURCE_DIR, GPUSEG_CLI, FIX "small_cpnet.pth",
+             GPUSEG_CLI, FIX "small_cpnet.pth");
+    ck_assert_int_eq(system(cmd), 0);
+    tu_rmtree(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("segment");
     int dev = tu_require_device();
@@ -410,6 +436,7 @@ int main(void) {
         tcase_add_test(d, api_errors);
         tcase_add_test(d, cli_segment);
         tcase_add_test(d, cli_segment_shm);
+        tcase_add_test(d, python_consumer_segment);
         suite_add_tcase(s, d);
     }
     return tu_run(s);

@@ -16,6 +16,7 @@ packages=(
   libtiff-dev                           # TIFF reading and writing
   check                                 # unit-test framework
   clang-format                          # formatting check in tools/test.sh
+  python3-numpy                         # runs the Python interop example in the tests (never needed at run time)
 )
 
 missing=()

@@ -29,6 +29,10 @@ bash examples/build_against_install.sh "$prefix"
 echo "== tests"
 export GPUSEG_REQUIRE_DEVICE=1                    # a device test that cannot run fails, not skips
 export GPUSEG_CACHE_DIR="$build/program-cache"    # keep the user's cache out of it
+# The Python interop tests (examples/python) need numpy: Debian's python3-numpy (setup.sh).
+if [[ -z ${GPUSEG_PYTHON:-} ]] && /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+  export GPUSEG_PYTHON=/usr/bin/python3
+fi
 (cd "$build" && ctest --output-on-failure -j"$jobs" --timeout 900)
 
 if [[ ${GPUSEG_TEST_SKIP_ASAN:-0} != 1 ]]; then
