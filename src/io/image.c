@@ -127,7 +127,7 @@ gpuseg_status gpuseg_image_create(uint32_t width, uint32_t height, uint32_t chan
     st = gpuseg__image_alloc("gpuseg_image_create", width, height, channels, pages, dtype, out);
     if (st != GPUSEG_OK)
         return st;
-    size_t bytes;
+    size_t bytes = 0; /* the allocation above already checked this product */
     gpuseg__image_bytes(*out, &bytes);
     memset((*out)->data, 0, bytes);
     return GPUSEG_OK;
