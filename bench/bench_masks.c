@@ -1,10 +1,11 @@
-/* bench/bench_masks.c: times flows -> masks (QC on, Cellpose defaults) on 512^2 and 1024^2 inputs
- * made by tiling a fixture's flows, through the host API (upload + download included) and the
- * cl_mem API (flows already on the device, labels left there). Checks the result on the fixture
+/* bench/bench_masks.c: times flows -> masks (QC on, Cellpose defaults) on 512^2, 1024^2 and 2048^2
+ * inputs made by tiling a fixture's flows, through the host API (upload + download included) and
+ * the cl_mem API (flows already on the device, labels left there). Checks the result on the fixture
  * itself against Cellpose's masks before timing; first (cold) run reported apart; warm-up, then
  * the median/min/max of REPEATS runs; one JSON object on stdout.
  *   bench_masks [FIXTURE_DIR (default tests/fixtures/masks)] [REPEATS (default 5)]
- *               [--save DIR: write the tiled inputs' labels as DIR/gpuseg_<side>.npy] */
+ *               [--save DIR: write the tiled inputs' labels as DIR/gpuseg_<side>.npy]
+ *               [--side N: only the N x N input (512, 1024 or 2048)] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,9 +46,12 @@ static float *tile(const float *src, uint32_t H, uint32_t W, uint32_t side) {
 int main(int argc, char **argv) {
     const char *dir = "tests/fixtures/masks", *save = NULL;
     int repeats = 5, pos = 0;
+    uint32_t only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--save") && i + 1 < argc)
             save = argv[++i];
+        else if (!strcmp(argv[i], "--side") && i + 1 < argc)
+            only = (uint32_t)atoi(argv[++i]);
         else if (pos++ == 0)
             dir = argv[i];
         else
@@ -85,10 +89,13 @@ int main(int argc, char **argv) {
     printf("{\"bench\":\"masks\",\"device\":\"%s\",\"driver\":\"%s\",\"cold_fixture_s\":%.4f,"
            "\"fixture_pixels_differing\":%zu,\"repeats\":%d,\"sizes\":[",
            dev->name, dev->driver_version, cold, diff, repeats);
-    const uint32_t sides[2] = {512, 1024};
+    const uint32_t sides[3] = {512, 1024, 2048};
+    int printed = 0;
     double *t = malloc((size_t)repeats * sizeof *t);
-    for (int s = 0; s < 2; s++) {
+    for (int s = 0; s < 3; s++) {
         const uint32_t side = sides[s];
+        if (only && side != only)
+            continue;
         const size_t n = (size_t)side * side;
         float *big = tile(fl->data, H, W, side);
         if (!big || !t)
@@ -136,7 +143,7 @@ int main(int argc, char **argv) {
         clReleaseMemObject(dflows);
         printf("%s{\"side\":%u,\"n_masks\":%u,\"host_api_s\":{\"median\":%.4f,\"min\":%.4f,"
                "\"max\":%.4f},\"device_api_s\":{\"median\":%.4f,\"min\":%.4f,\"max\":%.4f}}",
-               s ? "," : "", side, masks, med[0], lo[0], hi[0], med[1], lo[1], hi[1]);
+               printed++ ? "," : "", side, masks, med[0], lo[0], hi[0], med[1], lo[1], hi[1]);
         fflush(stdout);
         free(big);
     }

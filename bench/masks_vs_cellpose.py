@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Flows -> masks: gpuseg (bench_masks) against Cellpose 3.1's CPU compute_masks, same inputs.
 
-Both sides use the dsb313 fixture's flows tiled to 512^2 and 1024^2 (np.tile, as bench_masks
+Both sides use the dsb313 fixture's flows tiled to 512^2, 1024^2 and 2048^2 (np.tile, as bench_masks
 does), QC on (flow_threshold 0.4), niter 200, min_size 15. Cellpose runs
 dynamics.resize_and_compute_masks on the CPU in this process (one warm-up, then the median of
 REPEATS); bench_masks runs as a subprocess and its labels are compared with Cellpose's
-(AP at IoU 0.5 / 0.9, identical pixels). Prints one JSON object with the ratios.
+(AP at IoU 0.5 / 0.9, identical pixels). Sizes run one after the other, each gpuseg then
+Cellpose, so that both sides of a ratio see about the same load on a shared machine. gpuseg's
+program builds are excluded (bench_masks reports its cold run apart). Prints one JSON object
+with the ratios.
 
     .venv/bin/python bench/masks_vs_cellpose.py build/bench/bench_masks [REPEATS]
 """
@@ -27,6 +30,7 @@ from importlib.metadata import version  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures", "masks")
+SIDES = (512, 1024, 2048)
 
 
 def main():
@@ -35,14 +39,16 @@ def main():
     bench = sys.argv[1]
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     flows = np.load(os.path.join(FIX, "dsb313_flows.npy"))
+    result = {"cellpose": version("cellpose"), "torch_threads": torch.get_num_threads(),
+              "repeats": repeats, "sizes": []}
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run([bench, FIX, str(repeats), "--save", tmp], check=True,
-                             capture_output=True, text=True).stdout
-        g = json.loads(out)
-        result = {"device": g["device"], "cellpose": version("cellpose"),
-                  "torch_threads": torch.get_num_threads(), "repeats": repeats, "sizes": []}
-        for entry in g["sizes"]:
-            side = entry["side"]
+        # one size at a time, gpuseg then Cellpose, so that both see about the same machine load
+        for side in SIDES:
+            out = subprocess.run([bench, FIX, str(repeats), "--save", tmp, "--side", str(side)],
+                                 check=True, capture_output=True, text=True).stdout
+            g = json.loads(out)
+            result["device"] = g["device"]
+            entry = g["sizes"][0]
             H, W = flows.shape[1:]
             big = np.tile(flows, (1, -(-side // H), -(-side // W)))[:, :side, :side].copy()
             dP, cp = big[:2], big[2]

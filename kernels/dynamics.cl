@@ -1,6 +1,7 @@
 /* kernels/dynamics.cl: flows -> masks, the per-pixel and per-seed stages (Cellpose 3.1.1.3
  * compute_masks, CPU path): foreground threshold and flow scaling, Euler integration with
- * bilinear sampling, the end-point histogram, 5x5 seed maxima, seed growth and painting, label
+ * bilinear sampling (one pixel per work-item, or 8 as float8 lanes for CPU devices, with the
+ * identical arithmetic), the end-point histogram, 5x5 seed maxima, seed growth and painting, label
  * assignment, per-label statistics and relabelling through a table. Every kernel checks its
  * bounds. FP contraction is off: the exact-arithmetic helpers below rely on separate roundings. */
 #pragma OPENCL FP_CONTRACT OFF
@@ -151,6 +152,156 @@ __kernel void masks_euler(__global const float *F, const uint H, const uint W, c
     const int e = (int)py * (int)W + (int)px;
     end[i] = e;
     atomic_inc(&hist[e]);
+}
+
+/* The same integration, 8 pixels of a row per work-item as float8 lanes, for CPU devices: there
+ * the scalar kernel's data-dependent loop keeps the compiler from vectorising across work-items,
+ * and this one runs the ~110 operations of a step 8 lanes at a time. Each lane performs exactly
+ * the scalar kernel's operations (same helpers, lane by lane), so the end points are identical
+ * bits; a lane that has stopped (fixed point, 2-cycle, background) keeps its position while the
+ * others go on. Reads the flows from G (masks_pack) and the pixels from masks_rows' lists.
+ * Global size: (ceil(W / 8), H). */
+typedef struct {
+    float8 h, l;
+} ff8;
+
+static inline ff8 two_sum8(float8 a, float8 b) {
+    ff8 r;
+    r.h = a + b;
+    float8 bb = r.h - a;
+    r.l = (a - (r.h - bb)) + (b - bb);
+    return r;
+}
+
+static inline ff8 mul_f_ff8(float8 a, ff8 b) {
+    ff8 r;
+    r.h = a * b.h;
+    r.l = fma(a, b.h, -r.h);
+    r.l = fma(a, b.l, r.l);
+    return r;
+}
+
+static inline ff8 mul_ff_ff8(ff8 a, ff8 b) {
+    ff8 r;
+    r.h = a.h * b.h;
+    r.l = fma(a.h, b.h, -r.h);
+    r.l = fma(a.h, b.l, r.l);
+    r.l = fma(a.l, b.h, r.l);
+    return r;
+}
+
+static inline ff8 add_ff8(ff8 a, ff8 b) {
+    ff8 s = two_sum8(a.h, b.h);
+    s.l += a.l + b.l;
+    return s;
+}
+
+/* bilinear() lane by lane, given the four corner values. */
+static inline float8 bilinear8(float8 f00, float8 f01, float8 f10, float8 f11, ff8 wy0, float8 fy,
+                               ff8 wx0, float8 fx) {
+    const ff8 wx1 = {fx, (float8)(0.0f)};
+    ff8 t00 = mul_ff_ff8(mul_f_ff8(f00, wy0), wx0);
+    ff8 t01 = mul_ff_ff8(mul_f_ff8(f01, wy0), wx1);
+    ff8 t10 = mul_f_ff8(f10 * fy, wx0);
+    ff8 t11 = {(f11 * fy) * fx, (float8)(0.0f)};
+    ff8 s = add_ff8(add_ff8(add_ff8(t00, t01), t10), t11);
+    return s.h + s.l;
+}
+
+/* G for masks_euler8: the scaled flows F ([2, H*W] planes) repacked as (dY, dX) pairs per pixel
+ * with row stride W + 1 and one extra row and column repeating the last ones. Then the four
+ * corners of a bilinear sample are two 16-byte loads, (y0, x0 .. x0+1) and (y0+1, x0 .. x0+1),
+ * and the edge clamp min(L-1, p0+1) needs no test: the extra cells hold the clamped values.
+ * Global size: (W + 1, H + 1). */
+__kernel void masks_pack(__global const float *F, const uint H, const uint W, __global float *G) {
+    const uint x = get_global_id(0), y = get_global_id(1);
+    if (x > W || y > H)
+        return;
+    const size_t src = (size_t)min(y, H - 1) * W + min(x, W - 1), n = (size_t)H * W;
+    const size_t dst = 2 * ((size_t)y * (W + 1) + x);
+    G[dst] = F[src];
+    G[dst + 1] = F[n + src];
+}
+
+/* For masks_euler8: xs[y*W + k] = column of the k-th followed pixel of row y, cnt[y] = their
+ * number, so that the float8 lanes are filled with followed pixels only (about a third of the
+ * pixels of a typical image are background). Global size: H. */
+__kernel void masks_rows(__global const int *end, const uint H, const uint W, __global uint *xs,
+                         __global uint *cnt) {
+    const uint y = get_global_id(0);
+    if (y >= H)
+        return;
+    const size_t row = (size_t)y * W;
+    uint k = 0;
+    for (uint x = 0; x < W; x++)
+        if (end[row + x] >= 0)
+            xs[row + k++] = x;
+    cnt[y] = k;
+}
+
+__kernel void masks_euler8(__global const float *G, const uint H, const uint W, const uint niter,
+                           __global const uint *rxs, __global const uint *rcnt, __global int *end,
+                           __global uint *hist, __global float *pos) {
+    const uint k8 = get_global_id(0) * 8, y = get_global_id(1);
+    if (y >= H || k8 >= rcnt[y])
+        return;
+    const uint nk = min(8u, rcnt[y] - k8); /* lanes 0 .. nk - 1 hold followed pixels */
+    const size_t row = (size_t)y * W, n = (size_t)H * W;
+    uint xk[8];
+    for (uint k = 0; k < 8; k++)
+        xk[k] = k < nk ? rxs[row + k8 + k] : 0u;
+    const int8 xs = (int8)(xk[0], xk[1], xk[2], xk[3], xk[4], xk[5], xk[6], xk[7]);
+    int8 act = (int8)(0, 1, 2, 3, 4, 5, 6, 7) < (int)nk;
+    const float8 ymax = (float8)((float)(H - 1)), xmax = (float8)((float)(W - 1));
+    const int8 hm = (int8)((int)H - 1), wm = (int8)((int)W - 1), w1 = (int8)((int)W + 1);
+    float8 py = (float8)((float)y), px = convert_float8(xs);
+    float8 ay = (float8)(-1.0f), ax = (float8)(-1.0f);
+    for (uint t = 0; t < niter && any(act); t++) {
+        const int8 iy = convert_int8(py), ix = convert_int8(px); /* trunc; positions >= 0 */
+        const int8 y0 = min(hm, max((int8)(0), iy)), x0 = min(wm, max((int8)(0), ix));
+        const float8 fy = py - convert_float8(iy), fx = px - convert_float8(ix);
+        const ff8 wy0 = two_sum8((float8)(1.0f), -fy), wx0 = two_sum8((float8)(1.0f), -fx);
+        const int8 i0 = 2 * (y0 * w1 + x0), i1 = i0 + 2 * w1;
+        /* a[k] = (dY, dX) at (y0, x0) and (y0, x0 + 1) of lane k; b[k] the same at row y0 + 1 */
+        float4 a[8], b[8];
+        a[0] = vload4(0, G + i0.s0), b[0] = vload4(0, G + i1.s0);
+        a[1] = vload4(0, G + i0.s1), b[1] = vload4(0, G + i1.s1);
+        a[2] = vload4(0, G + i0.s2), b[2] = vload4(0, G + i1.s2);
+        a[3] = vload4(0, G + i0.s3), b[3] = vload4(0, G + i1.s3);
+        a[4] = vload4(0, G + i0.s4), b[4] = vload4(0, G + i1.s4);
+        a[5] = vload4(0, G + i0.s5), b[5] = vload4(0, G + i1.s5);
+        a[6] = vload4(0, G + i0.s6), b[6] = vload4(0, G + i1.s6);
+        a[7] = vload4(0, G + i0.s7), b[7] = vload4(0, G + i1.s7);
+#define L8(v, c) (float8)(v[0].c, v[1].c, v[2].c, v[3].c, v[4].c, v[5].c, v[6].c, v[7].c)
+        const float8 vy = bilinear8(L8(a, x), L8(a, z), L8(b, x), L8(b, z), wy0, fy, wx0, fx);
+        const float8 vx = bilinear8(L8(a, y), L8(a, w), L8(b, y), L8(b, w), wy0, fy, wx0, fx);
+#undef L8
+        const float8 ny = fmin(ymax, fmax((float8)(0.0f), py + vy));
+        const float8 nx = fmin(xmax, fmax((float8)(0.0f), px + vx));
+        /* the scalar kernel's three cases, per lane: fixed point (stop), 2-cycle (stop, taking
+         * the new position when niter - (t + 1) is even), else step */
+        const int8 fixed = act & (ny == py) & (nx == px);
+        const int8 cyc = act & ~fixed & (ny == ay) & (nx == ax);
+        const int8 step = act & ~fixed & ~cyc;
+        const int8 take = step | (((niter - (t + 1)) & 1u) == 0 ? cyc : (int8)(0));
+        ay = select(ay, py, step);
+        ax = select(ax, px, step);
+        py = select(py, ny, take);
+        px = select(px, nx, take);
+        act = step;
+    }
+    const float pys[8] = {py.s0, py.s1, py.s2, py.s3, py.s4, py.s5, py.s6, py.s7};
+    const float pxs[8] = {px.s0, px.s1, px.s2, px.s3, px.s4, px.s5, px.s6, px.s7};
+    for (uint k = 0; k < nk; k++) {
+        const size_t i = row + xk[k];
+        if (pos) {
+            pos[i] = pys[k];
+            pos[n + i] = pxs[k];
+        }
+        const int e = (int)pys[k] * (int)W + (int)pxs[k];
+        end[i] = e;
+        atomic_inc(&hist[e]);
+    }
 }
 
 /* ---- stage 3: seeds ------------------------------------------------------------------------ */

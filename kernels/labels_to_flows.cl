@@ -1,8 +1,10 @@
 /* kernels/labels_to_flows.cl: ideal flows from a label image (Cellpose masks_to_flows, CPU path):
- * one Jacobi step of the per-mask heat diffusion, and the final central-difference gradient
- * normalised to unit length. The host lists the foreground pixels grouped by mask (masks with
- * more iterations first) so that one launch over a prefix of the list updates exactly the masks
- * that are still diffusing. Every kernel checks its bounds. */
+ * the per-mask heat diffusion and the final central-difference gradient normalised to unit
+ * length, in three variants with identical arithmetic (docs/flows.md): l2f_box (CPU devices: one
+ * work-item diffuses one whole mask, rows as float8 vectors, no barriers), l2f_local (GPUs: one
+ * work-group per small mask in local memory) and l2f_diffuse + l2f_gradient (one launch per step
+ * over a list of pixels, for masks too large or too sparse for the other two). Every kernel
+ * checks its bounds. */
 
 /* The heat field is kept as an unevaluated sum of two floats (hi + lo, "double-float"), which
  * carries about 44 significant bits: float32 alone loses about 1e-4 of the flow direction on
@@ -31,6 +33,18 @@ static float2 dd_mul(const float2 a, const float2 c) {
     return (float2)(hi, e - (hi - p));
 }
 
+/* The 3x3 sum, in the one order every variant uses (so that they agree to the bit): column sums
+ * (up + centre) + down, then (left column + centre column) + right column. This order lets
+ * l2f_box share each column sum between three pixels of a row (4 additions per pixel instead of
+ * 8); Cellpose's float64 order differs, which only moves the result within the double-float's
+ * ~2^-44 relative precision. v[3*r + c]: row r, column c of the neighbourhood. */
+static float2 sum3x3(const float2 *v) {
+    const float2 c0 = dd_add(dd_add(v[0], v[3]), v[6]);
+    const float2 c1 = dd_add(dd_add(v[1], v[4]), v[7]);
+    const float2 c2 = dd_add(dd_add(v[2], v[5]), v[8]);
+    return dd_add(dd_add(c0, c1), c2);
+}
+
 /* T value of neighbour (y, x) as seen from a pixel of label `lab`: pixels outside the image or of
  * another label are the zeros of Cellpose's per-mask array; the mask's centre carries the +1 that
  * Cellpose adds before each averaging step. */
@@ -46,9 +60,8 @@ static float2 heat_at(__global const uint *labels, __global const float2 *t, con
 }
 
 /* One diffusion step for the first `count` entries of `list` (pixel index, mask index):
- * t_out[p] = (1/9) * (sum of the 3x3 neighbourhood of p in t_in), in Cellpose's summation order
- * (centre, up, down, left, right, up-left, up-right, down-left, down-right). ninth is 1/9 as a
- * double-float (hi, lo), computed by the host. */
+ * t_out[p] = (1/9) * (sum of the 3x3 neighbourhood of p in t_in, sum3x3's order). ninth is 1/9 as
+ * a double-float (hi, lo), computed by the host. */
 __kernel void l2f_diffuse(__global const uint *labels, __global const uint2 *list,
                           __global const uint *centers, __global const float2 *t_in,
                           __global float2 *t_out, const uint H, const uint W, const uint count,
@@ -62,16 +75,12 @@ __kernel void l2f_diffuse(__global const uint *labels, __global const uint2 *lis
     const uint c = centers[e.y];
     const int y = (int)(p / W), x = (int)(p % W);
     const int h = (int)H, w = (int)W;
-    float2 s = heat_at(labels, t_in, h, w, y, x, lab, c);
-    s = dd_add(s, heat_at(labels, t_in, h, w, y - 1, x, lab, c));
-    s = dd_add(s, heat_at(labels, t_in, h, w, y + 1, x, lab, c));
-    s = dd_add(s, heat_at(labels, t_in, h, w, y, x - 1, lab, c));
-    s = dd_add(s, heat_at(labels, t_in, h, w, y, x + 1, lab, c));
-    s = dd_add(s, heat_at(labels, t_in, h, w, y - 1, x - 1, lab, c));
-    s = dd_add(s, heat_at(labels, t_in, h, w, y - 1, x + 1, lab, c));
-    s = dd_add(s, heat_at(labels, t_in, h, w, y + 1, x - 1, lab, c));
-    s = dd_add(s, heat_at(labels, t_in, h, w, y + 1, x + 1, lab, c));
-    t_out[p] = dd_mul(s, ninth);
+    float2 col[3];
+    for (int q = 0; q < 3; q++)
+        col[q] = dd_add(dd_add(heat_at(labels, t_in, h, w, y - 1, x + q - 1, lab, c),
+                               heat_at(labels, t_in, h, w, y, x + q - 1, lab, c)),
+                        heat_at(labels, t_in, h, w, y + 1, x + q - 1, lab, c));
+    t_out[p] = dd_mul(dd_add(dd_add(col[0], col[1]), col[2]), ninth);
 }
 
 /* (dY, dX) = (yp - ym, xp - xm) normalised to unit length, 0 where both are 0. */
@@ -175,18 +184,13 @@ __kernel void l2f_local(__global const uint *labels, __global const int4 *boxes,
             const uint j = lid + k * lsz;
             if (j >= nbox || !member[j])
                 continue;
-#define L2F_T(q) ((q) == cj ? dd_add(t[q], (float2)(1.0f, 0.0f)) : t[q])
-            float2 s = L2F_T(j);
-            s = dd_add(s, L2F_T(j - bw));
-            s = dd_add(s, L2F_T(j + bw));
-            s = dd_add(s, L2F_T(j - 1));
-            s = dd_add(s, L2F_T(j + 1));
-            s = dd_add(s, L2F_T(j - bw - 1));
-            s = dd_add(s, L2F_T(j - bw + 1));
-            s = dd_add(s, L2F_T(j + bw - 1));
-            s = dd_add(s, L2F_T(j + bw + 1));
-#undef L2F_T
-            nv[k] = dd_mul(s, ninth);
+            float2 v[9];
+            for (uint r = 0; r < 3; r++)
+                for (uint q = 0; q < 3; q++) {
+                    const uint jj = j + r * bw + q - bw - 1;
+                    v[3 * r + q] = jj == cj ? dd_add(t[jj], (float2)(1.0f, 0.0f)) : t[jj];
+                }
+            nv[k] = dd_mul(sum3x3(v), ninth);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint k = 0; k < L2F_SLOTS; k++) {
@@ -205,4 +209,121 @@ __kernel void l2f_local(__global const uint *labels, __global const int4 *boxes,
         flows[p] = u.x;
         flows[npix + p] = u.y;
     }
+}
+
+/* ---- l2f_box: one work-item per mask, for CPU devices ---------------------------------------
+ * On a CPU, the work-group variant above pays for its barriers (PoCL runs the work-items in a
+ * loop between barriers, every step) and its per-pixel branches keep the compiler from using
+ * vector instructions. Here one work-item diffuses one whole mask with no barrier: the padded box
+ * is swept row by row as float8 vectors (the double-float arithmetic lane by lane, so each lane
+ * rounds exactly as dd_add / dd_mul above), and each column sum is computed once and shared by
+ * three pixels. Thousands of masks give the parallelism. */
+
+typedef struct {
+    float8 h, l;
+} dd8;
+
+static dd8 dd8_add(const dd8 a, const dd8 b) { /* dd_add, lane by lane */
+    const float8 s = a.h + b.h;
+    const float8 bb = s - a.h;
+    float8 e = (a.h - (s - bb)) + (b.h - bb);
+    e = e + (a.l + b.l);
+    const float8 hi = s + e;
+    dd8 r = {hi, e - (hi - s)};
+    return r;
+}
+
+static dd8 dd8_mul(const dd8 a, const float2 c) { /* dd_mul, lane by lane */
+    const float8 p = a.h * c.x;
+    float8 e = fma(a.h, (float8)(c.x), -p);
+    e = e + (a.h * c.y + a.l * c.x);
+    const float8 hi = p + e;
+    dd8 r = {hi, e - (hi - p)};
+    return r;
+}
+
+static dd8 dd8_load(__global const float *hi, __global const float *lo) {
+    dd8 r = {vload8(0, hi), vload8(0, lo)};
+    return r;
+}
+
+/* boxes[g] = (y, x, height, width) of mask g's bounding box padded by one pixel (as l2f_local);
+ * info[g] = (centre pixel index, iteration count, scratch offset in floats, row stride S: width
+ * rounded up to 8). One launch takes jobs base .. end - 1. scratch at info[g].z holds 5 planes of
+ * height * S floats (field A hi, lo, field B hi, lo, membership 1/0) and two column-sum rows of S +
+ * 8 floats, all initialised here. Cells outside the mask (other labels, outside the image, the
+ * padding, columns beyond the width) stay 0, the zeros of Cellpose's per-mask array. */
+__kernel void l2f_box(__global const uint *labels, __global const int4 *boxes,
+                      __global const uint4 *info, const uint base, const uint end,
+                      __global float *flows, const uint H, const uint W, const float2 ninth,
+                      __global float *scratch) {
+    const uint g = base + get_global_id(0);
+    if (g >= end)
+        return;
+    const int4 b = boxes[g];
+    const uint4 f = info[g];
+    const uint bh = (uint)b.z, bw = (uint)b.w, S = f.w, plane = bh * S;
+    __global float *ah = scratch + f.z, *al = ah + plane, *nh = al + plane, *nl = nh + plane;
+    __global float *mem = nl + plane, *ch = mem + plane, *cl = ch + S + 8;
+    const uint lab = labels[f.x];
+    const uint cj = (f.x / W - (uint)b.x) * S + (f.x % W - (uint)b.y);
+    for (uint r = 0; r < bh; r++) {
+        const int y = b.x + (int)r;
+        for (uint q = 0; q < S; q++) {
+            const int x = b.y + (int)q;
+            const uint j = r * S + q;
+            const int in = q < bw && y >= 0 && y < (int)H && x >= 0 && x < (int)W &&
+                           labels[(uint)y * W + (uint)x] == lab;
+            mem[j] = in ? 1.0f : 0.0f;
+            ah[j] = al[j] = nh[j] = nl[j] = 0.0f;
+        }
+    }
+    for (uint q = 0; q < S + 8; q++)
+        ch[q] = cl[q] = 0.0f;
+    for (uint it = 0; it < f.y; it++) {
+        /* Cellpose's T[centre] += 1 before each averaging step */
+        const float2 c = dd_add((float2)(ah[cj], al[cj]), (float2)(1.0f, 0.0f));
+        ah[cj] = c.x;
+        al[cj] = c.y;
+        /* rows 0 and bh - 1 are padding: never updated */
+        for (uint r = 1; r + 1 < bh; r++) {
+            const uint j = r * S;
+            /* column sums of rows r-1..r+1; ch[1 + q] holds column q, ch[0] and the tail are 0 */
+            for (uint q = 0; q < S; q += 8) {
+                const dd8 s = dd8_add(dd8_add(dd8_load(ah + j - S + q, al + j - S + q),
+                                              dd8_load(ah + j + q, al + j + q)),
+                                      dd8_load(ah + j + S + q, al + j + S + q));
+                vstore8(s.h, 0, ch + 1 + q);
+                vstore8(s.l, 0, cl + 1 + q);
+            }
+            for (uint q = 0; q < S; q += 8) {
+                const dd8 s = dd8_mul(
+                    dd8_add(dd8_add(dd8_load(ch + q, cl + q), dd8_load(ch + q + 1, cl + q + 1)),
+                            dd8_load(ch + q + 2, cl + q + 2)),
+                    ninth);
+                const int8 in = vload8(0, mem + j + q) != (float8)(0.0f);
+                vstore8(select((float8)(0.0f), s.h, in), 0, nh + j + q);
+                vstore8(select((float8)(0.0f), s.l, in), 0, nl + j + q);
+            }
+        }
+        __global float *t = ah;
+        ah = nh;
+        nh = t;
+        t = al;
+        al = nl;
+        nl = t;
+    }
+    const uint npix = H * W;
+    for (uint r = 1; r + 1 < bh; r++)
+        for (uint q = 1; q + 1 < bw; q++) {
+            const uint j = r * S + q;
+            if (mem[j] == 0.0f)
+                continue;
+            const float2 u =
+                unit_gradient((float2)(ah[j + S], al[j + S]), (float2)(ah[j - S], al[j - S]),
+                              (float2)(ah[j + 1], al[j + 1]), (float2)(ah[j - 1], al[j - 1]));
+            const uint p = (uint)(b.x + (int)r) * W + (uint)(b.y + (int)q);
+            flows[p] = u.x;
+            flows[npix + p] = u.y;
+        }
 }

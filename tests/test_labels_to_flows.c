@@ -131,8 +131,9 @@ END_TEST
 
 /* --- against Cellpose ----------------------------------------------------------------------- */
 
-/* Tolerance. Cellpose diffuses in float64; we keep the field as a double-float (~44 bits) with
- * the same summation order, and round the unit vector to float32. The fixture is float64 rounded
+/* Tolerance. Cellpose diffuses in float64; we keep the field as a double-float (~44 bits), sum
+ * the 3x3 neighbourhood column by column (an order that differs from Cellpose's only within that
+ * precision), and round the unit vector to float32. The fixture is float64 rounded
  * to float32 (error <= 6e-8), our float32 normalisation adds a few ulp: measured max 1.19e-7 on
  * every pixel of the three fixtures (PoCL). TOL allows 8x that for other devices' rounding of
  * the final sqrt/division. Pixels where Cellpose's own gradient is rounding noise (a centre that
@@ -217,6 +218,149 @@ START_TEST(local_and_global_paths_agree) {
         free(fm);
         free(lab);
     }
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
+/* The two per-mask kernels, l2f_box (one work-item per mask, chosen on CPU devices) and l2f_local
+ * (one work-group per mask, chosen on GPUs), use the same arithmetic: forcing either on the same
+ * device must give identical bits, alone and mixed with the per-step path (boxes over 300
+ * pixels). */
+START_TEST(box_and_workgroup_variants_agree) {
+    gpuseg_ctx *ctx = tu_ctx();
+    const char *names[] = {"dsbmany_labels.npy", "usi_labels.npy"};
+    for (int i = 0; i < 2; i++) {
+        uint32_t H, W;
+        uint32_t *lab = load_labels(names[i], &H, &W);
+        const size_t n = 2 * (size_t)H * W;
+        float *f[4];
+        for (int v = 0; v < 4; v++) {
+            gpuseg__flow_variant = v & 1;
+            gpuseg__l2f_local_limit = v < 2 ? -1 : 300;
+            f[v] = flows_of(ctx, lab, H, W);
+        }
+        gpuseg__flow_variant = -1;
+        gpuseg__l2f_local_limit = -1;
+        ck_assert_msg(memcmp(f[0], f[1], n * sizeof *f[0]) == 0, "%s: box vs work-group", names[i]);
+        ck_assert_msg(memcmp(f[2], f[3], n * sizeof *f[0]) == 0, "%s: mixed paths", names[i]);
+        ck_assert_msg(memcmp(f[0], f[2], n * sizeof *f[0]) == 0, "%s: limit 300", names[i]);
+        for (int v = 0; v < 4; v++)
+            free(f[v]);
+        free(lab);
+    }
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
+/* Cellpose's masks_to_flows_cpu for an image holding one mask (label 1), in float64 on the host:
+ * padded box, centre = mask pixel nearest the mean, n_iter = 2 * ((h + 2) + (w + 2)) steps of
+ * T[centre] += 1 and the 3x3 mean over mask pixels, central differences, unit length. */
+static void reference_flows_one_mask(const uint32_t *lab, int H, int W, float *out) {
+    int y0 = H, y1 = -1, x0 = W, x1 = -1;
+    double sy = 0, sx = 0, n = 0;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            if (lab[y * W + x] == 1) {
+                y0 = y < y0 ? y : y0, y1 = y > y1 ? y : y1;
+                x0 = x < x0 ? x : x0, x1 = x > x1 ? x : x1;
+            }
+    for (int y = y0; y <= y1; y++) /* coordinates in the padded box, as Cellpose */
+        for (int x = x0; x <= x1; x++)
+            if (lab[y * W + x] == 1)
+                sy += y - y0 + 1, sx += x - x0 + 1, n++;
+    const double my = sy / n, mx = sx / n;
+    const int bh = y1 - y0 + 3, bw = x1 - x0 + 3;
+    int cy = 0, cx = 0;
+    double best = INFINITY;
+    for (int y = y0; y <= y1; y++)
+        for (int x = x0; x <= x1; x++) {
+            if (lab[y * W + x] != 1)
+                continue;
+            const double dy = (y - y0 + 1) - my, dx = (x - x0 + 1) - mx;
+            const double dy2 = dy * dy, dx2 = dx * dx, d = dx2 + dy2;
+            if (d < best)
+                best = d, cy = y - y0 + 1, cx = x - x0 + 1;
+        }
+    double *T = calloc((size_t)bh * bw, sizeof *T), *N = calloc((size_t)bh * bw, sizeof *N);
+    ck_assert(T && N);
+#define IN(yy, xx) (lab[((yy) + y0 - 1) * W + (xx) + x0 - 1] == 1)
+    const int n_iter = 2 * ((bh - 2 + 2) + (bw - 2 + 2));
+    for (int it = 0; it < n_iter; it++) {
+        T[cy * bw + cx] += 1;
+        for (int y = 1; y < bh - 1; y++)
+            for (int x = 1; x < bw - 1; x++) {
+                if (!IN(y, x))
+                    continue;
+                double s = 0;
+                for (int dy = -1; dy <= 1; dy++)
+                    for (int dx = -1; dx <= 1; dx++)
+                        s += T[(y + dy) * bw + x + dx];
+                N[y * bw + x] = s / 9.0;
+            }
+        double *t = T;
+        T = N;
+        N = t;
+    }
+    memset(out, 0, 2 * (size_t)H * W * sizeof *out);
+    for (int y = 1; y < bh - 1; y++)
+        for (int x = 1; x < bw - 1; x++) {
+            if (!IN(y, x))
+                continue;
+            const double dy = T[(y + 1) * bw + x] - T[(y - 1) * bw + x];
+            const double dx = T[y * bw + x + 1] - T[y * bw + x - 1];
+            const double len = 1e-60 + sqrt(dy * dy + dx * dx);
+            const size_t p = (size_t)(y + y0 - 1) * W + (size_t)(x + x0 - 1);
+            out[p] = (float)(dy / len);
+            out[(size_t)H * W + p] = (float)(dx / len);
+        }
+#undef IN
+    free(T);
+    free(N);
+}
+
+/* A mask with stray fragments far from its body has a huge, mostly empty box: it diffuses only
+ * in the piece holding its centre (the other pieces' field stays exactly 0 in Cellpose too),
+ * which lets the per-mask kernels take it instead of the per-step path. Checked against a
+ * float64 host reference of Cellpose's algorithm (tolerance as for the fixtures: float32
+ * rounding of the unit vector), the fragments' flows are exactly 0, and every path and variant
+ * gives the same bits. */
+START_TEST(stray_fragments) {
+    gpuseg_ctx *ctx = tu_ctx();
+    enum { H = 150, W = 170 };
+    uint32_t *lab = calloc(H * W, sizeof *lab);
+    float *ref = malloc(2 * H * W * sizeof *ref);
+    ck_assert(lab && ref);
+    for (int y = 20; y < 34; y++) /* body: a 14 x 11 blob with a notch */
+        for (int x = 25; x < 36; x++)
+            lab[y * W + x] = !(y > 28 && x > 31);
+    lab[140 * W + 160] = 1; /* fragments: a pixel and a pair far away */
+    lab[5 * W + 150] = lab[6 * W + 151] = 1;
+    reference_flows_one_mask(lab, H, W, ref);
+    float *f[3];
+    for (int v = 0; v < 3; v++) {
+        gpuseg__flow_variant = v == 2 ? -1 : v;
+        gpuseg__l2f_local_limit = v == 2 ? 0 : -1;
+        f[v] = flows_of(ctx, lab, H, W);
+    }
+    gpuseg__flow_variant = -1;
+    gpuseg__l2f_local_limit = -1;
+    for (int v = 1; v < 3; v++)
+        ck_assert_msg(memcmp(f[0], f[v], 2 * H * W * sizeof *f[0]) == 0, "variant %d differs", v);
+    double worst = 0;
+    for (size_t i = 0; i < 2 * (size_t)H * W; i++) {
+        const double e = fabs((double)f[0][i] - ref[i]);
+        worst = e > worst ? e : worst;
+    }
+    fprintf(stderr, "stray fragments: max |err| %.3g against the float64 reference\n", worst);
+    ck_assert_msg(worst <= TOL, "max |error| %g against the float64 reference", worst);
+    const size_t frag[3] = {140 * W + 160, 5 * W + 150, 6 * W + 151};
+    for (int i = 0; i < 3; i++)
+        ck_assert(f[0][frag[i]] == 0.0f && f[0][H * W + frag[i]] == 0.0f);
+    ck_assert(f[0][21 * W + 30] != 0.0f); /* the body has flows */
+    for (int v = 0; v < 3; v++)
+        free(f[v]);
+    free(ref);
+    free(lab);
     gpuseg_ctx_free(ctx);
 }
 END_TEST
@@ -453,6 +597,8 @@ Suite *suite(int device) {
         tcase_add_test(tc, cellpose_fixtures);
         tcase_add_test(tc, huge_label_values);
         tcase_add_test(tc, local_and_global_paths_agree);
+        tcase_add_test(tc, box_and_workgroup_variants_agree);
+        tcase_add_test(tc, stray_fragments);
         tcase_add_test(tc, cl_mem_api);
         tcase_add_test(tc, bad_arguments);
         tcase_add_test(tc, cli_flows);

@@ -268,6 +268,70 @@ START_TEST(euler_bitexact_and_flow_errors) {
 }
 END_TEST
 
+/* The CPU kernels (masks_euler8 with masks_pack and masks_rows, l2f_box) and the GPU ones
+ * (masks_euler, l2f_local) are chosen by device type; forced on the same device, they must give
+ * the same end points (bits), the same flow errors (bits) and the same labels. */
+START_TEST(cpu_and_gpu_kernels_agree) {
+    gpuseg_ctx *ctx = tu_ctx();
+    const char *names[3] = {"dsb65", "usi", "dsb313"};
+    for (int t = 0; t < 3; t++) {
+        char f[64];
+        snprintf(f, sizeof f, "%s_flows.npy", names[t]);
+        gpuseg_npy *fl = load(f);
+        const uint32_t H = (uint32_t)fl->shape[1], W = (uint32_t)fl->shape[2];
+        const size_t n = (size_t)H * W;
+        cl_mem d = upload(ctx, fl->data, 3 * n * sizeof(float));
+        float *pos[2];
+        double *err[2];
+        uint32_t *lab[2], nm[2], n_pre[2];
+        for (int v = 0; v < 2; v++) {
+            gpuseg__masks_debug dbg;
+            memset(&dbg, 0, sizeof dbg);
+            dbg.pos = pos[v] = calloc(2 * n, sizeof(float));
+            dbg.flow_err_cap = 4096;
+            dbg.flow_err = err[v] = calloc(dbg.flow_err_cap, sizeof(double));
+            lab[v] = malloc(n * 4);
+            ck_assert(pos[v] && err[v] && lab[v]);
+            gpuseg__flow_variant = v;
+            cl_mem out = NULL;
+            gpuseg_dtype dt;
+            gpuseg_status st = gpuseg__masks_run(ctx, d, H, W, NULL, &dbg, &out, &dt, &nm[v]);
+            gpuseg__flow_variant = -1;
+            ck_assert_msg(st == GPUSEG_OK, "%s", gpuseg_last_error());
+            ck_assert(dt == GPUSEG_DTYPE_U16);
+            uint16_t *l16 = malloc(n * 2);
+            ck_assert(l16);
+            ck_assert(clEnqueueReadBuffer(gpuseg_ctx_cl_queue(ctx), out, CL_TRUE, 0, n * 2, l16, 0,
+                                          NULL, NULL) == CL_SUCCESS);
+            for (size_t i = 0; i < n; i++)
+                lab[v][i] = l16[i];
+            free(l16);
+            n_pre[v] = dbg.n_pre;
+            clReleaseMemObject(out);
+        }
+        ck_assert_uint_eq(nm[0], nm[1]);
+        ck_assert_uint_eq(n_pre[0], n_pre[1]);
+        const float *cp = (const float *)fl->data + 2 * n;
+        for (size_t i = 0; i < 2 * n; i++)
+            if (cp[i % n] > 0.0f) /* followed pixels only: no position is written elsewhere */
+                ck_assert_msg(memcmp(&pos[0][i], &pos[1][i], sizeof(float)) == 0,
+                              "%s: end point %zu: %.9g vs %.9g", names[t], i, (double)pos[0][i],
+                              (double)pos[1][i]);
+        ck_assert_msg(memcmp(err[0], err[1], 4096 * sizeof(double)) == 0, "%s: flow errors",
+                      names[t]);
+        ck_assert_msg(memcmp(lab[0], lab[1], n * 4) == 0, "%s: labels", names[t]);
+        for (int v = 0; v < 2; v++) {
+            free(pos[v]);
+            free(err[v]);
+            free(lab[v]);
+        }
+        clReleaseMemObject(d);
+        gpuseg_npy_free(fl);
+    }
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
 /* The cl_mem variant gives the same labels as the host variant and leaves flows untouched. */
 START_TEST(cl_variant) {
     gpuseg_ctx *ctx = tu_ctx();
@@ -702,6 +766,7 @@ int main(void) {
         tcase_add_loop_test(d, fixtures_match_cellpose, 0, (int)(sizeof cases / sizeof cases[0]));
         tcase_add_test(d, euler_bitexact_and_flow_errors);
         tcase_add_test(d, cl_variant);
+        tcase_add_test(d, cpu_and_gpu_kernels_agree);
         tcase_add_test(d, empty_and_tiny);
         tcase_add_test(d, nonfinite_and_bad_arguments);
         tcase_add_test(d, dtype_u32_from_65536_masks);

@@ -17,10 +17,19 @@
 gpuseg_status gpuseg__labels_to_flows_cl(gpuseg_ctx *ctx, cl_mem labels, uint32_t H, uint32_t W,
                                          uint32_t n_labels, cl_mem flows);
 
-/* Largest padded mask box (pixels) diffused in local memory by one work-group; larger masks take
- * the per-step global path. -1 (default): as the device allows; 0: never (tests compare the two
- * paths with it); N > 0: at most N. Not thread-safe: tests only. */
+/* Largest padded mask box (pixels) diffused by the per-mask kernel; larger masks take the per-step
+ * global path. -1 (default): as the device allows; 0: never (tests compare the paths with it);
+ * N > 0: at most N. Not thread-safe: tests only. */
 extern int gpuseg__l2f_local_limit;
+
+/* Kernel variants by device type (flows -> masks and labels -> flows): CPU devices get kernels
+ * with one work-item per mask (l2f_box) or per 8 pixels as float8 lanes (masks_euler8), without
+ * barriers and vectorised by hand; other devices get the work-group and one-pixel-per-work-item
+ * kernels (l2f_local, masks_euler). Both variants give identical bits (tested).
+ * gpuseg__flow_variant: -1 (default) by device type; 0: GPU variants; 1: CPU variants (tests
+ * force each; not thread-safe). */
+extern int gpuseg__flow_variant;
+int gpuseg__flow_cpu_kernels(const gpuseg_ctx *ctx);
 
 /* ---- end of labels -> flows section --------------------------------------------------------- */
 

@@ -1,8 +1,10 @@
 /* flow/labels_to_flows.c: ideal flows from a label image on the device, as Cellpose 3.1's
  * masks_to_flows_cpu computes them (docs/flows.md): per-mask centre (the mask pixel nearest the
  * mean pixel position), 2*(h+2 + w+2) Jacobi heat-diffusion steps per mask, central differences,
- * unit-length normalisation. The host finds boxes and centres in one pass over the labels; the
- * device runs every mask's diffusion at once, each mask stopping after its own step count. */
+ * unit-length normalisation. The host finds boxes, centres and (for sparse masks) the centre's
+ * piece; the device diffuses every mask at once, with one work-item per mask on CPU devices
+ * (l2f_box), one work-group per mask on GPUs (l2f_local), or one launch per step for masks
+ * neither can take. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +19,12 @@ typedef struct l2f_mask {
     double best;     /* smallest squared distance to (ym, xm) seen so far */
     uint32_t center; /* pixel index of the centre */
     uint32_t niter;
-    int local; /* diffused by l2f_local (padded box fits in local memory) */
+    /* where it diffuses: the whole box and all pixels, or for a sparse mask only the piece
+     * holding the centre (plan_build, pass 3) */
+    uint32_t dy0, dy1, dx0, dx1;
+    uint64_t dn;
+    int piece; /* diffusion restricted to the centre's piece (pixels marked in l2f_plan.piece) */
+    int local; /* diffused by the per-mask kernel (l2f_box or l2f_local), not the per-step path */
 } l2f_mask;
 
 /* Host-side plan: per-pixel mask index (UINT32_MAX = background), masks, and the pixel list of
@@ -25,6 +32,7 @@ typedef struct l2f_mask {
  * order[] lists those masks first (n_global of them), then the local-path masks. */
 typedef struct l2f_plan {
     uint32_t *mask_of; /* [npix] */
+    uint8_t *piece;    /* [npix] or NULL: 1 on the centre's piece of the masks with `piece` set */
     l2f_mask *masks;   /* [n_masks] */
     uint32_t n_masks;
     uint32_t *order; /* [n_masks] global-path masks by niter descending, then local ones */
@@ -36,6 +44,7 @@ typedef struct l2f_plan {
 
 static void plan_free(l2f_plan *p) {
     free(p->mask_of);
+    free(p->piece);
     free(p->masks);
     free(p->order);
     free(p->list);
@@ -116,9 +125,83 @@ static gpuseg_status map_labels(gpuseg_ctx *ctx, const uint32_t *labels, size_t 
     return GPUSEG_OK;
 }
 
-/* Builds the plan: boxes, centres, iteration counts and the grouped pixel list. */
+/* Scratch of l2f_box per launch (bytes); more masks take more launches, a mask needing more
+ * takes the per-step path. */
+#define L2F_BOX_SCRATCH ((size_t)64 << 20)
+
+/* l2f_box's scratch for a padded box of h x w (floats, a multiple of 8): 5 planes of h rows of
+ * stride S = w rounded up to 8, and two column-sum rows of S + 8 (kernels/labels_to_flows.cl). */
+static uint64_t box_floats(uint64_t h, uint64_t w) {
+    const uint64_t S = (w + 7) & ~(uint64_t)7;
+    return 5 * h * S + 2 * (S + 8);
+}
+
+/* A padded box larger than this for a mask of n pixels is sparse: l2f_box would sweep mostly
+ * empty cells every step. */
+static uint64_t sparse_box(uint64_t n) {
+    return 8 * n + 4096;
+}
+
+/* Pass 3 of plan_build: a mask whose padded box is sparse (a stray fragment far from the cell
+ * makes a huge box) diffuses only in the 8-connected piece holding its centre. This is exact:
+ * a pixel averages only its 3x3 neighbours of the same label, which lie in its own piece, so
+ * the field of every other piece stays 0 and so do its flows (zero-filled by the caller), as in
+ * Cellpose. The iteration count stays that of the whole mask's box. The piece's box is usually
+ * small enough for the per-mask kernels, which saves one launch per step. */
+static gpuseg_status find_pieces(gpuseg_ctx *ctx, uint32_t H, uint32_t W, l2f_plan *pl) {
+    const size_t npix = (size_t)H * W;
+    uint32_t *stack = NULL;
+    for (uint32_t m = 0; m < pl->n_masks; m++) {
+        l2f_mask *k = &pl->masks[m];
+        const uint64_t bx = ((uint64_t)(k->y1 - k->y0) + 3) * ((uint64_t)(k->x1 - k->x0) + 3);
+        if (bx <= sparse_box(k->n))
+            continue;
+        if (!pl->piece) {
+            pl->piece = calloc(npix, 1);
+            stack = malloc(npix * sizeof *stack);
+            if (!pl->piece || !stack) {
+                free(stack);
+                return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "labels to flows: %zu pixels", npix);
+            }
+        }
+        size_t top = 0;
+        stack[top++] = k->center;
+        pl->piece[k->center] = 1;
+        k->piece = 1;
+        k->dn = 0;
+        k->dy0 = k->dy1 = k->center / W;
+        k->dx0 = k->dx1 = k->center % W;
+        while (top > 0) {
+            const uint32_t p = stack[--top], y = p / W, x = p % W;
+            k->dn++;
+            k->dy0 = y < k->dy0 ? y : k->dy0;
+            k->dy1 = y > k->dy1 ? y : k->dy1;
+            k->dx0 = x < k->dx0 ? x : k->dx0;
+            k->dx1 = x > k->dx1 ? x : k->dx1;
+            for (int dy = -1; dy <= 1; dy++)
+                for (int dx = -1; dx <= 1; dx++) {
+                    const int64_t yy = (int64_t)y + dy, xx = (int64_t)x + dx;
+                    if (yy < 0 || yy >= H || xx < 0 || xx >= W)
+                        continue;
+                    const size_t q = (size_t)yy * W + (size_t)xx;
+                    if (pl->mask_of[q] == m && !pl->piece[q]) {
+                        pl->piece[q] = 1; /* pieces of different masks never meet: no reset */
+                        stack[top++] = (uint32_t)q;
+                    }
+                }
+        }
+    }
+    free(stack);
+    return GPUSEG_OK;
+}
+
+/* Builds the plan: boxes, centres, iteration counts, diffusion regions and the grouped pixel
+ * list. Masks whose padded diffusion box is at most local_limit pixels take the per-mask kernel;
+ * with `box` (l2f_box) they must also fit its scratch and not be sparse: l2f_box sweeps the whole
+ * box every step, so a box much larger than the mask would cost more than the per-step path,
+ * which only visits the mask's pixels. */
 static gpuseg_status plan_build(gpuseg_ctx *ctx, const uint32_t *labels, uint32_t H, uint32_t W,
-                                size_t local_limit, l2f_plan *pl) {
+                                size_t local_limit, int box, l2f_plan *pl) {
     const size_t npix = (size_t)H * W;
     gpuseg_status st = map_labels(ctx, labels, npix, pl);
     if (st != GPUSEG_OK)
@@ -169,18 +252,11 @@ static gpuseg_status plan_build(gpuseg_ctx *ctx, const uint32_t *labels, uint32_
         k->xm = (double)lx / (double)k->n;
         const uint64_t h = (uint64_t)(k->y1 - k->y0) + 1, w = (uint64_t)(k->x1 - k->x0) + 1;
         k->niter = (uint32_t)(2 * ((h + 2) + (w + 2)));
-        const uint64_t box = (h + 2) * (w + 2);
-        k->local = box <= local_limit;
-        keys[m].local = (uint32_t)k->local;
-        keys[m].niter = k->niter;
-        keys[m].mask = m;
-        if (k->local) {
-            if (box > pl->max_local_box)
-                pl->max_local_box = (size_t)box;
-        } else {
-            pl->n_fg += k->n;
-            pl->n_global++;
-        }
+        k->dy0 = k->y0;
+        k->dy1 = k->y1;
+        k->dx0 = k->x0;
+        k->dx1 = k->x1;
+        k->dn = k->n;
     }
     /* Pass 2: centre = first pixel in row-major order with the smallest squared distance to
      * the mean (numpy argmin over np.nonzero of the box). Separate statements keep the compiler
@@ -201,6 +277,28 @@ static gpuseg_status plan_build(gpuseg_ctx *ctx, const uint32_t *labels, uint32_
                 k->center = y * W + x;
             }
         }
+    if ((st = find_pieces(ctx, H, W, pl)) != GPUSEG_OK) {
+        free(keys);
+        free(offset);
+        return st;
+    }
+    for (uint32_t m = 0; m < pl->n_masks; m++) {
+        l2f_mask *k = &pl->masks[m];
+        const uint64_t h = (uint64_t)(k->dy1 - k->dy0) + 3, w = (uint64_t)(k->dx1 - k->dx0) + 3;
+        k->local = h * w <= local_limit;
+        if (box && k->local)
+            k->local = h * w <= sparse_box(k->dn) && 4 * box_floats(h, w) <= L2F_BOX_SCRATCH;
+        keys[m].local = (uint32_t)k->local;
+        keys[m].niter = k->niter;
+        keys[m].mask = m;
+        if (k->local) {
+            if (h * w > pl->max_local_box)
+                pl->max_local_box = (size_t)(h * w);
+        } else {
+            pl->n_fg += k->dn;
+            pl->n_global++;
+        }
+    }
     qsort(keys, pl->n_masks, sizeof *keys, cmp_key);
     size_t off = 0;
     for (uint32_t r = 0; r < pl->n_masks; r++) {
@@ -208,7 +306,7 @@ static gpuseg_status plan_build(gpuseg_ctx *ctx, const uint32_t *labels, uint32_
         pl->order[r] = m;
         offset[m] = off;
         if (!pl->masks[m].local)
-            off += pl->masks[m].n;
+            off += pl->masks[m].dn;
     }
     free(keys);
     pl->list = malloc((pl->n_fg ? pl->n_fg : 1) * sizeof *pl->list);
@@ -219,7 +317,7 @@ static gpuseg_status plan_build(gpuseg_ctx *ctx, const uint32_t *labels, uint32_
     }
     for (size_t i = 0; i < npix; i++) {
         const uint32_t m = pl->mask_of[i];
-        if (m == UINT32_MAX || pl->masks[m].local)
+        if (m == UINT32_MAX || pl->masks[m].local || (pl->masks[m].piece && !pl->piece[i]))
             continue;
         cl_uint2 e;
         e.s[0] = (cl_uint)i;
@@ -253,12 +351,26 @@ static gpuseg_status check_size(gpuseg_ctx *ctx, uint32_t H, uint32_t W) {
 }
 
 int gpuseg__l2f_local_limit = -1;
+int gpuseg__flow_variant = -1;
 
-/* Work-group size for l2f_local and the largest padded box it can take on this device:
- * L2F_SLOTS (16) pixels per work-item, 9 bytes of local memory per pixel. 0: no local path
- * (also when the kernel cannot be queried: the global path needs nothing special). */
-static size_t local_path_limit(gpuseg_ctx *ctx, size_t *lsz) {
+/* CPU devices: barriers are costly (PoCL runs the work-items in a loop between them) and the
+ * compiler vectorises only uniform loops, while thousands of masks or pixels already fill the
+ * cores; GPUs need many work-items per mask instead. */
+int gpuseg__flow_cpu_kernels(const gpuseg_ctx *ctx) {
+    if (gpuseg__flow_variant >= 0)
+        return gpuseg__flow_variant == 1;
+    return ctx->dev.type == GPUSEG_DEVICE_CPU;
+}
+
+/* The largest padded box the per-mask kernel takes (0: none, all masks take the per-step path).
+ * l2f_box: no limit of its own (plan_build checks each mask's scratch). l2f_local: *lsz is its
+ * work-group size, and the box must fit L2F_SLOTS (16) pixels per work-item and 9 bytes of local
+ * memory per pixel (0 also when the kernel cannot be queried: the global path needs nothing
+ * special). */
+static size_t local_path_limit(gpuseg_ctx *ctx, int box, size_t *lsz) {
     *lsz = 256;
+    if (box)
+        return gpuseg__l2f_local_limit >= 0 ? (size_t)gpuseg__l2f_local_limit : SIZE_MAX;
     cl_kernel k;
     size_t kmax = 0;
     if (gpuseg__l2f_local_limit == 0 || ctx->dev.local_mem_bytes < 4096 ||
@@ -280,7 +392,95 @@ static size_t local_path_limit(gpuseg_ctx *ctx, size_t *lsz) {
     return lim;
 }
 
-/* Small masks: one launch of l2f_local, one work-group per mask. */
+/* Per-mask path on CPU devices: l2f_box, one work-item per mask, the masks packed into scratch
+ * launches of at most L2F_BOX_SCRATCH bytes (in the plan's order: most iterations first, so the
+ * longest jobs start first). */
+static gpuseg_status run_box(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, uint32_t W,
+                             cl_mem labels, cl_mem flows, cl_float2 ninth) {
+    const uint32_t n = pl->n_masks - pl->n_global;
+    if (n == 0)
+        return GPUSEG_OK;
+    cl_int4 *boxes = malloc(n * sizeof *boxes);
+    cl_uint4 *info = malloc(n * sizeof *info);
+    cl_mem dboxes = NULL, dinfo = NULL, scratch = NULL;
+    gpuseg_status st = GPUSEG_OK;
+    if (!boxes || !info) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "labels to flows: %u masks", n);
+        goto done;
+    }
+    const uint64_t cap = L2F_BOX_SCRATCH / sizeof(float);
+    uint64_t used = 0, most = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const l2f_mask *k = &pl->masks[pl->order[pl->n_global + i]];
+        const uint32_t bh = k->dy1 - k->dy0 + 3, bw = k->dx1 - k->dx0 + 3;
+        const uint64_t need = box_floats(bh, bw); /* <= cap: checked by plan_build */
+        if (used + need > cap)
+            used = 0; /* a new launch starts here (offset 0 marks it, see below) */
+        boxes[i].s[0] = (cl_int)k->dy0 - 1;
+        boxes[i].s[1] = (cl_int)k->dx0 - 1;
+        boxes[i].s[2] = (cl_int)bh;
+        boxes[i].s[3] = (cl_int)bw;
+        info[i].s[0] = k->center;
+        info[i].s[1] = k->niter;
+        info[i].s[2] = (cl_uint)used;
+        info[i].s[3] = (bw + 7) & ~7u;
+        used += need;
+        if (used > most)
+            most = used;
+    }
+    cl_kernel k;
+    if ((st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, n * sizeof *boxes, "mask boxes", &dboxes)) !=
+            GPUSEG_OK ||
+        (st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, n * sizeof *info, "mask jobs", &dinfo)) !=
+            GPUSEG_OK ||
+        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, (size_t)most * sizeof(float),
+                             "diffusion scratch", &scratch)) != GPUSEG_OK ||
+        (st = gpuseg__kernel(ctx, "labels_to_flows", "l2f_box", &k)) != GPUSEG_OK)
+        goto done;
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, dboxes, CL_FALSE, 0, n * sizeof *boxes, boxes, 0,
+                                      NULL, NULL);
+    if (err == CL_SUCCESS)
+        err = clEnqueueWriteBuffer(ctx->queue, dinfo, CL_FALSE, 0, n * sizeof *info, info, 0, NULL,
+                                   NULL);
+    if (err != CL_SUCCESS) {
+        st = gpuseg__fail_cl(ctx, err, "labels to flows: clEnqueueWriteBuffer(mask jobs)");
+        goto done;
+    }
+    /* one launch per run of jobs with increasing scratch offsets (a new run starts at offset 0);
+     * the in-order queue keeps launches that share the scratch apart */
+    const cl_uint h = H, w = W;
+    for (uint32_t s = 0; s < n;) {
+        uint32_t e = s + 1;
+        while (e < n && info[e].s[2] != 0)
+            e++;
+        const cl_uint base = s, end = e;
+        const size_t g = e - s, one = 1;
+        if ((st = gpuseg__set_args(ctx, k, 10, sizeof(cl_mem), &labels, sizeof(cl_mem), &dboxes,
+                                   sizeof(cl_mem), &dinfo, sizeof(cl_uint), &base, sizeof(cl_uint),
+                                   &end, sizeof(cl_mem), &flows, sizeof(cl_uint), &h,
+                                   sizeof(cl_uint), &w, sizeof(cl_float2), &ninth, sizeof(cl_mem),
+                                   &scratch)) != GPUSEG_OK ||
+            (st = gpuseg__run(ctx, k, 1, &g, &one)) != GPUSEG_OK) {
+            gpuseg__wrap(ctx, st, "labels to flows: masks %u to %u", s, e - 1);
+            goto done;
+        }
+        s = e;
+    }
+    /* Buffers are released only after the queue has finished. */
+    if ((err = clFinish(ctx->queue)) != CL_SUCCESS)
+        st = gpuseg__fail_cl(ctx, err, "labels to flows: clFinish");
+done:
+    if (st != GPUSEG_OK)
+        clFinish(ctx->queue);
+    gpuseg__release(&dboxes);
+    gpuseg__release(&dinfo);
+    gpuseg__release(&scratch);
+    free(boxes);
+    free(info);
+    return st;
+}
+
+/* Small masks on GPUs: one launch of l2f_local, one work-group per mask. */
 static gpuseg_status run_local(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, uint32_t W,
                                cl_mem labels, cl_mem flows, size_t lsz, cl_float2 ninth) {
     const uint32_t n = pl->n_masks - pl->n_global;
@@ -296,10 +496,10 @@ static gpuseg_status run_local(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, 
     }
     for (uint32_t i = 0; i < n; i++) {
         const l2f_mask *k = &pl->masks[pl->order[pl->n_global + i]];
-        boxes[i].s[0] = (cl_int)k->y0 - 1;
-        boxes[i].s[1] = (cl_int)k->x0 - 1;
-        boxes[i].s[2] = (cl_int)(k->y1 - k->y0 + 3);
-        boxes[i].s[3] = (cl_int)(k->x1 - k->x0 + 3);
+        boxes[i].s[0] = (cl_int)k->dy0 - 1;
+        boxes[i].s[1] = (cl_int)k->dx0 - 1;
+        boxes[i].s[2] = (cl_int)(k->dy1 - k->dy0 + 3);
+        boxes[i].s[3] = (cl_int)(k->dx1 - k->dx0 + 3);
         cn[i].s[0] = k->center;
         cn[i].s[1] = k->niter;
     }
@@ -402,7 +602,7 @@ static gpuseg_status run_global(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H,
     for (uint32_t it = 0; it < max_iter; it++) {
         while (r_end > 0 && pl->masks[pl->order[r_end - 1]].niter <= it) {
             r_end--;
-            active -= pl->masks[pl->order[r_end]].n;
+            active -= pl->masks[pl->order[r_end]].dn;
         }
         const cl_uint count = (cl_uint)active;
         const size_t g = active;
@@ -451,8 +651,9 @@ static gpuseg_status run(gpuseg_ctx *ctx, const uint32_t *host_labels, cl_mem la
     l2f_plan pl;
     memset(&pl, 0, sizeof pl);
     size_t lsz;
-    const size_t limit = local_path_limit(ctx, &lsz);
-    gpuseg_status st = plan_build(ctx, host_labels, H, W, limit, &pl);
+    const int box = gpuseg__flow_cpu_kernels(ctx);
+    const size_t limit = local_path_limit(ctx, box, &lsz);
+    gpuseg_status st = plan_build(ctx, host_labels, H, W, limit, box, &pl);
     if (st != GPUSEG_OK)
         goto done;
     if ((st = fill_zero(ctx, flows, 2 * npix * sizeof(float), "flows")) != GPUSEG_OK)
@@ -461,7 +662,8 @@ static gpuseg_status run(gpuseg_ctx *ctx, const uint32_t *host_labels, cl_mem la
     cl_float2 ninth;
     ninth.s[0] = (float)(1.0 / 9.0);
     ninth.s[1] = (float)(1.0 / 9.0 - (double)ninth.s[0]);
-    if ((st = run_local(ctx, &pl, H, W, labels, flows, lsz, ninth)) != GPUSEG_OK ||
+    if ((st = box ? run_box(ctx, &pl, H, W, labels, flows, ninth)
+                  : run_local(ctx, &pl, H, W, labels, flows, lsz, ninth)) != GPUSEG_OK ||
         (st = run_global(ctx, &pl, H, W, labels, flows, ninth)) != GPUSEG_OK)
         goto done;
     cl_int err = clFinish(ctx->queue);

@@ -170,11 +170,64 @@ static gpuseg_status label_stats(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uin
     return GPUSEG_OK;
 }
 
+/* Euler integration and end-point histogram (stage 2). CPU devices: masks_pack repacks the flows
+ * (b->F is replaced by the packed copy), masks_rows lists each row's followed pixels, and
+ * masks_euler8 follows them 8 per work-item as float8 lanes; other devices: masks_euler, one
+ * pixel per work-item. Same end points (docs/masks.md). pos: debug positions or NULL. */
+static gpuseg_status euler(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uint32_t W, cl_uint niter,
+                           cl_mem pos) {
+    const size_t n = (size_t)H * W;
+    cl_uint ch = H, cw = W;
+    gpuseg_status st;
+    cl_kernel k;
+    if (!gpuseg__flow_cpu_kernels(ctx)) {
+        if ((st = kernel(ctx, "dynamics", "masks_euler", &k)) != GPUSEG_OK ||
+            (st = gpuseg__set_args(ctx, k, 7, sizeof(cl_mem), &b->F, sizeof(cl_uint), &ch,
+                                   sizeof(cl_uint), &cw, sizeof(cl_uint), &niter, sizeof(cl_mem),
+                                   &b->end, sizeof(cl_mem), &b->hist, sizeof(cl_mem),
+                                   pos ? &pos : NULL)) != GPUSEG_OK)
+            return st;
+        return run2(ctx, k, H, W);
+    }
+    cl_mem G = NULL, xs = NULL, cnt = NULL;
+    size_t gh = H;
+    if ((st = buffer(ctx, 2 * ((size_t)H + 1) * ((size_t)W + 1), sizeof(float), "packed flows",
+                     &G)) != GPUSEG_OK ||
+        (st = kernel(ctx, "dynamics", "masks_pack", &k)) != GPUSEG_OK ||
+        (st = gpuseg__set_args(ctx, k, 4, sizeof(cl_mem), &b->F, sizeof(cl_uint), &ch,
+                               sizeof(cl_uint), &cw, sizeof(cl_mem), &G)) != GPUSEG_OK ||
+        (st = run2(ctx, k, H + 1, W + 1)) != GPUSEG_OK)
+        goto done;
+    gpuseg__release(&b->F); /* the runtime keeps it until masks_pack is done */
+    b->F = G;
+    G = NULL;
+    if ((st = buffer(ctx, n, sizeof(cl_uint), "row pixel lists", &xs)) != GPUSEG_OK ||
+        (st = buffer(ctx, H, sizeof(cl_uint), "row pixel counts", &cnt)) != GPUSEG_OK ||
+        (st = kernel(ctx, "dynamics", "masks_rows", &k)) != GPUSEG_OK ||
+        (st = gpuseg__set_args(ctx, k, 5, sizeof(cl_mem), &b->end, sizeof(cl_uint), &ch,
+                               sizeof(cl_uint), &cw, sizeof(cl_mem), &xs, sizeof(cl_mem), &cnt)) !=
+            GPUSEG_OK ||
+        (st = gpuseg__run(ctx, k, 1, &gh, NULL)) != GPUSEG_OK ||
+        (st = kernel(ctx, "dynamics", "masks_euler8", &k)) != GPUSEG_OK ||
+        (st = gpuseg__set_args(ctx, k, 9, sizeof(cl_mem), &b->F, sizeof(cl_uint), &ch,
+                               sizeof(cl_uint), &cw, sizeof(cl_uint), &niter, sizeof(cl_mem), &xs,
+                               sizeof(cl_mem), &cnt, sizeof(cl_mem), &b->end, sizeof(cl_mem),
+                               &b->hist, sizeof(cl_mem), pos ? &pos : NULL)) != GPUSEG_OK)
+        goto done;
+    st = run2(ctx, k, H, (W + 7) / 8);
+done:
+    /* the runtime keeps buffers alive until the enqueued kernels using them are done */
+    gpuseg__release(&G);
+    gpuseg__release(&xs);
+    gpuseg__release(&cnt);
+    return st;
+}
+
 /* Stages 1-3: threshold, Euler integration, histogram, seeds, growth, painting, assignment.
  * On return labels holds provisional labels 1..*n_seeds (0 = none). */
 static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flows, uint32_t H,
                                      uint32_t W, const gpuseg_masks_params *p,
-                                     gpuseg__masks_debug *dbg, uint32_t *n_seeds_out) {
+                                     gpuseg__masks_debug *dbg, double *tm, uint32_t *n_seeds_out) {
     const size_t n = (size_t)H * W;
     gpuseg_status st;
     cl_kernel k;
@@ -214,12 +267,7 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flow
     if (dbg && dbg->pos &&
         (st = buffer(ctx, 2 * n, sizeof(float), "debug positions", &pos)) != GPUSEG_OK)
         return st;
-    if ((st = kernel(ctx, "dynamics", "masks_euler", &k)) != GPUSEG_OK ||
-        (st = gpuseg__set_args(ctx, k, 7, sizeof(cl_mem), &b->F, sizeof(cl_uint), &ch,
-                               sizeof(cl_uint), &cw, sizeof(cl_uint), &niter, sizeof(cl_mem),
-                               &b->end, sizeof(cl_mem), &b->hist, sizeof(cl_mem),
-                               pos ? &pos : NULL)) != GPUSEG_OK ||
-        (st = run2(ctx, k, H, W)) != GPUSEG_OK) {
+    if ((st = euler(ctx, b, H, W, niter, pos)) != GPUSEG_OK) {
         gpuseg__release(&pos);
         return st;
     }
@@ -230,6 +278,7 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flow
             return st;
     }
     gpuseg__release(&b->F);
+    stage(ctx, tm, "threshold, Euler integration, histogram");
 
     /* 3. seeds: every seed holds > 10 end points, so there are at most n / 11 */
     cl_uint cap = (cl_uint)(n / 11 + 1), zero = 0;
@@ -529,9 +578,9 @@ gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, uint32_t H, uint3
     uint32_t ns = 0;
     double tm = 0;
     stage(ctx, &tm, "start");
-    if ((st = follow_and_seed(ctx, &b, flows, H, W, &p, dbg, &ns)) != GPUSEG_OK)
+    if ((st = follow_and_seed(ctx, &b, flows, H, W, &p, dbg, &tm, &ns)) != GPUSEG_OK)
         goto fail;
-    stage(ctx, &tm, "follow, seeds, labels");
+    stage(ctx, &tm, "seeds, growth, labels");
     if (dbg) {
         dbg->n_pre = 0;
         dbg->n_qc_removed = 0;
