@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "net/net_internal.h"
 #include "testutil.h"
@@ -423,6 +424,34 @@ START_TEST(python_consumer_segment) {
 }
 END_TEST
 
+/* Many segment processes at once: no segment name collides, every output is written, nothing
+ * is left in /dev/shm; a process killed with SIGKILL mid-batch leaves only segments that
+ * `gpuseg shm clean` removes. */
+START_TEST(cli_segment_concurrent) {
+    const char *dir = tu_tmpdir();
+    char cmd[8192], prefix[64];
+    snprintf(prefix, sizeof prefix, "/gpuseg-tseg%d-", (int)getpid());
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && for i in 1 2 3 4 5 6; do cp '%s' g$i.png; done && "
+             "export GPUSEG_SHM_PREFIX='%s'; pids=; for j in 1 2 3 4; do mkdir o$j; "
+             "'%s' segment g1.png g2.png g3.png --model '%s' --quiet --save-dir o$j & "
+             "pids=\"$pids $!\"; done; rc=0; for p in $pids; do wait $p || rc=1; done; "
+             "[ $rc = 0 ] && [ $(ls o*/*_segmentation.bin | wc -l) = 12 ] && "
+             "[ $(ls /dev/shm | grep -c '^%s') = 0 ]",
+             dir, FIX "grey_img.png", prefix, GPUSEG_CLI, FIX "small_cpnet.pth", prefix + 1);
+    ck_assert_int_eq(system(cmd), 0);
+    /* SIGKILL during a batch (savers still running or segments being published) */
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && mkdir k && export GPUSEG_SHM_PREFIX='%s'; "
+             "'%s' segment g1.png g2.png g3.png g4.png g5.png g6.png --model '%s' --quiet "
+             "--save-dir k & p=$!; sleep 1.5; kill -9 $p; wait $p; sleep 0.5; "
+             "'%s' shm clean --prefix '%s' >/dev/null; [ $(ls /dev/shm | grep -c '^%s') = 0 ]",
+             dir, prefix, GPUSEG_CLI, FIX "small_cpnet.pth", GPUSEG_CLI, prefix, prefix + 1);
+    ck_assert_int_eq(system(cmd), 0);
+    tu_rmtree(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("segment");
     int dev = tu_require_device();
@@ -436,6 +465,7 @@ int main(void) {
         tcase_add_test(d, api_errors);
         tcase_add_test(d, cli_segment);
         tcase_add_test(d, cli_segment_shm);
+        tcase_add_test(d, cli_segment_concurrent);
         tcase_add_test(d, python_consumer_segment);
         suite_add_tcase(s, d);
     }

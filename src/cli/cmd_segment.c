@@ -174,6 +174,8 @@ int gpuseg_cmd_segment(int argc, char **argv) {
     const char *model = NULL, *device = NULL, *out = NULL, *save_dir = NULL, *format = "bin";
     bool save_flows = false, quiet = false;
     segment_output_opts so = SEGMENT_OUTPUT_OPTS_INIT;
+    /* Keeps the segments of one job apart from others' (gpuseg shm list/clean --prefix). */
+    so.name_prefix = getenv("GPUSEG_SHM_PREFIX");
     double d;
     long l;
     optind = 1;
@@ -276,7 +278,8 @@ int gpuseg_cmd_segment(int argc, char **argv) {
                    "segmented. --shm-only leaves each image's labels in a shared-memory segment "
                    "for the caller and prints its name, or with --json one line "
                    "{\"shm\",\"shape\",\"dtype\",\"offset\",\"n_masks\",\"diameter\",...} "
-                   "(docs/shm.md); the caller removes it (gpuseg shm rm NAME).\n",
+                   "(docs/shm.md); the caller removes it (gpuseg shm rm NAME). "
+                   "GPUSEG_SHM_PREFIX sets the segment name prefix (default /gpuseg-).\n",
                    use);
             return CLI_OK;
         default:
