@@ -13,7 +13,7 @@
     X(masks, "flows (float32 [3,H,W] .npy: dY, dX, cellprob) -> label image, as Cellpose")         \
     X(save, "save the labels of a shared-memory segment to a file (the saver process)")            \
     X(shm, "list, publish, remove or clean shared-memory label segments")                          \
-    X(segment, "segment images with a Cellpose 3 model (flows, masks) as CellposeModel.eval")    \
+    X(segment, "segment images with a Cellpose 3 model (flows, masks) as CellposeModel.eval")      \
     X(model, "describe a Cellpose 3 (CPnet) model file as JSON (gpuseg model info FILE)")
 
 #define GPUSEG_DECLARE_CMD_(name, summary) int gpuseg_cmd_##name(int argc, char **argv);
