@@ -452,6 +452,50 @@ START_TEST(cli_segment_concurrent) {
 }
 END_TEST
 
+/* Device memory running out (simulated by capping the largest allocation): the batch is halved
+ * until it fits, with the same results; when not even one tile fits, a clear error. */
+START_TEST(memory_fallback) {
+    setenv("GPUSEG_CONV", "direct", 1);
+    gpuseg_image *img = load_image("aug_img.png");
+    gpuseg_segment_params p;
+    params_for(2, &p);
+    gpuseg_segment_result a, b;
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert(gpuseg_net_load(ctx, FIX "small_cpnet.pth", &net) == GPUSEG_OK);
+    ck_assert(gpuseg_segment(ctx, net, img, &p, &a) == GPUSEG_OK);
+    ck_assert_uint_eq(a.batch_size, 4);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+
+    gpuseg_ctx_params cp;
+    gpuseg_ctx_params_default(&cp);
+    cp.max_alloc_bytes = 3000000; /* one 224x208 tile's activations take 2.2 MB */
+    ck_assert(gpuseg_ctx_create(&cp, &ctx) == GPUSEG_OK);
+    ck_assert(gpuseg_net_load(ctx, FIX "small_cpnet.pth", &net) == GPUSEG_OK);
+    ck_assert_msg(gpuseg_segment(ctx, net, img, &p, &b) == GPUSEG_OK, "%s", gpuseg_last_error());
+    ck_assert_uint_lt(b.batch_size, 4);
+    ck_assert_uint_ge(b.batch_size, 1);
+    size_t n = (size_t)3 * img->height * img->width;
+    ck_assert(memcmp(a.flows, b.flows, n * sizeof(float)) == 0);
+    ck_assert_uint_eq(a.n_masks, b.n_masks);
+    gpuseg_segment_result_free(&b);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+
+    cp.max_alloc_bytes = 1000000;
+    ck_assert(gpuseg_ctx_create(&cp, &ctx) == GPUSEG_OK);
+    ck_assert(gpuseg_net_load(ctx, FIX "small_cpnet.pth", &net) == GPUSEG_OK);
+    ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &b), GPUSEG_DEVICE_MEMORY);
+    ck_assert_msg(strstr(gpuseg_ctx_last_error(ctx), "even a batch of 1 tile") != NULL, "%s",
+                  gpuseg_ctx_last_error(ctx));
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+    gpuseg_segment_result_free(&a);
+    gpuseg_image_free(img);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("segment");
     int dev = tu_require_device();
@@ -462,6 +506,7 @@ int main(void) {
         tcase_set_timeout(d, 600);
         tcase_add_loop_test(d, matches_cellpose_eval, 0, 8);
         tcase_add_test(d, batching_invariant);
+        tcase_add_test(d, memory_fallback);
         tcase_add_test(d, api_errors);
         tcase_add_test(d, cli_segment);
         tcase_add_test(d, cli_segment_shm);

@@ -66,6 +66,11 @@ typedef struct gpuseg_ctx_params {
     /* Development override: a folder of .cl files read instead of the embedded sources; NULL:
      * $GPUSEG_KERNEL_DIR, else the sources embedded at build time. Never the working folder. */
     const char *kernel_dir;
+    /* Largest single device allocation gpuseg makes, in bytes; 0 (default): the device's own
+     * limit (CL_DEVICE_MAX_MEM_ALLOC_SIZE). A lower value leaves room for other users of the
+     * device and exercises the smaller-batch fallbacks. The environment variable
+     * GPUSEG_MAX_ALLOC_BYTES sets it when this is 0. */
+    uint64_t max_alloc_bytes;
     gpuseg_log_fn log;          /* NULL: no logging */
     void *log_user;             /* passed to log */
     gpuseg_log_level log_level; /* messages above this level are not produced (default WARN) */

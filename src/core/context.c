@@ -250,6 +250,21 @@ gpuseg_status gpuseg_ctx_create(const gpuseg_ctx_params *params, gpuseg_ctx **ou
     ctx->use_cache = params->program_cache && !(no_cache && *no_cache && strcmp(no_cache, "0"));
     if (gpuseg_cache_dir(params, ctx->cache_dir, sizeof ctx->cache_dir) != GPUSEG_OK)
         ctx->use_cache = false; /* no folder to cache in: compile every time */
+    uint64_t cap = params->max_alloc_bytes;
+    const char *cap_env = getenv("GPUSEG_MAX_ALLOC_BYTES");
+    if (cap == 0 && cap_env && *cap_env) {
+        char *end = NULL;
+        unsigned long long v = strtoull(cap_env, &end, 10);
+        if (*end || v == 0) {
+            st = gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                              "GPUSEG_MAX_ALLOC_BYTES='%s': not a positive number of bytes",
+                              cap_env);
+            goto fail;
+        }
+        cap = v;
+    }
+    if (cap && (ctx->dev.max_alloc_bytes == 0 || cap < ctx->dev.max_alloc_bytes))
+        ctx->dev.max_alloc_bytes = cap;
     const char *kdir = params->kernel_dir ? params->kernel_dir : getenv("GPUSEG_KERNEL_DIR");
     copy_str(ctx->kernel_dir, sizeof ctx->kernel_dir, kdir);
 
