@@ -117,10 +117,10 @@ START_TEST(usiigaci_dev) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("roundtrip");
     int dev = tu_require_device();
     if (dev != 0)
         return dev;
+    Suite *s = suite_create("roundtrip");
     TCase *d = tcase_create("device");
     tcase_set_timeout(d, 600);
     tcase_add_test(d, dsb2018_dev);
