@@ -59,6 +59,14 @@ gpuseg_status gpuseg__failv(gpuseg_ctx *ctx, gpuseg_status status, const char *f
      * not overlap. */
     char line[GPUSEG__ERRMSG_LEN];
     vsnprintf(line, sizeof line, fmt, ap);
+    /* Messages are one line even when they quote bytes from a hostile file (ZIP entry names,
+     * records) or a multi-line build log: line breaks and tabs become spaces, other control
+     * bytes '?' (found by tests/fuzz/fuzz_model). */
+    for (char *c = line; *c; c++)
+        if (*c == '\n' || *c == '\r' || *c == '\t')
+            *c = ' ';
+        else if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
     memcpy(tls_error, line, sizeof tls_error);
     if (ctx)
         memcpy(ctx->errmsg, tls_error, sizeof ctx->errmsg);

@@ -137,7 +137,7 @@ static gpuseg_status parse_dict(const char *path, const char *s, size_t len, npy
         p++;
         skip_ws(&p, end);
         if (strcmp(key, "descr") == 0) {
-            if (*p == '[')
+            if (p < end && *p == '[')
                 return gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
                                     "%s: .npy holds a structured (record) array", path);
             if (!parse_str(&p, end, descr, sizeof descr))

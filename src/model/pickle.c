@@ -126,7 +126,7 @@ static gpuseg_status make_tuple(reader *r, size_t from) {
     uint32_t t;
     gpuseg_status st = new_obj(r, GPUSEG__PK_TUPLE, &t);
     if (st == GPUSEG_OK)
-        st = seq_add(r, t, r->stack + from, r->sp - from);
+        st = seq_add(r, t, from < r->sp ? r->stack + from : NULL, r->sp - from);
     if (st != GPUSEG_OK)
         return st;
     r->sp = from;
@@ -378,7 +378,7 @@ static gpuseg_status op_setitems(reader *r, size_t from) {
     uint32_t d = r->stack[from - 1];
     if (r->p->objs[d].type != GPUSEG__PK_DICT)
         return fail(r, GPUSEG_FORMAT, "pickle SETITEM on something that is not a dict");
-    gpuseg_status st = seq_add(r, d, r->stack + from, r->sp - from);
+    gpuseg_status st = seq_add(r, d, from < r->sp ? r->stack + from : NULL, r->sp - from);
     r->sp = from;
     return st;
 }
@@ -389,7 +389,7 @@ static gpuseg_status op_appends(reader *r, size_t from) {
     uint32_t l = r->stack[from - 1];
     if (r->p->objs[l].type != GPUSEG__PK_LIST)
         return fail(r, GPUSEG_FORMAT, "pickle APPEND on something that is not a list");
-    gpuseg_status st = seq_add(r, l, r->stack + from, r->sp - from);
+    gpuseg_status st = seq_add(r, l, from < r->sp ? r->stack + from : NULL, r->sp - from);
     r->sp = from;
     return st;
 }
