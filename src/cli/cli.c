@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,4 +69,34 @@ gpuseg_status cli_ctx_create(const char *device, gpuseg_ctx **out) {
     else if (lvl && strcmp(lvl, "info") == 0)
         p.log_level = GPUSEG_LOG_INFO;
     return gpuseg_ctx_create(&p, out);
+}
+
+int cli_masks_option(int c, const char *arg, float *cellprob_threshold, float *flow_threshold,
+                     uint32_t *niter, int32_t *min_size) {
+    double d;
+    long l;
+    switch (c) {
+    case CLI_OPT_CELLPROB_THRESHOLD:
+        if (!cli_parse_double("--cellprob-threshold", arg, -1e30, 1e30, &d))
+            return -1;
+        *cellprob_threshold = (float)d;
+        return 1;
+    case CLI_OPT_FLOW_THRESHOLD:
+        if (!cli_parse_double("--flow-threshold", arg, -1e30, 1e30, &d))
+            return -1;
+        *flow_threshold = (float)d;
+        return 1;
+    case CLI_OPT_NITER:
+        if (!cli_parse_int("--niter", arg, 0, 1000000, &l))
+            return -1;
+        *niter = (uint32_t)l;
+        return 1;
+    case CLI_OPT_MIN_SIZE:
+        if (!cli_parse_int("--min-size", arg, -1, INT32_MAX, &l))
+            return -1;
+        *min_size = (int32_t)l;
+        return 1;
+    default:
+        return 0;
+    }
 }

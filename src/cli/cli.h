@@ -5,6 +5,7 @@
 #define GPUSEG_CLI_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include "gpuseg/gpuseg.h"
 
 /* Exit codes: 0 success, 1 failure of the job, 2 bad command line. */
@@ -24,6 +25,21 @@ bool cli_parse_int(const char *opt, const char *s, long lo, long hi, long *out);
 /* Creates a context for the --device option (NULL = GPUSEG_DEVICE or automatic choice), with
  * warnings logged to stderr and GPUSEG_LOG=debug|info raising the level. */
 gpuseg_status cli_ctx_create(const char *device, gpuseg_ctx **out);
+
+/* The flows -> masks options that `masks` and `segment` share: option codes, the getopt_long
+ * entries (put CLI_MASKS_LONG_OPTIONS in the option array) and their parsing. */
+enum { CLI_OPT_CELLPROB_THRESHOLD = 1000, CLI_OPT_FLOW_THRESHOLD, CLI_OPT_NITER, CLI_OPT_MIN_SIZE };
+#define CLI_MASKS_LONG_OPTIONS                                                                     \
+    {"cellprob-threshold", required_argument, NULL, CLI_OPT_CELLPROB_THRESHOLD},                   \
+        {"flow-threshold", required_argument, NULL, CLI_OPT_FLOW_THRESHOLD},                       \
+        {"niter", required_argument, NULL, CLI_OPT_NITER}, {                                       \
+        "min-size", required_argument, NULL, CLI_OPT_MIN_SIZE                                      \
+    }
+
+/* Parses option c (one of CLI_OPT_*) with argument arg into the matching field. Returns 1 when
+ * handled, 0 when c is not one of these options, -1 on a bad value (message printed). */
+int cli_masks_option(int c, const char *arg, float *cellprob_threshold, float *flow_threshold,
+                     uint32_t *niter, int32_t *min_size);
 
 /* Common usage line printer: "usage: gpuseg <usage>". Returns CLI_USAGE. */
 int cli_usage(const char *usage);

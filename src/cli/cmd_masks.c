@@ -41,12 +41,9 @@ static void json_string(const char *s) {
 int gpuseg_cmd_masks(int argc, char **argv) {
     const char *use = "masks FLOWS.npy -o OUT [--cellprob-threshold 0.0] [--flow-threshold 0.4] "
                       "[--niter 200] [--min-size 15] [--max-size-fraction 0.4] [--device SPEC]";
-    enum { O_CP = 256, O_FT, O_NITER, O_MIN, O_MAXF, O_DEV };
+    enum { O_MAXF = 256, O_DEV };
     static const struct option opts[] = {{"output", required_argument, NULL, 'o'},
-                                         {"cellprob-threshold", required_argument, NULL, O_CP},
-                                         {"flow-threshold", required_argument, NULL, O_FT},
-                                         {"niter", required_argument, NULL, O_NITER},
-                                         {"min-size", required_argument, NULL, O_MIN},
+                                         CLI_MASKS_LONG_OPTIONS,
                                          {"max-size-fraction", required_argument, NULL, O_MAXF},
                                          {"device", required_argument, NULL, O_DEV},
                                          {"help", no_argument, NULL, 'h'},
@@ -55,33 +52,12 @@ int gpuseg_cmd_masks(int argc, char **argv) {
     gpuseg_masks_params_default(&p);
     const char *out = NULL, *device = NULL;
     double d;
-    long l;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'o':
             out = optarg;
-            break;
-        case O_CP:
-            if (!cli_parse_double("--cellprob-threshold", optarg, -1e30, 1e30, &d))
-                return CLI_USAGE;
-            p.cellprob_threshold = (float)d;
-            break;
-        case O_FT:
-            if (!cli_parse_double("--flow-threshold", optarg, -1e30, 1e30, &d))
-                return CLI_USAGE;
-            p.flow_threshold = (float)d;
-            break;
-        case O_NITER:
-            if (!cli_parse_int("--niter", optarg, 0, 1000000, &l))
-                return CLI_USAGE;
-            p.niter = (uint32_t)l;
-            break;
-        case O_MIN:
-            if (!cli_parse_int("--min-size", optarg, -1, INT32_MAX, &l))
-                return CLI_USAGE;
-            p.min_size = (int32_t)l;
             break;
         case O_MAXF:
             if (!cli_parse_double("--max-size-fraction", optarg, 0, 1e30, &d))
@@ -100,8 +76,14 @@ int gpuseg_cmd_masks(int argc, char **argv) {
                    "size filter; --niter 0 means 200.\n",
                    use);
             return CLI_OK;
-        default:
-            return cli_usage(use);
+        default: {
+            int r = cli_masks_option(c, optarg, &p.cellprob_threshold, &p.flow_threshold, &p.niter,
+                                     &p.min_size);
+            if (r < 0)
+                return CLI_USAGE;
+            if (r == 0)
+                return cli_usage(use);
+        }
         }
     }
     if (optind != argc - 1 || !out)

@@ -130,10 +130,6 @@ int gpuseg_cmd_segment(int argc, char **argv) {
         O_CHAN,
         O_CHAN2,
         O_INVERT,
-        O_FT,
-        O_CP,
-        O_NITER,
-        O_MIN,
         O_AUG,
         O_OVL,
         O_BATCH,
@@ -151,10 +147,7 @@ int gpuseg_cmd_segment(int argc, char **argv) {
                                          {"chan", required_argument, NULL, O_CHAN},
                                          {"chan2", required_argument, NULL, O_CHAN2},
                                          {"invert", no_argument, NULL, O_INVERT},
-                                         {"flow-threshold", required_argument, NULL, O_FT},
-                                         {"cellprob-threshold", required_argument, NULL, O_CP},
-                                         {"niter", required_argument, NULL, O_NITER},
-                                         {"min-size", required_argument, NULL, O_MIN},
+                                         CLI_MASKS_LONG_OPTIONS,
                                          {"augment", no_argument, NULL, O_AUG},
                                          {"tile-overlap", required_argument, NULL, O_OVL},
                                          {"batch-size", required_argument, NULL, O_BATCH},
@@ -198,26 +191,6 @@ int gpuseg_cmd_segment(int argc, char **argv) {
             break;
         case O_INVERT:
             p.invert = 1;
-            break;
-        case O_FT:
-            if (!cli_parse_double("--flow-threshold", optarg, -1e30, 1e30, &d))
-                return CLI_USAGE;
-            p.flow_threshold = (float)d;
-            break;
-        case O_CP:
-            if (!cli_parse_double("--cellprob-threshold", optarg, -1e30, 1e30, &d))
-                return CLI_USAGE;
-            p.cellprob_threshold = (float)d;
-            break;
-        case O_NITER:
-            if (!cli_parse_int("--niter", optarg, 0, 1000000, &l))
-                return CLI_USAGE;
-            p.niter = (uint32_t)l;
-            break;
-        case O_MIN:
-            if (!cli_parse_int("--min-size", optarg, -1, INT32_MAX, &l))
-                return CLI_USAGE;
-            p.min_size = (int32_t)l;
             break;
         case O_AUG:
             p.augment = 1;
@@ -282,8 +255,14 @@ int gpuseg_cmd_segment(int argc, char **argv) {
                    "GPUSEG_SHM_PREFIX sets the segment name prefix (default /gpuseg-).\n",
                    use);
             return CLI_OK;
-        default:
-            return cli_usage(use);
+        default: {
+            int r = cli_masks_option(c, optarg, &p.cellprob_threshold, &p.flow_threshold, &p.niter,
+                                     &p.min_size);
+            if (r < 0)
+                return CLI_USAGE;
+            if (r == 0)
+                return cli_usage(use);
+        }
         }
     }
     if (optind >= argc)
