@@ -5,7 +5,6 @@
  * with nothing left in /dev/shm; --shm-only --json lines; many batches at once; a batch killed
  * with SIGTERM (nothing left) or SIGKILL (nothing left after `shm clean`). Every segment is
  * named with this run's prefix; main() fails the run if any is left. */
-#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -40,28 +39,6 @@ static void *make_labels(gpuseg_dtype dt, size_t n, uint32_t max, uint32_t seed)
             ((uint32_t *)p)[i] = v;
     }
     return p;
-}
-
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    buf[len] = '\0';
-    *n = (size_t)len;
-    return buf;
-}
-
-static void assert_file_equals(const char *path, const void *data, size_t n) {
-    size_t got = 0;
-    char *buf = slurp(path, &got);
-    ck_assert_msg(got == n, "%s: %zu bytes, expected %zu", path, got, n);
-    ck_assert_msg(memcmp(buf, data, n) == 0, "%s: content differs", path);
-    free(buf);
 }
 
 /* Number of segments with this run's prefix (+ tag). */
@@ -147,10 +124,10 @@ START_TEST(batch_roundtrip) {
         for (int i = 0; i < 3; i++) {
             char p[400];
             snprintf(p, sizeof p, "%s/%s.bin", out, stem[i]);
-            assert_file_equals(p, in.data[i], in.bytes[i]);
+            tu_assert_file_equals(p, in.data[i], in.bytes[i]);
             snprintf(p, sizeof p, "%s/%s.json", out, stem[i]);
             size_t n = 0;
-            char *js = slurp(p, &n), want[512];
+            char *js = tu_read_file(p, &n), want[512];
             snprintf(want, sizeof want, "{\"shape\":[%u,%u],\"dtype\":\"%s\"", in.h[i], in.w[i],
                      i == 1 ? "uint32" : "uint16");
             ck_assert_msg(strncmp(js, want, strlen(want)) == 0, "%s", js);
@@ -214,9 +191,9 @@ START_TEST(failed_saves) {
     ck_assert_msg(strncmp(r->err, want, strlen(want)) == 0, "%s", r->err);
     free(r);
     snprintf(blocker, sizeof blocker, "%s/a.bin", out);
-    assert_file_equals(blocker, in.data[0], in.bytes[0]);
+    tu_assert_file_equals(blocker, in.data[0], in.bytes[0]);
     snprintf(blocker, sizeof blocker, "%s/c.bin", out);
-    assert_file_equals(blocker, in.data[2], in.bytes[2]);
+    tu_assert_file_equals(blocker, in.data[2], in.bytes[2]);
     ck_assert_uint_eq(count_segments("f"), 0);
 
     /* a folder that does not exist: every save fails, each named */
@@ -416,14 +393,14 @@ START_TEST(concurrent_batches) {
         int status;
         ck_assert_int_eq(waitpid(pids[b], &status, 0), pids[b]);
         size_t n;
-        char *e = slurp(errs[b], &n);
+        char *e = tu_read_file(errs[b], &n);
         ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "batch %d: %s", b, e);
         free(e);
         const char *stem[3] = {"a", "b", "c"};
         for (int i = 0; i < 3; i++) {
             char p[400];
             snprintf(p, sizeof p, "%s/%s.bin", outs[b], stem[i]);
-            assert_file_equals(p, in.data[i], in.bytes[i]);
+            tu_assert_file_equals(p, in.data[i], in.bytes[i]);
         }
     }
     ck_assert_uint_eq(count_segments("c"), 0);
@@ -516,7 +493,7 @@ START_TEST(sigterm_while_saving) {
     ck_assert_uint_eq(count_segments("s"), 0);
     char p[400];
     snprintf(p, sizeof p, "%s/a.bin", out);
-    assert_file_equals(p, in.data[0], in.bytes[0]); /* the saver in flight finished */
+    tu_assert_file_equals(p, in.data[0], in.bytes[0]); /* the saver in flight finished */
     free_inputs(&in);
     tu_rmtree(dir);
 }

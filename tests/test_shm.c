@@ -130,21 +130,6 @@ static int wait_rc(pid_t pid) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static void *slurp(const char *path, size_t *n) {
-    void *data = NULL;
-    gpuseg_status st = gpuseg__read_file(NULL, path, 1u << 28, &data, n);
-    ck_assert_msg(st == GPUSEG_OK, "%s", gpuseg_last_error());
-    return data;
-}
-
-static void assert_file_equals(const char *path, const void *data, size_t n) {
-    size_t got = 0;
-    void *f = slurp(path, &got);
-    ck_assert_msg(got == n, "%s: %zu bytes, expected %zu", path, got, n);
-    ck_assert_msg(memcmp(f, data, n) == 0, "%s: content differs", path);
-    free(f);
-}
-
 /* 1 when a folder has any entry (the savers must leave no file, partial or temporary). */
 static int dir_nonempty(const char *dir) {
     char cmd[512];
@@ -435,12 +420,10 @@ START_TEST(cli_put_and_save) {
     r = tu_cli("save --shm %s -o '%s'", name, out);
     ck_assert_msg(r->status == 0 && r->err[0] == '\0', "%d %s", r->status, r->err);
     free(r);
-    assert_file_equals(out, gpuseg_shm_payload(seg), N * 4);
+    tu_assert_file_equals(out, gpuseg_shm_payload(seg), N * 4);
     snprintf(js, sizeof js, "%s/o.json", dir);
     size_t jn = 0;
-    char *j = slurp(js, &jn);
-    j = realloc(j, jn + 1);
-    j[jn] = '\0';
+    char *j = tu_read_file(js, &jn);
     ck_assert_ptr_nonnull(strstr(j, "\"shape\":[37,53]"));
     ck_assert_ptr_nonnull(strstr(j, "\"dtype\":\"uint32\""));
     snprintf(expect, sizeof expect, "\"n_masks\":%llu,\"diameter\":17.5",
@@ -481,7 +464,7 @@ START_TEST(cli_put_and_save) {
     ck_assert_msg(r->status == 0, "%s", r->err);
     free(r);
     ck_assert(!seg_exists(name));
-    assert_file_equals(out, l32, N * 4);
+    tu_assert_file_equals(out, l32, N * 4);
 
     /* three pages of uint16: .bin and .tif keep them; .png refuses, leaving no file */
     char sub[256];
@@ -496,7 +479,7 @@ START_TEST(cli_put_and_save) {
     r = tu_cli("save --shm %s -o '%s'", name, out);
     ck_assert_msg(r->status == 0, "%s", r->err);
     free(r);
-    assert_file_equals(out, l16, 3 * N * 2);
+    tu_assert_file_equals(out, l16, 3 * N * 2);
     snprintf(out, sizeof out, "%s/p.tif", dir);
     r = tu_cli("save --shm %s -o '%s'", name, out);
     ck_assert_msg(r->status == 0, "%s", r->err);
@@ -571,7 +554,7 @@ START_TEST(saver_waits_for_producer) {
     ck_assert_msg(waited > 0.5, "saver returned after %.3f s", waited);
     ck_assert_int_eq(wait_rc(prod), 0);
     ck_assert_int_eq(header_state(name), GPUSEG_SHM_READY);
-    assert_file_equals(out, lab, N * 2);
+    tu_assert_file_equals(out, lab, N * 2);
     ck_assert_int_eq(gpuseg_shm_unlink(name), GPUSEG_OK);
     free(lab);
     tu_rmtree(dir);
@@ -897,9 +880,7 @@ START_TEST(concurrent_producers) {
     int existed[NP], removed_ok[NP];
     for (int i = 0; i < NP; i++) {
         size_t n = 0;
-        char *txt = slurp(outs[i], &n);
-        txt = realloc(txt, n + 1);
-        txt[n] = '\0';
+        char *txt = tu_read_file(outs[i], &n);
         names[i][0] = '\0';
         if (strstr(txt, "{\"shm\":\""))
             json_name(txt, names[i]);
@@ -929,9 +910,7 @@ START_TEST(concurrent_producers) {
     for (int i = 0; i < 8; i++) {
         int rc = wait_rc(pids[i]);
         size_t n = 0;
-        char *txt = slurp(errs[i], &n);
-        txt = realloc(txt, n + 1);
-        txt[n] = '\0';
+        char *txt = tu_read_file(errs[i], &n);
         if (rc == 0)
             wins++;
         else
@@ -1061,7 +1040,7 @@ START_TEST(device_buffer) {
     free(r);
     char out[256];
     snprintf(out, sizeof out, "%s/d.bin", dir);
-    assert_file_equals(out, lab, N * 4);
+    tu_assert_file_equals(out, lab, N * 4);
     ck_assert(!seg_exists(name));
 
     /* one call; too small a buffer leaves nothing behind */
@@ -1157,7 +1136,7 @@ START_TEST(python_example) {
     snprintf(expect, sizeof expect, "n_masks: %llu\n",
              (unsigned long long)distinct_nonzero(GPUSEG_DTYPE_U32, lab, N));
     ck_assert_msg(strstr(out, expect) && strstr(out, "diameter: 23.5\n"), "%s", out);
-    assert_file_equals(res, lab, N * 4);
+    tu_assert_file_equals(res, lab, N * 4);
     const char *s = strstr(out, "shm: ");
     ck_assert_ptr_nonnull(s);
     char name[GPUSEG_SHM_NAME_MAX];

@@ -141,6 +141,24 @@ void tu_write_file(const char *path, const void *data, size_t n) {
     ck_assert_int_eq(fclose(f), 0);
 }
 
+char *tu_read_file(const char *path, size_t *n) {
+    void *data = NULL;
+    ck_assert_msg(gpuseg__read_file(NULL, path, (size_t)1 << 30, &data, n) == GPUSEG_OK, "%s",
+                  gpuseg_last_error());
+    char *text = realloc(data, *n + 1);
+    ck_assert_ptr_nonnull(text);
+    text[*n] = '\0';
+    return text;
+}
+
+void tu_assert_file_equals(const char *path, const void *data, size_t n) {
+    size_t got = 0;
+    char *buf = tu_read_file(path, &got);
+    ck_assert_msg(got == n, "%s: %zu bytes, expected %zu", path, got, n);
+    ck_assert_msg(memcmp(buf, data, n) == 0, "%s: content differs", path);
+    free(buf);
+}
+
 bool tu_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;

@@ -43,6 +43,13 @@ const char *tu_data(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Writes bytes to a file (test setup); fails the test on error. */
 void tu_write_file(const char *path, const void *data, size_t n);
 
+/* Reads a whole file (test fails if it cannot); the buffer has a NUL after the *n bytes, so text
+ * files can be searched as strings. free() it. */
+char *tu_read_file(const char *path, size_t *n);
+
+/* Asserts that the file holds exactly the n bytes of data. */
+void tu_assert_file_equals(const char *path, const void *data, size_t n);
+
 /* True when the file exists. */
 bool tu_exists(const char *path);
 
