@@ -210,6 +210,12 @@ def run_train(a, nbase, epochs, n_img=None, out=None):
     ids, imgs, lbls = load_split("train", n_img)
     flows = flows_cached("train", ids, lbls)
     net = build_net(nbase)
+    if a.init:
+        # continue from an earlier run's weights (same widths); train_seg's warm-up and final
+        # lr halving run again, so this is "more epochs", not a different optimiser schedule
+        net.load_model(str(a.init), device=torch.device("cpu"))
+        if nbase_of_file(a.init) != list(nbase):
+            raise SystemExit(f"train_nuclei: {a.init}: widths {nbase_of_file(a.init)} != --nbase")
     t0 = time.time()
     # train_seg saves into <save_path>/models/<name>: keep that (and its every-10-epochs
     # checkpoint, useful if a run is cut short) under the /tmp cache, out of the repository.
@@ -244,6 +250,8 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=REPO / "models" / "nuclei_gpuseg_v0")
     p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this model file's weights (continue an earlier run)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
@@ -281,6 +289,7 @@ def main():
                  "license": "CC0", "min_train_masks": 5},
         "input": {"channels": CHANNELS, "channel0": "mean of R,G,B (alpha dropped)",
                   "channel1": "zeros", "normalize": "Cellpose default (1st-99th percentile)"},
+        "init": ({"model": a.init.name, "sha256": sha256_file(a.init)} if a.init else None),
         "seed": a.seed, "nbase": nbase, "diam_mean": DIAM_MEAN,
         "diam_labels": float(net.diam_labels.item()), "epochs": a.epochs,
         "nimg_per_epoch": nimg, "batch_size": a.batch_size, "bsize": 224,
