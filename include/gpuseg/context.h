@@ -6,6 +6,7 @@
 #define GPUSEG_CONTEXT_H
 
 #include "gpuseg/common.h"
+#include "gpuseg/limits.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -71,6 +72,12 @@ typedef struct gpuseg_ctx_params {
      * device and exercises the smaller-batch fallbacks. The environment variable
      * GPUSEG_MAX_ALLOC_BYTES sets it when this is 0. */
     uint64_t max_alloc_bytes;
+    /* Size limits for calls made with this context (objects in flows -> masks, the model file
+     * of gpuseg_net_load; pass gpuseg_ctx_limits' copy to gpuseg_image_read_limited for images);
+     * members left 0 come from
+     * GPUSEG_MAX_PIXELS / GPUSEG_MAX_OBJECTS / GPUSEG_MAX_MODEL_BYTES, else the defaults of
+     * gpuseg/limits.h. A bad value fails gpuseg_ctx_create with GPUSEG_INVALID_ARGUMENT. */
+    gpuseg_limits limits;
     gpuseg_log_fn log;          /* NULL: no logging */
     void *log_user;             /* passed to log */
     gpuseg_log_level log_level; /* messages above this level are not produced (default WARN) */
@@ -83,6 +90,9 @@ GPUSEG_API void gpuseg_ctx_params_default(gpuseg_ctx_params *p);
  * caller releases with gpuseg_ctx_free. On failure *out is NULL and gpuseg_last_error() says why
  * (e.g. GPUSEG_NO_PLATFORM with the packages to install). */
 GPUSEG_API gpuseg_status gpuseg_ctx_create(const gpuseg_ctx_params *params, gpuseg_ctx **out);
+
+/* The limits in effect for this context (resolved at creation), copied into *out. */
+GPUSEG_API void gpuseg_ctx_limits(const gpuseg_ctx *ctx, gpuseg_limits *out);
 
 /* Releases a context and everything it owns. Accepts NULL. */
 GPUSEG_API void gpuseg_ctx_free(gpuseg_ctx *ctx);

@@ -5,6 +5,7 @@
 #define GPUSEG_IMAGE_H
 
 #include "gpuseg/common.h"
+#include "gpuseg/limits.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -24,7 +25,9 @@ GPUSEG_API size_t gpuseg_dtype_size(gpuseg_dtype t);
 GPUSEG_API const char *gpuseg_dtype_name(gpuseg_dtype t);
 
 /* Images larger than this many pixels per page are refused before any allocation
- * (GPUSEG_TOO_LARGE). 2^30 = a 32768 x 32768 whole-slide plane. */
+ * (GPUSEG_TOO_LARGE). 2^30 = a 32768 x 32768 whole-slide plane. It is the absolute maximum;
+ * readers apply the max_pixels limit of gpuseg/limits.h (GPUSEG_MAX_PIXELS), which may be
+ * lower. */
 #define GPUSEG_MAX_IMAGE_PIXELS (1ull << 30)
 /* Longest side accepted. */
 #define GPUSEG_MAX_IMAGE_SIDE (1u << 20)
@@ -68,8 +71,15 @@ typedef struct gpuseg_image_info {
 GPUSEG_API gpuseg_status gpuseg_image_info_read(const char *path, gpuseg_image_info *out);
 
 /* Reads a whole image file (every page). On success *out is a new image that the caller frees
- * with gpuseg_image_free. Errors name the file and the problem (gpuseg_last_error). */
+ * with gpuseg_image_free. Errors name the file and the problem (gpuseg_last_error). A page of
+ * more pixels than the max_pixels limit (GPUSEG_MAX_PIXELS, else the default) is refused with
+ * GPUSEG_TOO_LARGE from the header, before the pixels are decoded. */
 GPUSEG_API gpuseg_status gpuseg_image_read(const char *path, gpuseg_image **out);
+
+/* gpuseg_image_read with explicit limits (NULL or 0 members: environment, else defaults;
+ * only max_pixels is used), e.g. those of gpuseg_ctx_limits. */
+GPUSEG_API gpuseg_status gpuseg_image_read_limited(const char *path, const gpuseg_limits *limits,
+                                                   gpuseg_image **out);
 
 /* Allocates a zero-filled image; the caller frees it with gpuseg_image_free. Refuses sizes over
  * the limits above (GPUSEG_TOO_LARGE) and zero sizes (GPUSEG_INVALID_ARGUMENT). */
@@ -103,9 +113,14 @@ GPUSEG_API gpuseg_status gpuseg_npy_read(const char *path, gpuseg_npy **out);
 /* Writes a .npy file (version 1.0, or 2.0 when the header needs it) holding ndim (1..4)
  * dimensions of C-order samples of dtype, little-endian. Atomic: the data goes to a temporary
  * file in the target folder, is fsync'ed and renamed over path; on failure nothing is left.
+ * Output paths are checked as for gpuseg_labels_write.
  * The caller keeps ownership of data. */
 GPUSEG_API gpuseg_status gpuseg_npy_write(const char *path, gpuseg_dtype dtype, uint32_t ndim,
                                           const uint64_t *shape, const void *data);
+/* gpuseg_npy_write with writer flags (GPUSEG_WRITE_ALLOW_SPECIAL, gpuseg/limits.h). */
+GPUSEG_API gpuseg_status gpuseg_npy_write_ex(const char *path, gpuseg_dtype dtype, uint32_t ndim,
+                                             const uint64_t *shape, const void *data,
+                                             unsigned flags);
 
 /* Releases an array from gpuseg_npy_read. Accepts NULL. */
 GPUSEG_API void gpuseg_npy_free(gpuseg_npy *arr);
@@ -124,9 +139,16 @@ GPUSEG_API void gpuseg_npy_free(gpuseg_npy *arr);
  * dtype must be U16 or U32; U8 labels are widened to uint16 (so that a label file is always
  * uint16 or uint32, whatever produced it); I32 and F32 are refused. Every file is written
  * atomically (temporary file in the target folder, fsync, rename): on failure nothing partial
- * is left. The caller keeps ownership of labels. */
+ * is left and an existing file is unchanged. A path that is a symlink, a FIFO, a device or a
+ * directory is refused (GPUSEG_PERMISSION; a directory GPUSEG_IO) unless
+ * GPUSEG_ALLOW_SPECIAL_OUTPUT=1 is set (see gpuseg_labels_write_ex); a full disk or file size
+ * limit is GPUSEG_IO with "disk full" in the message. The caller keeps ownership of labels. */
 GPUSEG_API gpuseg_status gpuseg_labels_write(const char *path, const gpuseg_image *labels,
                                              const char *json_extra);
+/* gpuseg_labels_write with writer flags: GPUSEG_WRITE_ALLOW_SPECIAL (gpuseg/limits.h) accepts
+ * symlinks (the destination is replaced) and special files (written directly). */
+GPUSEG_API gpuseg_status gpuseg_labels_write_ex(const char *path, const gpuseg_image *labels,
+                                                const char *json_extra, unsigned flags);
 
 #ifdef __cplusplus
 }

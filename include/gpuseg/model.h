@@ -10,13 +10,15 @@
 #include <stdint.h>
 
 #include "gpuseg/common.h"
+#include "gpuseg/limits.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Largest model file accepted (bytes). A full-size CPnet is ~26 MB; the cap only stops absurd
- * files from being read into memory. */
+/* Largest model file accepted (bytes), the absolute maximum. A full-size CPnet is ~26 MB; the
+ * cap only stops absurd files from being read into memory. The max_model_bytes limit
+ * (gpuseg/limits.h, GPUSEG_MAX_MODEL_BYTES; default 256 MiB) applies below it. */
 #define GPUSEG_MODEL_MAX_FILE_BYTES ((size_t)1 << 30)
 /* Most dimensions a stored tensor may have. */
 #define GPUSEG_TENSOR_MAX_DIMS 8
@@ -71,7 +73,7 @@ typedef struct gpuseg_model gpuseg_model;
 
 /* Loads a Cellpose 3 (CPnet) model file written by torch.save (CPnet.save_model, the built-in
  * cyto3/nuclei/... files, user-trained models). The library allocates *out; free it with
- * gpuseg_model_free. The file is read whole (at most GPUSEG_MODEL_MAX_FILE_BYTES) and released
+ * gpuseg_model_free. The file is read whole (at most the max_model_bytes limit) and released
  * before returning; the model keeps only names and float32 values.
  * Errors (message names the file): GPUSEG_NOT_FOUND / GPUSEG_IO (cannot read),
  * GPUSEG_TOO_LARGE, GPUSEG_UNSUPPORTED (legacy pre-1.6 PyTorch format, Cellpose 4 (SAM)
@@ -79,6 +81,12 @@ typedef struct gpuseg_model gpuseg_model;
  * GPUSEG_FORMAT (truncated or foreign file, missing tensor, wrong shape or dtype, ...),
  * GPUSEG_CHECKSUM (a ZIP entry fails its CRC-32). */
 GPUSEG_API gpuseg_status gpuseg_model_load(const char *path, gpuseg_model **out);
+
+/* gpuseg_model_load with explicit limits (NULL or 0 members: environment, else defaults; only
+ * max_model_bytes is used). A file over it is refused from its size, before it is read
+ * (GPUSEG_TOO_LARGE, message naming the file, both sizes and how to raise the limit). */
+GPUSEG_API gpuseg_status gpuseg_model_load_limited(const char *path, const gpuseg_limits *limits,
+                                                   gpuseg_model **out);
 
 /* Releases a model; accepts NULL. */
 GPUSEG_API void gpuseg_model_free(gpuseg_model *m);

@@ -1,5 +1,6 @@
 /* cli/cli.c: shared helpers of the subcommands (errors, number parsing, context creation). */
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,9 +25,42 @@ int cli_fail(gpuseg_status st) {
     return CLI_FAIL;
 }
 
+/* What cli_getopt_long last refused ("" if nothing), for cli_usage's one line. */
+static char cli_opt_error[256];
+
 int cli_usage(const char *usage) {
-    fprintf(stderr, "usage: gpuseg %s\n", usage);
+    fprintf(stderr, "gpuseg: %susage: gpuseg %s\n", cli_opt_error, usage);
     return CLI_USAGE;
+}
+
+#undef getopt_long /* the real one, from here on */
+int cli_getopt_long(int argc, char *const *argv, const char *shortopts,
+                    const struct option *longopts, int *longind) {
+    opterr = 0; /* getopt_long's own report would be a second line on stderr */
+    int c = getopt_long(argc, argv, shortopts, longopts, longind);
+    if (c != '?' && c != ':')
+        return c;
+    /* optind has moved past the refused argument (glibc), and optopt is the option's
+     * character, the long option's val, or 0 for an unknown long option. */
+    const char *cmd = argv[0], *arg = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+    if (arg[0] == '-' && arg[1] == '-') {
+        size_t n = strcspn(arg + 2, "=");
+        const struct option *o = longopts;
+        while (optopt && o && o->name && !(o->val == optopt && strncmp(o->name, arg + 2, n) == 0))
+            o++;
+        bool known = optopt && o && o->name;
+        snprintf(cli_opt_error, sizeof cli_opt_error, "%s: option '%.*s' %s; ", cmd, (int)(n + 2),
+                 arg,
+                 !known                      ? "is unknown"
+                 : o->has_arg == no_argument ? "takes no value"
+                                             : "needs a value");
+    } else if (optopt > ' ' && optopt < 127) {
+        snprintf(cli_opt_error, sizeof cli_opt_error, "%s: option '-%c' %s; ", cmd, optopt,
+                 strchr(shortopts, optopt) ? "needs a value" : "is unknown");
+    } else {
+        snprintf(cli_opt_error, sizeof cli_opt_error, "%s: bad option '%.100s'; ", cmd, arg);
+    }
+    return c;
 }
 
 bool cli_parse_double(const char *opt, const char *s, double lo, double hi, double *out) {
@@ -99,4 +133,47 @@ int cli_masks_option(int c, const char *arg, float *cellprob_threshold, float *f
     default:
         return 0;
     }
+}
+
+int cli_limits_option(int c, const char *arg) {
+    const char *opt, *env;
+    uint64_t most;
+    switch (c) {
+    case CLI_OPT_MAX_PIXELS:
+        opt = "--max-pixels";
+        env = "GPUSEG_MAX_PIXELS";
+        most = GPUSEG_LIMIT_MAX_PIXELS;
+        break;
+    case CLI_OPT_MAX_OBJECTS:
+        opt = "--max-objects";
+        env = "GPUSEG_MAX_OBJECTS";
+        most = GPUSEG_LIMIT_MAX_OBJECTS;
+        break;
+    case CLI_OPT_MAX_MODEL_BYTES:
+        opt = "--max-model-bytes";
+        env = "GPUSEG_MAX_MODEL_BYTES";
+        most = GPUSEG_LIMIT_MAX_MODEL_BYTES;
+        break;
+    case CLI_OPT_ALLOW_SPECIAL_OUTPUT:
+        setenv("GPUSEG_ALLOW_SPECIAL_OUTPUT", "1", 1);
+        return 1;
+    default:
+        return 0;
+    }
+    uint64_t v;
+    if (gpuseg_limit_parse(arg, &v) != GPUSEG_OK) {
+        cli_error("%s: %s", opt, gpuseg_last_error());
+        return -1;
+    }
+    if (v > most) {
+        cli_error("%s: %s is over the most gpuseg supports (%llu)", opt, arg,
+                  (unsigned long long)most);
+        return -1;
+    }
+    /* The environment carries the value to every library call of this process and to the
+     * saver processes it spawns; one parser (gpuseg_limit_parse) reads both. */
+    char buf[32];
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)v);
+    setenv(env, buf, 1);
+    return 1;
 }

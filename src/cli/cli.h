@@ -4,6 +4,7 @@
 #ifndef GPUSEG_CLI_H
 #define GPUSEG_CLI_H
 
+#include <getopt.h> /* before the getopt_long macro below */
 #include <stdbool.h>
 #include <stdint.h>
 #include "gpuseg/gpuseg.h"
@@ -41,7 +42,44 @@ enum { CLI_OPT_CELLPROB_THRESHOLD = 1000, CLI_OPT_FLOW_THRESHOLD, CLI_OPT_NITER,
 int cli_masks_option(int c, const char *arg, float *cellprob_threshold, float *flow_threshold,
                      uint32_t *niter, int32_t *min_size);
 
-/* Common usage line printer: "usage: gpuseg <usage>". Returns CLI_USAGE. */
+/* Prints the one-line usage error "gpuseg: [<cmd>: option '--x' is unknown; ]usage: gpuseg
+ * <usage>" (the part in brackets when getopt_long refused an option). Returns CLI_USAGE. */
 int cli_usage(const char *usage);
+
+/* Every subcommand parses its options with getopt_long, which this header routes through
+ * cli_getopt_long: the same parse, but a refused option is kept for cli_usage's one line instead
+ * of being printed by getopt on a line of its own. */
+int cli_getopt_long(int argc, char *const *argv, const char *shortopts,
+                    const struct option *longopts, int *longind);
+#define getopt_long cli_getopt_long
+
+/* The limit and output-safety options that every command reading images, labels or models or
+ * writing files accepts: --max-pixels N, --max-objects N, --max-model-bytes N (N: a count with
+ * an optional K/M/G/T suffix, powers of 1024) and --allow-special-output. They set
+ * GPUSEG_MAX_PIXELS, GPUSEG_MAX_OBJECTS, GPUSEG_MAX_MODEL_BYTES and GPUSEG_ALLOW_SPECIAL_OUTPUT
+ * for this process, so that every library call (and the saver processes `segment` spawns)
+ * applies them (docs/io.md). */
+enum {
+    CLI_OPT_MAX_PIXELS = 1100,
+    CLI_OPT_MAX_OBJECTS,
+    CLI_OPT_MAX_MODEL_BYTES,
+    CLI_OPT_ALLOW_SPECIAL_OUTPUT
+};
+#define CLI_LIMITS_LONG_OPTIONS                                                                    \
+    {"max-pixels", required_argument, NULL, CLI_OPT_MAX_PIXELS},                                   \
+        {"max-objects", required_argument, NULL, CLI_OPT_MAX_OBJECTS},                             \
+        {"max-model-bytes", required_argument, NULL, CLI_OPT_MAX_MODEL_BYTES}, {                   \
+        "allow-special-output", no_argument, NULL, CLI_OPT_ALLOW_SPECIAL_OUTPUT                    \
+    }
+/* Help text lines for the options above. */
+#define CLI_LIMITS_HELP                                                                            \
+    "  --max-pixels N          refuse images of more pixels per page (default 1G = 2^30)\n"        \
+    "  --max-objects N         refuse more objects after seeding (default 16M = 2^24)\n"           \
+    "  --max-model-bytes N     refuse larger model files (default 256M)\n"                         \
+    "  --allow-special-output  write through symlinks and to FIFOs or devices\n"
+
+/* Handles option c (one of the CLI_OPT_ above). Returns 1 when handled, 0 when c is not one of
+ * these options, -1 on a bad value (message printed). */
+int cli_limits_option(int c, const char *arg);
 
 #endif

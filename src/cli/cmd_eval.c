@@ -296,6 +296,7 @@ static const char *base_name(const char *p) {
 int gpuseg_cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {{"thresholds", required_argument, 0, 't'},
                                          {"json", no_argument, 0, 'j'},
+                                         CLI_LIMITS_LONG_OPTIONS,
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     double t[MAX_T] = {0.5, 0.75, 0.9};
@@ -320,10 +321,16 @@ int gpuseg_cmd_eval(int argc, char **argv) {
                    "_cp_masks or _masks; where a folder has both X.ext and X_<suffix>.ext, the\n"
                    "suffixed file is the labels. Every truth file needs its prediction.\n"
                    "  --thresholds T,...  IoU thresholds in [0.5, 1] (default 0.5,0.75,0.9)\n"
-                   "  --json              machine-readable output\n");
+                   "  --json              machine-readable output\n" CLI_LIMITS_HELP);
             return CLI_OK;
-        default:
+        default: {
+            int r = cli_limits_option(c, optarg);
+            if (r < 0)
+                return CLI_USAGE;
+            if (r > 0)
+                break;
             return cli_usage(USAGE);
+        }
         }
     }
     if (optind + 2 != argc)

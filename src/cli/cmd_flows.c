@@ -19,10 +19,13 @@
 #define CELLPROB_LOGIT 5.0f
 
 int gpuseg_cmd_flows(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"output", required_argument, 0, 'o'}, {"unit", no_argument, 0, 'u'},
-        {"device", required_argument, 0, 'd'}, {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                         {"unit", no_argument, 0, 'u'},
+                                         {"device", required_argument, 0, 'd'},
+                                         {"json", no_argument, 0, 'j'},
+                                         CLI_LIMITS_LONG_OPTIONS,
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     const char *out = NULL, *device = NULL;
     int unit = 0, json = 0, c;
     optind = 1;
@@ -51,10 +54,17 @@ int gpuseg_cmd_flows(int argc, char **argv) {
                 "  --unit                  write float32 [2,H,W] unit flows dY, dX instead\n"
                 "                          (exactly what Cellpose masks_to_flows returns)\n"
                 "  --device SPEC           OpenCL device (see `gpuseg devices`)\n"
-                "  --json                  print a JSON summary instead of a line of text\n");
+                "  --json                  print a JSON summary instead of a line of "
+                "text\n" CLI_LIMITS_HELP);
             return CLI_OK;
-        default:
+        default: {
+            int r = cli_limits_option(c, optarg);
+            if (r < 0)
+                return CLI_USAGE;
+            if (r > 0)
+                break;
             return cli_usage(USAGE);
+        }
         }
     }
     if (optind + 1 != argc || !out)

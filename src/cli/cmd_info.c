@@ -24,7 +24,8 @@ static void json_string(FILE *f, const char *s) {
 
 int gpuseg_cmd_info(int argc, char **argv) {
     const char *use = "info IMAGE...";
-    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        CLI_LIMITS_LONG_OPTIONS, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -33,11 +34,15 @@ int gpuseg_cmd_info(int argc, char **argv) {
                    "Prints one JSON object per image: {\"path\", \"format\", \"width\", "
                    "\"height\", \"channels\", \"dtype\", \"pages\"}.\n"
                    "Formats: PNG, JPEG, BMP, PNM, GIF, TIFF, NumPy .npy (found from the file's "
-                   "first bytes). Exit 1 if any file cannot be read.\n",
+                   "first bytes). Exit 1 if any file cannot be read.\n" CLI_LIMITS_HELP,
                    use);
             return CLI_OK;
         }
-        return cli_usage(use);
+        int r = cli_limits_option(c, optarg);
+        if (r < 0)
+            return CLI_USAGE;
+        if (r == 0)
+            return cli_usage(use);
     }
     if (optind >= argc)
         return cli_usage(use);

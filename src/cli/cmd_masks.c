@@ -46,6 +46,7 @@ int gpuseg_cmd_masks(int argc, char **argv) {
                                          CLI_MASKS_LONG_OPTIONS,
                                          {"max-size-fraction", required_argument, NULL, O_MAXF},
                                          {"device", required_argument, NULL, O_DEV},
+                                         CLI_LIMITS_LONG_OPTIONS,
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     gpuseg_masks_params p;
@@ -73,12 +74,14 @@ int gpuseg_cmd_masks(int argc, char **argv) {
                    "cellprob logit.\nWrites labels (uint16, or uint32 above 65535 masks) to OUT: "
                    ".tif .png .npy or .bin (+ .json); prints one JSON line.\n"
                    "--flow-threshold 0 turns the flow-error check off; --min-size -1 (or 0) the "
-                   "size filter; --niter 0 means 200.\n",
+                   "size filter; --niter 0 means 200.\n" CLI_LIMITS_HELP,
                    use);
             return CLI_OK;
         default: {
             int r = cli_masks_option(c, optarg, &p.cellprob_threshold, &p.flow_threshold, &p.niter,
                                      &p.min_size);
+            if (r == 0)
+                r = cli_limits_option(c, optarg);
             if (r < 0)
                 return CLI_USAGE;
             if (r == 0)

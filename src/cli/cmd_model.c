@@ -25,8 +25,10 @@ static void json_str(const char *s) {
 
 int gpuseg_cmd_model(int argc, char **argv) {
     const char *use = "model info [--tensors] FILE";
-    static const struct option opts[] = {
-        {"tensors", no_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"tensors", no_argument, NULL, 't'},
+                                         CLI_LIMITS_LONG_OPTIONS,
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int tensors = 0, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "th", opts, NULL)) != -1) {
@@ -38,11 +40,16 @@ int gpuseg_cmd_model(int argc, char **argv) {
                    "prints {\"path\", \"nbase\", \"nout\", \"style_channels\", \"diam_mean\", "
                    "\"diam_labels\", \"has_diam_labels\", \"n_tensors\", \"parameters\", "
                    "\"weight_dtype\"} as JSON.\n"
-                   "  --tensors  also list every tensor (name, dtype, shape) in file order\n",
+                   "  --tensors  also list every tensor (name, dtype, shape) in file "
+                   "order\n" CLI_LIMITS_HELP,
                    use);
             return CLI_OK;
         } else {
-            return cli_usage(use);
+            int r = cli_limits_option(c, optarg);
+            if (r < 0)
+                return CLI_USAGE;
+            if (r == 0)
+                return cli_usage(use);
         }
     }
     if (argc - optind != 2 || strcmp(argv[optind], "info") != 0)

@@ -23,7 +23,8 @@ static void help(void) {
            "  --unlink       remove the segment after a successful save\n"
            "  --timeout SEC  wait up to SEC seconds for the producer to publish (default 10)\n"
            "  --meta JSON    a JSON object whose members are added to the .bin sidecar (model,\n"
-           "                 parameters, version, ...); ignored for the other formats\n",
+           "                 parameters, version, ...); ignored for the other "
+           "formats\n" CLI_LIMITS_HELP,
            USE);
 }
 
@@ -77,13 +78,11 @@ static bool meta_members(const char *s, const char **b, size_t *n) {
 }
 
 int gpuseg_cmd_save(int argc, char **argv) {
-    static const struct option opts[] = {{"shm", required_argument, NULL, 's'},
-                                         {"output", required_argument, NULL, 'o'},
-                                         {"unlink", no_argument, NULL, 'u'},
-                                         {"timeout", required_argument, NULL, 't'},
-                                         {"meta", required_argument, NULL, 'm'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"shm", required_argument, NULL, 's'},  {"output", required_argument, NULL, 'o'},
+        {"unlink", no_argument, NULL, 'u'},     {"timeout", required_argument, NULL, 't'},
+        {"meta", required_argument, NULL, 'm'}, CLI_LIMITS_LONG_OPTIONS,
+        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0}};
     const char *name = NULL, *out = NULL, *meta = NULL;
     size_t meta_len = 0;
     bool unlink_after = false;
@@ -114,8 +113,14 @@ int gpuseg_cmd_save(int argc, char **argv) {
         case 'h':
             help();
             return CLI_OK;
-        default:
+        default: {
+            int r = cli_limits_option(c, optarg);
+            if (r < 0)
+                return CLI_USAGE;
+            if (r > 0)
+                break;
             return cli_usage(USE);
+        }
         }
     }
     if (optind != argc || !name || !out)

@@ -46,7 +46,8 @@ static void help(void) {
         "          the saver; --timeout SEC is the saver's; --busy-ms MS is a BENCHMARK KNOB "
         "only:\n"
         "          it sleeps MS ms per file after the upload, standing in for segmentation\n"
-        "  --prefix P  only segments whose name starts with P (default /gpuseg-)\n",
+        "  --prefix P  only segments whose name starts with P (default /gpuseg-)\n"
+        "put and batch also take (docs/io.md):\n" CLI_LIMITS_HELP,
         USE);
 }
 
@@ -215,6 +216,7 @@ static int cmd_put(int argc, char **argv) {
                                          {"name", required_argument, NULL, 'n'},
                                          {"n-masks", required_argument, NULL, 'm'},
                                          {"diameter", required_argument, NULL, 'd'},
+                                         CLI_LIMITS_LONG_OPTIONS,
                                          {NULL, 0, NULL, 0}};
     bool json = false;
     const char *name = NULL;
@@ -238,8 +240,14 @@ static int cmd_put(int argc, char **argv) {
             if (!cli_parse_double("--diameter", optarg, 0, 1e6, &diameter))
                 return CLI_USAGE;
             break;
-        default:
+        default: {
+            int r = cli_limits_option(c, optarg);
+            if (r < 0)
+                return CLI_USAGE;
+            if (r > 0)
+                break;
             return cli_usage(USE);
+        }
         }
     }
     if (optind != argc - 1)
@@ -399,6 +407,7 @@ static int cmd_batch(int argc, char **argv) {
                                          {"saver", required_argument, NULL, 'x'},
                                          {"timeout", required_argument, NULL, 't'},
                                          {"busy-ms", required_argument, NULL, 'b'},
+                                         CLI_LIMITS_LONG_OPTIONS,
                                          {NULL, 0, NULL, 0}};
     segment_output_opts so = SEGMENT_OUTPUT_OPTS_INIT;
     const char *dir = NULL, *fmt = "bin", *device = NULL;
@@ -450,8 +459,14 @@ static int cmd_batch(int argc, char **argv) {
             if (!cli_parse_int("--busy-ms", optarg, 0, 600000, &busy_ms))
                 return CLI_USAGE;
             break;
-        default:
+        default: {
+            int r = cli_limits_option(c, optarg);
+            if (r < 0)
+                return CLI_USAGE;
+            if (r > 0)
+                break;
             return cli_usage(USE);
+        }
         }
     }
     if (optind >= argc || (!dir && !so.shm_only) || (dir && so.shm_only) ||

@@ -73,6 +73,19 @@ static gpuseg_status load_bin(const char *path, uint32_t **labels, uint32_t *H, 
     if (h == 0 || w == 0 || h > GPUSEG_MAX_IMAGE_SIDE || w > GPUSEG_MAX_IMAGE_SIDE ||
         (unsigned long long)h * w > GPUSEG_MAX_IMAGE_PIXELS)
         return fail(GPUSEG_TOO_LARGE, jpath, "shape is empty or over the size limit");
+    /* The pixel limit in effect (--max-pixels / GPUSEG_MAX_PIXELS), as the image readers apply. */
+    gpuseg_limits lim;
+    gpuseg_status lst = gpuseg_limits_resolve(NULL, &lim);
+    if (lst != GPUSEG_OK) {
+        cli_fail(lst);
+        return lst;
+    }
+    if ((unsigned long long)h * w > lim.max_pixels) {
+        cli_error("%s: image is %lux%lu = %llu pixels, over the limit of %llu pixels "
+                  "(--max-pixels / GPUSEG_MAX_PIXELS)",
+                  path, h, w, (unsigned long long)h * w, (unsigned long long)lim.max_pixels);
+        return GPUSEG_TOO_LARGE;
+    }
     struct stat stt;
     if (stat(path, &stt) != 0)
         return fail(GPUSEG_IO, path, "cannot open");

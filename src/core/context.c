@@ -265,6 +265,8 @@ gpuseg_status gpuseg_ctx_create(const gpuseg_ctx_params *params, gpuseg_ctx **ou
     }
     if (cap && (ctx->dev.max_alloc_bytes == 0 || cap < ctx->dev.max_alloc_bytes))
         ctx->dev.max_alloc_bytes = cap;
+    if ((st = gpuseg_limits_resolve(&params->limits, &ctx->limits)) != GPUSEG_OK)
+        goto fail;
     const char *kdir = params->kernel_dir ? params->kernel_dir : getenv("GPUSEG_KERNEL_DIR");
     copy_str(ctx->kernel_dir, sizeof ctx->kernel_dir, kdir);
 
@@ -282,6 +284,7 @@ gpuseg_status gpuseg_ctx_create(const gpuseg_ctx_params *params, gpuseg_ctx **ou
         st = gpuseg__fail_cl(NULL, err, "clCreateCommandQueue on '%s'", ctx->dev.name);
         goto fail;
     }
+    ctx->prof = gpuseg__profile_new(); /* GPUSEG_PROFILE: per-kernel event times (bench/) */
     gpuseg__log(ctx, GPUSEG_LOG_INFO, "device %d: %s / %s (%s)", ctx->dev.index,
                 ctx->dev.platform_name, ctx->dev.name, ctx->dev.driver_version);
     free(list);
@@ -302,6 +305,7 @@ void gpuseg_ctx_free(gpuseg_ctx *ctx) {
         return;
     if (ctx->queue)
         clFinish(ctx->queue);
+    gpuseg__profile_free(ctx->prof);
     for (unsigned i = 0; i < ctx->n_kernels; i++)
         clReleaseKernel(ctx->kernels[i].kernel);
     for (unsigned i = 0; i < ctx->n_programs; i++)
@@ -311,6 +315,15 @@ void gpuseg_ctx_free(gpuseg_ctx *ctx) {
     if (ctx->cl)
         clReleaseContext(ctx->cl);
     free(ctx);
+}
+
+void gpuseg_ctx_limits(const gpuseg_ctx *ctx, gpuseg_limits *out) {
+    if (!out)
+        return;
+    if (ctx)
+        *out = ctx->limits;
+    else
+        gpuseg_limits_default(out);
 }
 
 const gpuseg_device_info *gpuseg_ctx_device(const gpuseg_ctx *ctx) {
@@ -372,11 +385,17 @@ gpuseg_status gpuseg__run(gpuseg_ctx *ctx, cl_kernel k, unsigned dims, const siz
         if (g[i] == 0)
             return GPUSEG_OK; /* nothing to do: an empty launch is not an error */
     }
-    cl_int err = clEnqueueNDRangeKernel(ctx->queue, k, dims, NULL, g, local, 0, NULL, NULL);
+    cl_event ev = NULL;
+    cl_int err = clEnqueueNDRangeKernel(ctx->queue, k, dims, NULL, g, local, 0, NULL,
+                                        ctx->prof ? &ev : NULL);
     if (err != CL_SUCCESS) {
         char name[64];
         return gpuseg__fail_cl(ctx, err, "clEnqueueNDRangeKernel(%s)",
                                kernel_name(k, name, sizeof name));
+    }
+    if (ev) {
+        char name[64];
+        gpuseg__profile_event(ctx, kernel_name(k, name, sizeof name), ev);
     }
     return GPUSEG_OK;
 }

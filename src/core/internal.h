@@ -51,6 +51,8 @@ struct gpuseg_ctx {
     gpuseg__kernel_entry kernels[GPUSEG__MAX_KERNELS];
     unsigned n_kernels;
     gpuseg_program_stats stats;
+    struct gpuseg__profile *prof; /* core/profile.c; NULL unless GPUSEG_PROFILE is set */
+    gpuseg_limits limits;         /* resolved at creation (core/limits.c) */
     char errmsg[GPUSEG__ERRMSG_LEN];
 };
 
@@ -129,6 +131,35 @@ gpuseg_status gpuseg__buffer(gpuseg_ctx *ctx, cl_mem_flags flags, size_t bytes, 
 /* Releases a buffer if not NULL and sets it to NULL. */
 void gpuseg__release(cl_mem *m);
 
+/* --- per-kernel profile (bench/) ------------------------------------------------------- */
+
+/* With GPUSEG_PROFILE set (and not "0") when a context is created, every kernel gpuseg__run
+ * enqueues, and every event handed to gpuseg__profile_event, is timed from its OpenCL profiling
+ * event (CL_PROFILING_COMMAND_START to _END) and summed per kernel name. Events are read in
+ * batches, so the queue is not serialised. Off (the default), nothing is recorded. */
+typedef struct gpuseg__kernel_time {
+    char name[64];
+    double seconds; /* summed device time */
+    uint64_t count; /* launches */
+} gpuseg__kernel_time;
+
+typedef struct gpuseg__profile gpuseg__profile;
+
+/* A profile when GPUSEG_PROFILE is set (NULL otherwise, or out of memory: profiling off);
+ * gpuseg_ctx_create calls it, gpuseg_ctx_free frees it with gpuseg__profile_free. */
+gpuseg__profile *gpuseg__profile_new(void);
+void gpuseg__profile_free(gpuseg__profile *p);
+
+/* Books ev (which it releases) under name; a no-op (releasing ev) when profiling is off. */
+void gpuseg__profile_event(gpuseg_ctx *ctx, const char *name, cl_event ev);
+
+/* Waits for the pending events and points *times at the per-name table (owned by ctx, valid
+ * until the next call or gpuseg__profile_reset); *n = 0 when profiling is off. */
+gpuseg_status gpuseg__profile_read(gpuseg_ctx *ctx, const gpuseg__kernel_time **times, unsigned *n);
+
+/* Drops the pending events and zeroes the table (e.g. after a warm-up run). */
+void gpuseg__profile_reset(gpuseg_ctx *ctx);
+
 /* --- small utilities ---------------------------------------------------------------------- */
 
 /* SHA-256 of data (one-shot and incremental). */
@@ -146,6 +177,60 @@ void gpuseg__sha256_hex(const unsigned char digest[32], char hex[65]);
 /* CRC-32 with zlib's parameters (as zlib.crc32): start with crc = 0, or chain the previous
  * result to checksum data in pieces. Used by ZIP entries, PNG chunks and the shm payload. */
 uint32_t gpuseg__crc32(uint32_t crc, const void *data, size_t n);
+
+/* --- limits (core/limits.c) ----------------------------------------------------------------- */
+
+typedef enum {
+    GPUSEG__LIMIT_PIXELS = 0,
+    GPUSEG__LIMIT_OBJECTS,
+    GPUSEG__LIMIT_MODEL_BYTES
+} gpuseg__limit;
+
+/* How to raise a limit, for messages: "--max-pixels / GPUSEG_MAX_PIXELS", or "the most gpuseg
+ * supports" when limit is already the absolute maximum. Returns buf. */
+const char *gpuseg__limit_hint(gpuseg__limit which, uint64_t limit, char *buf, size_t len);
+/* v with three significant digits and a decimal prefix and a trailing space ("4.9 G", "1.07 G",
+ * "512 "), so that a unit can follow ("4.9 Gpixels"). Returns buf. */
+const char *gpuseg__fmt_count(uint64_t v, char *buf, size_t len);
+/* flags with GPUSEG_WRITE_ALLOW_SPECIAL added when GPUSEG_ALLOW_SPECIAL_OUTPUT is set (not 0). */
+unsigned gpuseg__write_flags(unsigned flags);
+
+/* --- atomic file writing (core/afile.c) ---------------------------------------------------- */
+
+/* A file being written atomically: a temporary file created (O_EXCL, mode 0666 less the umask)
+ * in the target's folder, written, fsync'ed and renamed over the target; the folder is fsync'ed
+ * too. A target that is a symlink or not a regular file is refused unless
+ * GPUSEG_WRITE_ALLOW_SPECIAL is given (then a symlink's destination is replaced atomically and
+ * a special file such as a FIFO or /dev/null is written directly, `direct`); a directory is
+ * always refused. Write errors name the file, with "disk full" for ENOSPC, EDQUOT and EFBIG.
+ * After commit or abort the struct owns nothing; on any failure the temporary file is removed
+ * and an existing target is untouched. Errors are recorded in ctx (may be NULL). */
+typedef struct gpuseg__afile {
+    const char *path; /* target as given (not owned), named in messages */
+    char *target;     /* what is renamed over: path, or a symlink's destination (owned) */
+    char *tmp;        /* temporary file name (owned); NULL when direct */
+    int fd;
+    bool direct; /* writing straight into a special file (allowed by the flag) */
+    gpuseg_ctx *ctx;
+} gpuseg__afile;
+
+/* Flags from the environment only (gpuseg__write_flags(0)); _ex takes the caller's flags. */
+gpuseg_status gpuseg__afile_open(const char *path, gpuseg__afile *af);
+gpuseg_status gpuseg__afile_open_ex(gpuseg_ctx *ctx, const char *path, unsigned flags,
+                                    gpuseg__afile *af);
+gpuseg_status gpuseg__afile_write(gpuseg__afile *af, const void *data, size_t n);
+/* fsync, close and rename; on failure the temporary file is removed. */
+gpuseg_status gpuseg__afile_commit(gpuseg__afile *af);
+/* Like commit but without the rename: the data is durable in af->tmp, which the caller renames
+ * later with gpuseg__afile_rename (used to publish two files together). */
+gpuseg_status gpuseg__afile_finish(gpuseg__afile *af);
+gpuseg_status gpuseg__afile_rename(gpuseg__afile *af);
+/* Closes and removes the temporary file; accepts a struct already committed or never opened
+ * (initialise with {.fd = -1}). */
+void gpuseg__afile_abort(gpuseg__afile *af);
+/* Records the failure of a write-side call on path with errno e ("disk full" wording for
+ * ENOSPC/EDQUOT/EFBIG) and returns GPUSEG_IO. */
+gpuseg_status gpuseg__fail_write(gpuseg_ctx *ctx, const char *path, const char *what, int e);
 
 /* Writes `n` bytes to `path` atomically: a temporary file in the same folder, fsync, rename.
  * Either the complete file exists afterwards or the previous state is kept. */

@@ -1,5 +1,5 @@
 /* core/util.c: SHA-256 (for program-cache keys and kernel hashes), whole-file reading with a
- * size cap, and atomic file writing (temporary file in the target folder, fsync, rename). */
+ * size cap, and atomic writing of a buffer through core/afile.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -163,46 +163,14 @@ gpuseg_status gpuseg__read_file(gpuseg_ctx *ctx, const char *path, size_t max_by
 
 gpuseg_status gpuseg__write_file_atomic(gpuseg_ctx *ctx, const char *path, const void *data,
                                         size_t n) {
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    if (!tmp)
-        return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
-    /* The temporary file lives in the target folder so that rename() is atomic. */
-    snprintf(tmp, plen + 16, "%s.tmp-XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        gpuseg_status st = gpuseg__fail(ctx, GPUSEG_IO, "%s: cannot create temporary file: %s",
-                                        path, strerror(errno));
-        free(tmp);
+    /* The one atomic path (core/afile.c); cache files never need special targets. */
+    gpuseg__afile af;
+    gpuseg_status st = gpuseg__afile_open_ex(ctx, path, 0, &af);
+    if (st != GPUSEG_OK)
+        return st;
+    if ((st = gpuseg__afile_write(&af, data, n)) != GPUSEG_OK) {
+        gpuseg__afile_abort(&af);
         return st;
     }
-    const unsigned char *p = data;
-    size_t done = 0;
-    while (done < n) {
-        ssize_t w = write(fd, p + done, n - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            goto fail_errno;
-        done += (size_t)w;
-    }
-    if (fsync(fd) != 0)
-        goto fail_errno;
-    if (close(fd) != 0) {
-        fd = -1;
-        goto fail_errno;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0)
-        goto fail_errno;
-    free(tmp);
-    return GPUSEG_OK;
-fail_errno : {
-    int e = errno;
-    if (fd >= 0)
-        close(fd);
-    unlink(tmp);
-    free(tmp);
-    return gpuseg__fail(ctx, GPUSEG_IO, "%s: write failed: %s", path, strerror(e));
-}
+    return gpuseg__afile_commit(&af);
 }

@@ -538,10 +538,16 @@ static gpuseg_status check_params(gpuseg_ctx *ctx, uint32_t H, uint32_t W,
     if (H == 0 || W == 0)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "flows to masks: empty image (%u x %u)",
                             H, W);
-    if ((uint64_t)H * W > GPUSEG_MAX_IMAGE_PIXELS)
+    const uint64_t maxpx =
+        ctx->limits.max_pixels ? ctx->limits.max_pixels : GPUSEG_MAX_IMAGE_PIXELS;
+    if ((uint64_t)H * W > maxpx) {
+        char a[32], b[32], hint[96];
         return gpuseg__fail(ctx, GPUSEG_TOO_LARGE,
-                            "flows to masks: %u x %u pixels exceed the limit of %llu", H, W,
-                            (unsigned long long)GPUSEG_MAX_IMAGE_PIXELS);
+                            "flows to masks: %ux%u = %spixels exceed the limit of %spixels (%s)", H,
+                            W, gpuseg__fmt_count((uint64_t)H * W, a, sizeof a),
+                            gpuseg__fmt_count(maxpx, b, sizeof b),
+                            gpuseg__limit_hint(GPUSEG__LIMIT_PIXELS, maxpx, hint, sizeof hint));
+    }
     if (isnan(p->cellprob_threshold) || isnan(p->flow_threshold) ||
         !isfinite(p->max_size_fraction) || p->max_size_fraction < 0)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
@@ -581,6 +587,18 @@ gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, uint32_t H, uint3
     if ((st = follow_and_seed(ctx, &b, flows, H, W, &p, dbg, &tm, &ns)) != GPUSEG_OK)
         goto fail;
     stage(ctx, &tm, "seeds, growth, labels");
+    /* Every later table is sized by the number of seeds (~40 bytes each on the host), so the
+     * object limit is checked here, before any of them is allocated. */
+    const uint64_t maxobj =
+        ctx->limits.max_objects ? ctx->limits.max_objects : GPUSEG_DEFAULT_MAX_OBJECTS;
+    if (ns > maxobj) {
+        char hint[96];
+        st = gpuseg__fail(ctx, GPUSEG_TOO_LARGE,
+                          "flows to masks: %u objects after seeding, over the limit of %llu (%s)",
+                          ns, (unsigned long long)maxobj,
+                          gpuseg__limit_hint(GPUSEG__LIMIT_OBJECTS, maxobj, hint, sizeof hint));
+        goto fail;
+    }
     if (dbg) {
         dbg->n_pre = 0;
         dbg->n_qc_removed = 0;

@@ -1,6 +1,6 @@
 /* io/image.c: the host image object (create, free, dtype helpers, size limits), format
  * detection by magic bytes and the dispatch of gpuseg_image_info_read / gpuseg_image_read to the
- * stb, TIFF and .npy readers, and the streaming atomic file writer that every writer uses. */
+ * stb, TIFF and .npy readers with the pixel limit in effect (gpuseg/limits.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -47,6 +47,12 @@ const char *gpuseg_dtype_name(gpuseg_dtype t) {
     return "unknown";
 }
 
+/* The pixel limit of the read in progress on this thread (0: none, i.e. the absolute maximum,
+ * for images that are created or written rather than read). Set by read_any around the format
+ * readers, so that every reader's size check applies the caller's limit without each of them
+ * carrying it. */
+static _Thread_local uint64_t read_max_pixels;
+
 gpuseg_status gpuseg__image_check_size(const char *path, const char *what, uint64_t width,
                                        uint64_t height, uint64_t channels, uint64_t pages) {
     if (width == 0 || height == 0)
@@ -59,12 +65,16 @@ gpuseg_status gpuseg__image_check_size(const char *path, const char *what, uint6
                             path, what, (unsigned long long)width, (unsigned long long)height,
                             GPUSEG_MAX_IMAGE_SIDE);
     /* Both sides are <= 2^20 here, so the product cannot overflow 64 bits. */
-    if (width * height > GPUSEG_MAX_IMAGE_PIXELS)
+    const uint64_t limit = read_max_pixels ? read_max_pixels : GPUSEG_MAX_IMAGE_PIXELS;
+    if (width * height > limit) {
+        char a[32], b[32], hint[96];
         return gpuseg__fail(NULL, GPUSEG_TOO_LARGE,
-                            "%s: %s is %llu x %llu pixels (limit %llu "
-                            "pixels per page)",
-                            path, what, (unsigned long long)width, (unsigned long long)height,
-                            GPUSEG_MAX_IMAGE_PIXELS);
+                            "%s: image is %llux%llu = %spixels, over the limit of %spixels (%s)",
+                            path, (unsigned long long)width, (unsigned long long)height,
+                            gpuseg__fmt_count(width * height, a, sizeof a),
+                            gpuseg__fmt_count(limit, b, sizeof b),
+                            gpuseg__limit_hint(GPUSEG__LIMIT_PIXELS, limit, hint, sizeof hint));
+    }
     if (channels < 1 || channels > 4)
         return gpuseg__fail(NULL, GPUSEG_UNSUPPORTED, "%s: %s has %llu channels (1 to 4 supported)",
                             path, what, (unsigned long long)channels);
@@ -221,27 +231,38 @@ static gpuseg_status detect(const char *path, fmt_kind *kind, const char **name)
     return GPUSEG_OK;
 }
 
-static gpuseg_status read_any(const char *path, gpuseg_image_info *info, gpuseg_image **out) {
+static gpuseg_status read_any(const char *path, const gpuseg_limits *limits,
+                              gpuseg_image_info *info, gpuseg_image **out) {
+    gpuseg_limits lim;
+    gpuseg_status st = gpuseg_limits_resolve(limits, &lim);
+    if (st != GPUSEG_OK)
+        return gpuseg__wrap(NULL, st, "%s", path ? path : "image");
     fmt_kind kind;
     const char *name;
-    gpuseg_status st = detect(path, &kind, &name);
+    st = detect(path, &kind, &name);
     if (st != GPUSEG_OK)
         return st;
     if (info) {
         memset(info, 0, sizeof *info);
         snprintf(info->format, sizeof info->format, "%s", name);
     }
+    read_max_pixels = lim.max_pixels;
     switch (kind) {
     case FMT_STB:
-        return gpuseg__stb_read(path, name, info, out);
+        st = gpuseg__stb_read(path, name, info, out);
+        break;
     case FMT_TIFF:
-        return gpuseg__tiff_read(path, info, out);
+        st = gpuseg__tiff_read(path, info, out);
+        break;
     case FMT_NPY:
-        return gpuseg__npy_read_image(path, info, out);
+        st = gpuseg__npy_read_image(path, info, out);
+        break;
     case FMT_UNKNOWN:
+        st = gpuseg__fail(NULL, GPUSEG_INTERNAL, "%s: format dispatch failed", path);
         break;
     }
-    return gpuseg__fail(NULL, GPUSEG_INTERNAL, "%s: format dispatch failed", path);
+    read_max_pixels = 0;
+    return st;
 }
 
 gpuseg_status gpuseg_image_info_read(const char *path, gpuseg_image_info *out) {
@@ -249,7 +270,7 @@ gpuseg_status gpuseg_image_info_read(const char *path, gpuseg_image_info *out) {
     if (!out)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_image_info_read: out is NULL");
     memset(out, 0, sizeof *out);
-    return read_any(path, out, NULL);
+    return read_any(path, NULL, out, NULL);
 }
 
 gpuseg_status gpuseg_image_read(const char *path, gpuseg_image **out) {
@@ -257,88 +278,15 @@ gpuseg_status gpuseg_image_read(const char *path, gpuseg_image **out) {
     if (!out)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_image_read: out is NULL");
     *out = NULL;
-    return read_any(path, NULL, out);
+    return read_any(path, NULL, NULL, out);
 }
 
-/* ---- streaming atomic writer ---- */
-
-gpuseg_status gpuseg__afile_open(const char *path, gpuseg__afile *af) {
-    af->path = path;
-    af->fd = -1;
-    size_t plen = strlen(path);
-    af->tmp = malloc(plen + 16);
-    if (!af->tmp)
-        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
-    /* The temporary file lives in the target folder so that rename() is atomic. */
-    snprintf(af->tmp, plen + 16, "%s.tmp-XXXXXX", path);
-    af->fd = mkstemp(af->tmp);
-    if (af->fd < 0) {
-        int e = errno;
-        free(af->tmp);
-        af->tmp = NULL;
-        return gpuseg__fail(NULL, e == EACCES ? GPUSEG_PERMISSION : GPUSEG_IO,
-                            "%s: cannot create a temporary file next to it: %s", path, strerror(e));
-    }
-    /* mkstemp creates 0600; output files get the usual 0644. (Reading the umask would need
-     * umask(), which changes process state and races with other threads.) A failure here is
-     * not fatal: the data is still correct, only its permissions are stricter. */
-    (void)fchmod(af->fd, 0644);
-    return GPUSEG_OK;
-}
-
-gpuseg_status gpuseg__afile_write(gpuseg__afile *af, const void *data, size_t n) {
-    const unsigned char *p = data;
-    while (n > 0) {
-        size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
-        ssize_t w = write(af->fd, p, chunk);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return gpuseg__fail(NULL, GPUSEG_IO, "%s: write failed: %s", af->path,
-                                w < 0 ? strerror(errno) : "no progress");
-        p += w;
-        n -= (size_t)w;
-    }
-    return GPUSEG_OK;
-}
-
-void gpuseg__afile_abort(gpuseg__afile *af) {
-    if (af->fd >= 0)
-        close(af->fd);
-    af->fd = -1;
-    if (af->tmp) {
-        unlink(af->tmp);
-        free(af->tmp);
-    }
-    af->tmp = NULL;
-}
-
-gpuseg_status gpuseg__afile_finish(gpuseg__afile *af) {
-    if (fsync(af->fd) != 0 || close(af->fd) != 0) {
-        int e = errno;
-        af->fd = -1;
-        gpuseg__afile_abort(af);
-        return gpuseg__fail(NULL, GPUSEG_IO, "%s: write failed: %s", af->path, strerror(e));
-    }
-    af->fd = -1;
-    return GPUSEG_OK;
-}
-
-gpuseg_status gpuseg__afile_rename(gpuseg__afile *af) {
-    if (rename(af->tmp, af->path) != 0) {
-        int e = errno;
-        gpuseg__afile_abort(af);
-        return gpuseg__fail(NULL, GPUSEG_IO, "%s: cannot rename the temporary file: %s", af->path,
-                            strerror(e));
-    }
-    free(af->tmp);
-    af->tmp = NULL;
-    return GPUSEG_OK;
-}
-
-gpuseg_status gpuseg__afile_commit(gpuseg__afile *af) {
-    gpuseg_status st = gpuseg__afile_finish(af);
-    if (st != GPUSEG_OK)
-        return st;
-    return gpuseg__afile_rename(af);
+gpuseg_status gpuseg_image_read_limited(const char *path, const gpuseg_limits *limits,
+                                        gpuseg_image **out) {
+    gpuseg__clear_error(NULL);
+    if (!out)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "gpuseg_image_read_limited: out is NULL");
+    *out = NULL;
+    return read_any(path, limits, NULL, out);
 }

@@ -1,6 +1,7 @@
 /* io/io_internal.h: what the image I/O files share: the streaming atomic file writer (temporary
- * file in the target folder, fsync, rename), image allocation without zero-filling, size checks,
- * and the per-format readers and writers that image.c dispatches to. Never installed. */
+ * file in the target folder, fsync, rename; in core/afile.c), image allocation without
+ * zero-filling, size checks, and the per-format readers and writers that image.c dispatches to.
+ * Never installed. */
 #ifndef GPUSEG_IO_INTERNAL_H
 #define GPUSEG_IO_INTERNAL_H
 
@@ -10,24 +11,7 @@
 
 #include "core/internal.h"
 
-/* A file being written atomically. Open it with gpuseg__afile_open, write, then either
- * gpuseg__afile_commit (fsync + rename over the target) or gpuseg__afile_abort (close + remove
- * the temporary file). After either call the struct owns nothing. */
-typedef struct gpuseg__afile {
-    const char *path; /* target (not owned) */
-    char *tmp;        /* temporary file name (owned) */
-    int fd;
-} gpuseg__afile;
-
-gpuseg_status gpuseg__afile_open(const char *path, gpuseg__afile *af);
-gpuseg_status gpuseg__afile_write(gpuseg__afile *af, const void *data, size_t n);
-/* fsync, close and rename; on failure the temporary file is removed. */
-gpuseg_status gpuseg__afile_commit(gpuseg__afile *af);
-/* Like commit but without the rename: the data is durable in af->tmp, which the caller renames
- * later with gpuseg__afile_rename (used to publish two files together). */
-gpuseg_status gpuseg__afile_finish(gpuseg__afile *af);
-gpuseg_status gpuseg__afile_rename(gpuseg__afile *af);
-void gpuseg__afile_abort(gpuseg__afile *af);
+/* The atomic file writer (gpuseg__afile) is declared in core/internal.h (core/afile.c). */
 
 /* Checks width/height against GPUSEG_MAX_IMAGE_SIDE and GPUSEG_MAX_IMAGE_PIXELS, channels in
  * 1..4 and pages >= 1; on failure records "<path>: <what> ..." and returns the status. */
@@ -50,7 +34,8 @@ gpuseg_status gpuseg__tiff_read(const char *path, gpuseg_image_info *info, gpuse
 gpuseg_status gpuseg__npy_read_image(const char *path, gpuseg_image_info *info, gpuseg_image **out);
 
 /* Label writers behind gpuseg_labels_write: labels are U16 or U32, one channel. */
-gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *labels);
-gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *labels);
+gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *labels,
+                                        unsigned flags);
+gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *labels, unsigned flags);
 
 #endif

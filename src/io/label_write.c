@@ -45,7 +45,7 @@ static void membuf_put(void *ctx, void *data, int size) {
  * big-endian 16-bit samples given to stb as 2-channel 8-bit pixels produce exactly the filtered,
  * compressed data of a 16-bit grey PNG; only the IHDR's bit depth (8 -> 16) and colour type
  * (4 -> 0) and its CRC differ, and we patch those. */
-gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab) {
+gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab, unsigned flags) {
     if (lab->pages != 1)
         return gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
                             "%s: PNG holds one page, the labels have %u (write .tif or .npy)", path,
@@ -98,7 +98,7 @@ gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab) {
     m.buf[31] = (unsigned char)(crc >> 8);
     m.buf[32] = (unsigned char)crc;
     gpuseg__afile af;
-    gpuseg_status st = gpuseg__afile_open(path, &af);
+    gpuseg_status st = gpuseg__afile_open_ex(NULL, path, flags, &af);
     if (st == GPUSEG_OK) {
         st = gpuseg__afile_write(&af, m.buf, m.len);
         if (st == GPUSEG_OK)
@@ -157,7 +157,8 @@ static bool json_object_members(const char *s, const char **b, const char **e) {
     return true;
 }
 
-static gpuseg_status write_bin(const char *path, const gpuseg_image *lab, const char *json_extra) {
+static gpuseg_status write_bin(const char *path, const gpuseg_image *lab, const char *json_extra,
+                               unsigned flags) {
     size_t plen = strlen(path);
     const char *mb = NULL, *me = NULL;
     if (json_extra && !json_object_members(json_extra, &mb, &me))
@@ -194,12 +195,12 @@ static gpuseg_status write_bin(const char *path, const gpuseg_image *lab, const 
     gpuseg__image_bytes(lab, &bytes);
     /* Both files are complete and durable before either is renamed into place; the .bin goes
      * last, so a reader that sees the new .bin also finds its sidecar. */
-    if ((st = gpuseg__afile_open(path, &ab)) != GPUSEG_OK)
+    if ((st = gpuseg__afile_open_ex(NULL, path, flags, &ab)) != GPUSEG_OK)
         goto fail;
     if ((st = gpuseg__afile_write(&ab, lab->data, bytes)) != GPUSEG_OK ||
         (st = gpuseg__afile_finish(&ab)) != GPUSEG_OK)
         goto fail;
-    if ((st = gpuseg__afile_open(jpath, &aj)) != GPUSEG_OK)
+    if ((st = gpuseg__afile_open_ex(NULL, jpath, flags, &aj)) != GPUSEG_OK)
         goto fail;
     if ((st = gpuseg__afile_write(&aj, json, jl)) != GPUSEG_OK ||
         (st = gpuseg__afile_commit(&aj)) != GPUSEG_OK)
@@ -213,10 +214,8 @@ static gpuseg_status write_bin(const char *path, const gpuseg_image *lab, const 
     return GPUSEG_OK;
 fail:
     /* afile_abort accepts files already finished, committed or never opened. */
-    if (ab.tmp)
-        gpuseg__afile_abort(&ab);
-    if (aj.tmp)
-        gpuseg__afile_abort(&aj);
+    gpuseg__afile_abort(&ab);
+    gpuseg__afile_abort(&aj);
     free(jpath);
     free(json);
     return st;
@@ -231,6 +230,11 @@ static bool has_ext(const char *path, const char *ext) {
 
 gpuseg_status gpuseg_labels_write(const char *path, const gpuseg_image *labels,
                                   const char *json_extra) {
+    return gpuseg_labels_write_ex(path, labels, json_extra, 0);
+}
+
+gpuseg_status gpuseg_labels_write_ex(const char *path, const gpuseg_image *labels,
+                                     const char *json_extra, unsigned flags) {
     gpuseg__clear_error(NULL);
     if (!path || !labels || !labels->data)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_labels_write: NULL argument");
@@ -277,19 +281,19 @@ gpuseg_status gpuseg_labels_write(const char *path, const gpuseg_image *labels,
     }
     switch (fmt) {
     case TIF:
-        st = gpuseg__tiff_write_labels(path, &wide);
+        st = gpuseg__tiff_write_labels(path, &wide, flags);
         break;
     case PNG:
-        st = gpuseg__png16_write(path, &wide);
+        st = gpuseg__png16_write(path, &wide, flags);
         break;
     case NPY: {
         uint64_t shape[3] = {wide.pages, wide.height, wide.width};
-        st = wide.pages > 1 ? gpuseg_npy_write(path, wide.dtype, 3, shape, wide.data)
-                            : gpuseg_npy_write(path, wide.dtype, 2, shape + 1, wide.data);
+        st = wide.pages > 1 ? gpuseg_npy_write_ex(path, wide.dtype, 3, shape, wide.data, flags)
+                            : gpuseg_npy_write_ex(path, wide.dtype, 2, shape + 1, wide.data, flags);
         break;
     }
     case BIN:
-        st = write_bin(path, &wide, json_extra);
+        st = write_bin(path, &wide, json_extra, flags);
         break;
     }
     free(w16);

@@ -443,6 +443,11 @@ gpuseg_status gpuseg__npy_read_image(const char *path, gpuseg_image_info *info,
 
 gpuseg_status gpuseg_npy_write(const char *path, gpuseg_dtype dtype, uint32_t ndim,
                                const uint64_t *shape, const void *data) {
+    return gpuseg_npy_write_ex(path, dtype, ndim, shape, data, 0);
+}
+
+gpuseg_status gpuseg_npy_write_ex(const char *path, gpuseg_dtype dtype, uint32_t ndim,
+                                  const uint64_t *shape, const void *data, unsigned flags) {
     gpuseg__clear_error(NULL);
     if (!path || !shape || !data)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_npy_write: NULL argument");
@@ -490,7 +495,7 @@ gpuseg_status gpuseg_npy_write(const char *path, gpuseg_dtype dtype, uint32_t nd
     hdr[padded - 1] = '\n';
 
     gpuseg__afile af;
-    gpuseg_status st = gpuseg__afile_open(path, &af);
+    gpuseg_status st = gpuseg__afile_open_ex(NULL, path, flags, &af);
     if (st != GPUSEG_OK)
         return st;
     if ((st = gpuseg__afile_write(&af, hdr, padded)) != GPUSEG_OK ||

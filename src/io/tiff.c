@@ -287,9 +287,19 @@ fail:
 
 /* ---- writing labels ---- */
 
-gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *lab) {
+/* libtiff reports a failed write() as a message without errno; errno is still that of the
+ * failed call when the write path returns, so a full disk is named as such. */
+static gpuseg_status tiff_write_failed(const char *path, int e, unsigned page,
+                                       const char *why_text) {
+    if (e == ENOSPC || e == EDQUOT || e == EFBIG)
+        return gpuseg__fail_write(NULL, path, "write failed", e);
+    return gpuseg__fail(NULL, GPUSEG_IO, "%s: writing TIFF page %u failed: %s", path, page,
+                        why_text);
+}
+
+gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *lab, unsigned flags) {
     gpuseg__afile af;
-    gpuseg_status st = gpuseg__afile_open(path, &af);
+    gpuseg_status st = gpuseg__afile_open_ex(NULL, path, flags, &af);
     if (st != GPUSEG_OK)
         return st;
     tiff_msgs msgs = {{0}};
@@ -308,6 +318,7 @@ gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *la
         return gpuseg__fail(NULL, GPUSEG_IO, "%s: cannot start the TIFF: %s", path, why(&msgs));
     }
     bool deflate = TIFFIsCODECConfigured(COMPRESSION_ADOBE_DEFLATE);
+    errno = 0; /* read after a failure: only a write() failing from here on may set it */
     size_t row = (size_t)lab->width * bs;
     /* Strips of about 256 KiB keep memory small and compression effective. */
     uint32_t rps = (uint32_t)((size_t)(256 * 1024) / row);
@@ -347,16 +358,18 @@ gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *la
         if (ok)
             ok = TIFFWriteDirectory(tif);
         if (!ok) {
+            int e = errno;
             TIFFClose(tif);
             gpuseg__afile_abort(&af);
-            return gpuseg__fail(NULL, GPUSEG_IO, "%s: writing TIFF page %u failed: %s", path, p + 1,
-                                why(&msgs));
+            return tiff_write_failed(path, e, p + 1, why(&msgs));
         }
     }
+    errno = 0;
     TIFFClose(tif);
     if (msgs.err[0]) {
+        int e = errno;
         gpuseg__afile_abort(&af);
-        return gpuseg__fail(NULL, GPUSEG_IO, "%s: writing TIFF failed: %s", path, msgs.err);
+        return tiff_write_failed(path, e, lab->pages, msgs.err);
     }
     return gpuseg__afile_commit(&af);
 }

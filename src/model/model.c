@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/internal.h"
 #include "gpuseg/model.h"
@@ -249,10 +250,40 @@ gpuseg_status gpuseg__model_load_mem(const unsigned char *buf, size_t n, const c
     return load(path, buf, n, flags, out);
 }
 
+/* Refuses a file over the max_model_bytes limit from its size alone, before reading it. A file
+ * that cannot be stat'ed is left to the reader, whose message says why. */
+static gpuseg_status check_model_size(const char *path, const gpuseg_limits *limits) {
+    gpuseg_limits lim;
+    gpuseg_status st = gpuseg_limits_resolve(limits, &lim);
+    if (st != GPUSEG_OK)
+        return gpuseg__wrap(NULL, st, "%s", path);
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size <= lim.max_model_bytes)
+        return GPUSEG_OK;
+    char a[32], b[32], hint[96];
+    return gpuseg__fail(
+        NULL, GPUSEG_TOO_LARGE,
+        "%s: model file is %sB (%lld bytes), over the limit of %sB (%llu bytes) "
+        "(%s)",
+        path, gpuseg__fmt_count((uint64_t)sb.st_size, a, sizeof a), (long long)sb.st_size,
+        gpuseg__fmt_count(lim.max_model_bytes, b, sizeof b),
+        (unsigned long long)lim.max_model_bytes,
+        gpuseg__limit_hint(GPUSEG__LIMIT_MODEL_BYTES, lim.max_model_bytes, hint, sizeof hint));
+}
+
 GPUSEG_API gpuseg_status gpuseg_model_load(const char *path, gpuseg_model **out) {
+    return gpuseg_model_load_limited(path, NULL, out);
+}
+
+GPUSEG_API gpuseg_status gpuseg_model_load_limited(const char *path, const gpuseg_limits *limits,
+                                                   gpuseg_model **out) {
     gpuseg__clear_error(NULL);
     if (!path || !out)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_model_load: NULL argument");
+    *out = NULL;
+    gpuseg_status st = check_model_size(path, limits);
+    if (st != GPUSEG_OK)
+        return st;
     return load(path, NULL, 0, 0, out);
 }
 

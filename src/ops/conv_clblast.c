@@ -58,10 +58,13 @@ gpuseg_status gpuseg__conv_clblast(gpuseg__ops *ops, const gpuseg__conv_desc *d,
         } else {
             b_off = (size_t)n * d->cin * hw; /* 1x1: the prologue planes are the columns */
         }
+        cl_event ev = NULL;
         CLBlastStatusCode cs =
             CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeNo, d->cout, hw,
                          kdim, 1.0f, d->weight, 0, kdim, col, b_off, hw, 1.0f, out,
-                         (size_t)n * d->cout * hw, hw, &ctx->queue, NULL);
+                         (size_t)n * d->cout * hw, hw, &ctx->queue, ctx->prof ? &ev : NULL);
+        if (ev) /* GPUSEG_PROFILE: CLBlast's event is its last kernel's (the GEMM itself) */
+            gpuseg__profile_event(ctx, "CLBlastSgemm", ev);
         if (cs != CLBlastSuccess)
             return gpuseg__fail(
                 ctx, cs == CLBlastTempBufferAllocFailure ? GPUSEG_DEVICE_MEMORY : GPUSEG_OPENCL,
