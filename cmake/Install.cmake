@@ -7,6 +7,7 @@ install(TARGETS gpuseg gpuseg_static EXPORT gpusegTargets
         RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS gpuseg_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(FILES models/${GPUSEG_DEFAULT_MODEL} DESTINATION ${CMAKE_INSTALL_DATADIR}/gpuseg/models)
 install(DIRECTORY include/gpuseg DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(EXPORT gpusegTargets NAMESPACE gpuseg:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gpuseg)
 configure_package_config_file(cmake/gpusegConfig.cmake.in

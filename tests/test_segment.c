@@ -243,7 +243,7 @@ START_TEST(cli_segment) {
     ck_assert_int_eq(system(cmd), 0);
     tu_cli_result *r =
         tu_cli("segment '%s/grey.png' --model '%s' --flow-threshold 0 --cellprob-threshold "
-               "-0.13 --save-flows",
+               "-0.13 --save-flows --diameter model", /* Cellpose's diameter=None: parity */
                dir, FIX "small_cpnet.pth");
     ck_assert_msg(r->status == 0, "%s", r->err);
     ck_assert(strstr(r->err, "99 masks") && strstr(r->err, "diameter 24.50"));
@@ -310,9 +310,9 @@ START_TEST(cli_segment) {
     ck_assert(tu_exists(path));
 
     /* errors: one line each, naming the problem */
-    r = tu_cli("segment '%s/grey.png'", dir); /* no --model */
-    ck_assert_int_eq(r->status, 2);
-    ck_assert(strstr(r->err, "--model") && strstr(r->err, "bundled"));
+    r = tu_cli("segment '%s/grey.png' --model no_such_model", dir); /* not a file, no model */
+    ck_assert_int_eq(r->status, 1);
+    ck_assert(strstr(r->err, "--model no_such_model") && strstr(r->err, "models"));
     free(r);
     r = tu_cli("segment '%s/grey.png' --model '%s/none.pth'", dir, dir);
     ck_assert_int_eq(r->status, 1);
@@ -359,7 +359,7 @@ START_TEST(cli_segment_shm) {
     snprintf(cmd, sizeof cmd, "cp '%s' '%s/grey.png' && mkdir '%s/adir.bin'", FIX "grey_img.png",
              dir, dir);
     ck_assert_int_eq(system(cmd), 0);
-    const char *args = "--flow-threshold 0 --cellprob-threshold -0.13 --quiet";
+    const char *args = "--flow-threshold 0 --cellprob-threshold -0.13 --quiet --diameter model";
     tu_cli_result *r = tu_cli("segment '%s/grey.png' --model '%s' %s --max-in-flight 0", dir,
                               FIX "small_cpnet.pth", args);
     ck_assert_msg(r->status == 0, "%s", r->err);

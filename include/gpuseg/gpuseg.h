@@ -4,6 +4,7 @@
 #define GPUSEG_H
 
 #include "gpuseg/common.h"
+#include "gpuseg/limits.h"
 #include "gpuseg/context.h"
 #include "gpuseg/image.h"
 #include "gpuseg/model.h"
@@ -11,5 +12,6 @@
 #include "gpuseg/flows.h"
 #include "gpuseg/metrics.h"
 #include "gpuseg/segment.h"
+#include "gpuseg/outlines.h"
 
 #endif

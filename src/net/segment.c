@@ -149,17 +149,12 @@ static double prep_rescale(float r, uint32_t ly0, uint32_t lx0) {
     return (double)r;
 }
 
-gpuseg_status gpuseg_segment(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img,
-                             const gpuseg_segment_params *params, gpuseg_segment_result *result) {
-    gpuseg__clear_error(ctx);
-    if (!ctx || !net || !img || !result)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "gpuseg_segment: NULL argument");
+/* One pass of CellposeModel.eval at p->diameter (estimate_diameter ignored). */
+static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img,
+                                  const gpuseg_segment_params *params,
+                                  gpuseg_segment_result *result) {
     memset(result, 0, sizeof *result);
-    gpuseg_segment_params p;
-    if (params)
-        p = *params;
-    else
-        gpuseg_segment_params_default(&p);
+    const gpuseg_segment_params p = *params;
     const gpuseg_model_info *mi = &net->info;
     if (mi->nout != 3)
         return gpuseg__fail(ctx, GPUSEG_UNSUPPORTED,
@@ -263,6 +258,7 @@ gpuseg_status gpuseg_segment(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_imag
     }
     result->style_len = ns;
     result->n_masks = nm;
+    result->passes = 1;
     result->diameter = p.diameter > 0 ? p.diameter : (double)mi->diam_labels;
     result->rescale = (double)r;
     result->niter = niter;
@@ -281,4 +277,69 @@ fail:
     gpuseg__prep_out_free(&in);
     free(style);
     return st;
+}
+
+/* The median equivalent diameter of a result's labels (Cellpose utils.diameters). */
+static gpuseg_status labels_diameter(gpuseg_ctx *ctx, const gpuseg_image *lab, double *d) {
+    size_t npix = (size_t)lab->width * lab->height;
+    if (lab->dtype == GPUSEG_DTYPE_U32)
+        return gpuseg_labels_diameter(lab->data, lab->height, lab->width, d);
+    uint32_t *wide = malloc(npix * sizeof *wide);
+    if (!wide)
+        return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "diameter estimate: out of host memory");
+    const uint16_t *s = lab->data;
+    for (size_t i = 0; i < npix; i++)
+        wide[i] = s[i];
+    gpuseg_status st = gpuseg_labels_diameter(wide, lab->height, lab->width, d);
+    free(wide);
+    return st;
+}
+
+gpuseg_status gpuseg_segment(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img,
+                             const gpuseg_segment_params *params, gpuseg_segment_result *result) {
+    gpuseg__clear_error(ctx);
+    if (!ctx || !net || !img || !result)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "gpuseg_segment: NULL argument");
+    memset(result, 0, sizeof *result);
+    gpuseg_segment_params p;
+    if (params)
+        p = *params;
+    else
+        gpuseg_segment_params_default(&p);
+    gpuseg_status st = segment_once(ctx, net, img, &p, result);
+    if (st != GPUSEG_OK || !p.estimate_diameter)
+        return st;
+    /* Pass 1 is done at the given diameter (or diam_labels); its masks measure the objects. */
+    double d1 = result->diameter, est = 0.0;
+    if ((st = labels_diameter(ctx, result->labels, &est)) != GPUSEG_OK) {
+        gpuseg_segment_result_free(result);
+        return gpuseg__wrap(ctx, st, "estimating the diameter");
+    }
+    result->diameter_first_pass = d1;
+    result->diameter_estimate = est;
+    if (!(est > 0.0))
+        return GPUSEG_OK; /* no masks: nothing to measure, the first pass stands */
+    result->diameter_estimated = 1;
+    /* Within 10% the rescale would change by at most ~10%, well inside the size jitter the
+     * network is trained with (Cellpose's scale_range 0.5: x0.75..x1.25 around diam_mean), so
+     * the masks would change little; keeping pass 1 saves the second network pass. */
+    if (fabs(est - d1) <= 0.1 * d1)
+        return GPUSEG_OK;
+    /* Pass 2 at the estimate. The net keeps its weights and tile buffers (tiles are the same
+     * size at any scale), so only the per-image prep and flow buffers are made again. */
+    gpuseg_segment_result r2;
+    p.diameter = est;
+    if ((st = segment_once(ctx, net, img, &p, &r2)) != GPUSEG_OK) {
+        gpuseg_segment_result_free(result);
+        return gpuseg__wrap(ctx, st, "second pass at the estimated diameter %.2f", est);
+    }
+    r2.passes = 2;
+    r2.seconds_net += result->seconds_net;
+    r2.seconds_masks += result->seconds_masks;
+    gpuseg_segment_result_free(result);
+    *result = r2;
+    result->diameter_estimated = 1;
+    result->diameter_first_pass = d1;
+    result->diameter_estimate = est;
+    return GPUSEG_OK;
 }

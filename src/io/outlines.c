@@ -1,0 +1,368 @@
+/* io/outlines.c: the outline pixels of a label image (Cellpose masks_to_outlines: each mask's
+ * outer border, holes excluded, found by a flood fill of the space around each mask in its
+ * bounding box), the quick-look picture (image as 8-bit RGB, percentile-stretched, outlines in
+ * one colour) and the 8-bit PNG writer (stb_image_write into memory, then an atomic write). */
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <stb_image_write.h>
+
+#include "gpuseg/outlines.h"
+#include "io/io_internal.h"
+
+void gpuseg_outlines_params_default(gpuseg_outlines_params *p) {
+    memset(p, 0, sizeof *p);
+    p->color[0] = 255;
+    p->stretch = 1;
+}
+
+static uint32_t label_at(const gpuseg_image *lab, size_t i) {
+    switch (lab->dtype) {
+    case GPUSEG_DTYPE_U8:
+        return ((const uint8_t *)lab->data)[i];
+    case GPUSEG_DTYPE_U16:
+        return ((const uint16_t *)lab->data)[i];
+    default:
+        return ((const uint32_t *)lab->data)[i];
+    }
+}
+
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Dense ids 0..n-1 for the distinct non-zero labels (id[i] = UINT32_MAX for background), so
+ * that per-mask tables stay small whatever the label values. *ids: malloc'd, caller frees. */
+static gpuseg_status dense_ids(const gpuseg_image *lab, size_t npix, uint32_t **ids, uint32_t *n) {
+    uint32_t *id = malloc(npix * sizeof *id);
+    if (!id)
+        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "outlines: out of memory");
+    uint32_t maxl = 0;
+    for (size_t i = 0; i < npix; i++) {
+        uint32_t v = label_at(lab, i);
+        id[i] = v;
+        if (v > maxl)
+            maxl = v;
+    }
+    uint32_t k = 0;
+    if ((uint64_t)maxl <= 4 * (uint64_t)npix + 65536) { /* a value -> id table */
+        uint32_t *map = calloc((size_t)maxl + 1, sizeof *map);
+        if (!map) {
+            free(id);
+            return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "outlines: out of memory");
+        }
+        for (size_t i = 0; i < npix; i++)
+            map[id[i]] = 1;
+        for (uint32_t v = 1; v <= maxl; v++)
+            map[v] = map[v] ? ++k : 0;
+        for (size_t i = 0; i < npix; i++)
+            id[i] = id[i] ? map[id[i]] - 1 : UINT32_MAX;
+        free(map);
+    } else { /* sparse huge values: sorted distinct values, binary search */
+        uint32_t *u = malloc(npix * sizeof *u);
+        if (!u) {
+            free(id);
+            return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "outlines: out of memory");
+        }
+        memcpy(u, id, npix * sizeof *u);
+        qsort(u, npix, sizeof *u, cmp_u32);
+        for (size_t i = 0; i < npix; i++)
+            if (u[i] && (k == 0 || u[k - 1] != u[i]))
+                u[k++] = u[i];
+        for (size_t i = 0; i < npix; i++) {
+            if (!id[i]) {
+                id[i] = UINT32_MAX;
+                continue;
+            }
+            const uint32_t *f = bsearch(&id[i], u, k, sizeof *u, cmp_u32);
+            id[i] = (uint32_t)(f - u);
+        }
+        free(u);
+    }
+    *ids = id;
+    *n = k;
+    return GPUSEG_OK;
+}
+
+gpuseg_status gpuseg_labels_outlines(const gpuseg_image *lab, uint8_t *outline) {
+    gpuseg__clear_error(NULL);
+    if (!lab || !outline || !lab->data)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "outlines: NULL argument");
+    if (lab->channels != 1 || lab->pages != 1 ||
+        (lab->dtype != GPUSEG_DTYPE_U8 && lab->dtype != GPUSEG_DTYPE_U16 &&
+         lab->dtype != GPUSEG_DTYPE_U32))
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "outlines: labels must be one channel, one page of uint8/16/32");
+    const size_t W = lab->width, H = lab->height, npix = W * H;
+    if (npix == 0 || npix > GPUSEG_MAX_IMAGE_PIXELS)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "outlines: %zu x %zu labels", W, H);
+    memset(outline, 0, npix);
+    uint32_t *id = NULL, n = 0;
+    gpuseg_status st = dense_ids(lab, npix, &id, &n);
+    if (st != GPUSEG_OK)
+        return st;
+    uint32_t *box = NULL, *stack = NULL;
+    uint8_t *out = NULL;
+    st = GPUSEG_OUT_OF_MEMORY;
+    box = malloc((size_t)n * 4 * sizeof *box); /* y0, x0, y1, x1 per mask */
+    if (!box && n)
+        goto fail;
+    for (uint32_t m = 0; m < n; m++) {
+        box[4 * m] = box[4 * m + 1] = UINT32_MAX;
+        box[4 * m + 2] = box[4 * m + 3] = 0;
+    }
+    for (size_t y = 0; y < H; y++)
+        for (size_t x = 0; x < W; x++) {
+            uint32_t m = id[y * W + x];
+            if (m == UINT32_MAX)
+                continue;
+            uint32_t *b = box + 4 * (size_t)m;
+            b[0] = b[0] < y ? b[0] : (uint32_t)y;
+            b[1] = b[1] < x ? b[1] : (uint32_t)x;
+            b[2] = b[2] > y ? b[2] : (uint32_t)y;
+            b[3] = b[3] > x ? b[3] : (uint32_t)x;
+        }
+    /* The largest padded box sizes the work buffers, allocated once. */
+    size_t most = 0;
+    for (uint32_t m = 0; m < n; m++) {
+        size_t a =
+            (size_t)(box[4 * m + 2] - box[4 * m] + 3) * (box[4 * m + 3] - box[4 * m + 1] + 3);
+        most = a > most ? a : most;
+    }
+    out = malloc(most ? most : 1);
+    stack = malloc((most ? most : 1) * sizeof *stack);
+    if (!out || !stack)
+        goto fail;
+    for (uint32_t m = 0; m < n; m++) {
+        /* The mask's bounding box with a one-pixel frame (what findContours sees: the crop,
+         * with everything outside it, and outside the image, as background). out[] marks the
+         * cells of that box not in the mask and 4-connected to the frame: the space around. */
+        const size_t y0 = box[4 * m], x0 = box[4 * m + 1];
+        const size_t bh = box[4 * m + 2] - y0 + 3, bw = box[4 * m + 3] - x0 + 3;
+        memset(out, 0, bh * bw);
+        size_t top = 0;
+        for (size_t j = 0; j < bw; j++) {
+            out[j] = out[(bh - 1) * bw + j] = 1;
+            stack[top++] = (uint32_t)j;
+            stack[top++] = (uint32_t)((bh - 1) * bw + j);
+        }
+        for (size_t i = 1; i + 1 < bh; i++) {
+            out[i * bw] = out[i * bw + bw - 1] = 1;
+            stack[top++] = (uint32_t)(i * bw);
+            stack[top++] = (uint32_t)(i * bw + bw - 1);
+        }
+        while (top) {
+            size_t c = stack[--top], cy = c / bw, cx = c % bw;
+            const size_t nb[4] = {c - bw, c + bw, c - 1, c + 1};
+            const int ok[4] = {cy > 0, cy + 1 < bh, cx > 0, cx + 1 < bw};
+            for (int k = 0; k < 4; k++) {
+                if (!ok[k] || out[nb[k]])
+                    continue;
+                size_t ny = nb[k] / bw, nx = nb[k] % bw;
+                if (ny == 0 || nx == 0 || ny == bh - 1 || nx == bw - 1)
+                    continue; /* frame cells are seeded already */
+                if (id[(y0 + ny - 1) * W + (x0 + nx - 1)] == m)
+                    continue;
+                out[nb[k]] = 1;
+                stack[top++] = (uint32_t)nb[k];
+            }
+        }
+        for (size_t i = 1; i + 1 < bh; i++)
+            for (size_t j = 1; j + 1 < bw; j++) {
+                size_t p = (y0 + i - 1) * W + (x0 + j - 1), c = i * bw + j;
+                if (id[p] == m && (out[c - bw] | out[c + bw] | out[c - 1] | out[c + 1]))
+                    outline[p] = 1;
+            }
+    }
+    st = GPUSEG_OK;
+fail:
+    if (st != GPUSEG_OK)
+        gpuseg__fail(NULL, st, "outlines: out of memory for %u masks", n);
+    free(id);
+    free(box);
+    free(out);
+    free(stack);
+    return st;
+}
+
+static double sample_at(const gpuseg_image *img, size_t i) {
+    switch (img->dtype) {
+    case GPUSEG_DTYPE_U8:
+        return ((const uint8_t *)img->data)[i];
+    case GPUSEG_DTYPE_U16:
+        return ((const uint16_t *)img->data)[i];
+    case GPUSEG_DTYPE_U32:
+        return ((const uint32_t *)img->data)[i];
+    case GPUSEG_DTYPE_I32:
+        return ((const int32_t *)img->data)[i];
+    default:
+        return ((const float *)img->data)[i];
+    }
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* 1st and 99th percentiles (numpy's linear interpolation) of the shown channels of one page,
+ * over at most ~4 M samples (a regular subsample of larger images: the picture is a quick look).
+ * Non-finite samples are left out. */
+static gpuseg_status percentiles(const gpuseg_image *img, size_t base, size_t npix, uint32_t nch,
+                                 double *lo, double *hi) {
+    size_t stride = 1, want = (size_t)4 << 20;
+    if (npix * nch > want)
+        stride = npix * nch / want + 1;
+    size_t cap = npix * nch / stride + 1, k = 0;
+    float *v = malloc(cap * sizeof *v);
+    if (!v)
+        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "outlines: out of memory");
+    for (size_t s = 0; s < npix * nch && k < cap; s += stride) {
+        double x = sample_at(img, base + (s / nch) * img->channels + s % nch);
+        if (isfinite(x))
+            v[k++] = (float)x;
+    }
+    *lo = *hi = 0.0;
+    if (k) {
+        qsort(v, k, sizeof *v, cmp_float);
+        double q[2] = {0.01 * (double)(k - 1), 0.99 * (double)(k - 1)};
+        double r[2];
+        for (int j = 0; j < 2; j++) {
+            size_t f = (size_t)q[j];
+            double t = q[j] - (double)f;
+            r[j] = f + 1 < k ? v[f] + t * ((double)v[f + 1] - v[f]) : v[f];
+        }
+        *lo = r[0];
+        *hi = r[1];
+        if (!(*hi > *lo)) { /* a flat image: use the whole range so it is not all black */
+            *lo = v[0];
+            *hi = v[k - 1];
+        }
+    }
+    free(v);
+    return GPUSEG_OK;
+}
+
+gpuseg_status gpuseg_outlines_draw(const gpuseg_image *img, const gpuseg_image *lab,
+                                   const gpuseg_outlines_params *params, gpuseg_image **out) {
+    gpuseg__clear_error(NULL);
+    if (!img || !lab || !out || !img->data)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "outlines: NULL argument");
+    *out = NULL;
+    gpuseg_outlines_params p;
+    if (params)
+        p = *params;
+    else
+        gpuseg_outlines_params_default(&p);
+    if (img->width != lab->width || img->height != lab->height)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "outlines: the image is %u x %u, the labels %u x %u", img->width,
+                            img->height, lab->width, lab->height);
+    if (p.page >= img->pages)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "outlines: page %u: the image has %u",
+                            p.page, img->pages);
+    if (img->channels < 1 || img->channels > 4 || gpuseg_dtype_size(img->dtype) == 0)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "outlines: image with %u channels of an unknown dtype", img->channels);
+    const size_t npix = (size_t)img->width * img->height;
+    const uint32_t nch = img->channels >= 3 ? 3 : 1; /* shown channels */
+    const size_t base = (size_t)p.page * npix * img->channels;
+    gpuseg_image *rgb = NULL;
+    uint8_t *ol = malloc(npix ? npix : 1);
+    if (!ol)
+        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "outlines: out of memory");
+    gpuseg_status st = gpuseg_labels_outlines(lab, ol);
+    if (st != GPUSEG_OK)
+        goto fail;
+    if ((st = gpuseg_image_create(img->width, img->height, 3, 1, GPUSEG_DTYPE_U8, &rgb)) !=
+        GPUSEG_OK)
+        goto fail;
+    double lo = 0.0, hi = 255.0;
+    if ((p.stretch || img->dtype != GPUSEG_DTYPE_U8) &&
+        (st = percentiles(img, base, npix, nch, &lo, &hi)) != GPUSEG_OK)
+        goto fail;
+    const double scale = hi > lo ? 255.0 / (hi - lo) : 0.0;
+    uint8_t *d = rgb->data;
+    for (size_t i = 0; i < npix; i++) {
+        if (ol[i]) {
+            memcpy(d + 3 * i, p.color, 3);
+            continue;
+        }
+        for (uint32_t c = 0; c < 3; c++) {
+            double x = sample_at(img, base + i * img->channels + (nch == 3 ? c : 0));
+            double y = isfinite(x) ? (x - lo) * scale : 0.0;
+            d[3 * i + c] = (uint8_t)(y <= 0.0 ? 0 : y >= 255.0 ? 255 : (int)(y + 0.5));
+        }
+    }
+    *out = rgb;
+    rgb = NULL;
+fail:
+    free(ol);
+    gpuseg_image_free(rgb);
+    return st;
+}
+
+/* Growable memory target for stb's PNG encoder. */
+typedef struct {
+    unsigned char *buf;
+    size_t len, cap;
+    int failed;
+} png_mem;
+
+static void png_mem_put(void *ctx, void *data, int size) {
+    png_mem *m = ctx;
+    if (m->failed || size <= 0)
+        return;
+    if (m->len + (size_t)size > m->cap) {
+        size_t cap = m->cap ? m->cap : 65536;
+        while (cap < m->len + (size_t)size)
+            cap *= 2;
+        unsigned char *nb = realloc(m->buf, cap);
+        if (!nb) {
+            m->failed = 1;
+            return;
+        }
+        m->buf = nb;
+        m->cap = cap;
+    }
+    memcpy(m->buf + m->len, data, (size_t)size);
+    m->len += (size_t)size;
+}
+
+gpuseg_status gpuseg_image_write_png(const char *path, const gpuseg_image *img) {
+    gpuseg__clear_error(NULL);
+    if (!path || !img || !img->data)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "PNG: NULL argument");
+    if (img->dtype != GPUSEG_DTYPE_U8 || img->pages != 1 || img->channels < 1 || img->channels > 4)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "%s: an 8-bit PNG takes one page of 1..4 uint8 channels (got %u "
+                            "pages of %u %s)",
+                            path, img->pages, img->channels, gpuseg_dtype_name(img->dtype));
+    /* stb's encoder uses int sizes for the filtered rows and the zlib stream. */
+    if ((size_t)img->width * img->height * img->channels > (size_t)INT_MAX / 2)
+        return gpuseg__fail(NULL, GPUSEG_TOO_LARGE, "%s: %u x %u is too large for a PNG here", path,
+                            img->width, img->height);
+    png_mem m = {0};
+    int ok =
+        stbi_write_png_to_func(png_mem_put, &m, (int)img->width, (int)img->height,
+                               (int)img->channels, img->data, (int)(img->width * img->channels));
+    if (!ok || m.failed) {
+        free(m.buf);
+        return gpuseg__fail(NULL, m.failed ? GPUSEG_OUT_OF_MEMORY : GPUSEG_INTERNAL,
+                            "%s: PNG encoding failed", path);
+    }
+    gpuseg__afile af;
+    gpuseg_status st = gpuseg__afile_open(path, &af);
+    if (st == GPUSEG_OK) {
+        st = gpuseg__afile_write(&af, m.buf, m.len);
+        if (st == GPUSEG_OK)
+            st = gpuseg__afile_commit(&af);
+        else
+            gpuseg__afile_abort(&af);
+    }
+    free(m.buf);
+    return st;
+}
