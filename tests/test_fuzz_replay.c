@@ -3,7 +3,8 @@
  * the fuzz targets of tests/fuzz/ as an ordinary test, without libFuzzer. Each target's source
  * is compiled into this file under its own entry-point name (FUZZ_ENTRY); the targets abort on
  * a broken invariant and the sanitizer build catches memory errors, so this test fails when a
- * regression input misbehaves again. */
+ * regression input misbehaves again. The masks corpus needs an OpenCL device (skipped without
+ * one unless GPUSEG_REQUIRE_DEVICE=1). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memfd_create, used by the targets */
 #endif
@@ -31,6 +32,9 @@
 #undef FUZZ_ENTRY
 #define FUZZ_ENTRY fuzz_shm_entry
 #include "fuzz/fuzz_shm.c"
+#undef FUZZ_ENTRY
+#define FUZZ_ENTRY fuzz_masks_entry
+#include "fuzz/fuzz_masks.c"
 #undef FUZZ_ENTRY
 
 typedef int (*fuzz_fn)(const uint8_t *, size_t);
@@ -100,6 +104,15 @@ REPLAY_TEST(zip)
 REPLAY_TEST(pickle)
 REPLAY_TEST(shm)
 
+/* flows -> masks runs on the device: the target makes its context at the first input (here,
+ * inside the forked test) and this test frees it. */
+START_TEST(replay_masks) {
+    ck_assert_uint_ge(replay("masks", fuzz_masks_entry), 3);
+    ck_assert_msg(fuzz_masks_ctx() != NULL, "no device context: %s", gpuseg_last_error());
+    fuzz_masks_release();
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("fuzz_replay");
     TCase *tc = tcase_create("corpus");
@@ -111,5 +124,17 @@ int main(void) {
     tcase_add_test(tc, replay_pickle);
     tcase_add_test(tc, replay_shm);
     suite_add_tcase(s, tc);
+    /* the device corpus: skipped without a device, failed under GPUSEG_REQUIRE_DEVICE=1 */
+    int dev = tu_require_device();
+    if (dev == 1)
+        return 1;
+    if (dev == 0) {
+        TCase *tcd = tcase_create("device");
+        tcase_set_timeout(tcd, 300);
+        tcase_add_test(tcd, replay_masks);
+        suite_add_tcase(s, tcd);
+    } else {
+        printf("SKIP: masks corpus (no OpenCL device)\n");
+    }
     return tu_run(s);
 }

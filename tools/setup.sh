@@ -17,6 +17,7 @@ packages=(
   check                                 # unit-test framework
   clang-format                          # formatting check in tools/test.sh
   python3-numpy                         # runs the Python interop example in the tests (never needed at run time)
+  valgrind                              # memcheck of the host-side tests (tools/valgrind.sh)
 )
 
 missing=()

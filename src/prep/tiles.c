@@ -75,10 +75,13 @@ gpuseg_status gpuseg__tile_geometry(gpuseg_ctx *ctx, uint32_t ly0, uint32_t lx0,
     g->lx0 = lx0;
     g->lyr = rescale == 1.0 ? ly0 : (uint32_t)fy;
     g->lxr = rescale == 1.0 ? lx0 : (uint32_t)fx;
-    if (g->lyr == 0 || g->lxr == 0)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "tiles: rescale %g makes the %u x %u image %u x %u pixels", rescale,
-                            lx0, ly0, g->lxr, g->lyr);
+    /* A side that int(L * r) rounds to 0 (a 1-pixel image and r < 1) keeps 1 pixel: Cellpose
+     * fails there (cv2.resize to an empty size); a tiny image is valid input and gets its
+     * (empty) labels instead of an error. */
+    if (g->lyr == 0)
+        g->lyr = 1;
+    if (g->lxr == 0)
+        g->lxr = 1;
     if ((uint64_t)g->lyr * g->lxr > GPUSEG_MAX_IMAGE_PIXELS)
         return gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "tiles: %u x %u pixels after rescale %g", g->lxr,
                             g->lyr, rescale);

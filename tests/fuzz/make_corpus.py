@@ -177,3 +177,52 @@ put("shm", "broken-nan-diameter.bin", shm(8192, diameter=float("nan")))
 put("shm", "broken-overflow-shape.bin", shm(1 << 40, ndim=4, shape=(1 << 20, 1 << 20, 1 << 20, 1 << 20)))
 put("shm", "broken-magic.bin", shm(8192, magic=b"GPUSEGXX"))
 put("shm", "broken-offset.bin", shm(1 << 30, offset=4097))
+
+
+# ---- flows -> masks (fuzz_masks): H-1, W-1, mode (bit 0 compact, bit 1 defaults), cellprob and
+# flow thresholds (f32), niter (u16), min_size (i16), max_size_fraction (f32), then the [3, H, W]
+# values: float32, or in compact mode one signed byte per value * 16 (-128 NaN, 127 +Inf) ----
+def masks_seed(values, mode=1, cp=0.0, ft=0.4, niter=200, min_size=15, maxf=0.4):
+    _, h, w = values.shape
+    hdr = bytes([h - 1, w - 1, mode]) + struct.pack("<ffHhf", cp, ft, niter, min_size, maxf)
+    assert len(hdr) == 19
+    if mode & 1:
+        q = np.clip(np.round(np.nan_to_num(values, nan=0, posinf=0) * 16), -127, 126)
+        q = q.astype(np.int8)
+        q[np.isnan(values)] = -128
+        q[np.isposinf(values)] = 127
+        return hdr + q.tobytes()
+    return hdr + values.astype("<f4").tobytes()
+
+
+def discs(h, w, centres, r):
+    """Network-like outputs for discs: flows of length 5 towards each centre, cellprob +-4."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.zeros((3, h, w), np.float32)
+    out[2] = -4
+    for cy, cx in centres:
+        d = np.hypot(y - cy, x - cx)
+        inside = d <= r
+        n = np.maximum(d, 1e-6)
+        out[0][inside] = (5 * (cy - y) / n)[inside]
+        out[1][inside] = (5 * (cx - x) / n)[inside]
+        out[2][inside] = 4
+    return out
+
+
+put("masks", "disc24.bin", masks_seed(discs(24, 24, [(12, 11)], 7)))
+put("masks", "two_discs_raw.bin", masks_seed(discs(32, 30, [(9, 9), (22, 20)], 6), mode=0))
+put("masks", "defaults_1x1.bin", masks_seed(np.array([[[0.5]], [[0.0]], [[3.0]]], np.float32), mode=3))
+put("masks", "no_filter.bin", masks_seed(discs(20, 20, [(10, 10)], 3), min_size=-1, ft=0.0))
+grid = [(cy, cx) for cy in range(4, 48, 8) for cx in range(4, 48, 8)]
+put("masks", "many_small.bin", masks_seed(discs(48, 48, grid, 2.5), niter=60))
+noisy = discs(16, 16, [(8, 8)], 5) + rng.normal(0, 1.5, (3, 16, 16)).astype(np.float32)
+put("masks", "noisy_qc.bin", masks_seed(noisy, mode=0, ft=0.2))
+bad = discs(12, 12, [(6, 6)], 4)
+bad[1, 3, 4] = np.nan
+put("masks", "broken-nan-flow.bin", masks_seed(bad, mode=0))
+bad = discs(12, 12, [(6, 6)], 4)
+bad[2, 6, 6] = np.inf
+put("masks", "broken-inf-cellprob.bin", masks_seed(bad))
+put("masks", "broken-nan-params.bin",
+    masks_seed(discs(16, 16, [(8, 8)], 5), cp=float("nan"), ft=float("inf"), maxf=float("nan")))
