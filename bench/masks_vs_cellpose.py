@@ -10,7 +10,9 @@ Cellpose, so that both sides of a ratio see about the same load on a shared mach
 program builds are excluded (bench_masks reports its cold run apart). Prints one JSON object
 with the ratios.
 
-    .venv/bin/python bench/masks_vs_cellpose.py build/bench/bench_masks [REPEATS]
+    .venv/bin/python bench/masks_vs_cellpose.py build/bench/bench_masks [REPEATS [SIDES]]
+
+SIDES is a comma-separated subset of 512,1024,2048 (default all three).
 """
 import json
 import os
@@ -38,12 +40,13 @@ def main():
         sys.exit(__doc__)
     bench = sys.argv[1]
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    sides = [int(x) for x in sys.argv[3].split(",")] if len(sys.argv) > 3 else SIDES
     flows = np.load(os.path.join(FIX, "dsb313_flows.npy"))
     result = {"cellpose": version("cellpose"), "torch_threads": torch.get_num_threads(),
               "repeats": repeats, "sizes": []}
     with tempfile.TemporaryDirectory() as tmp:
         # one size at a time, gpuseg then Cellpose, so that both see about the same machine load
-        for side in SIDES:
+        for side in sides:
             out = subprocess.run([bench, FIX, str(repeats), "--save", tmp, "--side", str(side)],
                                  check=True, capture_output=True, text=True).stdout
             g = json.loads(out)
