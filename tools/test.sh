@@ -24,6 +24,10 @@ echo "== install + examples against the installed library"
 prefix=$(mktemp -d /tmp/gpuseg-install-XXXXXX)
 trap 'rm -rf "$prefix"' EXIT
 cmake --install "$build" --prefix "$prefix" >/dev/null
+# The installed command finds the installed bundled model (not the source tree's copy).
+env -u GPUSEG_MODEL "$prefix/bin/gpuseg" segment --help \
+  | grep -F "($(cd "$prefix" && pwd -P)/share/gpuseg/models/" >/dev/null \
+  || { echo "installed gpuseg does not find the model installed under $prefix/share" >&2; exit 1; }
 bash examples/build_against_install.sh "$prefix"
 
 echo "== tests"
@@ -48,5 +52,14 @@ if [[ ${GPUSEG_TEST_SKIP_ASAN:-0} != 1 ]]; then
      ASAN_OPTIONS=abort_on_error=0:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
      ctest --output-on-failure -j"$jobs" --timeout 900)
   rm -rf "$empty"
+fi
+if [[ ${GPUSEG_TEST_SKIP_VALGRIND:-0} != 1 ]]; then
+  echo "== host-side tests under Valgrind memcheck (a quick subset: bash tools/valgrind.sh runs all)"
+  # The whole set takes ~45 min under memcheck (test_io decodes every dsb2018 image); CI runs the
+  # programs that cover the library's entry points quickly, and the bad-input catalogue with
+  # every gpuseg command under memcheck.
+  GPUSEG_VALGRIND_BUILD_DIR="$build-valgrind" \
+    GPUSEG_VALGRIND_TESTS='^test_(core|catalogue|fuzz_replay|metrics|limits)$' \
+    bash tools/valgrind.sh
 fi
 echo "== all tests passed"
