@@ -34,6 +34,7 @@ typedef struct seg_outputs {
 /* Appends s to buf as a JSON string (escaped); false if it does not fit. */
 static bool json_append_string(char *buf, size_t len, const char *s) {
     size_t k = strlen(buf);
+    const size_t k0 = k;
     if (k + 2 >= len)
         return false;
     buf[k++] = '"';
@@ -42,13 +43,24 @@ static bool json_append_string(char *buf, size_t len, const char *s) {
         int n = (*p == '"' || *p == '\\') ? snprintf(tmp, sizeof tmp, "\\%c", *p)
                 : *p < 0x20               ? snprintf(tmp, sizeof tmp, "\\u%04x", *p)
                                           : snprintf(tmp, sizeof tmp, "%c", *p);
-        if (k + (size_t)n + 2 >= len)
+        if (k + (size_t)n + 2 >= len) {
+            buf[k0] = 0; /* leave buf as it was: still a terminated string */
             return false;
+        }
         memcpy(buf + k, tmp, (size_t)n);
         k += (size_t)n;
     }
     buf[k++] = '"';
     buf[k] = 0;
+    return true;
+}
+
+/* Appends s to buf if it fits (buf stays terminated either way). */
+static bool append_text(char *buf, size_t len, const char *s) {
+    size_t k = strlen(buf), n = strlen(s);
+    if (k + n >= len)
+        return false;
+    memcpy(buf + k, s, n + 1);
     return true;
 }
 
@@ -583,14 +595,22 @@ int gpuseg_cmd_segment(int argc, char **argv) {
             continue;
         }
         const char *mode = diameter_mode(&p, &r);
-        char extra[2 * PATH_MAX_LEN + 2048]; /* image and model paths + the fields */
+        /* image and model paths, each up to 6 bytes per byte when escaped, + the fields */
+        static char extra[12 * PATH_MAX_LEN + 2048];
         /* n_masks, diameter and source come from the segment header (gpuseg save adds them) */
         snprintf(extra, sizeof extra, "{\"producer\":\"gpuseg segment\",\"gpuseg_version\":");
-        json_append_string(extra, sizeof extra, gpuseg_version());
-        strcat(extra, ",\"image\":");
-        json_append_string(extra, sizeof extra, image);
-        strcat(extra, ",\"model\":");
-        json_append_string(extra, sizeof extra, model);
+        bool fits = json_append_string(extra, sizeof extra, gpuseg_version());
+        fits = fits && append_text(extra, sizeof extra, ",\"image\":");
+        fits = fits && json_append_string(extra, sizeof extra, image);
+        fits = fits && append_text(extra, sizeof extra, ",\"model\":");
+        fits = fits && json_append_string(extra, sizeof extra, model);
+        if (!fits) {
+            cli_error("%s: path too long for the .json sidecar", image);
+            rc = CLI_FAIL;
+            gpuseg_segment_result_free(&r);
+            gpuseg_image_free(img);
+            continue;
+        }
         size_t k = strlen(extra);
         snprintf(extra + k, sizeof extra - k,
                  ",\"diameter_mode\":\"%s\",\"diameter_estimated\":%s,"
