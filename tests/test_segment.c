@@ -413,10 +413,11 @@ START_TEST(python_consumer_segment) {
     snprintf(cmd, sizeof cmd,
              "cp '%s' '%s/grey.png' && cd '%s' && '%s' '%s/examples/python/shm_consumer.py' "
              "grey.png --gpuseg '%s' --command '{gpuseg} segment {image} --model %s "
-             "--flow-threshold 0 --cellprob-threshold -0.13 --shm-only --json --quiet' "
+             "--diameter model --flow-threshold 0 --cellprob-threshold -0.13 --shm-only --json "
+             "--quiet' "
              "-o py.bin > py.log 2>&1 && grep -q 'n_masks: 99' py.log && "
-             "'%s' segment grey.png --model '%s' --flow-threshold 0 --cellprob-threshold -0.13 "
-             "--quiet && cmp py.bin grey_segmentation.bin",
+             "'%s' segment grey.png --model '%s' --diameter model --flow-threshold 0 "
+             "--cellprob-threshold -0.13 --quiet && cmp py.bin grey_segmentation.bin",
              FIX "grey_img.png", dir, dir, py, GPUSEG_SOURCE_DIR, GPUSEG_CLI, FIX "small_cpnet.pth",
              GPUSEG_CLI, FIX "small_cpnet.pth");
     ck_assert_int_eq(system(cmd), 0);
