@@ -408,7 +408,7 @@ static gpuseg_status map_shape(const char *path, const npy_header *h, uint64_t d
 gpuseg_status gpuseg__npy_read_image(const char *path, gpuseg_image_info *info,
                                      gpuseg_image **out) {
     npy_header h;
-    uint64_t d[4];
+    uint64_t d[4] = {0, 0, 0, 0}; /* set by map_shape; zeroed for -O3 maybe-uninitialized */
     gpuseg_status st;
     if (info) {
         if ((st = load(path, &h, NULL)) != GPUSEG_OK || (st = map_shape(path, &h, d)) != GPUSEG_OK)

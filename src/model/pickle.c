@@ -123,7 +123,7 @@ static gpuseg_status seq_add(reader *r, uint32_t c, const uint32_t *items, size_
 
 /* Builds a tuple from stack[from .. sp) and replaces those items by it. */
 static gpuseg_status make_tuple(reader *r, size_t from) {
-    uint32_t t;
+    uint32_t t = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
     gpuseg_status st = new_obj(r, GPUSEG__PK_TUPLE, &t);
     if (st == GPUSEG_OK)
         st = seq_add(r, t, from < r->sp ? r->stack + from : NULL, r->sp - from);
@@ -175,7 +175,7 @@ static gpuseg_status push_str(reader *r, const unsigned char *s, size_t n) {
 }
 
 static gpuseg_status push_int(reader *r, uint8_t type, int64_t v) {
-    uint32_t o;
+    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
     gpuseg_status st = new_obj(r, type, &o);
     if (st != GPUSEG_OK)
         return st;

@@ -48,7 +48,8 @@ static gpuseg_status layer_load(gpuseg_net *net, const gpuseg_model *m, const ch
                                 const char *conv, unsigned cin, unsigned cout, unsigned k, int relu,
                                 gpuseg__layer *L) {
     gpuseg_ctx *ctx = net->ctx;
-    const float *bw, *bb, *mean, *var, *w, *b;
+    /* set by tensor() on success (NULL-initialised for -O3 maybe-uninitialized) */
+    const float *bw = NULL, *bb = NULL, *mean = NULL, *var = NULL, *w = NULL, *b = NULL;
     gpuseg_status st;
     if ((st = tensor(m, bn, ".weight", cin, &bw)) != GPUSEG_OK ||
         (st = tensor(m, bn, ".bias", cin, &bb)) != GPUSEG_OK ||
@@ -126,7 +127,7 @@ static gpuseg_status up_load(gpuseg_net *net, const gpuseg_model *m, int l) {
         if ((st = layer_load(net, m, bn, cv, cout, cout, 3, 1, &B->conv[k])) != GPUSEG_OK)
             return st;
         char fp[128];
-        const float *fw, *fb;
+        const float *fw = NULL, *fb = NULL;
         snprintf(fp, sizeof fp, "upsample.up.res_up_%d.conv.conv_%d.full", l, k);
         if ((st = tensor(m, fp, ".weight", (size_t)cout * ns, &fw)) != GPUSEG_OK ||
             (st = tensor(m, fp, ".bias", cout, &fb)) != GPUSEG_OK ||

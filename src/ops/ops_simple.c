@@ -22,7 +22,7 @@ static gpuseg_status count3(gpuseg__ops *ops, const char *op, size_t a, size_t b
 gpuseg_status gpuseg__bn_act(gpuseg__ops *ops, cl_mem in, cl_mem scale, cl_mem shift, int relu,
                              cl_mem out, unsigned batch, unsigned c, size_t hw) {
     const char *op = "bn_act";
-    size_t n;
+    size_t n = 0; /* set by count3 (zeroed for -O3 maybe-uninitialized) */
     gpuseg_status st;
     if ((st = count3(ops, op, batch, c, hw, &n)) != GPUSEG_OK ||
         (st = gpuseg__ops_check_buf(ops, op, "input", in, n)) != GPUSEG_OK ||
@@ -45,7 +45,7 @@ gpuseg_status gpuseg__bn_act(gpuseg__ops *ops, cl_mem in, cl_mem scale, cl_mem s
 gpuseg_status gpuseg__maxpool2(gpuseg__ops *ops, cl_mem in, cl_mem out, size_t planes, unsigned h,
                                unsigned w) {
     const char *op = "maxpool2";
-    size_t n, no;
+    size_t n = 0, no = 0; /* set by the count helpers (zeroed for -O3) */
     gpuseg_status st;
     if (h < 2 || w < 2)
         return gpuseg__fail(ops->ctx, GPUSEG_INVALID_ARGUMENT,
@@ -71,7 +71,7 @@ gpuseg_status gpuseg__maxpool2(gpuseg__ops *ops, cl_mem in, cl_mem out, size_t p
 gpuseg_status gpuseg__upsample2(gpuseg__ops *ops, cl_mem in, cl_mem skip, cl_mem out, size_t planes,
                                 unsigned h, unsigned w) {
     const char *op = "upsample2";
-    size_t n, no;
+    size_t n = 0, no = 0; /* set by the count helpers (zeroed for -O3) */
     gpuseg_status st;
     if ((st = count3(ops, op, planes, h, w, &n)) != GPUSEG_OK ||
         (st = count3(ops, op, planes, 2 * (size_t)h, 2 * (size_t)w, &no)) != GPUSEG_OK ||
@@ -114,7 +114,7 @@ gpuseg_status gpuseg__add(gpuseg__ops *ops, cl_mem a, cl_mem b, cl_mem out, size
 gpuseg_status gpuseg__style(gpuseg__ops *ops, cl_mem in, cl_mem style, unsigned batch, unsigned c,
                             size_t hw) {
     const char *op = "style";
-    size_t n;
+    size_t n = 0; /* set by count3 (zeroed for -O3 maybe-uninitialized) */
     gpuseg_status st;
     if ((st = count3(ops, op, batch, c, hw, &n)) != GPUSEG_OK ||
         (st = gpuseg__ops_check_buf(ops, op, "input", in, n)) != GPUSEG_OK ||
