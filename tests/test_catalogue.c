@@ -25,7 +25,7 @@
 
 #define TINY_MODEL    GPUSEG_SOURCE_DIR "/tests/fixtures/model/tiny_cpnet.pth"
 #define FIXTURE_MODEL GPUSEG_SOURCE_DIR "/tests/fixtures/model/"
-#define BUNDLED_MODEL GPUSEG_SOURCE_DIR "/models/nuclei_gpuseg_v0"
+#define BUNDLED_MODEL GPUSEG_BUNDLED_MODEL
 #define CORPUS_IMAGE  GPUSEG_SOURCE_DIR "/tests/fuzz/corpus/image/"
 
 /* Seconds one command may take: the slowest case (segment with the bundled model on a 2-core

@@ -344,8 +344,7 @@ START_TEST(estimate_api) {
     gpuseg_ctx *ctx = tu_ctx();
     gpuseg_net *net = NULL;
     gpuseg_image *img = NULL, *blank = NULL;
-    ck_assert_int_eq(gpuseg_net_load(ctx, GPUSEG_SOURCE_DIR "/models/nuclei_gpuseg_v0", &net),
-                     GPUSEG_OK);
+    ck_assert_int_eq(gpuseg_net_load(ctx, GPUSEG_BUNDLED_MODEL, &net), GPUSEG_OK);
     gpuseg_model_info mi;
     gpuseg_net_get_info(net, &mi);
     ck_assert_int_eq(gpuseg_image_read(EXAMPLE, &img), GPUSEG_OK);
@@ -368,18 +367,28 @@ START_TEST(estimate_api) {
     ck_assert_int_eq(r.diameter_estimated, 1);
     ck_assert(fabs(r.diameter_first_pass - mi.diam_labels) < 1e-5);
     ck_assert(r.diameter == r.diameter_estimate);
-    ck_assert_msg(r.diameter > 7.5 && r.diameter < 11.5, "estimate %g", r.diameter);
+    /* true 9.03; measured 9.77 with v0, 11.45 with v1 (the first pass's masks run large) */
+    ck_assert_msg(r.diameter > 7.5 && r.diameter < 13.5, "estimate %g", r.diameter);
     double est = r.diameter;
     gpuseg_segment_result_free(&r);
-    /* Starting at the estimate: its masks measure within 10% of it (measured 9.47 vs 9.77), so
-     * the first pass is kept. */
-    p.diameter = est;
-    ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &r), GPUSEG_OK);
-    ck_assert_uint_eq(r.passes, 1);
-    ck_assert_int_eq(r.diameter_estimated, 1);
-    ck_assert(r.diameter == est && r.diameter_first_pass == est);
-    ck_assert(fabs(r.diameter_estimate - est) <= 0.1 * est);
-    gpuseg_segment_result_free(&r);
+    /* Starting from the estimate and following it: every call obeys the 10% rule (kept when
+     * the first pass's masks measure within 10% of its diameter, a second pass otherwise), and
+     * the keep path is reached within a few steps (measured with v1: 11.45 -> kept at the
+     * second step; v0 kept at once at 9.77). */
+    int kept = 0;
+    for (int step = 0; step < 5 && !kept; step++) {
+        p.diameter = est;
+        ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &r), GPUSEG_OK);
+        ck_assert_int_eq(r.diameter_estimated, 1);
+        ck_assert(r.diameter_first_pass == est);
+        const bool near = fabs(r.diameter_estimate - est) <= 0.1 * est;
+        ck_assert_uint_eq(r.passes, near ? 1 : 2);
+        ck_assert(r.diameter == (near ? est : r.diameter_estimate));
+        kept = near;
+        est = r.diameter_estimate;
+        gpuseg_segment_result_free(&r);
+    }
+    ck_assert_msg(kept, "the estimate did not settle within 5 steps (last %g)", est);
     /* A blank image: no masks, nothing to estimate from; the first pass stands. */
     ck_assert_int_eq(gpuseg_image_create(64, 64, 1, 1, GPUSEG_DTYPE_U8, &blank), GPUSEG_OK);
     p.diameter = 0;
@@ -445,22 +454,24 @@ START_TEST(dev_diameter_estimation) {
     }
     qsort(err, 8, sizeof *err, cmp_double);
     double median = (err[3] + err[4]) / 2;
-    /* Bounds for the bundled model v0 (measured: median 8.2%, 6 of 8 within 15%; the misses
-     * are the bright-field image 1a115525, +49%, where v0 finds few of the nuclei and those
-     * large, and 58cc121d at -15.5%). The issue's target is every image within 15%; these
-     * bounds hold what v0 reaches with a little room for device rounding, and a better model
-     * only tightens them: median error <= 10%, at least 6 of 8 within 15%, none beyond 60%. */
+    /* Bounds for the bundled model (measured, v1: median 8.4%, 6 of 8 within 15%, worst
+     * 26.9%; the misses are the bright-field image 1a115525, +26.8%, and the dimmest
+     * fluorescence image ee927e82, +26.9%, whose first-pass masks at 2.6x the true scale run
+     * large; v0 measured median 8.2%, 6 of 8, worst 49%). The issue's target is every image
+     * within 15%; these bounds hold what the bundled model reaches with room for device
+     * rounding: median error <= 10%, at least 6 of 8 within 15%, none beyond 40%. */
     ck_assert_msg(median <= 0.10, "median relative error %.3f", median);
     ck_assert_msg(within15 >= 6, "%d of 8 within 15%%", within15);
-    ck_assert_msg(err[7] <= 0.60, "worst relative error %.3f", err[7]);
-    /* And the masks are good: pooled AP@0.5 over the 8 images (measured 0.688; Cellpose's eval
-     * of v0 at the model diameter gives 0.675). */
+    ck_assert_msg(err[7] <= 0.40, "worst relative error %.3f", err[7]);
+    /* And the masks are as good as measured: pooled AP@0.5 over the 8 images (v1: 0.767 with
+     * the estimate; Cellpose's eval of the same file at the model diameter gives 0.740, at
+     * the true diameters 0.787; tools/eval_dev.py). 0.75 leaves room for device rounding. */
     r = tu_cli("eval '%s' '%s'", DEV_LABELS, dir);
     ck_assert_msg(r->status == 0, "%s", r->err);
     const char *pool = strstr(r->out, "pooled over 8 images: AP@0.5 ");
     ck_assert_ptr_nonnull(pool);
     double ap = strtod(pool + strlen("pooled over 8 images: AP@0.5 "), NULL);
-    ck_assert_msg(ap >= 0.66, "pooled AP@0.5 %.4f", ap);
+    ck_assert_msg(ap >= 0.75, "pooled AP@0.5 %.4f", ap);
     free(r);
     tu_rmtree(dir);
 }
