@@ -33,6 +33,16 @@ gpuseg_status gpuseg__stb_read(const char *path, const char *format, gpuseg_imag
 gpuseg_status gpuseg__tiff_read(const char *path, gpuseg_image_info *info, gpuseg_image **out);
 gpuseg_status gpuseg__npy_read_image(const char *path, gpuseg_image_info *info, gpuseg_image **out);
 
+/* Growable memory sink for stb_image_write's *_to_func writers (the PNG writers encode into
+ * memory, then write the file atomically). Start zeroed; free(buf) after; failed = out of
+ * memory. */
+typedef struct gpuseg__membuf {
+    unsigned char *buf;
+    size_t len, cap;
+    bool failed;
+} gpuseg__membuf;
+void gpuseg__membuf_put(void *ctx, void *data, int size);
+
 /* Label writers behind gpuseg_labels_write: labels are U16 or U32, one channel. */
 gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *labels,
                                         unsigned flags);

@@ -14,14 +14,8 @@
 
 /* ---- 16-bit greyscale PNG ---- */
 
-typedef struct {
-    unsigned char *buf;
-    size_t len, cap;
-    bool failed;
-} membuf;
-
-static void membuf_put(void *ctx, void *data, int size) {
-    membuf *m = ctx;
+void gpuseg__membuf_put(void *ctx, void *data, int size) {
+    gpuseg__membuf *m = ctx;
     if (m->failed || size <= 0)
         return;
     if (m->len + (size_t)size > m->cap) {
@@ -79,9 +73,9 @@ gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab, uns
             be[2 * i + 1] = (unsigned char)s[i];
         }
     }
-    membuf m = {0};
-    int ok = stbi_write_png_to_func(membuf_put, &m, (int)lab->width, (int)lab->height, 2, be,
-                                    (int)lab->width * 2);
+    gpuseg__membuf m = {0};
+    int ok = stbi_write_png_to_func(gpuseg__membuf_put, &m, (int)lab->width, (int)lab->height, 2,
+                                    be, (int)lab->width * 2);
     free(be);
     /* Signature (8), IHDR length (4) and type (4), then width, height, depth at 24, colour at
      * 25; the CRC covers type + 13 data bytes (offsets 12..28) and sits at 29. */

@@ -305,33 +305,6 @@ fail:
     return st;
 }
 
-/* Growable memory target for stb's PNG encoder. */
-typedef struct {
-    unsigned char *buf;
-    size_t len, cap;
-    int failed;
-} png_mem;
-
-static void png_mem_put(void *ctx, void *data, int size) {
-    png_mem *m = ctx;
-    if (m->failed || size <= 0)
-        return;
-    if (m->len + (size_t)size > m->cap) {
-        size_t cap = m->cap ? m->cap : 65536;
-        while (cap < m->len + (size_t)size)
-            cap *= 2;
-        unsigned char *nb = realloc(m->buf, cap);
-        if (!nb) {
-            m->failed = 1;
-            return;
-        }
-        m->buf = nb;
-        m->cap = cap;
-    }
-    memcpy(m->buf + m->len, data, (size_t)size);
-    m->len += (size_t)size;
-}
-
 gpuseg_status gpuseg_image_write_png(const char *path, const gpuseg_image *img) {
     gpuseg__clear_error(NULL);
     if (!path || !img || !img->data)
@@ -345,9 +318,9 @@ gpuseg_status gpuseg_image_write_png(const char *path, const gpuseg_image *img) 
     if ((size_t)img->width * img->height * img->channels > (size_t)INT_MAX / 2)
         return gpuseg__fail(NULL, GPUSEG_TOO_LARGE, "%s: %u x %u is too large for a PNG here", path,
                             img->width, img->height);
-    png_mem m = {0};
+    gpuseg__membuf m = {0};
     int ok =
-        stbi_write_png_to_func(png_mem_put, &m, (int)img->width, (int)img->height,
+        stbi_write_png_to_func(gpuseg__membuf_put, &m, (int)img->width, (int)img->height,
                                (int)img->channels, img->data, (int)(img->width * img->channels));
     if (!ok || m.failed) {
         free(m.buf);
