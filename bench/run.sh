@@ -38,7 +38,7 @@ done
 mkdir -p "$build"
 log=$build/bench-build.log
 if ! { cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGPUSEG_WERROR=OFF &&
-  cmake --build "$build" -j"$(nproc)" --target gpuseg bench_startup bench_conv bench_masks \
+  cmake --build "$build" -j"$(nproc)" --target gpuseg_cli bench_startup bench_conv bench_masks \
     bench_net bench_segment; } >"$log" 2>&1; then
   tail -30 "$log" >&2
   echo "bench/run.sh: the Release build failed (full log: $log)" >&2

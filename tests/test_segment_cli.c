@@ -360,21 +360,21 @@ START_TEST(estimate_api) {
     ck_assert(fabs(r.diameter - mi.diam_labels) < 1e-5);
     gpuseg_segment_result_free(&r);
     /* On: the example's nuclei (true median diameter 9.0 px) are far from diam_labels (23.1),
-     * so a second pass runs at the first pass's estimate. */
+     * so further passes run at the estimates until one measures within 10% of its own
+     * diameter (v1: 23.11 -> 11.45 -> 9.34, whose masks measure 9.20: three passes). */
     p.estimate_diameter = 1;
     ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &r), GPUSEG_OK);
-    ck_assert_uint_eq(r.passes, 2);
+    ck_assert(r.passes >= 2 && r.passes <= 3);
     ck_assert_int_eq(r.diameter_estimated, 1);
     ck_assert(fabs(r.diameter_first_pass - mi.diam_labels) < 1e-5);
-    ck_assert(r.diameter == r.diameter_estimate);
-    /* true 9.03; measured 9.77 with v0, 11.45 with v1 (the first pass's masks run large) */
-    ck_assert_msg(r.diameter > 7.5 && r.diameter < 13.5, "estimate %g", r.diameter);
-    double est = r.diameter;
+    ck_assert(r.passes == 3 || fabs(r.diameter_estimate - r.diameter) <= 0.1 * r.diameter);
+    /* true 9.03; v1 settles at 9.34 (10.4% from 9.03 would already fail the 15%) */
+    ck_assert_msg(r.diameter > 7.7 && r.diameter < 10.4, "diameter used %g", r.diameter);
+    double est = r.diameter_estimate;
     gpuseg_segment_result_free(&r);
     /* Starting from the estimate and following it: every call obeys the 10% rule (kept when
      * the first pass's masks measure within 10% of its diameter, a second pass otherwise), and
-     * the keep path is reached within a few steps (measured with v1: 11.45 -> kept at the
-     * second step; v0 kept at once at 9.77). */
+     * the keep path is reached within a few steps (v1 keeps at once from its own estimate). */
     int kept = 0;
     for (int step = 0; step < 5 && !kept; step++) {
         p.diameter = est;
@@ -382,8 +382,8 @@ START_TEST(estimate_api) {
         ck_assert_int_eq(r.diameter_estimated, 1);
         ck_assert(r.diameter_first_pass == est);
         const bool near = fabs(r.diameter_estimate - est) <= 0.1 * est;
-        ck_assert_uint_eq(r.passes, near ? 1 : 2);
-        ck_assert(r.diameter == (near ? est : r.diameter_estimate));
+        ck_assert(near ? r.passes == 1 : r.passes >= 2);
+        ck_assert(near ? r.diameter == est : r.diameter != est);
         kept = near;
         est = r.diameter_estimate;
         gpuseg_segment_result_free(&r);
@@ -454,14 +454,13 @@ START_TEST(dev_diameter_estimation) {
     }
     qsort(err, 8, sizeof *err, cmp_double);
     double median = (err[3] + err[4]) / 2;
-    /* Bounds for the bundled model (measured, v1: median 8.4%, 6 of 8 within 15%, worst
-     * 26.9%; the misses are the bright-field image 1a115525, +26.8%, and the dimmest
-     * fluorescence image ee927e82, +26.9%, whose first-pass masks at 2.6x the true scale run
-     * large; v0 measured median 8.2%, 6 of 8, worst 49%). The issue's target is every image
-     * within 15%; these bounds hold what the bundled model reaches with room for device
-     * rounding: median error <= 10%, at least 6 of 8 within 15%, none beyond 40%. */
+    /* Bounds for the bundled model (measured, v1: median 5.8%, 7 of 8 within 15%, worst
+     * 26.8%: the bright-field image 1a115525, the model's weakest class; with a single
+     * refinement ee927e82 was also out, +26.9%). The issue's target is every image within
+     * 15%; these bounds hold what the bundled model reaches with room for device rounding:
+     * median error <= 10%, at least 7 of 8 within 15%, none beyond 40%. */
     ck_assert_msg(median <= 0.10, "median relative error %.3f", median);
-    ck_assert_msg(within15 >= 6, "%d of 8 within 15%%", within15);
+    ck_assert_msg(within15 >= 7, "%d of 8 within 15%%", within15);
     ck_assert_msg(err[7] <= 0.40, "worst relative error %.3f", err[7]);
     /* And the masks are as good as measured: pooled AP@0.5 over the 8 images (v1: 0.767 with
      * the estimate; Cellpose's eval of the same file at the model diameter gives 0.740, at

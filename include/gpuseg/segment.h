@@ -55,10 +55,11 @@ typedef struct gpuseg_segment_params {
     int want_style;           /* 1: result->style receives the style vector */
     /* 0 (default, Cellpose eval parity): one pass at `diameter`. 1: estimate the object size
      * from a first pass at `diameter` (or diam_labels when 0) as the median equivalent
-     * diameter of its masks (gpuseg_labels_diameter), then segment again at that diameter
-     * unless the first pass found no masks or the estimate is within 10% of the first pass's
-     * diameter (then the first pass is kept). One refinement, as Cellpose's SizeModel does
-     * after its style regression; result->diameter_estimated says which. */
+     * diameter of its masks (gpuseg_labels_diameter), then segment again at that estimate,
+     * and so on, until a pass's masks measure within 10% of the diameter it ran at (that pass
+     * is kept), it finds no masks, or 3 passes have run. Cellpose's SizeModel refines its
+     * style-regression guess once the same way; here the first guess is the model's training
+     * diameter, which can be 2-3x off. result->diameter_estimated says which. */
     int estimate_diameter;
 } gpuseg_segment_params;
 
@@ -79,16 +80,15 @@ typedef struct gpuseg_segment_result {
     uint32_t n_tiles;
     unsigned batch_size;               /* tiles per forward pass actually used */
     double seconds_net, seconds_masks; /* wall time of the network part and of flows -> masks
-                                        * (both passes summed with estimate_diameter) */
-    /* With estimate_diameter: 1 when the first pass's estimate was accepted as the object size
-     * (a second pass ran at it, or it agreed with the first pass within 10% and the first pass
-     * was kept: `diameter` is always the one the labels were made at); 0 when estimation was
-     * off or the first pass found no masks. */
+                                        * (all passes summed with estimate_diameter) */
+    /* With estimate_diameter: 1 when the masks gave an estimate (`diameter` is always the one
+     * the labels were made at: the last pass's); 0 when estimation was off or the first pass
+     * found no masks. */
     int diameter_estimated;
     double diameter_first_pass; /* with estimate_diameter: the first pass's diameter, else 0 */
     double diameter_estimate;   /* with estimate_diameter: median equivalent diameter of the
-                                 * first pass's masks (0 when none), else 0 */
-    unsigned passes;            /* network passes run: 1 or 2 */
+                                 * last pass's masks (0 when none), else 0 */
+    unsigned passes;            /* network passes run: 1 to 3 */
 } gpuseg_segment_result;
 
 /* Segments one 2-D image (page params->page) as CellposeModel.eval(resample=True) does.

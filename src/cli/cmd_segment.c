@@ -489,8 +489,9 @@ int gpuseg_cmd_segment(int argc, char **argv) {
                    "Model: --model FILE (any Cellpose 3 model file) or NAME (looked up in %s, "
                    "then %s); without it, $GPUSEG_MODEL, else the bundled model %s (%s).\n"
                    "Diameter: 0 (default) estimates it: a first pass at the model's diameter, "
-                   "then, when the median equivalent diameter of its masks differs by more "
-                   "than 10%%, a second pass at that diameter. D: objects are D pixels across. "
+                   "then, while the median equivalent diameter of a pass's masks differs from "
+                   "its own by more than 10%%, another pass at that diameter (3 at most). D: "
+                   "objects are D pixels across. "
                    "model: the model's own diam_labels, one pass (Cellpose's diameter=None).\n"
                    "Writes STEM_segmentation.FORMAT (+ .json for bin: masks, diameter used, "
                    "whether estimated, first-pass diameter, parameters) beside the image, in "
@@ -631,8 +632,9 @@ int gpuseg_cmd_segment(int argc, char **argv) {
             rc = cli_fail(st); /* the message names the image or the file */
         } else if (!quiet) {
             char how[128];
-            if (r.diameter_estimated && r.passes == 2)
-                snprintf(how, sizeof how, "estimated; first pass at %.2f", r.diameter_first_pass);
+            if (r.diameter_estimated && r.passes >= 2)
+                snprintf(how, sizeof how, "estimated in %u passes; first at %.2f", r.passes,
+                         r.diameter_first_pass);
             else if (r.diameter_estimated)
                 snprintf(how, sizeof how, "estimated %.2f: within 10%%, first pass kept",
                          r.diameter_estimate);
