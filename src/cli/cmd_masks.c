@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <strings.h>
 
 #include "cli/cli.h"
@@ -95,6 +96,18 @@ int gpuseg_cmd_masks(int argc, char **argv) {
     if (!known_extension(out)) {
         cli_error("%s: unknown label file extension (use .tif, .tiff, .png, .npy or .bin)", out);
         return CLI_FAIL;
+    }
+    /* Checked before the device work, so a typo in the folder costs nothing; the writer still
+     * reports any later failure by name. */
+    const char *slash = strrchr(out, '/');
+    if (slash) {
+        char dir[4096];
+        struct stat sb;
+        snprintf(dir, sizeof dir, "%.*s", slash == out ? 1 : (int)(slash - out), out);
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            cli_error("%s: cannot write: no such file or directory '%s'", out, dir);
+            return CLI_FAIL;
+        }
     }
 
     gpuseg_npy *arr = NULL;
