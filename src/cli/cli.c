@@ -177,3 +177,40 @@ int cli_limits_option(int c, const char *arg) {
     setenv(env, buf, 1);
     return 1;
 }
+
+bool cli_json_members(const char *s, const char **b, size_t *n) {
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+        s++;
+    size_t len = strlen(s);
+    while (len && strchr(" \t\n\r", s[len - 1]))
+        len--;
+    if (len < 2 || len > 65536 || s[0] != '{' || s[len - 1] != '}')
+        return false;
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if ((c == '}' || c == ']') && (--depth < 0 || (depth == 0 && i != len - 1))) {
+            return false;
+        }
+    }
+    if (in_str || depth != 0)
+        return false;
+    const char *p = s + 1, *e = s + len - 1;
+    while (p < e && strchr(" \t\n\r", *p))
+        p++;
+    while (e > p && strchr(" \t\n\r", e[-1]))
+        e--;
+    *b = p;
+    *n = (size_t)(e - p);
+    return true;
+}

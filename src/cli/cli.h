@@ -82,4 +82,9 @@ enum {
  * these options, -1 on a bad value (message printed). */
 int cli_limits_option(int c, const char *arg);
 
+/* The members of a JSON object "{...}" (without the braces and surrounding blanks) in *b, *n;
+ * false when s is not one object of at most 64 KiB with balanced braces, brackets and strings
+ * (the --meta of `save` and the sidecar extras of the saver processes). */
+bool cli_json_members(const char *s, const char **b, size_t *n);
+
 #endif

@@ -37,46 +37,6 @@ static void fmt_double(double v, char *buf, size_t len) {
     }
 }
 
-/* The members of a JSON object "{...}" (without braces and surrounding blanks) in *b, *n; false
- * when s is not one object with balanced braces, brackets and strings. The members are copied
- * into the sidecar as they are: they must not repeat n_masks, diameter or source. */
-static bool meta_members(const char *s, const char **b, size_t *n) {
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
-        s++;
-    size_t len = strlen(s);
-    while (len && strchr(" \t\n\r", s[len - 1]))
-        len--;
-    if (len < 2 || len > 65536 || s[0] != '{' || s[len - 1] != '}')
-        return false;
-    int depth = 0;
-    bool in_str = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = false;
-        } else if (c == '"') {
-            in_str = true;
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if ((c == '}' || c == ']') && (--depth < 0 || (depth == 0 && i != len - 1))) {
-            return false;
-        }
-    }
-    if (in_str || depth != 0)
-        return false;
-    const char *p = s + 1, *e = s + len - 1;
-    while (p < e && strchr(" \t\n\r", *p))
-        p++;
-    while (e > p && strchr(" \t\n\r", e[-1]))
-        e--;
-    *b = p;
-    *n = (size_t)(e - p);
-    return true;
-}
-
 int gpuseg_cmd_save(int argc, char **argv) {
     static const struct option opts[] = {
         {"shm", required_argument, NULL, 's'},  {"output", required_argument, NULL, 'o'},
@@ -105,7 +65,7 @@ int gpuseg_cmd_save(int argc, char **argv) {
                 return CLI_USAGE;
             break;
         case 'm':
-            if (!meta_members(optarg, &meta, &meta_len)) {
+            if (!cli_json_members(optarg, &meta, &meta_len)) {
                 cli_error("--meta: '%s' is not one JSON object {...}", optarg);
                 return CLI_USAGE;
             }

@@ -135,47 +135,6 @@ static bool json_str(char *buf, size_t cap, size_t *len, const char *s) {
     return true;
 }
 
-/* The members of a JSON object "{...}" without the braces and surrounding blanks; false when
- * s does not look like one object (braces, brackets and strings balanced, nothing after it). */
-static bool json_members(const char *s, const char **b, size_t *n) {
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
-        s++;
-    size_t len = strlen(s);
-    while (len &&
-           (s[len - 1] == ' ' || s[len - 1] == '\t' || s[len - 1] == '\n' || s[len - 1] == '\r'))
-        len--;
-    if (len < 2 || s[0] != '{' || s[len - 1] != '}')
-        return false;
-    int depth = 0;
-    bool in_str = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = false;
-        } else if (c == '"') {
-            in_str = true;
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (--depth < 0 || (depth == 0 && i != len - 1))
-                return false;
-        }
-    }
-    if (in_str || depth != 0)
-        return false;
-    const char *p = s + 1, *e = s + len - 1;
-    while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-        p++;
-    while (e > p && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
-        e--;
-    *b = p;
-    *n = (size_t)(e - p);
-    return true;
-}
-
 static bool valid_prefix(const char *p) {
     size_t n = strlen(p);
     if (n < 8 || strncmp(p, "/gpuseg-", 8) != 0 || n + 16 >= GPUSEG_SHM_NAME_MAX)
@@ -488,7 +447,7 @@ static gpuseg_status print_line(segment_output *o, const gpuseg_shm_info *info, 
     json_str(line, cap, &len, image); /* fits: cap counts 6 bytes per character */
     const char *mb;
     size_t mn;
-    if (json_extra && json_members(json_extra, &mb, &mn) && mn) {
+    if (json_extra && cli_json_members(json_extra, &mb, &mn) && mn) {
         line[len++] = ',';
         memcpy(line + len, mb, mn);
         len += mn;
@@ -512,7 +471,7 @@ gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const ch
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "segment_output_submit: bad arguments");
     const char *mb;
     size_t mn;
-    if (json_extra && (strlen(json_extra) > 65536 || !json_members(json_extra, &mb, &mn)))
+    if (json_extra && !cli_json_members(json_extra, &mb, &mn))
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
                             "%s: the metadata is not one JSON object of at most 64 KiB",
                             image_path);
