@@ -170,12 +170,17 @@ __kernel void prep_radix_select(__global uint *st, __global const uint *hist, co
     }
 }
 
-/* numpy's _lerp in float32: a + (b-a)*t, or b - (b-a)*(1-t) when t >= 0.5. */
+/* numpy's _lerp in float32: a + (b-a)*t, or b - (b-a)*(1-t) when t >= 0.5, each operation
+ * rounded. The product goes through a volatile so that no compiler can fuse it with the sum
+ * into one fma. On NVIDIA's OpenCL (H200, driver 580) test_prep saw normalised values 2^-23 off
+ * numpy's, the size of one rounding of p_lo, despite FP_CONTRACT OFF above; a fused lerp is
+ * the likely cause (this change is not yet checked there). One work-item runs this. */
 inline float np_lerp(float a, float b, float t) {
     const float diff = b - a;
+    volatile float prod = diff * (t >= 0.5f ? 1.0f - t : t);
     if (t >= 0.5f)
-        return b - diff * (1.0f - t);
-    return a + diff * t;
+        return b - prod;
+    return a + prod;
 }
 
 /* Percentiles from the selected order statistics, and the channel's mode (normalize99 and

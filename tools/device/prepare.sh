@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# tools/device/prepare.sh: makes .device/ (ignored by git), everything a lent GPU machine needs
+# that it cannot fetch: a Release build of gpuseg (tests and bench programs included) configured
+# at /work/main/build-gpu, the shared libraries it links beyond glibc (Debian bookworm builds,
+# glibc 2.36, which run on the machine's newer glibc), the part of ../shared/data the tests and
+# bench read, Cellpose's wheels for the machine's python 3.12, and the dsb2018 training pack.
+# Build, libraries, data subset and wheels travel as one .device/carry/bundle.tar.xz (binaries
+# compress 6x; the device tool carries 64 MiB at most, the repository itself included), the
+# training pack beside it. Then: the device tool's `run` with carry [".device/carry"], command
+# `bash tools/device/session.sh PHASE SECONDS` (docs/gpu.md).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$here"
+dev=.device
+mkdir -p "$dev"
+grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >>.git/info/exclude
+# build, then a copy without object files
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DGPUSEG_WERROR=OFF >/dev/null
+cmake --build build-gpu -j"$(nproc)" >/dev/null
+rm -rf "$dev/build-gpu"
+cp -r build-gpu "$dev/build-gpu"
+find "$dev/build-gpu" \( -name "*.o" -o -name "*.a" -o -name "*.d" \) -delete
+# libraries
+mkdir -p "$dev/lib"
+ldd build-gpu/gpuseg build-gpu/tests/test_io build-gpu/bench/bench_net |
+  awk '$3 ~ /^\// {print $3}' | sort -u |
+  grep -vE '/(libc|libm|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' | xargs -I{} cp -L {} "$dev/lib/"
+# data the tests and bench read
+S=../shared/data
+D=$dev/shared/data
+mkdir -p "$D/dsb2018" "$D/stardist-sample" "$D/usiigaci-phase/dev/images"
+cp -r "$S/dsb2018/dev" "$D/dsb2018/"
+cp -r "$S/stardist-sample/package_data" "$S/stardist-sample/tests_data" "$D/stardist-sample/"
+cp -r "$S/usiigaci-phase/dev/labels" "$S/usiigaci-phase/dev/manifest.tsv" "$D/usiigaci-phase/dev/"
+cp "$S/usiigaci-phase/dev/images/set5.tif" "$D/usiigaci-phase/dev/images/"
+cp "$S/README.md" "$D/"
+# Cellpose 3.1.1.3 and what it needs beyond the machine's own packages
+[[ -x .venv/bin/python ]] || bash tools/setup_python.sh
+.venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dev/whl" \
+  cellpose==3.1.1.3 fastremap fill_voids natsort roifile
+# the training pack (train + dev, exact training inputs)
+[[ -s $dev/data/dsb2018.npz ]] || .venv/bin/python tools/train/pack_dsb.py
+mkdir -p "$dev/carry"
+tar cf - -C "$dev" build-gpu lib shared whl | xz -T0 -6 >"$dev/carry/bundle.tar.xz.tmp"
+mv "$dev/carry/bundle.tar.xz.tmp" "$dev/carry/bundle.tar.xz"
+ln -f "$dev/data/dsb2018.npz" "$dev/carry/dsb2018.npz"
+du -sh "$dev"/carry/* "$dev"/carry
+echo "tracked files: $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes (+ carry: 64 MiB in all)"
