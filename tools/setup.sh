@@ -16,6 +16,7 @@ packages=(
   libtiff-dev                           # TIFF reading and writing
   check                                 # unit-test framework
   clang-format                          # formatting check in tools/test.sh
+  clang-15                              # second compiler for the -Werror build (PoCL brings it anyway)
   python3-numpy                         # runs the Python interop example in the tests (never needed at run time)
   valgrind                              # memcheck of the host-side tests (tools/valgrind.sh)
 )

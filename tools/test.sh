@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tools/test.sh: the test command (README and .ci/run call it). Sets up (tools/setup.sh), checks
-# formatting, builds with warnings as errors, runs the whole Check suite under ctest with the
+# formatting, builds with warnings as errors (gcc, and clang compile-only), runs the whole Check suite under ctest with the
 # device tests required to run (on PoCL where there is no GPU), builds the example against the
 # *installed* library both ways (CMake package and pkg-config), and runs the host-side tests
 # again under AddressSanitizer + UndefinedBehaviorSanitizer.
@@ -19,6 +19,12 @@ bash tools/format.sh --check
 echo "== build (warnings are errors)"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGPUSEG_WERROR=ON >/dev/null
 cmake --build "$build" -j"$jobs"
+
+echo "== build with clang too (warnings are errors; compile only)"
+# clang-15 comes with PoCL (libpocl2 depends on it); its warnings differ from gcc's.
+cmake -S . -B "$build-clang" -DCMAKE_C_COMPILER=clang-15 -DCMAKE_BUILD_TYPE=Debug \
+  -DGPUSEG_WERROR=ON >/dev/null
+cmake --build "$build-clang" -j"$jobs" >/dev/null
 
 echo "== install + examples against the installed library"
 prefix=$(mktemp -d /tmp/gpuseg-install-XXXXXX)

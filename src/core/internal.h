@@ -63,7 +63,8 @@ struct gpuseg_ctx {
  * `return gpuseg__fail(ctx, GPUSEG_FORMAT, "%s: ...", path);`. */
 gpuseg_status gpuseg__fail(gpuseg_ctx *ctx, gpuseg_status status, const char *fmt, ...)
     GPUSEG__PRINTF(3, 4);
-gpuseg_status gpuseg__failv(gpuseg_ctx *ctx, gpuseg_status status, const char *fmt, va_list ap);
+gpuseg_status gpuseg__failv(gpuseg_ctx *ctx, gpuseg_status status, const char *fmt, va_list ap)
+    GPUSEG__PRINTF(3, 0);
 
 /* Records an OpenCL failure "what: CL_NAME (code)"; CL_MEM_OBJECT_ALLOCATION_FAILURE and
  * CL_OUT_OF_RESOURCES map to GPUSEG_DEVICE_MEMORY, everything else to GPUSEG_OPENCL. */
