@@ -13,7 +13,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")
-BUNDLED_MODEL = os.path.join(ROOT, "models", "nuclei_gpuseg_v1")
+BUNDLED_MODEL = os.path.join(ROOT, "models", "nuclei_gpuseg_v2")
 # a grey dsb2018 dev image (256x320 fluorescence nuclei), the one bench_net has always used
 DSB_IMAGE = os.path.join(DATA, "dsb2018", "dev", "images",
                          "1a11552569160f0b1ea10bedbd628ce6c14f29edec5092034c2309c556df833e.png")
@@ -50,7 +50,7 @@ def save_full_width_model(path, seed=0):
 
 
 def bundled_cellpose_model(path=BUNDLED_MODEL):
-    """CellposeModel (CPU) running a narrow model file such as models/nuclei_gpuseg_v1: the net
+    """CellposeModel (CPU) running a narrow model file such as models/nuclei_gpuseg_v2: the net
     is swapped for one with the file's widths whose style output is zero-padded to 256 values
     (Cellpose 3.1.1.3's run_net allocates (n, 256) styles); nothing else changes."""
     import torch

@@ -15,7 +15,7 @@ both see about the same load on a shared machine). Three parts, each printing on
           the cellpose command's first run is timed).
   memory  peak RSS (GNU time's %M; common.run_peak) of `gpuseg segment` against Cellpose's
           CellposeModel.eval in a fresh python process (this script with --cellpose-eval) on a
-          4096^2 tiled image with the bundled model (models/nuclei_gpuseg_v1, diameter 0:
+          4096^2 tiled image with the bundled model (models/nuclei_gpuseg_v2, diameter 0:
           diam_labels scaling on both sides). On PoCL the device buffers are host memory, so
           gpuseg's RSS counts them. Wall times of both runs (start-up included) are reported too.
   permp   gpuseg_segment in one process (bench_segment: start-up excluded, one warm-up per
@@ -195,7 +195,7 @@ def part_memory(a):
         sys.exit(f"cellpose eval failed: {err.strip()[-500:]}")
     ours, theirs = read_labels(g_out), read_labels(c_out)
     return {"part": "memory", "side": side, "megapixels": side * side / 1e6,
-            "model": "models/nuclei_gpuseg_v1 (bundled), diameter = diam_labels",
+            "model": "models/nuclei_gpuseg_v2 (bundled), diameter = diam_labels",
             "check": {"n_masks_gpuseg": int(ours.max()), "n_masks_cellpose": int(theirs.max()),
                       "ap50": ap50(theirs, ours)},
             "gpuseg_peak_rss_mib": round(gp, 1), "cellpose_peak_rss_mib": round(cp, 1),

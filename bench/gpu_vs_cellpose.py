@@ -21,7 +21,7 @@ time):
            start-up, warm program cache (gpuseg) and warm file caches (both), REPEATS each
 
     python3 bench/gpu_vs_cellpose.py --build BUILD --out DIR [--parts info,net,masks,segment,cli]
-        [--models full=PATH,bundled=models/nuclei_gpuseg_v1] [--repeats 5] [--deadline EPOCH_S]
+        [--models full=PATH,bundled=models/nuclei_gpuseg_v2] [--repeats 5] [--deadline EPOCH_S]
 """
 import argparse
 import json

@@ -2,7 +2,7 @@
 """CPnet forward: gpuseg (bench_net, OpenCL) vs Cellpose's CPnet on PyTorch (CPU) on the same
 tiles, in one script. A full-width net (common.full_width_net: nbase [2, 32, 64, 128, 256],
 random weights with random batch-norm statistics, torch.manual_seed(0)) is saved with
-CPnet.save_model (--model bundled: models/nuclei_gpuseg_v1 instead, its narrow widths); a 512^2 and a
+CPnet.save_model (--model bundled: models/nuclei_gpuseg_v2 instead, its narrow widths); a 512^2 and a
 1024^2 crop of a dsb2018 grey image are normalised, padded and cut into 224^2 tiles exactly as
 core.run_net does (transforms.normalize_img, get_pad_yx, make_tiles, overlap 0.1); both sides run
 the tiles in batches of 8. PyTorch gets torch.set_num_threads(THREADS) (default 2) and eval mode

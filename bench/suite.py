@@ -414,7 +414,7 @@ def markdown(rep):
         L.append(f"\n{st['programs']} OpenCL programs. cold: gpuseg's program cache and PoCL's "
                  "kernel cache off; driver_cached: PoCL's cache only; warm: gpuseg's cache.")
     for key, title in (("net_full", "full-width random weights [2,32,64,128,256]"),
-                       ("net_bundled", "bundled model nuclei_gpuseg_v1")):
+                       ("net_bundled", "bundled model nuclei_gpuseg_v2")):
         res = [o for o in P.get(key, {}).get("results", []) if "size" in o]
         if not res:
             continue

@@ -361,20 +361,22 @@ START_TEST(estimate_api) {
     gpuseg_segment_result_free(&r);
     /* On: the example's nuclei (true median diameter 9.0 px) are far from diam_labels (23.1),
      * so further passes run at the estimates until one measures within 10% of its own
-     * diameter (v1: 23.11 -> 11.45 -> 9.34, whose masks measure 9.20: three passes). */
+     * diameter (v2: three passes from 23.11, the last at 9.41, whose masks measure 9.10;
+     * v1 went 23.11 -> 11.45 -> 9.34). */
     p.estimate_diameter = 1;
     ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &r), GPUSEG_OK);
     ck_assert(r.passes >= 2 && r.passes <= 3);
     ck_assert_int_eq(r.diameter_estimated, 1);
     ck_assert(fabs(r.diameter_first_pass - mi.diam_labels) < 1e-5);
     ck_assert(r.passes == 3 || fabs(r.diameter_estimate - r.diameter) <= 0.1 * r.diameter);
-    /* true 9.03; v1 settles at 9.34 (10.4% from 9.03 would already fail the 15%) */
+    /* true 9.03; v2 settles at 9.41, v1 at 9.34 (10.4% from 9.03 would already fail the
+     * issue's 15%) */
     ck_assert_msg(r.diameter > 7.7 && r.diameter < 10.4, "diameter used %g", r.diameter);
     double est = r.diameter_estimate;
     gpuseg_segment_result_free(&r);
     /* Starting from the estimate and following it: every call obeys the 10% rule (kept when
      * the first pass's masks measure within 10% of its diameter, a second pass otherwise), and
-     * the keep path is reached within a few steps (v1 keeps at once from its own estimate). */
+     * the keep path is reached within a few steps (v1 kept at once from its own estimate). */
     int kept = 0;
     for (int step = 0; step < 5 && !kept; step++) {
         p.diameter = est;
@@ -454,23 +456,28 @@ START_TEST(dev_diameter_estimation) {
     }
     qsort(err, 8, sizeof *err, cmp_double);
     double median = (err[3] + err[4]) / 2;
-    /* Bounds for the bundled model (measured, v1: median 5.8%, 7 of 8 within 15%, worst
-     * 26.8%: the bright-field image 1a115525, the model's weakest class; with a single
-     * refinement ee927e82 was also out, +26.9%). The issue's target is every image within
-     * 15%; these bounds hold what the bundled model reaches with room for device rounding:
-     * median error <= 10%, at least 7 of 8 within 15%, none beyond 40%. */
+    /* Bounds for the bundled model (measured, v2: median 8.3%, 7 of 8 within 15%, worst
+     * 24.3%: the bright-field image 1a115525, the model's weakest class; next 420f43d2, the
+     * H&E image, +13.1%, kept at diam_labels. v1: median 5.8%, 7 of 8, worst 26.8%, the same
+     * image). The issue's target is every image within 15%; these bounds hold what the
+     * bundled model reaches with room for device rounding: median error <= 10%, at least 7 of
+     * 8 within 15%, none beyond 40%. */
     ck_assert_msg(median <= 0.10, "median relative error %.3f", median);
     ck_assert_msg(within15 >= 7, "%d of 8 within 15%%", within15);
     ck_assert_msg(err[7] <= 0.40, "worst relative error %.3f", err[7]);
-    /* And the masks are as good as measured: pooled AP@0.5 over the 8 images (v1: 0.767 with
-     * the estimate; Cellpose's eval of the same file at the model diameter gives 0.740, at
-     * the true diameters 0.787; tools/eval_dev.py). 0.75 leaves room for device rounding. */
+    /* And the masks are as good as measured: pooled AP@0.5 over the 8 images (v2: 0.8198 with
+     * the estimate, TP 514 of 605; Cellpose's eval of the same file at the model diameter gives
+     * 0.7997, at the true diameters 0.8280; tools/eval_dev.py, models/nuclei_gpuseg_v2.json).
+     * The floor is 0.80 (v1's was 0.75 for its 0.767): each match lost costs ~0.004 (a TP
+     * becomes an FP and an FN: 513/629 = 0.8156), so 0.80 allows four of the 514 matches to
+     * flip from device rounding (a seed tie, a pixel at a threshold), while v1 (0.767) or v2
+     * without the estimation's gain (0.7997 at its model diameter) fails. */
     r = tu_cli("eval '%s' '%s'", DEV_LABELS, dir);
     ck_assert_msg(r->status == 0, "%s", r->err);
     const char *pool = strstr(r->out, "pooled over 8 images: AP@0.5 ");
     ck_assert_ptr_nonnull(pool);
     double ap = strtod(pool + strlen("pooled over 8 images: AP@0.5 "), NULL);
-    ck_assert_msg(ap >= 0.75, "pooled AP@0.5 %.4f", ap);
+    ck_assert_msg(ap >= 0.80, "pooled AP@0.5 %.4f", ap);
     free(r);
     tu_rmtree(dir);
 }

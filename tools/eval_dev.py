@@ -12,7 +12,7 @@ ground-truth median diameter (utils.diameters), "estimate" = gpuseg's default (d
 estimated from a first pass; reported per image beside the true diameter).
 
 Usage (repository root, Cellpose in .venv, gpuseg built):
-  .venv/bin/python tools/eval_dev.py --model models/nuclei_gpuseg_v1 [--gpuseg build/gpuseg]
+  .venv/bin/python tools/eval_dev.py --model models/nuclei_gpuseg_v2 [--gpuseg build/gpuseg]
       [--modes model,true,estimate] [--json out.json]
 """
 import os

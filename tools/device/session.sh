@@ -60,7 +60,7 @@ elif [[ $phase == bench ]]; then
     [[ -s $m ]] || { [[ -s $m.ckpt ]] && m=$m.ckpt; }
     [[ -s $m ]] && models+="$n=$m,"
   done
-  models+="bundled=models/nuclei_gpuseg_v1"
+  models+="bundled=models/nuclei_gpuseg_v2"
   python3 bench/gpu_vs_cellpose.py --build build-gpu --out "$out" \
     --parts info,segment,net,masks,cli --models "$models" --repeats 3 ${GPUSEG_BENCH_EXTRA:-} \
     --deadline $((t_start + secs - 25)) >/tmp/logs/bench.log 2>&1

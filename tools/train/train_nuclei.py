@@ -11,7 +11,7 @@ Usage (from the repository root, with the Cellpose virtual environment):
   .venv/bin/python tools/train/train_nuclei.py time  --nbase 2,16,32,64,128 --n-img 64
   .venv/bin/python tools/train/train_nuclei.py train --nbase 2,16,32,64,128 --epochs 40 \
       --out models/nuclei_gpuseg_v0
-  .venv/bin/python tools/train/train_nuclei.py eval  --model models/nuclei_gpuseg_v1
+  .venv/bin/python tools/train/train_nuclei.py eval  --model models/nuclei_gpuseg_v2
 On a CUDA machine without the PNG folders (see tools/train/pack_dsb.py, tools/train/train_gpu.sh):
   python3 tools/train/train_nuclei.py train --device cuda --pack .device/data/dsb2018.npz \
       --nbase 2,32,64,128,256 --time-budget 240 --epochs 500 --out $OUT/full.pt
@@ -421,7 +421,7 @@ def main():
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=REPO / "models" / "nuclei_gpuseg_v1")
+    p.add_argument("--out", type=Path, default=REPO / "models" / "nuclei_gpuseg_v2")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--init", type=Path, default=None,
                    help="start from this model file's weights (continue an earlier run)")
