@@ -46,5 +46,5 @@ mkdir -p "$dev/carry"
 tar cf - -C "$dev" build-gpu lib shared whl | xz -T0 -6 >"$dev/carry/bundle.tar.xz.tmp"
 mv "$dev/carry/bundle.tar.xz.tmp" "$dev/carry/bundle.tar.xz"
 ln -f "$dev/data/dsb2018.npz" "$dev/carry/dsb2018.npz"
-du -sh "$dev"/carry/* "$dev"/carry
+du -shc "$dev"/carry/*
 echo "tracked files: $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes (+ carry: 64 MiB in all)"
