@@ -1,7 +1,7 @@
 /* kernels/conv_direct.cl: direct 2-D convolution (kernel 3x3 or 1x1, stride 1) reading the
  * prologue buffer that conv.cl's conv_prologue wrote (zero borders, planes rounded up to the
- * blocking), register-blocked for CPUs under PoCL, with bias and residual in the epilogue. The
- * host builds it with -DCONV_R/-DCONV_COB/-DCONV_XB from its tuning table (src/ops/ops.c). */
+ * blocking), register-blocked, with bias and residual in the epilogue. The host builds it with
+ * -DCONV_R/-DCONV_COB/-DCONV_XB/-DCONV_BLOCK from its tuning table (src/ops/ops.c). */
 
 /* Direct-kernel blocking (compile-time constants, so the accumulators live in registers): each
  * work-item computes CONV_R output rows x CONV_COB output channels x CONV_XB vectors of 8
@@ -15,22 +15,42 @@
 #ifndef CONV_XB
 #define CONV_XB 1
 #endif
+/* 1: one block per work-item (GPUs; global (x blocks, row bands, channel blocks * batch)).
+ * 0: a work-item walks its row band across the width (CPUs; global (channel blocks, row bands,
+ * batch)). */
+#ifndef CONV_BLOCK
+#define CONV_BLOCK 0
+#endif
 
 /* The direct convolution body for kernel size KS (1 or 3), inlined into the two kernels below so
  * that every loop over KS, CONV_R, CONV_COB and CONV_XB unrolls and the accumulators become
  * registers. The input comes from the prologue buffer (hp x wp planes, zero borders, rows and
- * columns rounded up to the blocking), so the inner loop has no bounds checks. One work-item
- * walks a whole row band: it loops over the x blocks itself, because PoCL's per-work-group cost
- * would dominate with one block per work-group. */
+ * columns rounded up to the blocking), so the inner loop has no bounds checks. In the band
+ * layout one work-item walks a whole row band, looping over the x blocks itself, because PoCL's
+ * per-work-group cost would dominate with one block per work-group; in the block layout (GPUs)
+ * it computes one x block. */
 inline void conv_direct_body(const int KS, __global const float *src, __global const float *wt,
                              __global const float *bias, __global const float *res,
                              __global float *out, const int Cin, const int Cout, const int H,
                              const int W, const int hp, const int wp) {
+    const int xstep = 8 * CONV_XB;
+#if CONV_BLOCK
+    const int cob = (Cout + CONV_COB - 1) / CONV_COB;
+    const int co0 = (int)(get_global_id(2) % cob) * CONV_COB;
+    const int n = (int)(get_global_id(2) / cob);
+    const int y0 = get_global_id(1) * CONV_R;
+    const int xbeg = get_global_id(0) * xstep;
+    if (y0 >= H || xbeg >= W)
+        return;
+    const int xend = xbeg + xstep;
+#else
     const int co0 = get_global_id(0) * CONV_COB;
     const int y0 = get_global_id(1) * CONV_R;
     const int n = get_global_id(2);
     if (y0 >= H || co0 >= Cout)
         return;
+    const int xbeg = 0, xend = W;
+#endif
     const int KK = KS * KS;
     __global const float *srcn = src + (size_t)n * Cin * hp * wp;
     /* Channels past Cout read the last real channel's weights (valid memory); their results are
@@ -39,8 +59,7 @@ inline void conv_direct_body(const int KS, __global const float *src, __global c
 #pragma unroll
     for (int j = 0; j < CONV_COB; j++)
         wrow[j] = wt + (size_t)min(co0 + j, Cout - 1) * Cin * KK;
-    const int xstep = 8 * CONV_XB;
-    for (int x0 = 0; x0 < W; x0 += xstep) {
+    for (int x0 = xbeg; x0 < xend; x0 += xstep) {
         float8 acc[CONV_R][CONV_COB][CONV_XB];
 #pragma unroll
         for (int r = 0; r < CONV_R; r++)
@@ -108,9 +127,10 @@ inline void conv_direct_body(const int KS, __global const float *src, __global c
     }
 }
 
-/* Global size (ceil(Cout / CONV_COB), ceil(H / CONV_R), N), local (1, 1, 1): output-channel
- * blocks vary fastest, so that work-groups run back to back on one row band of the input, which
- * then stays in the core's L2 cache. */
+/* Band layout: global size (ceil(Cout / CONV_COB), ceil(H / CONV_R), N), local (1, 1, 1):
+ * output-channel blocks vary fastest, so that work-groups run back to back on one row band of
+ * the input, which then stays in the core's L2 cache. Block layout: global (x blocks, row bands,
+ * channel blocks * N), local up to 64 with x fastest (src/ops/conv_direct.c). */
 __kernel void conv3x3_direct(__global const float *src, __global const float *wt,
                              __global const float *bias, __global const float *res,
                              __global float *out, const int Cin, const int Cout, const int H,

@@ -249,7 +249,8 @@ static const conv_case conv_cases[] = {
 };
 /* clang-format on */
 
-static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts, unsigned xvecs) {
+static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts, unsigned xvecs,
+                          unsigned layout) {
     gpuseg_ctx *ctx = tu_ctx();
     gpuseg__ops_params p;
     gpuseg__ops_params_default(&p);
@@ -257,14 +258,18 @@ static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts,
     p.tile_rows = rows;
     p.tile_couts = couts;
     p.tile_xvecs = xvecs;
+    p.layout = layout;
     gpuseg__ops *ops = NULL;
     ck_assert_int_eq(gpuseg__ops_create(ctx, &p, &ops), GPUSEG_OK);
+    if (layout)
+        ck_assert_uint_eq(ops->tile.layout, layout);
     for (size_t i = 0; i < sizeof conv_cases / sizeof conv_cases[0]; i++) {
         char label[96];
         const conv_case *c = &conv_cases[i];
-        snprintf(label, sizeof label, "%s tile %ux%ux%u case %zu (%ux%ux%ux%u -> %u, k%u)",
-                 gpuseg__conv_impl_name(impl), ops->tile.rows, ops->tile.couts, ops->tile.xvecs, i,
-                 c->batch, c->cin, c->h, c->w, c->cout, c->k);
+        snprintf(label, sizeof label, "%s tile %ux%ux%u %s case %zu (%ux%ux%ux%u -> %u, k%u)",
+                 gpuseg__conv_impl_name(impl), ops->tile.rows, ops->tile.couts, ops->tile.xvecs,
+                 ops->tile.layout == GPUSEG__CONV_BLOCK ? "block" : "band", i, c->batch, c->cin,
+                 c->h, c->w, c->cout, c->k);
         run_conv_case(ctx, ops, c, 1000 + i, label);
         ck_assert_int_eq(gpuseg__conv_choice(ops, &(gpuseg__conv_desc){.ksize = c->k}), impl);
     }
@@ -273,16 +278,20 @@ static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts,
 }
 
 /* The tuned blocking, and one where every dimension is odd or larger than 1 (3 rows, 5 output
- * channels, 2 vectors), so that partial blocks in every direction are exercised. */
+ * channels, 2 vectors), so that partial blocks in every direction are exercised; in both work
+ * layouts whatever the device (BLOCK is the GPU default, BAND the CPU one: CI has only PoCL). */
 START_TEST(conv_direct) {
     unsetenv("GPUSEG_CONV_TILE");
-    run_all_cases(GPUSEG__CONV_DIRECT, 0, 0, 0);
-    run_all_cases(GPUSEG__CONV_DIRECT, 3, 5, 2);
+    unsetenv("GPUSEG_CONV_LAYOUT");
+    run_all_cases(GPUSEG__CONV_DIRECT, 0, 0, 0, 0);
+    run_all_cases(GPUSEG__CONV_DIRECT, 3, 5, 2, GPUSEG__CONV_BAND);
+    run_all_cases(GPUSEG__CONV_DIRECT, 0, 0, 0, GPUSEG__CONV_BLOCK);
+    run_all_cases(GPUSEG__CONV_DIRECT, 3, 5, 2, GPUSEG__CONV_BLOCK);
 }
 END_TEST
 
 START_TEST(conv_clblast) {
-    run_all_cases(GPUSEG__CONV_CLBLAST, 0, 0, 0);
+    run_all_cases(GPUSEG__CONV_CLBLAST, 0, 0, 0, 0);
 }
 END_TEST
 
@@ -358,6 +367,15 @@ START_TEST(conv_auto) {
     ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
     ck_assert(strstr(gpuseg_ctx_last_error(ctx), "GPUSEG_CONV_TILE") != NULL);
     unsetenv("GPUSEG_CONV_TILE");
+    setenv("GPUSEG_CONV_LAYOUT", "block", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
+    ck_assert_uint_eq(ops->tile.layout, GPUSEG__CONV_BLOCK);
+    gpuseg__ops_free(ops);
+    ops = NULL;
+    setenv("GPUSEG_CONV_LAYOUT", "rows", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_ctx_last_error(ctx), "GPUSEG_CONV_LAYOUT='rows'") != NULL);
+    unsetenv("GPUSEG_CONV_LAYOUT");
     gpuseg__ops_params p;
     gpuseg__ops_params_default(&p);
     p.tile_rows = 8;

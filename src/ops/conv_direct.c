@@ -1,7 +1,8 @@
-/* ops/conv_direct.c: host side of the direct convolution kernels (kernels/conv.cl
- * conv3x3_direct / conv1x1_direct), register-blocked for CPUs under PoCL: each work-item keeps
- * rows x output channels x 8-pixel vectors in registers (the ops object's tile, passed to the
- * compiler as -D constants) and walks its row band across the whole width. */
+/* ops/conv_direct.c: host side of the direct convolution kernels (kernels/conv_direct.cl
+ * conv3x3_direct / conv1x1_direct), register-blocked: each work-item keeps rows x output
+ * channels x 8-pixel vectors in registers (the ops object's tile, passed to the compiler as -D
+ * constants) and, in the BAND layout (CPUs), walks its row band across the whole width; in the
+ * BLOCK layout (GPUs) it computes one block and neighbouring work-items take the next ones. */
 #include <stdio.h>
 
 #include "ops/ops_internal.h"
@@ -27,8 +28,9 @@ static gpuseg_status kernels(gpuseg__ops *ops) {
     if (ops->direct3 && ops->direct1)
         return GPUSEG_OK;
     char opts[128];
-    snprintf(opts, sizeof opts, "-DCONV_R=%u -DCONV_COB=%u -DCONV_XB=%u", ops->tile.rows,
-             ops->tile.couts, ops->tile.xvecs);
+    snprintf(opts, sizeof opts, "-DCONV_R=%u -DCONV_COB=%u -DCONV_XB=%u -DCONV_BLOCK=%d",
+             ops->tile.rows, ops->tile.couts, ops->tile.xvecs,
+             ops->tile.layout == GPUSEG__CONV_BLOCK);
     cl_program prog;
     gpuseg_status st = gpuseg__program(ops->ctx, "conv_direct", opts, &prog);
     if (st != GPUSEG_OK)
@@ -56,8 +58,22 @@ gpuseg_status gpuseg__conv_direct(gpuseg__ops *ops, const gpuseg__conv_desc *d,
                                sizeof(cl_int), &H, sizeof(cl_int), &W, sizeof(cl_int), &hp,
                                sizeof(cl_int), &wp)) != GPUSEG_OK)
         return st;
-    const size_t global[3] = {round_up(d->cout, ops->tile.couts) / ops->tile.couts,
-                              round_up(d->height, ops->tile.rows) / ops->tile.rows, d->batch};
+    const size_t cob = round_up(d->cout, ops->tile.couts) / ops->tile.couts,
+                 yb = round_up(d->height, ops->tile.rows) / ops->tile.rows;
+    if (ops->tile.layout == GPUSEG__CONV_BLOCK) {
+        /* (x blocks, row bands, channel blocks * batch); work-groups of up to 64 work-items,
+         * x fastest so that a group's loads are neighbouring; the kernel skips the round-up. */
+        const size_t xb = round_up(d->width, 8 * ops->tile.xvecs) / (8 * ops->tile.xvecs);
+        size_t lx = 1, ly = 1;
+        while (lx < xb && lx < 64)
+            lx *= 2;
+        while (ly < yb && lx * ly < 64)
+            ly *= 2;
+        const size_t global[3] = {xb, yb, cob * d->batch};
+        const size_t local[3] = {lx, ly, 1};
+        return gpuseg__run(ctx, k, 3, global, local);
+    }
+    const size_t global[3] = {cob, yb, d->batch};
     const size_t local[3] = {1, 1, 1};
     return gpuseg__run(ctx, k, 3, global, local);
 }

@@ -21,6 +21,25 @@ static void default_tile(const gpuseg_ctx *ctx, gpuseg__conv_tile *t) {
     (void)ctx;
 }
 
+/* The direct kernel's layout: BLOCK on GPUs (not yet measured on one: the first GPU run found
+ * BAND's one-work-item work-groups 11x slower than PyTorch, docs/gpu.md), BAND elsewhere. */
+static gpuseg_status default_layout(gpuseg_ctx *ctx, unsigned *layout) {
+    const char *env = getenv("GPUSEG_CONV_LAYOUT");
+    if (env && *env) {
+        if (strcmp(env, "band") == 0)
+            *layout = GPUSEG__CONV_BAND;
+        else if (strcmp(env, "block") == 0)
+            *layout = GPUSEG__CONV_BLOCK;
+        else
+            return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                "GPUSEG_CONV_LAYOUT='%s': expected band or block", env);
+        return GPUSEG_OK;
+    }
+    const gpuseg_device_info *dev = gpuseg_ctx_device(ctx);
+    *layout = dev && dev->type == GPUSEG_DEVICE_GPU ? GPUSEG__CONV_BLOCK : GPUSEG__CONV_BAND;
+    return GPUSEG_OK;
+}
+
 void gpuseg__ops_params_default(gpuseg__ops_params *p) {
     memset(p, 0, sizeof *p);
     p->conv = GPUSEG__CONV_AUTO;
@@ -53,7 +72,7 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
                                     "GPUSEG_CONV='%s': expected clblast, direct or auto", env);
         }
     }
-    gpuseg__conv_tile tile = {p.tile_rows, p.tile_couts, p.tile_xvecs};
+    gpuseg__conv_tile tile = {p.tile_rows, p.tile_couts, p.tile_xvecs, p.layout};
     if (!tile.rows && !tile.couts && !tile.xvecs) {
         const char *env = getenv("GPUSEG_CONV_TILE");
         if (env && *env && sscanf(env, "%u,%u,%u", &tile.rows, &tile.couts, &tile.xvecs) != 3)
@@ -62,6 +81,14 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
         if (!env || !*env)
             default_tile(ctx, &tile);
     }
+    if (!tile.layout) {
+        gpuseg_status st = default_layout(ctx, &tile.layout);
+        if (st != GPUSEG_OK)
+            return st;
+    }
+    if (tile.layout != GPUSEG__CONV_BAND && tile.layout != GPUSEG__CONV_BLOCK)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "ops: direct-convolution layout %u",
+                            tile.layout);
     /* rows * couts * xvecs float8 accumulators must stay in registers; more is never faster. */
     if (tile.rows < 1 || tile.rows > 8 || tile.couts < 1 || tile.couts > 16 || tile.xvecs < 1 ||
         tile.xvecs > 4 || tile.rows * tile.couts * tile.xvecs > 32)

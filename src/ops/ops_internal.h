@@ -21,7 +21,17 @@ typedef struct gpuseg__ops_params {
     gpuseg__conv_impl conv; /* default AUTO */
     /* Direct-kernel blocking; 0 = from the tuning table (ops.c), or $GPUSEG_CONV_TILE="R,C,X". */
     unsigned tile_rows, tile_couts, tile_xvecs;
+    /* How the direct kernel's work is spread: 0 = by device type (GPUs: block, others: band) or
+     * $GPUSEG_CONV_LAYOUT=band|block; GPUSEG__CONV_BAND or GPUSEG__CONV_BLOCK. */
+    unsigned layout;
 } gpuseg__ops_params;
+
+/* The direct kernel's work split. BAND: a work-item computes its rows x channels block across
+ * the whole width, work-groups of one (PoCL runs a work-group per core-task, so few and fat is
+ * fast). BLOCK: a work-item computes one 8*xvecs-pixel block, neighbouring work-items take
+ * neighbouring blocks in work-groups of up to 64 (what a GPU needs: with BAND every warp would
+ * run one lane). */
+enum { GPUSEG__CONV_BAND = 1, GPUSEG__CONV_BLOCK = 2 };
 
 void gpuseg__ops_params_default(gpuseg__ops_params *p);
 
@@ -46,6 +56,7 @@ typedef struct gpuseg__conv_choice_entry {
  */
 typedef struct gpuseg__conv_tile {
     unsigned rows, couts, xvecs;
+    unsigned layout; /* GPUSEG__CONV_BAND or GPUSEG__CONV_BLOCK */
 } gpuseg__conv_tile;
 
 struct gpuseg__ops {
