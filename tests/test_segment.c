@@ -453,6 +453,62 @@ START_TEST(cli_segment_concurrent) {
 }
 END_TEST
 
+/* Peak memory (segment.c, run_tiles): after the network, an image whose masks step needs at
+ * least the net's workspace releases it (and the next image plans it again); a small image
+ * keeps it. Either way the results do not change: the same labels and flows after a release and
+ * a re-plan, bit for bit. */
+START_TEST(workspace_release) {
+    setenv("GPUSEG_CONV", "direct", 1);
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert(gpuseg_net_load(ctx, FIX "small_cpnet.pth", &net) == GPUSEG_OK);
+    gpuseg_image *small = load_image("grey_img.png");
+    gpuseg_segment_params p;
+    params_for(0, &p);
+    gpuseg_segment_result a, b, c, d;
+    ck_assert(gpuseg_segment(ctx, net, small, &p, &a) == GPUSEG_OK);
+    p.batch_size = a.batch_size; /* so that the big image's plan is the same size */
+    const size_t ws = gpuseg__net_workspace_bytes(net);
+    ck_assert_uint_gt(net->plan_batch, 0); /* kept */
+    ck_assert_uint_gt(ws, (size_t)small->width * small->height * 28);
+
+    /* the small image tiled k x k, k chosen so that 28 bytes per pixel reach the workspace */
+    uint32_t k = 1;
+    while ((size_t)k * k * small->width * small->height * 28 < ws)
+        k++;
+    gpuseg_image *big = NULL;
+    ck_assert(gpuseg_image_create(small->width * k, small->height * k, small->channels, 1,
+                                  small->dtype, &big) == GPUSEG_OK);
+    const size_t px = gpuseg_dtype_size(small->dtype) * small->channels;
+    for (uint32_t y = 0; y < big->height; y++)
+        for (uint32_t t = 0; t < k; t++)
+            memcpy((char *)big->data + ((size_t)y * big->width + (size_t)t * small->width) * px,
+                   (const char *)small->data + (size_t)(y % small->height) * small->width * px,
+                   small->width * px);
+    ck_assert(gpuseg_segment(ctx, net, big, &p, &b) == GPUSEG_OK);
+    ck_assert_uint_eq(net->plan_batch, 0); /* released */
+    ck_assert_uint_eq(gpuseg__net_workspace_bytes(net), 0);
+    ck_assert(gpuseg_segment(ctx, net, big, &p, &c) == GPUSEG_OK); /* planned again */
+    const size_t nb = (size_t)big->width * big->height;
+    ck_assert_uint_eq(b.n_masks, c.n_masks);
+    ck_assert(memcmp(b.flows, c.flows, 3 * nb * sizeof(float)) == 0);
+    ck_assert(memcmp(b.labels->data, c.labels->data, nb * gpuseg_dtype_size(b.labels->dtype)) == 0);
+    ck_assert(gpuseg_segment(ctx, net, small, &p, &d) == GPUSEG_OK);
+    ck_assert_uint_gt(net->plan_batch, 0);
+    const size_t ns = (size_t)small->width * small->height;
+    ck_assert_uint_eq(a.n_masks, d.n_masks);
+    ck_assert(memcmp(a.flows, d.flows, 3 * ns * sizeof(float)) == 0);
+    gpuseg_segment_result_free(&a);
+    gpuseg_segment_result_free(&b);
+    gpuseg_segment_result_free(&c);
+    gpuseg_segment_result_free(&d);
+    gpuseg_image_free(big);
+    gpuseg_image_free(small);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
 /* Device memory running out (simulated by capping the largest allocation): the batch is halved
  * until it fits, with the same results; when not even one tile fits, a clear error. */
 START_TEST(memory_fallback) {
@@ -508,6 +564,7 @@ int main(void) {
         tcase_add_loop_test(d, matches_cellpose_eval, 0, 8);
         tcase_add_test(d, batching_invariant);
         tcase_add_test(d, memory_fallback);
+        tcase_add_test(d, workspace_release);
         tcase_add_test(d, api_errors);
         tcase_add_test(d, cli_segment);
         tcase_add_test(d, cli_segment_shm);

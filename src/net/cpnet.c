@@ -225,6 +225,16 @@ void gpuseg__net_unplan(gpuseg_net *net) {
     gpuseg__release(&net->out);
     gpuseg__release(&net->style);
     net->plan_batch = net->plan_h = net->plan_w = 0;
+    net->plan_bytes = 0;
+}
+
+size_t gpuseg__net_workspace_bytes(const gpuseg_net *net) {
+    return net->plan_bytes + gpuseg__ops_scratch_bytes(net->ops);
+}
+
+void gpuseg__net_release_workspace(gpuseg_net *net) {
+    gpuseg__net_unplan(net);
+    gpuseg__ops_release_scratch(net->ops);
 }
 
 static gpuseg_status plan_buf(gpuseg_net *net, size_t b, size_t c, size_t hw, const char *what,
@@ -232,7 +242,10 @@ static gpuseg_status plan_buf(gpuseg_net *net, size_t b, size_t c, size_t hw, co
     size_t bytes;
     if (!gpuseg__mul4_size(b, c, hw, sizeof(float), &bytes))
         return gpuseg__fail(net->ctx, GPUSEG_TOO_LARGE, "network %s buffer: size overflows", what);
-    return gpuseg__buffer(net->ctx, CL_MEM_READ_WRITE, bytes, what, m);
+    gpuseg_status st = gpuseg__buffer(net->ctx, CL_MEM_READ_WRITE, bytes, what, m);
+    if (st == GPUSEG_OK)
+        net->plan_bytes += bytes;
+    return st;
 }
 
 gpuseg_status gpuseg__net_plan(gpuseg_net *net, unsigned batch, unsigned h, unsigned w) {

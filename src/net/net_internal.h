@@ -43,6 +43,7 @@ struct gpuseg_net {
     gpuseg__layer head;
     /* The plan: buffers for batches of up to plan_batch tiles of plan_h x plan_w. */
     unsigned plan_batch, plan_h, plan_w;
+    size_t plan_bytes; /* device memory the planned buffers hold */
     cl_mem xd[4];      /* encoder outputs [B][nbase[l+1]][h>>l][w>>l] */
     cl_mem tmp[3];     /* scratch of the largest activation */
     cl_mem feat[4][3]; /* Linear(style) per resup conv_1..3: [B][cout] */
@@ -60,6 +61,11 @@ struct gpuseg_net {
 gpuseg_status gpuseg__net_plan(gpuseg_net *net, unsigned batch, unsigned h, unsigned w);
 /* Releases the planned buffers (weights stay). */
 void gpuseg__net_unplan(gpuseg_net *net);
+/* Device memory of the planned buffers and the convolution scratch: what the net holds between
+ * forward passes beyond its weights. */
+size_t gpuseg__net_workspace_bytes(const gpuseg_net *net);
+/* Releases them (the next forward pass plans them again). */
+void gpuseg__net_release_workspace(gpuseg_net *net);
 
 /* Forward pass of net->in ([batch][nbase0][h][w], batch <= plan_batch, the planned h, w) into
  * net->out ([batch][nout][h][w]) and net->style ([batch][nbase4]); enqueues only. */

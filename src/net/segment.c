@@ -11,6 +11,11 @@
 #include "net/net_internal.h"
 #include "prep/prep_internal.h"
 
+/* Device memory the flows -> masks step adds per pixel at its peak, beside the flows it is given
+ * (counted from its allocations on a 4096^2 image: packed flows 8, scaled flows 8, labels 4, end
+ * points 4, seed histogram 4 bytes). */
+#define GPUSEG__MASKS_BYTES_PER_PIXEL 28
+
 void gpuseg_segment_params_default(gpuseg_segment_params *p) {
     memset(p, 0, sizeof *p);
     p->diameter = 0.0;
@@ -68,8 +73,15 @@ static gpuseg_status plan_batch(gpuseg_ctx *ctx, gpuseg_net *net, unsigned want,
 }
 
 /* The network part: tiles batch by batch through the net into the blend, then the blended maps
- * resized back into full ([3, ly0, lx0], caller's) and the style summed into style_sum. */
-static gpuseg_status run_tiles(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg__prep_out *in,
+ * resized back into full ([3, ly0, lx0], caller's) and the style summed into style_sum.
+ *
+ * Peak memory: once the last tile has been through the net, the resized image and (for large
+ * images) the net's workspace sit idle while the blend, the resize back and the masks step
+ * allocate per pixel, so they are released then and the peak is the larger phase rather than
+ * their sum (4096^2, bundled model, PoCL: peak RSS 1020 -> 804 MiB, docs/segment.md). The
+ * workspace is kept when the masks step needs less than it (GPUSEG__MASKS_BYTES_PER_PIXEL):
+ * planning it again for the next, small, image would cost more time than the memory is worth. */
+static gpuseg_status run_tiles(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg__prep_out *in,
                                unsigned batch, cl_mem full, float *style_sum,
                                unsigned *batch_used) {
     const gpuseg__tile_geom *g = &in->geom;
@@ -101,6 +113,10 @@ static gpuseg_status run_tiles(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg__p
             for (uint32_t c = 0; c < ns; c++)
                 style_sum[c] += style[(size_t)t * ns + c];
     }
+    gpuseg__release(&in->image); /* the kernels enqueued on them keep them alive until done */
+    gpuseg__release(&in->tiles);
+    if ((size_t)g->ly0 * g->lx0 * GPUSEG__MASKS_BYTES_PER_PIXEL >= gpuseg__net_workspace_bytes(net))
+        gpuseg__net_release_workspace(net);
     size_t mbytes;
     if (!gpuseg__mul4_size(3, g->lyr, g->lxr, sizeof(float), &mbytes)) {
         st = gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "blended maps: size overflows");

@@ -119,6 +119,20 @@ void gpuseg__ops_free(gpuseg__ops *ops) {
     free(ops);
 }
 
+size_t gpuseg__ops_scratch_bytes(const gpuseg__ops *ops) {
+    size_t n = 0;
+    for (unsigned i = 0; i < GPUSEG__OPS_SCRATCH; i++)
+        n += ops->scratch[i] ? ops->scratch_bytes[i] : 0;
+    return n;
+}
+
+void gpuseg__ops_release_scratch(gpuseg__ops *ops) {
+    for (unsigned i = 0; i < GPUSEG__OPS_SCRATCH; i++) {
+        gpuseg__release(&ops->scratch[i]);
+        ops->scratch_bytes[i] = 0;
+    }
+}
+
 gpuseg_ctx *gpuseg__ops_ctx(const gpuseg__ops *ops) {
     return ops->ctx;
 }

@@ -75,6 +75,9 @@ struct gpuseg__ops {
 gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *params,
                                  gpuseg__ops **out);
 void gpuseg__ops_free(gpuseg__ops *ops); /* accepts NULL */
+/* Bytes of the scratch buffers held now, and releasing them (the next call allocates again). */
+size_t gpuseg__ops_scratch_bytes(const gpuseg__ops *ops);
+void gpuseg__ops_release_scratch(gpuseg__ops *ops);
 gpuseg_ctx *gpuseg__ops_ctx(const gpuseg__ops *ops);
 
 /* Folds eval-mode batch norm into y = x * scale + shift (host arrays of n values):
