@@ -9,7 +9,8 @@ time):
   info     nvidia-smi, the OpenCL device gpuseg picked, versions
   net      CPnet forward, full-width random weights (common.full_width_net(0)), on the 224^2
            tiles of mirror-tiled real images (common.tiled_image) of 512^2..2048^2, cut as
-           Cellpose's run_net does; bench_net vs the same CPnet on CUDA in batches of 8 (with
+           Cellpose's run_net does; bench_net (direct convolution in the block layout, and
+           again in the band layout) vs the same CPnet on CUDA in batches of 8 (with
            PyTorch's default TF32 convolutions and with them off); max abs difference / range
   masks    flows -> masks (QC on, niter 200) on the dsb313 fixture's flows tiled to 512^2..2048^2:
            bench_masks vs dynamics.resize_and_compute_masks(device=cuda); AP of the labels
@@ -129,8 +130,12 @@ def part_net(a, tmp):
         tiles = tiles_of(side)
         tin, tout = os.path.join(tmp, "tiles.npy"), os.path.join(tmp, "out.npy")
         np.save(tin, tiles)
-        g = run_json([os.path.join(a.build, "bench", "bench_net"), model, tin, tout,
-                      str(a.repeats)])
+        # the direct convolution's two work layouts (docs/ops.md): block is the GPU default
+        layouts = {}
+        for lay in ("band", "block"):
+            layouts[lay] = run_json([os.path.join(a.build, "bench", "bench_net"), model, tin, tout,
+                                     str(a.repeats)], env=dict(os.environ, GPUSEG_CONV_LAYOUT=lay))
+        g = layouts["block"]
         got = np.load(tout)
         X = torch.from_numpy(tiles).to(DEV)
 
@@ -140,7 +145,9 @@ def part_net(a, tmp):
 
         row = {"size": side, "tiles": len(tiles), "gpuseg_device": g["device"],
                "gpuseg_cold_s": g["cold_s"], "gpuseg_median_s": g["median_s"],
-               "conv_choices": g.get("conv_choices")}
+               "gpuseg_band_layout_median_s": layouts["band"]["median_s"],
+               "conv_choices": g.get("conv_choices"),
+               "conv_choices_band": layouts["band"].get("conv_choices")}
         for tf32 in (True, False):
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cuda.matmul.allow_tf32 = tf32
