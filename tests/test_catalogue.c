@@ -139,9 +139,9 @@ static const cat_case CASES[] = {
     {"shm rm bad name", "shm rm ../etc/passwd", 1, "../etc/passwd", "name", 0, 0, 0, 0, 0},
     {"shm batch missing save dir", "shm batch blank.png --save-dir nodir --host", 1,
      "nodir/blank.bin", "no such file", 0, 0, 0, 0, 0},
-    {"shm list bad prefix", "shm list --prefix /etc/x", 1, "'/etc/x'", "does not start with", 0, 0,
+    {"shm list bad prefix", "shm list --prefix /etc/x", 2, "'/etc/x'", "does not start with", 0, 0,
      0, 0, 0},
-    {"shm clean bad prefix", "shm clean --prefix bad", 1, "'bad'", "/gpuseg-", 0, 0, 0, 0, 0},
+    {"shm clean bad prefix", "shm clean --prefix bad", 2, "'bad'", "/gpuseg-", 0, 0, 0, 0, 0},
     /* --- usage errors --- */
     {"unknown command", "frobnicate x", 2, "frobnicate", "unknown command", 0, 0, 0, 0, 0},
     {"unknown option", "info --bogus blank.png", 2, "'--bogus'", "is unknown", 0, 0, 0, 0, 0},

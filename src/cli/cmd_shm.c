@@ -42,7 +42,8 @@ static void help(void) {
         "          next file is read; --max-in-flight N savers at once (default 2; 0 = wait for\n"
         "          each save). With --shm-only the segments are left and their names (--json:\n"
         "          JSON lines with \"image\") printed. Exit 1 naming each file that failed.\n"
-        "          --name-prefix P names segments P + 16 hex digits; --saver EXE runs EXE as\n"
+        "          --name-prefix P names segments P + 16 hex digits (default $GPUSEG_SHM_PREFIX,\n"
+        "          as for segment); --saver EXE runs EXE as\n"
         "          the saver; --timeout SEC is the saver's; --busy-ms MS is a BENCHMARK KNOB "
         "only:\n"
         "          it sleeps MS ms per file after the upload, standing in for segmentation\n"
@@ -76,6 +77,15 @@ static bool parse_prefix(int argc, char **argv, const char **prefix) {
     return optind == argc;
 }
 
+/* A refused --prefix is a bad option value: exit 2 like every other one (the library's one line
+ * names the prefix and the rule); anything else is a failure (exit 1). */
+static int bad_prefix_or_fail(gpuseg_status st) {
+    if (st != GPUSEG_INVALID_ARGUMENT)
+        return cli_fail(st);
+    cli_error("--prefix: %s", gpuseg_last_error());
+    return CLI_USAGE;
+}
+
 static int cmd_list(int argc, char **argv) {
     const char *prefix = NULL;
     if (!parse_prefix(argc, argv, &prefix))
@@ -84,7 +94,7 @@ static int cmd_list(int argc, char **argv) {
     size_t n = 0;
     gpuseg_status st = gpuseg_shm_list(prefix, &e, &n);
     if (st != GPUSEG_OK)
-        return cli_fail(st);
+        return bad_prefix_or_fail(st);
     printf("%-28s %8s %-8s %8s %-6s %-16s %-7s %s\n", "NAME", "SIZE", "STATE", "PID", "ALIVE",
            "SHAPE", "DTYPE", "MASKS");
     for (size_t i = 0; i < n; i++) {
@@ -134,7 +144,7 @@ static int cmd_clean(int argc, char **argv) {
     size_t removed = 0;
     gpuseg_status st = gpuseg_shm_clean(prefix, &removed);
     if (st != GPUSEG_OK)
-        return cli_fail(st);
+        return bad_prefix_or_fail(st);
     printf("removed %zu segment%s\n", removed, removed == 1 ? "" : "s");
     return CLI_OK;
 }
@@ -410,6 +420,7 @@ static int cmd_batch(int argc, char **argv) {
                                          CLI_LIMITS_LONG_OPTIONS,
                                          {NULL, 0, NULL, 0}};
     segment_output_opts so = SEGMENT_OUTPUT_OPTS_INIT;
+    so.name_prefix = getenv("GPUSEG_SHM_PREFIX"); /* as `gpuseg segment`; --name-prefix wins */
     const char *dir = NULL, *fmt = "bin", *device = NULL;
     bool host = false;
     long v = 0, busy_ms = 0;
