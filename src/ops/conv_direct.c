@@ -64,10 +64,15 @@ gpuseg_status gpuseg__conv_direct(gpuseg__ops *ops, const gpuseg__conv_desc *d,
         /* (x blocks, row bands, channel blocks * batch); work-groups of up to 64 work-items,
          * x fastest so that a group's loads are neighbouring; the kernel skips the round-up. */
         const size_t xb = round_up(d->width, 8 * ops->tile.xvecs) / (8 * ops->tile.xvecs);
+        size_t cap = 64, kmax = 0; /* and no more than the device allows this kernel */
+        if (clGetKernelWorkGroupInfo(k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof kmax, &kmax,
+                                     NULL) == CL_SUCCESS &&
+            kmax && kmax < cap)
+            cap = kmax;
         size_t lx = 1, ly = 1;
-        while (lx < xb && lx < 64)
+        while (lx < xb && 2 * lx <= cap)
             lx *= 2;
-        while (ly < yb && lx * ly < 64)
+        while (ly < yb && 2 * lx * ly <= cap)
             ly *= 2;
         const size_t global[3] = {xb, yb, cob * d->batch};
         const size_t local[3] = {lx, ly, 1};
