@@ -475,6 +475,25 @@ START_TEST(cli_put_and_save) {
     json_name(r->out, name);
     ck_assert_ptr_nonnull(strstr(r->out, "\"shape\":[3,37,53],\"dtype\":\"uint16\""));
     free(r);
+    /* without --name, $GPUSEG_SHM_PREFIX names the segment (as for segment and shm batch); a
+     * bad one is refused in one line and nothing is created */
+    char pre[64], pname[128];
+    snprintf(pre, sizeof pre, "/gpuseg-tput%d-", (int)getpid());
+    setenv("GPUSEG_SHM_PREFIX", pre, 1);
+    r = tu_cli("shm put '%s'", in16);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(strncmp(r->out, pre, strlen(pre)) == 0, "%s", r->out);
+    snprintf(pname, sizeof pname, "%.*s", (int)strcspn(r->out, "\n"), r->out);
+    ck_assert_uint_eq(strlen(pname), strlen(pre) + 16);
+    free(r);
+    ck_assert_int_eq(gpuseg_shm_unlink(pname), GPUSEG_OK);
+    setenv("GPUSEG_SHM_PREFIX", "/bad", 1);
+    r = tu_cli("shm put '%s'", in16);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_ptr_nonnull(strstr(r->err, "GPUSEG_SHM_PREFIX='/bad'"));
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    free(r);
+    unsetenv("GPUSEG_SHM_PREFIX");
     snprintf(out, sizeof out, "%s/p.bin", sub);
     r = tu_cli("save --shm %s -o '%s'", name, out);
     ck_assert_msg(r->status == 0, "%s", r->err);

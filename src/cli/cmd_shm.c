@@ -16,6 +16,7 @@
 #include "cli/cli.h"
 #include "cli/commands.h"
 #include "cli/segment_output.h"
+#include "shm/shm_internal.h"
 
 static const char *USE = "shm list [--prefix P] | rm NAME... | clean [--prefix P] | "
                          "put LABELS [--json] [--name NAME] [--n-masks N] [--diameter D] | "
@@ -34,7 +35,10 @@ static void help(void) {
         "  put     publish a label image file (uint8/16/32, one channel) as a new segment and\n"
         "          leave it; prints its name, or with --json one line\n"
         "          {\"shm\",\"shape\",\"dtype\",\"offset\",\"bytes\",\"n_masks\",\"diameter\"}.\n"
-        "          --n-masks defaults to the number of distinct labels, --diameter to 0 (unknown)\n"
+        "          --n-masks defaults to the number of distinct labels, --diameter to 0 "
+        "(unknown);\n"
+        "          without --name the segment is named $GPUSEG_SHM_PREFIX (default /gpuseg-)\n"
+        "          + 16 random hex digits\n"
         "  batch   push label files through the output pipeline of `gpuseg segment`: each one is\n"
         "          uploaded to the device (unless --host; without a device the host copy is\n"
         "          used), published from there as a segment, and saved by a `gpuseg save`\n"
@@ -262,6 +266,20 @@ static int cmd_put(int argc, char **argv) {
     }
     if (optind != argc - 1)
         return cli_usage(USE);
+    /* no --name: the segment prefix of `gpuseg segment` and `shm batch` */
+    char gen[GPUSEG_SHM_NAME_MAX];
+    const char *env = getenv("GPUSEG_SHM_PREFIX");
+    if (!name && env && *env) {
+        if (!gpuseg__shm_valid_name_prefix(env)) {
+            cli_error("GPUSEG_SHM_PREFIX='%.200s': not /gpuseg- followed by [A-Za-z0-9._-] (at "
+                      "most %u characters)",
+                      env, GPUSEG_SHM_NAME_MAX - 17);
+            return CLI_FAIL;
+        }
+        if (gpuseg__shm_random_name(env, gen) != GPUSEG_OK)
+            return cli_fail(GPUSEG_IO);
+        name = gen;
+    }
     const char *path = argv[optind];
     gpuseg_image *img = NULL;
     gpuseg_status st = gpuseg_image_read(path, &img);

@@ -3,7 +3,7 @@
  * posix_spawn and reap them with waitpid (collecting each one's stderr through a pipe), and
  * remove every segment on the way out -- also when this process is interrupted by SIGINT,
  * SIGTERM or SIGHUP, through a registry of live segments that the signal handler walks. */
-#define _GNU_SOURCE /* getrandom, strsignal */
+#define _GNU_SOURCE /* strsignal */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -13,13 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/segment_output.h"
 #include "core/internal.h"
+#include "shm/shm_internal.h"
 
 extern char **environ;
 
@@ -135,19 +135,6 @@ static bool json_str(char *buf, size_t cap, size_t *len, const char *s) {
     return true;
 }
 
-static bool valid_prefix(const char *p) {
-    size_t n = strlen(p);
-    if (n < 8 || strncmp(p, "/gpuseg-", 8) != 0 || n + 16 >= GPUSEG_SHM_NAME_MAX)
-        return false;
-    for (size_t i = 8; i < n; i++) {
-        char c = p[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 static const char *sig_name(int sig) {
     switch (sig) {
     case SIGKILL:
@@ -185,7 +172,7 @@ gpuseg_status segment_output_create(const segment_output_opts *opts, segment_out
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
                             "segment output: at most %u savers in flight, not %u",
                             SEGMENT_OUTPUT_MAX_IN_FLIGHT, opts->max_in_flight);
-    if (opts->name_prefix && !valid_prefix(opts->name_prefix))
+    if (opts->name_prefix && !gpuseg__shm_valid_name_prefix(opts->name_prefix))
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
                             "segment output: name prefix '%s' is not /gpuseg- followed by "
                             "[A-Za-z0-9._-] (at most %u characters)",
@@ -342,23 +329,6 @@ static void wait_one(segment_output *o, const slot *which) {
 
 /* ---- submit ------------------------------------------------------------------------------- */
 
-static gpuseg_status random_name(const char *prefix, char *name) {
-    uint64_t r = 0;
-    unsigned char *p = (unsigned char *)&r;
-    size_t got = 0;
-    while (got < sizeof r) {
-        ssize_t k = getrandom(p + got, sizeof r - got, 0);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return gpuseg__fail(NULL, GPUSEG_IO, "segment output: getrandom failed: %s",
-                                strerror(errno));
-        got += (size_t)k;
-    }
-    snprintf(name, GPUSEG_SHM_NAME_MAX, "%s%016llx", prefix, (unsigned long long)r);
-    return GPUSEG_OK;
-}
-
 /* Starts `gpuseg save` for slot s (segment published and closed). */
 static gpuseg_status spawn_saver(segment_output *o, slot *s, const char *json_extra) {
     int fds[2];
@@ -496,7 +466,7 @@ gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const ch
     if (!s)
         return gpuseg__fail(NULL, GPUSEG_INTERNAL, "segment output: no free slot");
 
-    gpuseg_status st = random_name(o->prefix, s->name);
+    gpuseg_status st = gpuseg__shm_random_name(o->prefix, s->name);
     if (st != GPUSEG_OK)
         return st;
     snprintf(s->path, sizeof s->path, SHM_DIR "%s", s->name);

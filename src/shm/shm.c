@@ -223,6 +223,35 @@ gpuseg_status gpuseg__shm_decode(const char *name, const unsigned char *h, uint6
     return GPUSEG_OK;
 }
 
+bool gpuseg__shm_valid_name_prefix(const char *prefix) {
+    size_t n = strlen(prefix);
+    if (n < 8 || strncmp(prefix, GPUSEG__SHM_PREFIX, 8) != 0 || n + 16 >= GPUSEG_SHM_NAME_MAX)
+        return false;
+    for (size_t i = 8; i < n; i++) {
+        char c = prefix[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+gpuseg_status gpuseg__shm_random_name(const char *prefix, char *name) {
+    uint64_t r = 0;
+    unsigned char *p = (unsigned char *)&r;
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t k = getrandom(p + got, sizeof r - got, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return gpuseg__fail(NULL, GPUSEG_IO, "shm: getrandom failed: %s", strerror(errno));
+        got += (size_t)k;
+    }
+    snprintf(name, GPUSEG_SHM_NAME_MAX, "%s%016llx", prefix, (unsigned long long)r);
+    return GPUSEG_OK;
+}
+
 static gpuseg_status open_new(const char *name, char *out_name, int *fd_out) {
     if (name) {
         gpuseg_status st = gpuseg__shm_name(name, out_name);
@@ -238,19 +267,9 @@ static gpuseg_status open_new(const char *name, char *out_name, int *fd_out) {
     /* 64 random bits: a collision with a live segment is practically impossible, and O_EXCL
      * turns one into a retry rather than two producers sharing a segment. */
     for (int attempt = 0; attempt < 16; attempt++) {
-        uint64_t r = 0;
-        unsigned char *p = (unsigned char *)&r;
-        size_t got = 0;
-        while (got < sizeof r) {
-            ssize_t k = getrandom(p + got, sizeof r - got, 0);
-            if (k < 0 && errno == EINTR)
-                continue;
-            if (k < 0)
-                return gpuseg__fail(NULL, GPUSEG_IO, "shm: getrandom failed: %s", strerror(errno));
-            got += (size_t)k;
-        }
-        snprintf(out_name, GPUSEG_SHM_NAME_MAX, GPUSEG__SHM_PREFIX "%016llx",
-                 (unsigned long long)r);
+        gpuseg_status st = gpuseg__shm_random_name(GPUSEG__SHM_PREFIX, out_name);
+        if (st != GPUSEG_OK)
+            return st;
         int fd = shm_open(out_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd >= 0) {
             *fd_out = fd;
