@@ -49,6 +49,19 @@ def save_full_width_model(path, seed=0):
     return path
 
 
+def nbase_of(path):
+    """A Cellpose model file's channel widths [nchan, ...], read from its state dict."""
+    import torch
+
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    nb = [sd["downsample.down.res_down_0.conv.conv_0.2.weight"].shape[1]]
+    k = 0
+    while f"downsample.down.res_down_{k}.conv.conv_0.2.weight" in sd:
+        nb.append(sd[f"downsample.down.res_down_{k}.conv.conv_0.2.weight"].shape[0])
+        k += 1
+    return nb
+
+
 def bundled_cellpose_model(path=BUNDLED_MODEL):
     """CellposeModel (CPU) running a narrow model file such as models/nuclei_gpuseg_v2: the net
     is swapped for one with the file's widths whose style output is zero-padded to 256 values
@@ -56,12 +69,7 @@ def bundled_cellpose_model(path=BUNDLED_MODEL):
     import torch
     from cellpose import models, resnet_torch
 
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    nb = [2]
-    k = 0
-    while f"downsample.down.res_down_{k}.conv.conv_0.2.weight" in sd:
-        nb.append(sd[f"downsample.down.res_down_{k}.conv.conv_0.2.weight"].shape[0])
-        k += 1
+    nb = nbase_of(path)
 
     class StylePadCPnet(resnet_torch.CPnet):
         def forward(self, data):

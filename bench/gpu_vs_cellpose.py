@@ -205,8 +205,7 @@ def cellpose_model_for(path):
     import torch
     from cellpose import models
 
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if sd["downsample.down.res_down_3.conv.conv_0.2.weight"].shape[0] == 256:
+    if common.nbase_of(path) == common.FULL_NBASE:
         return models.CellposeModel(gpu=DEV == "cuda", pretrained_model=path)
     m = common.bundled_cellpose_model(path)
     dev = torch.device(DEV)
@@ -264,10 +263,7 @@ def part_cli(a, tmp):
     image = common.write_tiled(side, tmp)
     # the cellpose command builds CPnet at full width: the first full-width model given, else
     # the random one (which finds no masks: a timing of the network and start-up only)
-    import torch
-
-    full = [(n, p) for n, p in a.models if torch.load(p, map_location="cpu", weights_only=True)[
-        "downsample.down.res_down_3.conv.conv_0.2.weight"].shape[0] == 256]
+    full = [(n, p) for n, p in a.models if common.nbase_of(p) == common.FULL_NBASE]
     name, model = full[0] if full else ("full_random", os.path.join(tmp, "full_random.pth"))
     if not os.path.exists(model):
         common.save_full_width_model(model)

@@ -270,14 +270,11 @@ static int cmd_put(int argc, char **argv) {
     char gen[GPUSEG_SHM_NAME_MAX];
     const char *env = getenv("GPUSEG_SHM_PREFIX");
     if (!name && env && *env) {
-        if (!gpuseg__shm_valid_name_prefix(env)) {
-            cli_error("GPUSEG_SHM_PREFIX='%.200s': not /gpuseg- followed by [A-Za-z0-9._-] (at "
-                      "most %u characters)",
-                      env, GPUSEG_SHM_NAME_MAX - 17);
-            return CLI_FAIL;
-        }
-        if (gpuseg__shm_random_name(env, gen) != GPUSEG_OK)
-            return cli_fail(GPUSEG_IO);
+        gpuseg_status pst = gpuseg__shm_check_name_prefix("GPUSEG_SHM_PREFIX=", env);
+        if (pst == GPUSEG_OK)
+            pst = gpuseg__shm_random_name(env, gen);
+        if (pst != GPUSEG_OK)
+            return cli_fail(pst);
         name = gen;
     }
     const char *path = argv[optind];

@@ -172,11 +172,10 @@ gpuseg_status segment_output_create(const segment_output_opts *opts, segment_out
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
                             "segment output: at most %u savers in flight, not %u",
                             SEGMENT_OUTPUT_MAX_IN_FLIGHT, opts->max_in_flight);
-    if (opts->name_prefix && !gpuseg__shm_valid_name_prefix(opts->name_prefix))
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "segment output: name prefix '%s' is not /gpuseg- followed by "
-                            "[A-Za-z0-9._-] (at most %u characters)",
-                            opts->name_prefix, GPUSEG_SHM_NAME_MAX - 17);
+    gpuseg_status pst;
+    if (opts->name_prefix && (pst = gpuseg__shm_check_name_prefix("segment output: name prefix ",
+                                                                  opts->name_prefix)) != GPUSEG_OK)
+        return pst;
     segment_output *o = calloc(1, sizeof *o);
     if (!o)
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "segment output: out of memory");

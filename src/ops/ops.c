@@ -122,7 +122,7 @@ void gpuseg__ops_free(gpuseg__ops *ops) {
 size_t gpuseg__ops_scratch_bytes(const gpuseg__ops *ops) {
     size_t n = 0;
     for (unsigned i = 0; i < GPUSEG__OPS_SCRATCH; i++)
-        n += ops->scratch[i] ? ops->scratch_bytes[i] : 0;
+        n += ops->scratch_bytes[i]; /* 0 for a slot without a buffer */
     return n;
 }
 

@@ -223,17 +223,20 @@ gpuseg_status gpuseg__shm_decode(const char *name, const unsigned char *h, uint6
     return GPUSEG_OK;
 }
 
-bool gpuseg__shm_valid_name_prefix(const char *prefix) {
+gpuseg_status gpuseg__shm_check_name_prefix(const char *what, const char *prefix) {
     size_t n = strlen(prefix);
-    if (n < 8 || strncmp(prefix, GPUSEG__SHM_PREFIX, 8) != 0 || n + 16 >= GPUSEG_SHM_NAME_MAX)
-        return false;
-    for (size_t i = 8; i < n; i++) {
+    bool ok = n >= 8 && strncmp(prefix, GPUSEG__SHM_PREFIX, 8) == 0 && n + 16 < GPUSEG_SHM_NAME_MAX;
+    for (size_t i = 8; ok && i < n; i++) {
         char c = prefix[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
+        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '.' || c == '_' || c == '-';
     }
-    return true;
+    if (!ok)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "%s'%.200s' is not /gpuseg- followed by [A-Za-z0-9._-] (at most %u "
+                            "characters)",
+                            what, prefix, GPUSEG_SHM_NAME_MAX - 17);
+    return GPUSEG_OK;
 }
 
 gpuseg_status gpuseg__shm_random_name(const char *prefix, char *name) {

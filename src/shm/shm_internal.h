@@ -39,9 +39,11 @@ enum {
 #define GPUSEG__SHM_MAX_DATA_OFFSET (1u << 20)
 #define GPUSEG__SHM_PREFIX          "/gpuseg-"
 
-/* A name prefix for new segments: "/gpuseg-" followed by [A-Za-z0-9._-], short enough for 16
- * hex digits after it. */
-bool gpuseg__shm_valid_name_prefix(const char *prefix);
+/* A name prefix for new segments must be "/gpuseg-" followed by [A-Za-z0-9._-], short enough
+ * for 16 hex digits after it; otherwise GPUSEG_INVALID_ARGUMENT with the message
+ * "<what>'<prefix>' is not /gpuseg- followed by ..." (what names the setting, e.g.
+ * "GPUSEG_SHM_PREFIX="). */
+gpuseg_status gpuseg__shm_check_name_prefix(const char *what, const char *prefix);
 /* name = prefix + 16 hex digits from getrandom (64 bits: a collision with a live segment is
  * practically impossible; creators use O_EXCL anyway). name holds GPUSEG_SHM_NAME_MAX. */
 gpuseg_status gpuseg__shm_random_name(const char *prefix, char *name);
