@@ -5,12 +5,15 @@
  * the median/min/max of REPEATS runs; one JSON object on stdout.
  *   bench_masks [FIXTURE_DIR (default tests/fixtures/masks)] [REPEATS (default 5)]
  *               [--save DIR: write the tiled inputs' labels as DIR/gpuseg_<side>.npy]
- *               [--side N: only the N x N input (512, 1024 or 2048)] */
+ *               [--side N: only the N x N input (512, 1024 or 2048)]
+ * With GPUSEG_PROFILE=1 in the environment, each size also gets the per-kernel device times of
+ * its timed host-API runs (OpenCL profiling events, core/profile.c), per run. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "bench_profile.h"
 #include "gpuseg/flows_cl.h"
 #include "gpuseg/gpuseg.h"
 
@@ -102,15 +105,18 @@ int main(int argc, char **argv) {
             return die("out of memory");
         double med[2], lo[2], hi[2];
         uint32_t masks = 0;
-        /* mode 0: host API; mode 1: device buffers */
+        /* mode 0: host API; mode 1: device buffers, run first so that the profile printed below
+         * is the host-API runs' */
         cl_int err;
         cl_mem dflows =
             clCreateBuffer(gpuseg_ctx_cl_context(ctx), CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR,
                            3 * n * sizeof(float), big, &err);
         if (err != CL_SUCCESS)
             return die("flows buffer");
-        for (int mode = 0; mode < 2; mode++) {
+        for (int mode = 1; mode >= 0; mode--) {
             for (int r = -1; r < repeats; r++) { /* r = -1: warm-up */
+                if (r == 0 && mode == 0)
+                    gpuseg__profile_reset(ctx);
                 double a = now();
                 if (mode == 0) {
                     if (gpuseg_flows_to_masks(ctx, big, side, side, NULL, &lab, &masks) !=
@@ -142,8 +148,11 @@ int main(int argc, char **argv) {
         }
         clReleaseMemObject(dflows);
         printf("%s{\"side\":%u,\"n_masks\":%u,\"host_api_s\":{\"median\":%.4f,\"min\":%.4f,"
-               "\"max\":%.4f},\"device_api_s\":{\"median\":%.4f,\"min\":%.4f,\"max\":%.4f}}",
+               "\"max\":%.4f},\"device_api_s\":{\"median\":%.4f,\"min\":%.4f,\"max\":%.4f}",
                printed++ ? "," : "", side, masks, med[0], lo[0], hi[0], med[1], lo[1], hi[1]);
+        if (bench_print_profile(ctx, repeats))
+            return die("profile");
+        printf("}");
         fflush(stdout);
         free(big);
     }

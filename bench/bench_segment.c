@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_profile.h"
 #include "core/internal.h"
 
 static double now(void) {
@@ -24,11 +25,6 @@ static double now(void) {
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
-}
-
-static int cmp_kt(const void *a, const void *b) {
-    const gpuseg__kernel_time *x = a, *y = b;
-    return (x->seconds < y->seconds) - (x->seconds > y->seconds);
 }
 
 static int die(const char *what, const char *path) {
@@ -124,29 +120,8 @@ int main(int argc, char **argv) {
                i ? "," : "", images[i], img->width, img->height, mp, n_masks, n_tiles, first, t[0],
                t[repeats / 2], t[repeats - 1], t[repeats / 2] / mp, tn[repeats / 2],
                tm[repeats / 2]);
-        const gpuseg__kernel_time *kt = NULL;
-        unsigned nk = 0;
-        if (gpuseg__profile_read(ctx, &kt, &nk) != GPUSEG_OK)
+        if (bench_print_profile(ctx, repeats))
             return die("profile", images[i]);
-        if (nk) {
-            gpuseg__kernel_time *sorted = malloc(nk * sizeof *sorted);
-            if (!sorted)
-                return 1;
-            memcpy(sorted, kt, nk * sizeof *sorted);
-            qsort(sorted, nk, sizeof *sorted, cmp_kt);
-            double total = 0;
-            for (unsigned k = 0; k < nk; k++)
-                total += sorted[k].seconds;
-            printf(",\"kernel_total_s_per_run\":%.4f,\"kernels\":[", total / repeats);
-            for (unsigned k = 0; k < nk; k++)
-                printf("%s{\"kernel\":\"%s\",\"s_per_run\":%.5f,\"launches_per_run\":%.1f,"
-                       "\"share\":%.4f}",
-                       k ? "," : "", sorted[k].name, sorted[k].seconds / repeats,
-                       (double)sorted[k].count / repeats,
-                       total > 0 ? sorted[k].seconds / total : 0);
-            printf("]");
-            free(sorted);
-        }
         printf("}");
         fflush(stdout);
         gpuseg_image_free(img);

@@ -23,13 +23,15 @@ static inline float div5(float x) {
  *   t10 = float32(F10 * fy) * (1 - fx)     float32 product, then float64
  *   t11 = float32(float32(F11 * fy) * fx)  float32 products
  *   value = float32(((t00 + t01) + t10) + t11)   float64 sums, one final rounding.
- * We evaluate the float64 parts as unevaluated float pairs (error-free products via fma,
- * two-sum) and round once, which gives the same float32 except when the exact value lies within
- * ~2^-46 (relative) of a rounding boundary. */
+ * With GPUSEG_FP64 the float64 parts are native doubles: numba's arithmetic exactly. Without it
+ * we evaluate them as unevaluated float pairs (error-free products via fma, two-sum) and round
+ * once, which gives the same float32 except when the exact value lies within ~2^-46 (relative)
+ * of a rounding boundary. */
 typedef struct {
     float h, l;
 } ff;
 
+#ifndef GPUSEG_FP64 /* the pair arithmetic that native doubles replace (see bilinear) */
 static inline ff two_sum(float a, float b) {
     ff r;
     r.h = a + b;
@@ -62,12 +64,34 @@ static inline ff add_ff(ff a, ff b) {
     s.l += a.l + b.l;
     return s;
 }
+#endif
 
 /* Bilinear sample of plane F (H x W) at (py, px) >= 0, edges clamped, as numba map_coordinates
  * in Cellpose's steps_interp: y0 = min(H-1, trunc(py)), y1 = min(H-1, y0+1), fy = py - trunc(py);
- * the weights wy0 = 1 - fy, wx0 = 1 - fx are exact pairs. */
+ * the weights wy0 = 1 - fy, wx0 = 1 - fx (one_minus: float64, or an exact pair).
+ * With GPUSEG_FP64 (programs.c: CPU devices with cl_khr_fp64) the float64 parts are native
+ * doubles: exactly numba's arithmetic, in its order, with its one final rounding. */
+#ifdef GPUSEG_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+typedef double wgt;
+static inline wgt one_minus(float f) {
+    return 1.0 - (double)f;
+}
 static inline float bilinear(__global const float *F, uint W, int y0, int y1, int x0, int x1,
-                             ff wy0, float fy, ff wx0, float fx) {
+                             wgt wy0, float fy, wgt wx0, float fx) {
+    const double t00 = ((double)F[(size_t)y0 * W + x0] * wy0) * wx0;
+    const double t01 = ((double)F[(size_t)y0 * W + x1] * wy0) * (double)fx;
+    const double t10 = (double)(F[(size_t)y1 * W + x0] * fy) * wx0;
+    const double t11 = (double)((F[(size_t)y1 * W + x1] * fy) * fx);
+    return (float)(((t00 + t01) + t10) + t11);
+}
+#else
+typedef ff wgt;
+static inline wgt one_minus(float f) {
+    return two_sum(1.0f, -f);
+}
+static inline float bilinear(__global const float *F, uint W, int y0, int y1, int x0, int x1,
+                             wgt wy0, float fy, wgt wx0, float fx) {
     const ff wx1 = {fx, 0.0f};
     ff t00 = mul_ff_ff(mul_f_ff(F[(size_t)y0 * W + x0], wy0), wx0);
     ff t01 = mul_ff_ff(mul_f_ff(F[(size_t)y0 * W + x1], wy0), wx1);
@@ -76,6 +100,7 @@ static inline float bilinear(__global const float *F, uint W, int y0, int y1, in
     ff s = add_ff(add_ff(add_ff(t00, t01), t10), t11);
     return s.h + s.l;
 }
+#endif
 
 /* ---- stage 1: threshold and scale -------------------------------------------------------- */
 
@@ -124,7 +149,7 @@ __kernel void masks_euler(__global const float *F, const uint H, const uint W, c
         int y0 = min((int)H - 1, max(0, iy)), x0 = min((int)W - 1, max(0, ix));
         int y1 = min((int)H - 1, y0 + 1), x1 = min((int)W - 1, x0 + 1);
         float fy = py - (float)iy, fx = px - (float)ix; /* exact (Sterbenz) */
-        ff wy0 = two_sum(1.0f, -fy), wx0 = two_sum(1.0f, -fx);
+        const wgt wy0 = one_minus(fy), wx0 = one_minus(fx);
         float vy = bilinear(Fy, W, y0, y1, x0, x1, wy0, fy, wx0, fx);
         float vx = bilinear(Fx, W, y0, y1, x0, x1, wy0, fy, wx0, fx);
         /* numpy: minimum(L-1, maximum(0, p + v)) in float32 */
@@ -161,9 +186,39 @@ __kernel void masks_euler(__global const float *F, const uint H, const uint W, c
  * bits; a lane that has stopped (fixed point, 2-cycle, background) keeps its position while the
  * others go on. Reads the flows from G (masks_pack) and the pixels from masks_rows' lists.
  * Global size: (ceil(W / 8), H). */
+#ifdef GPUSEG_FP64
+/* The doubles are handled as two double4 halves: a double8 is wider than AVX2's registers, and
+ * the compiler warns that passing one changes the ABI. */
+typedef struct {
+    double4 lo, hi;
+} wgt8;
+
+static inline wgt8 one_minus8(float8 f) {
+    const wgt8 r = {1.0 - convert_double4(f.lo), 1.0 - convert_double4(f.hi)};
+    return r;
+}
+
+/* bilinear() of 4 lanes (bilinear8's halves). */
+static inline float4 bilinear4(float4 f00, float4 f01, float4 f10, float4 f11, double4 wy0,
+                               float4 fy, double4 wx0, float4 fx) {
+    const double4 t00 = (convert_double4(f00) * wy0) * wx0;
+    const double4 t01 = (convert_double4(f01) * wy0) * convert_double4(fx);
+    const double4 t10 = convert_double4(f10 * fy) * wx0;
+    const double4 t11 = convert_double4((f11 * fy) * fx);
+    return convert_float4(((t00 + t01) + t10) + t11);
+}
+
+/* bilinear() lane by lane, given the four corner values. */
+static inline float8 bilinear8(float8 f00, float8 f01, float8 f10, float8 f11, wgt8 wy0, float8 fy,
+                               wgt8 wx0, float8 fx) {
+    return (float8)(bilinear4(f00.lo, f01.lo, f10.lo, f11.lo, wy0.lo, fy.lo, wx0.lo, fx.lo),
+                    bilinear4(f00.hi, f01.hi, f10.hi, f11.hi, wy0.hi, fy.hi, wx0.hi, fx.hi));
+}
+#else
 typedef struct {
     float8 h, l;
 } ff8;
+typedef ff8 wgt8;
 
 static inline ff8 two_sum8(float8 a, float8 b) {
     ff8 r;
@@ -196,9 +251,13 @@ static inline ff8 add_ff8(ff8 a, ff8 b) {
     return s;
 }
 
+static inline wgt8 one_minus8(float8 f) {
+    return two_sum8((float8)(1.0f), -f);
+}
+
 /* bilinear() lane by lane, given the four corner values. */
-static inline float8 bilinear8(float8 f00, float8 f01, float8 f10, float8 f11, ff8 wy0, float8 fy,
-                               ff8 wx0, float8 fx) {
+static inline float8 bilinear8(float8 f00, float8 f01, float8 f10, float8 f11, wgt8 wy0, float8 fy,
+                               wgt8 wx0, float8 fx) {
     const ff8 wx1 = {fx, (float8)(0.0f)};
     ff8 t00 = mul_ff_ff8(mul_f_ff8(f00, wy0), wx0);
     ff8 t01 = mul_ff_ff8(mul_f_ff8(f01, wy0), wx1);
@@ -207,6 +266,7 @@ static inline float8 bilinear8(float8 f00, float8 f01, float8 f10, float8 f11, f
     ff8 s = add_ff8(add_ff8(add_ff8(t00, t01), t10), t11);
     return s.h + s.l;
 }
+#endif
 
 /* G for masks_euler8: the scaled flows F ([2, H*W] planes) repacked as (dY, dX) pairs per pixel
  * with row stride W + 1 and one extra row and column repeating the last ones. Then the four
@@ -260,7 +320,7 @@ __kernel void masks_euler8(__global const float *G, const uint H, const uint W, 
         const int8 iy = convert_int8(py), ix = convert_int8(px); /* trunc; positions >= 0 */
         const int8 y0 = min(hm, max((int8)(0), iy)), x0 = min(wm, max((int8)(0), ix));
         const float8 fy = py - convert_float8(iy), fx = px - convert_float8(ix);
-        const ff8 wy0 = two_sum8((float8)(1.0f), -fy), wx0 = two_sum8((float8)(1.0f), -fx);
+        const wgt8 wy0 = one_minus8(fy), wx0 = one_minus8(fx);
         const int8 i0 = 2 * (y0 * w1 + x0), i1 = i0 + 2 * w1;
         /* a[k] = (dY, dX) at (y0, x0) and (y0, x0 + 1) of lane k; b[k] the same at row y0 + 1 */
         float4 a[8], b[8];

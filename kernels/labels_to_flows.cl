@@ -13,6 +13,7 @@
  * float32 rounding, so no contraction into FMAs (the one FMA below is explicit). */
 #pragma OPENCL FP_CONTRACT OFF
 
+#ifndef GPUSEG_FP64 /* pair arithmetic that native doubles replace (heat_mean9, l2f_box) */
 /* a + b in double-float (Knuth's two-sum on the high parts, then renormalise). */
 static float2 dd_add(const float2 a, const float2 b) {
     const float s = a.x + b.x;
@@ -44,27 +45,56 @@ static float2 sum3x3(const float2 *v) {
     const float2 c2 = dd_add(dd_add(v[2], v[5]), v[8]);
     return dd_add(dd_add(c0, c1), c2);
 }
+#endif
+
+/* The heat field's type and its three operations. With GPUSEG_FP64 (programs.c: CPU devices with
+ * cl_khr_fp64) it is a native double and every variant computes exactly Cellpose's float64
+ * expression, 1/9. * (centre + up + down + left + right + up-left + up-right + down-left +
+ * down-right) in that order: the same bits as Cellpose's masks_to_flows_cpu. Otherwise a
+ * double-float pair in sum3x3's order. ninth is unused with doubles. */
+#ifdef GPUSEG_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+typedef double heat;
+#define HEAT_ZERO 0.0
+static heat heat_inc(const heat v) {
+    return v + 1.0;
+}
+static heat heat_mean9(const heat *v, const float2 ninth) {
+    (void)ninth;
+    return (1.0 / 9.0) *
+           ((((((((v[4] + v[1]) + v[7]) + v[3]) + v[5]) + v[0]) + v[2]) + v[6]) + v[8]);
+}
+#else
+typedef float2 heat;
+#define HEAT_ZERO ((float2)(0.0f, 0.0f))
+static heat heat_inc(const heat v) {
+    return dd_add(v, (float2)(1.0f, 0.0f));
+}
+static heat heat_mean9(const heat *v, const float2 ninth) {
+    return dd_mul(sum3x3(v), ninth);
+}
+#endif
 
 /* T value of neighbour (y, x) as seen from a pixel of label `lab`: pixels outside the image or of
  * another label are the zeros of Cellpose's per-mask array; the mask's centre carries the +1 that
  * Cellpose adds before each averaging step. */
-static float2 heat_at(__global const uint *labels, __global const float2 *t, const int H,
-                      const int W, const int y, const int x, const uint lab, const uint center) {
+static heat heat_at(__global const uint *labels, __global const heat *t, const int H, const int W,
+                    const int y, const int x, const uint lab, const uint center) {
     if (y < 0 || y >= H || x < 0 || x >= W)
-        return (float2)(0.0f, 0.0f);
+        return HEAT_ZERO;
     const uint q = (uint)y * (uint)W + (uint)x;
     if (labels[q] != lab)
-        return (float2)(0.0f, 0.0f);
-    const float2 v = t[q];
-    return q == center ? dd_add(v, (float2)(1.0f, 0.0f)) : v;
+        return HEAT_ZERO;
+    const heat v = t[q];
+    return q == center ? heat_inc(v) : v;
 }
 
 /* One diffusion step for the first `count` entries of `list` (pixel index, mask index):
- * t_out[p] = (1/9) * (sum of the 3x3 neighbourhood of p in t_in, sum3x3's order). ninth is 1/9 as
- * a double-float (hi, lo), computed by the host. */
+ * t_out[p] = heat_mean9 of the 3x3 neighbourhood of p in t_in. ninth is 1/9 as a double-float
+ * (hi, lo), computed by the host. */
 __kernel void l2f_diffuse(__global const uint *labels, __global const uint2 *list,
-                          __global const uint *centers, __global const float2 *t_in,
-                          __global float2 *t_out, const uint H, const uint W, const uint count,
+                          __global const uint *centers, __global const heat *t_in,
+                          __global heat *t_out, const uint H, const uint W, const uint count,
                           const float2 ninth) {
     const uint i = get_global_id(0);
     if (i >= count)
@@ -75,15 +105,22 @@ __kernel void l2f_diffuse(__global const uint *labels, __global const uint2 *lis
     const uint c = centers[e.y];
     const int y = (int)(p / W), x = (int)(p % W);
     const int h = (int)H, w = (int)W;
-    float2 col[3];
-    for (int q = 0; q < 3; q++)
-        col[q] = dd_add(dd_add(heat_at(labels, t_in, h, w, y - 1, x + q - 1, lab, c),
-                               heat_at(labels, t_in, h, w, y, x + q - 1, lab, c)),
-                        heat_at(labels, t_in, h, w, y + 1, x + q - 1, lab, c));
-    t_out[p] = dd_mul(dd_add(dd_add(col[0], col[1]), col[2]), ninth);
+    heat v[9];
+    for (int r = 0; r < 3; r++)
+        for (int q = 0; q < 3; q++)
+            v[3 * r + q] = heat_at(labels, t_in, h, w, y + r - 1, x + q - 1, lab, c);
+    t_out[p] = heat_mean9(v, ninth);
 }
 
 /* (dY, dX) = (yp - ym, xp - xm) normalised to unit length, 0 where both are 0. */
+#ifdef GPUSEG_FP64
+/* Cellpose: mu / (1e-60 + sqrt(dy^2 + dx^2)) in float64, then float32. */
+static float2 unit_gradient(const heat yp, const heat ym, const heat xp, const heat xm) {
+    const double dy = yp - ym, dx = xp - xm;
+    const double n = 1e-60 + sqrt(dy * dy + dx * dx);
+    return (float2)((float)(dy / n), (float)(dx / n));
+}
+#else
 static float2 unit_gradient(const float2 yp, const float2 ym, const float2 xp, const float2 xm) {
     float dy = dd_add(yp, -ym).x, dx = dd_add(xp, -xm).x;
     /* A difference below the double-float's resolution of its operands (about 2^-44 relative)
@@ -107,15 +144,16 @@ static float2 unit_gradient(const float2 yp, const float2 ym, const float2 xp, c
     }
     return (float2)(uy, ux);
 }
+#endif
 
 /* Same-label T value without the centre increment (the gradient reads the field after the last
  * averaging step). */
-static float2 field_at(__global const uint *labels, __global const float2 *t, const int H,
-                       const int W, const int y, const int x, const uint lab) {
+static heat field_at(__global const uint *labels, __global const heat *t, const int H, const int W,
+                     const int y, const int x, const uint lab) {
     if (y < 0 || y >= H || x < 0 || x >= W)
-        return (float2)(0.0f, 0.0f);
+        return HEAT_ZERO;
     const uint q = (uint)y * (uint)W + (uint)x;
-    return labels[q] == lab ? t[q] : (float2)(0.0f, 0.0f);
+    return labels[q] == lab ? t[q] : HEAT_ZERO;
 }
 
 /* Flows of the first `count` list entries: dY = T[y+1,x] - T[y-1,x], dX = T[y,x+1] - T[y,x-1]
@@ -124,8 +162,8 @@ static float2 field_at(__global const uint *labels, __global const float2 *t, co
  * flows holds the dY plane then the dX plane; background pixels are not touched (the host
  * zero-fills them). */
 __kernel void l2f_gradient(__global const uint *labels, __global const uint2 *list,
-                           __global const uint *niter, __global const float2 *t0,
-                           __global const float2 *t1, __global float *flows, const uint H,
+                           __global const uint *niter, __global const heat *t0,
+                           __global const heat *t1, __global float *flows, const uint H,
                            const uint W, const uint count) {
     const uint i = get_global_id(0);
     if (i >= count)
@@ -133,13 +171,13 @@ __kernel void l2f_gradient(__global const uint *labels, __global const uint2 *li
     const uint2 e = list[i];
     const uint p = e.x;
     const uint lab = labels[p];
-    __global const float2 *t = (niter[e.y] & 1u) ? t1 : t0;
+    __global const heat *t = (niter[e.y] & 1u) ? t1 : t0;
     const int y = (int)(p / W), x = (int)(p % W);
     const int h = (int)H, w = (int)W;
-    const float2 yp = field_at(labels, t, h, w, y + 1, x, lab);
-    const float2 ym = field_at(labels, t, h, w, y - 1, x, lab);
-    const float2 xp = field_at(labels, t, h, w, y, x + 1, lab);
-    const float2 xm = field_at(labels, t, h, w, y, x - 1, lab);
+    const heat yp = field_at(labels, t, h, w, y + 1, x, lab);
+    const heat ym = field_at(labels, t, h, w, y - 1, x, lab);
+    const heat xp = field_at(labels, t, h, w, y, x + 1, lab);
+    const heat xm = field_at(labels, t, h, w, y, x - 1, lab);
     const float2 u = unit_gradient(yp, ym, xp, xm);
     const float uy = u.x, ux = u.y;
     const uint npix = H * W;
@@ -159,7 +197,7 @@ __kernel void l2f_gradient(__global const uint *labels, __global const uint2 *li
 #define L2F_SLOTS 16
 __kernel void l2f_local(__global const uint *labels, __global const int4 *boxes,
                         __global const uint2 *cn, __global float *flows, const uint H, const uint W,
-                        const uint n_masks, const float2 ninth, __local float2 *t,
+                        const uint n_masks, const float2 ninth, __local heat *t,
                         __local uchar *member) {
     const uint g = get_group_id(0);
     if (g >= n_masks)
@@ -175,22 +213,22 @@ __kernel void l2f_local(__global const uint *labels, __global const int4 *boxes,
         const int y = b.x + (int)(j / bw), x = b.y + (int)(j % bw);
         const int in = y >= 0 && y < (int)H && x >= 0 && x < (int)W;
         member[j] = in && labels[(uint)y * W + (uint)x] == lab;
-        t[j] = (float2)(0.0f, 0.0f);
+        t[j] = HEAT_ZERO;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    float2 nv[L2F_SLOTS];
+    heat nv[L2F_SLOTS];
     for (uint it = 0; it < c.y; it++) {
         for (uint k = 0; k < L2F_SLOTS; k++) {
             const uint j = lid + k * lsz;
             if (j >= nbox || !member[j])
                 continue;
-            float2 v[9];
+            heat v[9];
             for (uint r = 0; r < 3; r++)
                 for (uint q = 0; q < 3; q++) {
                     const uint jj = j + r * bw + q - bw - 1;
-                    v[3 * r + q] = jj == cj ? dd_add(t[jj], (float2)(1.0f, 0.0f)) : t[jj];
+                    v[3 * r + q] = jj == cj ? heat_inc(t[jj]) : t[jj];
                 }
-            nv[k] = dd_mul(sum3x3(v), ninth);
+            nv[k] = heat_mean9(v, ninth);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint k = 0; k < L2F_SLOTS; k++) {
@@ -219,6 +257,7 @@ __kernel void l2f_local(__global const uint *labels, __global const int4 *boxes,
  * rounds exactly as dd_add / dd_mul above), and each column sum is computed once and shared by
  * three pixels. Thousands of masks give the parallelism. */
 
+#ifndef GPUSEG_FP64
 typedef struct {
     float8 h, l;
 } dd8;
@@ -246,13 +285,19 @@ static dd8 dd8_load(__global const float *hi, __global const float *lo) {
     dd8 r = {vload8(0, hi), vload8(0, lo)};
     return r;
 }
+#endif
 
 /* boxes[g] = (y, x, height, width) of mask g's bounding box padded by one pixel (as l2f_local);
  * info[g] = (centre pixel index, iteration count, scratch offset in floats, row stride S: width
  * rounded up to 8). One launch takes jobs base .. end - 1. scratch at info[g].z holds 5 planes of
  * height * S floats (field A hi, lo, field B hi, lo, membership 1/0) and two column-sum rows of S +
- * 8 floats, all initialised here. Cells outside the mask (other labels, outside the image, the
- * padding, columns beyond the width) stay 0, the zeros of Cellpose's per-mask array. */
+ * 8 floats, all initialised here, and 8 guard floats before them (read, never used, by the double
+ * sweep). Cells outside the mask (other labels, outside the image, the padding, columns beyond the
+ * width) stay 0, the zeros of Cellpose's per-mask array.
+ * With GPUSEG_FP64 the two float planes of a field are one plane of doubles, and each row is swept
+ * as double4 vectors in Cellpose's order (heat_mean9) with no column sums. Its loads reach one
+ * cell before and after the box's padding ring (the guard, or the next plane): those lanes are
+ * padding, whose result is discarded. */
 __kernel void l2f_box(__global const uint *labels, __global const int4 *boxes,
                       __global const uint4 *info, const uint base, const uint end,
                       __global float *flows, const uint H, const uint W, const float2 ninth,
@@ -280,6 +325,42 @@ __kernel void l2f_box(__global const uint *labels, __global const int4 *boxes,
     }
     for (uint q = 0; q < S + 8; q++)
         ch[q] = cl[q] = 0.0f;
+    for (uint q = 1; q <= 8; q++)
+        ah[-(int)q] = 0.0f;
+    const uint npix = H * W;
+#ifdef GPUSEG_FP64
+    (void)ninth;
+    __global double *A = (__global double *)ah, *N = (__global double *)nh;
+    for (uint it = 0; it < f.y; it++) {
+        A[cj] += 1.0; /* Cellpose's T[centre] += 1 before each averaging step */
+        for (uint r = 1; r + 1 < bh; r++)
+            for (uint q = 0; q < S; q += 4) { /* double4: AVX2's width */
+                __global const double *c = A + r * S + q;
+                const double4 s = (((((((vload4(0, c) + vload4(0, c - S)) + vload4(0, c + S)) +
+                                       vload4(0, c - 1)) +
+                                      vload4(0, c + 1)) +
+                                     vload4(0, c - S - 1)) +
+                                    vload4(0, c - S + 1)) +
+                                   vload4(0, c + S - 1)) +
+                                  vload4(0, c + S + 1);
+                const long4 in = convert_long4(vload4(0, mem + r * S + q) != (float4)(0.0f));
+                vstore4(select((double4)(0.0), (1.0 / 9.0) * s, in), 0, N + r * S + q);
+            }
+        __global double *t = A;
+        A = N;
+        N = t;
+    }
+    for (uint r = 1; r + 1 < bh; r++)
+        for (uint q = 1; q + 1 < bw; q++) {
+            const uint j = r * S + q;
+            if (mem[j] == 0.0f)
+                continue;
+            const float2 u = unit_gradient(A[j + S], A[j - S], A[j + 1], A[j - 1]);
+            const uint p = (uint)(b.x + (int)r) * W + (uint)(b.y + (int)q);
+            flows[p] = u.x;
+            flows[npix + p] = u.y;
+        }
+#else
     for (uint it = 0; it < f.y; it++) {
         /* Cellpose's T[centre] += 1 before each averaging step */
         const float2 c = dd_add((float2)(ah[cj], al[cj]), (float2)(1.0f, 0.0f));
@@ -313,7 +394,6 @@ __kernel void l2f_box(__global const uint *labels, __global const int4 *boxes,
         al = nl;
         nl = t;
     }
-    const uint npix = H * W;
     for (uint r = 1; r + 1 < bh; r++)
         for (uint q = 1; q + 1 < bw; q++) {
             const uint j = r * S + q;
@@ -326,4 +406,5 @@ __kernel void l2f_box(__global const uint *labels, __global const int4 *boxes,
             flows[p] = u.x;
             flows[npix + p] = u.y;
         }
+#endif
 }

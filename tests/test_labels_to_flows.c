@@ -138,7 +138,10 @@ END_TEST
  * every pixel of the three fixtures (PoCL). TOL allows 8x that for other devices' rounding of
  * the final sqrt/division. Pixels where Cellpose's own gradient is rounding noise (a centre that
  * is not exactly symmetric in float64) cannot agree in general; none occur in these fixtures,
- * so no outlier is allowed (MAX_OUTLIERS); see docs/flows.md. */
+ * so no outlier is allowed (MAX_OUTLIERS); see docs/flows.md.
+ * With native doubles (ctx->fp64: CPU devices with cl_khr_fp64, or GPUSEG_FP64=1) every variant
+ * computes Cellpose's float64 expression in its order, so the flows must be the fixture's bits
+ * exactly (error 0); ctest runs this program again with GPUSEG_FP64=0 for the float pairs. */
 #define TOL          1e-6f
 #define MAX_OUTLIERS 0
 
@@ -178,6 +181,9 @@ static void compare_fixture(gpuseg_ctx *ctx, const char *name, uint32_t mult) {
     ck_assert_msg(out <= MAX_OUTLIERS,
                   "%s: %zu of %zu flow values differ from Cellpose by more than %g (worst %g)",
                   name, out, fg, (double)TOL, worst);
+    if (ctx->fp64)
+        ck_assert_msg(worst == 0, "%s: native doubles, yet a flow differs from Cellpose by %g",
+                      name, worst);
     free(f);
     gpuseg_npy_free(ref);
     free(lab);

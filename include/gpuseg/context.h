@@ -49,6 +49,7 @@ typedef struct gpuseg_device_info {
     size_t max_work_group_size;
     unsigned compute_units;
     int fp16; /* cl_khr_fp16 available */
+    int fp64; /* cl_khr_fp64 available (double precision) */
 } gpuseg_device_info;
 
 typedef struct gpuseg_ctx_params {

@@ -86,10 +86,11 @@ int gpuseg_cmd_devices(int argc, char **argv) {
             json_str(d->driver_version);
             printf(", \"global_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, "
                    "\"local_mem_bytes\": %llu, \"max_work_group_size\": %zu, "
-                   "\"compute_units\": %u, \"fp16\": %s, \"chosen\": %s}",
+                   "\"compute_units\": %u, \"fp16\": %s, \"fp64\": %s, \"chosen\": %s}",
                    (unsigned long long)d->global_mem_bytes, (unsigned long long)d->max_alloc_bytes,
                    (unsigned long long)d->local_mem_bytes, d->max_work_group_size, d->compute_units,
-                   d->fp16 ? "true" : "false", cst == GPUSEG_OK && chosen == i ? "true" : "false");
+                   d->fp16 ? "true" : "false", d->fp64 ? "true" : "false",
+                   cst == GPUSEG_OK && chosen == i ? "true" : "false");
         }
         printf("]}\n");
     } else {
@@ -99,11 +100,11 @@ int gpuseg_cmd_devices(int argc, char **argv) {
                    d->platform_index, d->device_index, d->platform_name, d->name,
                    type_name(d->type));
             printf("        driver %s, %s, %u compute units, %.1f GiB memory (%.1f GiB per "
-                   "buffer), %llu KiB local, work-group %zu, fp16 %s\n",
+                   "buffer), %llu KiB local, work-group %zu, fp16 %s, fp64 %s\n",
                    d->driver_version, d->device_version, d->compute_units,
                    (double)d->global_mem_bytes / (1 << 30), (double)d->max_alloc_bytes / (1 << 30),
                    (unsigned long long)d->local_mem_bytes / 1024, d->max_work_group_size,
-                   d->fp16 ? "yes" : "no");
+                   d->fp16 ? "yes" : "no", d->fp64 ? "yes" : "no");
         }
         if (n == 0)
             printf("(no OpenCL devices on any platform)\n");

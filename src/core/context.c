@@ -64,6 +64,7 @@ static void query_device(cl_platform_id p, cl_device_id d, gpuseg_device_info *i
         if (ext && clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, ext_len, ext, NULL) == CL_SUCCESS) {
             ext[ext_len] = '\0';
             info->fp16 = strstr(ext, "cl_khr_fp16") != NULL;
+            info->fp64 = strstr(ext, "cl_khr_fp64") != NULL;
         }
         free(ext);
     }
@@ -285,6 +286,9 @@ gpuseg_status gpuseg_ctx_create(const gpuseg_ctx_params *params, gpuseg_ctx **ou
         goto fail;
     }
     ctx->prof = gpuseg__profile_new(); /* GPUSEG_PROFILE: per-kernel event times (bench/) */
+    const char *fp64 = getenv("GPUSEG_FP64");
+    ctx->fp64 = ctx->dev.fp64 &&
+                (fp64 && *fp64 ? strcmp(fp64, "0") != 0 : ctx->dev.type == GPUSEG_DEVICE_CPU);
     gpuseg__log(ctx, GPUSEG_LOG_INFO, "device %d: %s / %s (%s)", ctx->dev.index,
                 ctx->dev.platform_name, ctx->dev.name, ctx->dev.driver_version);
     free(list);

@@ -53,6 +53,11 @@ struct gpuseg_ctx {
     gpuseg_program_stats stats;
     struct gpuseg__profile *prof; /* core/profile.c; NULL unless GPUSEG_PROFILE is set */
     gpuseg_limits limits;         /* resolved at creation (core/limits.c) */
+    /* Programs are built with -DGPUSEG_FP64=1: the flow kernels (dynamics.cl, labels_to_flows.cl)
+     * then compute Cellpose's float64 arithmetic in native double instead of float pairs. On by
+     * default on CPU devices with cl_khr_fp64 (fast there; GPUs keep the float pairs, as many
+     * have slow or no fp64); $GPUSEG_FP64=0 or 1 overrides where the device has fp64. */
+    bool fp64;
     char errmsg[GPUSEG__ERRMSG_LEN];
 };
 

@@ -291,7 +291,8 @@ gpuseg_status gpuseg__program(gpuseg_ctx *ctx, const char *name, const char *opt
     if (st != GPUSEG_OK)
         return st;
     char full_options[512];
-    snprintf(full_options, sizeof full_options, "%s %s", BASE_BUILD_OPTIONS, options);
+    snprintf(full_options, sizeof full_options, "%s%s %s", BASE_BUILD_OPTIONS,
+             ctx->fp64 ? " -DGPUSEG_FP64=1" : "", options);
 
     unsigned char key[32];
     cl_program prog = NULL;

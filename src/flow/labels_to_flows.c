@@ -129,11 +129,13 @@ static gpuseg_status map_labels(gpuseg_ctx *ctx, const uint32_t *labels, size_t 
  * takes the per-step path. */
 #define L2F_BOX_SCRATCH ((size_t)64 << 20)
 
-/* l2f_box's scratch for a padded box of h x w (floats, a multiple of 8): 5 planes of h rows of
- * stride S = w rounded up to 8, and two column-sum rows of S + 8 (kernels/labels_to_flows.cl). */
+/* l2f_box's scratch for a padded box of h x w (floats, a multiple of 8): a guard of BOX_GUARD
+ * floats, 5 planes of h rows of stride S = w rounded up to 8, and two column-sum rows of S + 8
+ * (kernels/labels_to_flows.cl). The kernel is given the offset past the guard. */
+#define BOX_GUARD 8
 static uint64_t box_floats(uint64_t h, uint64_t w) {
     const uint64_t S = (w + 7) & ~(uint64_t)7;
-    return 5 * h * S + 2 * (S + 8);
+    return BOX_GUARD + 5 * h * S + 2 * (S + 8);
 }
 
 /* A padded box larger than this for a mask of n pixels is sparse: l2f_box would sweep mostly
@@ -415,14 +417,14 @@ static gpuseg_status run_box(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, ui
         const uint32_t bh = k->dy1 - k->dy0 + 3, bw = k->dx1 - k->dx0 + 3;
         const uint64_t need = box_floats(bh, bw); /* <= cap: checked by plan_build */
         if (used + need > cap)
-            used = 0; /* a new launch starts here (offset 0 marks it, see below) */
+            used = 0; /* a new launch starts here (offset BOX_GUARD marks it, see below) */
         boxes[i].s[0] = (cl_int)k->dy0 - 1;
         boxes[i].s[1] = (cl_int)k->dx0 - 1;
         boxes[i].s[2] = (cl_int)bh;
         boxes[i].s[3] = (cl_int)bw;
         info[i].s[0] = k->center;
         info[i].s[1] = k->niter;
-        info[i].s[2] = (cl_uint)used;
+        info[i].s[2] = (cl_uint)(used + BOX_GUARD);
         info[i].s[3] = (bw + 7) & ~7u;
         used += need;
         if (used > most)
@@ -446,12 +448,12 @@ static gpuseg_status run_box(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, ui
         st = gpuseg__fail_cl(ctx, err, "labels to flows: clEnqueueWriteBuffer(mask jobs)");
         goto done;
     }
-    /* one launch per run of jobs with increasing scratch offsets (a new run starts at offset 0);
+    /* one launch per run of jobs with increasing scratch offsets (a new run starts at BOX_GUARD);
      * the in-order queue keeps launches that share the scratch apart */
     const cl_uint h = H, w = W;
     for (uint32_t s = 0; s < n;) {
         uint32_t e = s + 1;
-        while (e < n && info[e].s[2] != 0)
+        while (e < n && info[e].s[2] != BOX_GUARD)
             e++;
         const cl_uint base = s, end = e;
         const size_t g = e - s, one = 1;
