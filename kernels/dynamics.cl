@@ -104,24 +104,66 @@ static inline float bilinear(__global const float *F, uint W, int y0, int y1, in
 
 /* ---- stage 1: threshold and scale -------------------------------------------------------- */
 
-/* flows: [3, H*W] (dY, dX, cellprob). F: [2, H*W] = dP * (cellprob > thr) / 5 (float32, as
- * numpy). end[i] = 0 for a followed pixel, -1 otherwise. bad[0] counts non-finite values,
- * bad[1] receives the smallest flat index of one (init 0xffffffff). */
-__kernel void masks_prep(__global const float *flows, const uint n, const float thr,
-                         __global float *F, __global int *end, __global uint *bad) {
-    const uint i = get_global_id(0);
-    if (i >= n)
-        return;
+/* Pixel i of flows [3, n] (dY, dX, cellprob): (dY, dX) * (cellprob > thr) / 5 (float32, as
+ * numpy) into *fy, *fx; returns whether it is followed (foreground). */
+static inline int prep_pixel(__global const float *flows, const uint n, const size_t i,
+                             const float thr, float *fy, float *fx) {
+    const float dy = flows[i], dx = flows[n + i], cp = flows[2 * (size_t)n + i];
+    const int fg = cp > thr;
+    *fy = fg ? div5(dy) : 0.0f;
+    *fx = fg ? div5(dx) : 0.0f;
+    return fg;
+}
+
+/* bad[0] counts non-finite values, bad[1] receives the smallest flat index (channel * n + i) of
+ * one (init 0xffffffff). */
+static inline void prep_check(__global const float *flows, const uint n, const size_t i,
+                              __global uint *bad) {
     const float dy = flows[i], dx = flows[n + i], cp = flows[2 * (size_t)n + i];
     if (!isfinite(dy) || !isfinite(dx) || !isfinite(cp)) {
         atomic_inc(&bad[0]);
         uint c = !isfinite(dy) ? 0u : (!isfinite(dx) ? 1u : 2u);
         atomic_min(&bad[1], (uint)(c * n + i));
     }
-    const int fg = cp > thr;
-    F[i] = fg ? div5(dy) : 0.0f;
-    F[n + i] = fg ? div5(dx) : 0.0f;
+}
+
+/* GPUs: F [2, H*W] planes of the scaled flows (prep_pixel); end[i] = 0 for a followed pixel, -1
+ * otherwise; bad as prep_check. */
+__kernel void masks_prep(__global const float *flows, const uint n, const float thr,
+                         __global float *F, __global int *end, __global uint *bad) {
+    const uint i = get_global_id(0);
+    if (i >= n)
+        return;
+    prep_check(flows, n, i, bad);
+    float fy, fx;
+    const int fg = prep_pixel(flows, n, i, thr, &fy, &fx);
+    F[i] = fy;
+    F[n + i] = fx;
     end[i] = fg ? 0 : -1;
+}
+
+/* CPU devices (masks_euler8): the scaled flows packed as G, (dY, dX) pairs per pixel with row
+ * stride W + 1 and one extra row and column repeating the last ones. Then the four corners of a
+ * bilinear sample are two 16-byte loads, (y0, x0 .. x0+1) and (y0+1, x0 .. x0+1), and the edge
+ * clamp min(L-1, p0+1) needs no test: the extra cells hold the clamped values. end and bad as
+ * masks_prep. Global size: (W + 1, H + 1). */
+__kernel void masks_prep_packed(__global const float *flows, const uint H, const uint W,
+                                const float thr, __global float *G, __global int *end,
+                                __global uint *bad) {
+    const uint x = get_global_id(0), y = get_global_id(1);
+    if (x > W || y > H)
+        return;
+    const uint n = H * W;
+    const size_t src = (size_t)min(y, H - 1) * W + min(x, W - 1);
+    float fy, fx;
+    const int fg = prep_pixel(flows, n, src, thr, &fy, &fx);
+    const size_t dst = 2 * ((size_t)y * (W + 1) + x);
+    G[dst] = fy;
+    G[dst + 1] = fx;
+    if (x < W && y < H) {
+        prep_check(flows, n, src, bad);
+        end[src] = fg ? 0 : -1;
+    }
 }
 
 /* ---- stage 2: Euler integration and histogram ------------------------------------------ */
@@ -184,7 +226,7 @@ __kernel void masks_euler(__global const float *F, const uint H, const uint W, c
  * and this one runs the ~110 operations of a step 8 lanes at a time. Each lane performs exactly
  * the scalar kernel's operations (same helpers, lane by lane), so the end points are identical
  * bits; a lane that has stopped (fixed point, 2-cycle, background) keeps its position while the
- * others go on. Reads the flows from G (masks_pack) and the pixels from masks_rows' lists.
+ * others go on. Reads the flows from G (masks_prep_packed) and the pixels from masks_rows' lists.
  * Global size: (ceil(W / 8), H). */
 #ifdef GPUSEG_FP64
 /* The doubles are handled as two double4 halves: a double8 is wider than AVX2's registers, and
@@ -267,21 +309,6 @@ static inline float8 bilinear8(float8 f00, float8 f01, float8 f10, float8 f11, w
     return s.h + s.l;
 }
 #endif
-
-/* G for masks_euler8: the scaled flows F ([2, H*W] planes) repacked as (dY, dX) pairs per pixel
- * with row stride W + 1 and one extra row and column repeating the last ones. Then the four
- * corners of a bilinear sample are two 16-byte loads, (y0, x0 .. x0+1) and (y0+1, x0 .. x0+1),
- * and the edge clamp min(L-1, p0+1) needs no test: the extra cells hold the clamped values.
- * Global size: (W + 1, H + 1). */
-__kernel void masks_pack(__global const float *F, const uint H, const uint W, __global float *G) {
-    const uint x = get_global_id(0), y = get_global_id(1);
-    if (x > W || y > H)
-        return;
-    const size_t src = (size_t)min(y, H - 1) * W + min(x, W - 1), n = (size_t)H * W;
-    const size_t dst = 2 * ((size_t)y * (W + 1) + x);
-    G[dst] = F[src];
-    G[dst + 1] = F[n + src];
-}
 
 /* For masks_euler8: xs[y*W + k] = column of the k-th followed pixel of row y, cnt[y] = their
  * number, so that the float8 lanes are filled with followed pixels only (about a third of the

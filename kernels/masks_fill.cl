@@ -35,20 +35,15 @@ static inline ff sqdiff(float a, float b) {
     return r;
 }
 
-/* x / 5 correctly rounded (see dynamics.cl). */
-static inline float div5(float x) {
-    float q = x * 0.2f;
-    float r = fma(-q, 5.0f, x);
-    return fma(r, 0.2f, q);
-}
-
 /* Work-group g handles label g+1 (box[4g..4g+3] = y0, y1, x0, x1). sums[4g..4g+3] = sum over the
- * mask of (muY - dY/5)^2 as (hi, lo), then the same for X. flows: network [3, n] (dY, dX, ...);
+ * mask of (muY - dY/5)^2 as (hi, lo), then the same for X. S: the scaled flows dP/5 of stage 1
+ * (masks_prep or masks_prep_packed; every mask pixel is a followed pixel, where they are exactly
+ * dP/5), dY/5 of pixel (y, x) at S[oy + y * rs + x * es] and dX/5 at S[ox + y * rs + x * es];
  * mu: ideal [2, n]. */
 __kernel __attribute__((reqd_work_group_size(MASKS_WG, 1, 1))) void
-masks_qc_sums(__global const uint *labels, const uint W, const uint n, __global const float *flows,
-              __global const float *mu, __global const uint *box, const uint n_labels,
-              __global float *sums) {
+masks_qc_sums(__global const uint *labels, const uint W, const uint n, __global const float *S,
+              const uint oy, const uint ox, const uint rs, const uint es, __global const float *mu,
+              __global const uint *box, const uint n_labels, __global float *sums) {
     __local float acc[4][MASKS_WG];
     const uint g = get_group_id(0), lid = get_local_id(0);
     if (g >= n_labels)
@@ -64,8 +59,9 @@ masks_qc_sums(__global const uint *labels, const uint W, const uint n, __global 
             const size_t i = (size_t)y * W + x;
             if (labels[i] != l)
                 continue;
-            sy = add_ff(sy, sqdiff(mu[i], div5(flows[i])));
-            sx = add_ff(sx, sqdiff(mu[n + i], div5(flows[n + i])));
+            const size_t s = (size_t)y * rs + (size_t)x * es;
+            sy = add_ff(sy, sqdiff(mu[i], S[oy + s]));
+            sx = add_ff(sx, sqdiff(mu[n + i], S[ox + s]));
         }
     }
     acc[0][lid] = sy.h;

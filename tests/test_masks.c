@@ -219,7 +219,7 @@ START_TEST(euler_bitexact_and_flow_errors) {
         cl_mem out = NULL;
         gpuseg_dtype dt;
         uint32_t nm;
-        ck_assert_msg(gpuseg__masks_run(ctx, d, H, W, NULL, &dbg, &out, &dt, &nm) == GPUSEG_OK,
+        ck_assert_msg(gpuseg__masks_run(ctx, d, 0, H, W, NULL, &dbg, &out, &dt, &nm) == GPUSEG_OK,
                       "%s", gpuseg_last_error());
         ck_assert_uint_eq(dbg.n_pre, fe->shape[0]);
         size_t diff = 0;
@@ -295,7 +295,7 @@ START_TEST(cpu_and_gpu_kernels_agree) {
             gpuseg__flow_variant = v;
             cl_mem out = NULL;
             gpuseg_dtype dt;
-            gpuseg_status st = gpuseg__masks_run(ctx, d, H, W, NULL, &dbg, &out, &dt, &nm[v]);
+            gpuseg_status st = gpuseg__masks_run(ctx, d, 0, H, W, NULL, &dbg, &out, &dt, &nm[v]);
             gpuseg__flow_variant = -1;
             ck_assert_msg(st == GPUSEG_OK, "%s", gpuseg_last_error());
             ck_assert(dt == GPUSEG_DTYPE_U16);

@@ -646,9 +646,11 @@ fail:
     return st;
 }
 
-/* The device part, given host labels (for the plan) and the same labels on the device. */
-static gpuseg_status run(gpuseg_ctx *ctx, const uint32_t *host_labels, cl_mem labels, uint32_t H,
-                         uint32_t W, cl_mem flows) {
+/* The device part, given host labels (for the plan) and the same labels on the device. owned
+ * (may be NULL): a host array of the caller's that is freed, and set to NULL, once the plan is
+ * made (the host labels themselves, when the caller made that copy). */
+static gpuseg_status run(gpuseg_ctx *ctx, const uint32_t *host_labels, uint32_t **owned,
+                         cl_mem labels, uint32_t H, uint32_t W, cl_mem flows) {
     const size_t npix = (size_t)H * W;
     l2f_plan pl;
     memset(&pl, 0, sizeof pl);
@@ -656,6 +658,15 @@ static gpuseg_status run(gpuseg_ctx *ctx, const uint32_t *host_labels, cl_mem la
     const int box = gpuseg__flow_cpu_kernels(ctx);
     const size_t limit = local_path_limit(ctx, box, &lsz);
     gpuseg_status st = plan_build(ctx, host_labels, H, W, limit, box, &pl);
+    /* the per-pixel host tables (8-9 bytes per pixel) are only needed to make the plan */
+    if (owned) {
+        free(*owned);
+        *owned = NULL;
+    }
+    free(pl.mask_of);
+    pl.mask_of = NULL;
+    free(pl.piece);
+    pl.piece = NULL;
     if (st != GPUSEG_OK)
         goto done;
     if ((st = fill_zero(ctx, flows, 2 * npix * sizeof(float), "flows")) != GPUSEG_OK)
@@ -705,7 +716,7 @@ gpuseg_status gpuseg__labels_to_flows_cl(gpuseg_ctx *ctx, cl_mem labels, uint32_
                                     "maximum %u",
                                     v, i, n_labels);
             }
-    st = run(ctx, host, labels, H, W, flows);
+    st = run(ctx, host, &host, labels, H, W, flows);
     free(host);
     return st;
 }
@@ -737,7 +748,7 @@ gpuseg_status gpuseg_labels_to_flows(gpuseg_ctx *ctx, const uint32_t *labels, ui
         st = gpuseg__fail_cl(ctx, err, "labels to flows: uploading labels");
         goto fail;
     }
-    if ((st = run(ctx, labels, dl, H, W, df)) != GPUSEG_OK)
+    if ((st = run(ctx, labels, NULL, dl, H, W, df)) != GPUSEG_OK)
         goto fail;
     err = clEnqueueReadBuffer(ctx->queue, df, CL_TRUE, 0, 2 * npix * sizeof(float), flows_out, 0,
                               NULL, NULL);

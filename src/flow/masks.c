@@ -170,9 +170,9 @@ static gpuseg_status label_stats(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uin
     return GPUSEG_OK;
 }
 
-/* Euler integration and end-point histogram (stage 2). CPU devices: masks_pack repacks the flows
- * (b->F is replaced by the packed copy), masks_rows lists each row's followed pixels, and
- * masks_euler8 follows them 8 per work-item as float8 lanes; other devices: masks_euler, one
+/* Euler integration and end-point histogram (stage 2). CPU devices: b->F holds the packed flows
+ * (masks_prep_packed), masks_rows lists each row's followed pixels, and masks_euler8 follows them
+ * 8 per work-item as float8 lanes; other devices: b->F holds planes, masks_euler follows one
  * pixel per work-item. Same end points (docs/masks.md). pos: debug positions or NULL. */
 static gpuseg_status euler(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uint32_t W, cl_uint niter,
                            cl_mem pos) {
@@ -189,18 +189,8 @@ static gpuseg_status euler(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uint32_t 
             return st;
         return run2(ctx, k, H, W);
     }
-    cl_mem G = NULL, xs = NULL, cnt = NULL;
+    cl_mem xs = NULL, cnt = NULL;
     size_t gh = H;
-    if ((st = buffer(ctx, 2 * ((size_t)H + 1) * ((size_t)W + 1), sizeof(float), "packed flows",
-                     &G)) != GPUSEG_OK ||
-        (st = kernel(ctx, "dynamics", "masks_pack", &k)) != GPUSEG_OK ||
-        (st = gpuseg__set_args(ctx, k, 4, sizeof(cl_mem), &b->F, sizeof(cl_uint), &ch,
-                               sizeof(cl_uint), &cw, sizeof(cl_mem), &G)) != GPUSEG_OK ||
-        (st = run2(ctx, k, H + 1, W + 1)) != GPUSEG_OK)
-        goto done;
-    gpuseg__release(&b->F); /* the runtime keeps it until masks_pack is done */
-    b->F = G;
-    G = NULL;
     if ((st = buffer(ctx, n, sizeof(cl_uint), "row pixel lists", &xs)) != GPUSEG_OK ||
         (st = buffer(ctx, H, sizeof(cl_uint), "row pixel counts", &cnt)) != GPUSEG_OK ||
         (st = kernel(ctx, "dynamics", "masks_rows", &k)) != GPUSEG_OK ||
@@ -217,26 +207,35 @@ static gpuseg_status euler(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uint32_t 
     st = run2(ctx, k, H, (W + 7) / 8);
 done:
     /* the runtime keeps buffers alive until the enqueued kernels using them are done */
-    gpuseg__release(&G);
     gpuseg__release(&xs);
     gpuseg__release(&cnt);
     return st;
 }
 
+/* The scaled flows b->F of stage 1: packed (dY, dX) pairs with row stride W + 1 and an extra row
+ * and column on CPU devices (masks_prep_packed, for masks_euler8), two planes elsewhere. */
+static size_t scaled_flows_floats(gpuseg_ctx *ctx, uint32_t H, uint32_t W) {
+    return gpuseg__flow_cpu_kernels(ctx) ? 2 * ((size_t)H + 1) * ((size_t)W + 1)
+                                         : 2 * (size_t)H * W;
+}
+
 /* Stages 1-3: threshold, Euler integration, histogram, seeds, growth, painting, assignment.
- * On return labels holds provisional labels 1..*n_seeds (0 = none). */
-static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flows, uint32_t H,
-                                     uint32_t W, const gpuseg_masks_params *p,
+ * On return b->labels holds provisional labels 1..*n_seeds (0 = none) and b->F the scaled flows
+ * (for the flow-error QC). With take set, *flows is released (and set to NULL) as soon as stage 1
+ * has read it. Buffers are allocated when their stage starts and released when it ends, so that
+ * the peak is the largest stage rather than their sum (docs/masks.md). */
+static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem *flows, int take,
+                                     uint32_t H, uint32_t W, const gpuseg_masks_params *p,
                                      gpuseg__masks_debug *dbg, double *tm, uint32_t *n_seeds_out) {
     const size_t n = (size_t)H * W;
+    const int packed = gpuseg__flow_cpu_kernels(ctx);
     gpuseg_status st;
     cl_kernel k;
     cl_uint cn = (cl_uint)n, ch = H, cw = W;
-    if ((st = buffer(ctx, 2 * n, sizeof(float), "scaled flows", &b->F)) != GPUSEG_OK ||
+    if ((st = buffer(ctx, scaled_flows_floats(ctx, H, W), sizeof(float), "scaled flows", &b->F)) !=
+            GPUSEG_OK ||
         (st = buffer(ctx, n, sizeof(cl_int), "end points", &b->end)) != GPUSEG_OK ||
-        (st = buffer(ctx, n, sizeof(cl_uint), "histogram", &b->hist)) != GPUSEG_OK ||
-        (st = buffer(ctx, 2, sizeof(cl_uint), "flags", &b->bad)) != GPUSEG_OK ||
-        (st = fill_u32(ctx, b->hist, n, 0, "histogram")) != GPUSEG_OK)
+        (st = buffer(ctx, 2, sizeof(cl_uint), "flags", &b->bad)) != GPUSEG_OK)
         return st;
     cl_uint bad_init[2] = {0, UINT32_MAX};
     if ((st = write_buf(ctx, b->bad, sizeof bad_init, bad_init, "flags")) != GPUSEG_OK)
@@ -244,15 +243,26 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flow
 
     /* 1. foreground and F = dP * fg / 5; refuse non-finite input */
     float thr = p->cellprob_threshold;
-    if ((st = kernel(ctx, "dynamics", "masks_prep", &k)) != GPUSEG_OK ||
-        (st = gpuseg__set_args(ctx, k, 6, sizeof(cl_mem), &flows, sizeof(cl_uint), &cn,
-                               sizeof(float), &thr, sizeof(cl_mem), &b->F, sizeof(cl_mem), &b->end,
-                               sizeof(cl_mem), &b->bad)) != GPUSEG_OK ||
-        (st = run1(ctx, k, n)) != GPUSEG_OK)
+    if (packed) {
+        if ((st = kernel(ctx, "dynamics", "masks_prep_packed", &k)) != GPUSEG_OK ||
+            (st = gpuseg__set_args(ctx, k, 7, sizeof(cl_mem), flows, sizeof(cl_uint), &ch,
+                                   sizeof(cl_uint), &cw, sizeof(float), &thr, sizeof(cl_mem), &b->F,
+                                   sizeof(cl_mem), &b->end, sizeof(cl_mem), &b->bad)) !=
+                GPUSEG_OK ||
+            (st = run2(ctx, k, H + 1, W + 1)) != GPUSEG_OK)
+            return st;
+    } else if ((st = kernel(ctx, "dynamics", "masks_prep", &k)) != GPUSEG_OK ||
+               (st = gpuseg__set_args(ctx, k, 6, sizeof(cl_mem), flows, sizeof(cl_uint), &cn,
+                                      sizeof(float), &thr, sizeof(cl_mem), &b->F, sizeof(cl_mem),
+                                      &b->end, sizeof(cl_mem), &b->bad)) != GPUSEG_OK ||
+               (st = run1(ctx, k, n)) != GPUSEG_OK) {
         return st;
+    }
     cl_uint bad[2];
     if ((st = read_buf(ctx, b->bad, sizeof bad, bad, "flags")) != GPUSEG_OK)
         return st;
+    if (take) /* the blocking read above means stage 1 is done with it */
+        gpuseg__release(flows);
     if (bad[0] > 0) {
         static const char *chan[3] = {"dY", "dX", "cellprob"};
         uint32_t c = (uint32_t)(bad[1] / n), i = (uint32_t)(bad[1] % n);
@@ -262,6 +272,9 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flow
     }
 
     /* 2. Euler integration and the end-point histogram */
+    if ((st = buffer(ctx, n, sizeof(cl_uint), "histogram", &b->hist)) != GPUSEG_OK ||
+        (st = fill_u32(ctx, b->hist, n, 0, "histogram")) != GPUSEG_OK)
+        return st;
     cl_mem pos = NULL;
     cl_uint niter = p->niter ? p->niter : 200;
     if (dbg && dbg->pos &&
@@ -277,7 +290,6 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flow
         if (st != GPUSEG_OK)
             return st;
     }
-    gpuseg__release(&b->F);
     stage(ctx, tm, "threshold, Euler integration, histogram");
 
     /* 3. seeds: every seed holds > 10 end points, so there are at most n / 11 */
@@ -298,8 +310,14 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flow
         return gpuseg__fail(ctx, GPUSEG_INTERNAL, "flows to masks: %u seeds exceed the bound %u",
                             ns, cap);
     *n_seeds_out = ns;
-    if (ns == 0)
-        return GPUSEG_OK;
+    if (ns == 0) {
+        gpuseg__release(&b->end);
+        gpuseg__release(&b->hist);
+        gpuseg__release(&b->seeds);
+        if ((st = buffer(ctx, n, sizeof(cl_uint), "labels", &b->labels)) != GPUSEG_OK)
+            return st;
+        return fill_u32(ctx, b->labels, n, 0, "labels");
+    }
 
     /* 4. growth and painting (highest count wins, ties to the later seed in row-major order) */
     if ((st = buffer(ctx, (size_t)ns * 11, sizeof(cl_ushort), "seed regions", &b->region)) !=
@@ -325,27 +343,28 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flow
         (st = run1(ctx, k, ns)) != GPUSEG_OK)
         return st;
 
-    /* 5. every followed pixel takes the label of its end point's cell */
-    if ((st = kernel(ctx, "dynamics", "masks_assign", &k)) != GPUSEG_OK ||
+    /* 5. every pixel takes the label of its end point's cell (0 when not followed) */
+    gpuseg__release(&b->hist); /* the runtime keeps both until the kernels above are done */
+    gpuseg__release(&b->best);
+    if ((st = buffer(ctx, n, sizeof(cl_uint), "labels", &b->labels)) != GPUSEG_OK ||
+        (st = kernel(ctx, "dynamics", "masks_assign", &k)) != GPUSEG_OK ||
         (st = gpuseg__set_args(ctx, k, 5, sizeof(cl_mem), &b->end, sizeof(cl_uint), &cn,
                                sizeof(cl_mem), &b->win, sizeof(cl_mem), &b->seedid, sizeof(cl_mem),
                                &b->labels)) != GPUSEG_OK ||
         (st = run1(ctx, k, n)) != GPUSEG_OK)
         return st;
     gpuseg__release(&b->end);
-    gpuseg__release(&b->hist);
     gpuseg__release(&b->seeds);
     gpuseg__release(&b->region);
     gpuseg__release(&b->seedid);
-    gpuseg__release(&b->best);
     gpuseg__release(&b->win);
     return GPUSEG_OK;
 }
 
-/* Flow-error QC: err[l] (l = 1..n) = mean over mask l of (muY - dY/5)^2 + (muX - dX/5)^2. */
-static gpuseg_status flow_errors(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flows, uint32_t H,
-                                 uint32_t W, uint32_t n_labels, const uint32_t *count,
-                                 double *err) {
+/* Flow-error QC: err[l] (l = 1..n) = mean over mask l of (muY - dY/5)^2 + (muX - dX/5)^2, dP/5
+ * read from the scaled flows b->F (equal to it on every mask pixel, all of which were followed). */
+static gpuseg_status flow_errors(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uint32_t W,
+                                 uint32_t n_labels, const uint32_t *count, double *err) {
     const size_t n = (size_t)H * W;
     gpuseg_status st;
     cl_kernel k;
@@ -359,10 +378,14 @@ static gpuseg_status flow_errors(gpuseg_ctx *ctx, masks_bufs *b, cl_mem flows, u
         (st = kernel(ctx, "masks_fill", "masks_qc_sums", &k)) != GPUSEG_OK)
         return st;
     cl_uint cw = W, cn = (cl_uint)n, nl = n_labels;
-    if ((st = gpuseg__set_args(ctx, k, 8, sizeof(cl_mem), &b->labels, sizeof(cl_uint), &cw,
-                               sizeof(cl_uint), &cn, sizeof(cl_mem), &flows, sizeof(cl_mem), &b->mu,
-                               sizeof(cl_mem), &b->box, sizeof(cl_uint), &nl, sizeof(cl_mem),
-                               &b->sums)) != GPUSEG_OK)
+    /* layout of b->F (scaled_flows_floats): packed pairs, or planes */
+    const int packed = gpuseg__flow_cpu_kernels(ctx);
+    cl_uint oy = 0, ox = packed ? 1 : cn, rs = packed ? 2 * (W + 1) : W, es = packed ? 2 : 1;
+    if ((st = gpuseg__set_args(ctx, k, 12, sizeof(cl_mem), &b->labels, sizeof(cl_uint), &cw,
+                               sizeof(cl_uint), &cn, sizeof(cl_mem), &b->F, sizeof(cl_uint), &oy,
+                               sizeof(cl_uint), &ox, sizeof(cl_uint), &rs, sizeof(cl_uint), &es,
+                               sizeof(cl_mem), &b->mu, sizeof(cl_mem), &b->box, sizeof(cl_uint),
+                               &nl, sizeof(cl_mem), &b->sums)) != GPUSEG_OK)
         return st;
     size_t g = (size_t)n_labels * MASKS_WG, l = MASKS_WG;
     if ((st = gpuseg__run(ctx, k, 1, &g, &l)) != GPUSEG_OK)
@@ -558,17 +581,21 @@ static gpuseg_status check_params(gpuseg_ctx *ctx, uint32_t H, uint32_t W,
     return GPUSEG_OK;
 }
 
-gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, uint32_t H, uint32_t W,
-                                const gpuseg_masks_params *params, gpuseg__masks_debug *dbg,
-                                cl_mem *labels_out, gpuseg_dtype *dtype, uint32_t *n_masks) {
+gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, int take_flows, uint32_t H,
+                                uint32_t W, const gpuseg_masks_params *params,
+                                gpuseg__masks_debug *dbg, cl_mem *labels_out, gpuseg_dtype *dtype,
+                                uint32_t *n_masks) {
     gpuseg_masks_params p;
     if (params)
         p = *params;
     else
         gpuseg_masks_params_default(&p);
     gpuseg_status st = check_params(ctx, H, W, &p);
-    if (st != GPUSEG_OK)
+    if (st != GPUSEG_OK) {
+        if (take_flows)
+            gpuseg__release(&flows);
         return st;
+    }
     const size_t n = (size_t)H * W;
     masks_bufs b;
     memset(&b, 0, sizeof b);
@@ -578,14 +605,13 @@ gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, uint32_t H, uint3
     gpuseg_dtype dt = GPUSEG_DTYPE_U16;
     cl_kernel k;
 
-    if ((st = buffer(ctx, n, sizeof(cl_uint), "labels", &b.labels)) != GPUSEG_OK ||
-        (st = fill_u32(ctx, b.labels, n, 0, "labels")) != GPUSEG_OK)
-        goto fail;
     uint32_t ns = 0;
     double tm = 0;
     stage(ctx, &tm, "start");
-    if ((st = follow_and_seed(ctx, &b, flows, H, W, &p, dbg, &tm, &ns)) != GPUSEG_OK)
+    if ((st = follow_and_seed(ctx, &b, &flows, take_flows, H, W, &p, dbg, &tm, &ns)) != GPUSEG_OK)
         goto fail;
+    if (!(p.flow_threshold > 0)) /* no flow-error QC: the scaled flows are done with */
+        gpuseg__release(&b.F);
     stage(ctx, &tm, "seeds, growth, labels");
     /* Every later table is sized by the number of seeds (~40 bytes each on the host), so the
      * object limit is checked here, before any of them is allocated. */
@@ -636,7 +662,7 @@ gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, uint32_t H, uint3
         goto fail;
     maxlab_qc = n1;
     if (p.flow_threshold > 0) {
-        if ((st = flow_errors(ctx, &b, flows, H, W, n1, t.count, t.err)) != GPUSEG_OK)
+        if ((st = flow_errors(ctx, &b, H, W, n1, t.count, t.err)) != GPUSEG_OK)
             goto fail;
         maxlab_qc = 0;
         for (uint32_t l = 1; l <= n1; l++) {
@@ -651,6 +677,7 @@ gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, uint32_t H, uint3
                 dbg->flow_err[l - 1] = t.err[l];
         }
     }
+    gpuseg__release(&b.F);
     stage(ctx, &tm, "flow-error QC");
     /* Cellpose: uint16 unless a label >= 65536 is left after QC */
     dt = maxlab_qc >= 65536 ? GPUSEG_DTYPE_U32 : GPUSEG_DTYPE_U16;
@@ -766,6 +793,8 @@ output:
         *n_masks = n_out;
     st = GPUSEG_OK;
 fail:
+    if (take_flows)
+        gpuseg__release(&flows); /* NULL once stage 1 has released it */
     bufs_release(&b);
     tables_free(&t);
     return st;
@@ -787,7 +816,7 @@ gpuseg_status gpuseg_flows_to_masks_cl(gpuseg_ctx *ctx, cl_mem flows, uint32_t H
                             "flows to masks: flows buffer holds %zu bytes, [3, %u, %u] float32 "
                             "needs more",
                             have, H, W);
-    return gpuseg__masks_run(ctx, flows, H, W, params, NULL, labels_out, dtype, n_masks);
+    return gpuseg__masks_run(ctx, flows, 0, H, W, params, NULL, labels_out, dtype, n_masks);
 }
 
 gpuseg_status gpuseg_flows_to_masks(gpuseg_ctx *ctx, const float *flows, uint32_t H, uint32_t W,
@@ -810,10 +839,13 @@ gpuseg_status gpuseg_flows_to_masks(gpuseg_ctx *ctx, const float *flows, uint32_
     gpuseg_image *img = NULL;
     gpuseg_dtype dt;
     if ((st = buffer(ctx, 3 * n, sizeof(float), "flows", &dflows)) != GPUSEG_OK ||
-        (st = write_buf(ctx, dflows, 3 * n * sizeof(float), flows, "flows")) != GPUSEG_OK ||
-        (st = gpuseg__masks_run(ctx, dflows, H, W, &p, NULL, &dlab, &dt, n_masks)) != GPUSEG_OK)
+        (st = write_buf(ctx, dflows, 3 * n * sizeof(float), flows, "flows")) != GPUSEG_OK)
         goto fail;
-    gpuseg__release(&dflows);
+    /* handed over: released as soon as the first stage has read it */
+    st = gpuseg__masks_run(ctx, dflows, 1, H, W, &p, NULL, &dlab, &dt, n_masks);
+    dflows = NULL;
+    if (st != GPUSEG_OK)
+        goto fail;
     if ((st = gpuseg_image_create(W, H, 1, 1, dt, &img)) != GPUSEG_OK) {
         st = gpuseg__wrap(ctx, st, "flows to masks");
         goto fail;

@@ -7,13 +7,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "flow/masks_internal.h"
 #include "gpuseg/flows_cl.h"
 #include "net/net_internal.h"
 #include "prep/prep_internal.h"
 
-/* Device memory the flows -> masks step adds per pixel at its peak, beside the flows it is given
- * (counted from its allocations on a 4096^2 image: packed flows 8, scaled flows 8, labels 4, end
- * points 4, seed histogram 4 bytes). */
+/* Device memory the flows -> masks step allocates per pixel at its peak (the seeding stage,
+ * counted from its allocations: scaled flows 8, end points 4, seed histogram 4, paint counts 4,
+ * paint winners 4, seed ids 4 bytes; the flows it is given are released after its first stage). */
 #define GPUSEG__MASKS_BYTES_PER_PIXEL 28
 
 void gpuseg_segment_params_default(gpuseg_segment_params *p) {
@@ -253,12 +254,6 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     mp.max_size_fraction = p.max_size_fraction;
     gpuseg_dtype dt;
     uint32_t nm;
-    if ((st = gpuseg_flows_to_masks_cl(ctx, full, H, W, &mp, &labels, &dt, &nm)) != GPUSEG_OK)
-        goto fail;
-    if ((st = gpuseg_image_create(W, H, 1, 1, dt, &result->labels)) != GPUSEG_OK ||
-        (st = read_buf(ctx, labels, (size_t)H * W * gpuseg_dtype_size(dt), result->labels->data,
-                       "labels")) != GPUSEG_OK)
-        goto fail;
     if (p.want_flows) {
         result->flows = malloc(fbytes);
         if (!result->flows) {
@@ -268,6 +263,16 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
         if ((st = read_buf(ctx, full, fbytes, result->flows, "flows")) != GPUSEG_OK)
             goto fail;
     }
+    /* The flows are handed over: flows -> masks releases them once its first stage has read them,
+     * so that the rest of it runs without their 12 bytes per pixel. */
+    st = gpuseg__masks_run(ctx, full, 1, H, W, &mp, NULL, &labels, &dt, &nm);
+    full = NULL;
+    if (st != GPUSEG_OK)
+        goto fail;
+    if ((st = gpuseg_image_create(W, H, 1, 1, dt, &result->labels)) != GPUSEG_OK ||
+        (st = read_buf(ctx, labels, (size_t)H * W * gpuseg_dtype_size(dt), result->labels->data,
+                       "labels")) != GPUSEG_OK)
+        goto fail;
     if (p.want_style) {
         result->style = style;
         style = NULL;
