@@ -29,13 +29,15 @@ __kernel void tiles_extract(__global const float *x, const uint nch, const uint 
 /* Adds tiles first .. first + count - 1 (y [count, nout, th, tw]) into acc [nout + 1, lyr, lxr]
  * (nout <= 4; plane nout sums the weights): for each pixel of the unpadded region, taper
  * weight times value over the tiles that cover it, in tile order (as average_tiles adds), so
- * any batching gives the same sums. */
+ * any batching gives the same sums. Global (lxr, rows): rows row0 .. row0 + rows - 1 of the
+ * region, those the batch's tiles can cover (the host computes them). */
 __kernel void tiles_blend_add(__global const float *y, const uint nout, const uint lyr,
                               const uint lxr, const uint ypad1, const uint xpad1, const uint th,
                               const uint tw, const uint ny, const uint nx, const uint first,
                               const uint count, __global const uint *ys, __global const uint *xs,
-                              const int augment, __global const float *mask, __global float *acc) {
-    const uint x = get_global_id(0), yrow = get_global_id(1);
+                              const int augment, __global const float *mask, __global float *acc,
+                              const uint row0) {
+    const uint x = get_global_id(0), yrow = row0 + get_global_id(1);
     if (x >= lxr || yrow >= lyr || nout > 4)
         return;
     const uint py = yrow + ypad1, px = x + xpad1;

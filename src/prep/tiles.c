@@ -227,15 +227,24 @@ gpuseg_status gpuseg__blend_add(gpuseg_ctx *ctx, gpuseg__blend *b, const gpuseg_
     cl_uint nout = b->nout, lyr = g->lyr, lxr = g->lxr, yp = g->ypad1, xp = g->xpad1, th = g->th,
             tw = g->tw, ny = g->ny, nx = g->nx, f32 = first, c32 = count;
     cl_int aug = g->augment;
+    /* Only the rows the batch's tile rows cover (tile row j spans padded rows ystart[j] ..
+     * ystart[j] + th - 1, ystart increasing): a batch is a few tile rows, and a launch over the
+     * whole image would read and write every pixel's sums each time. */
+    const int64_t r0 = (int64_t)g->ystart[first / g->nx] - g->ypad1;
+    const int64_t r1 = (int64_t)g->ystart[(first + count - 1) / g->nx] + g->th - g->ypad1;
+    const cl_uint row0 = (cl_uint)(r0 < 0 ? 0 : r0);
+    const size_t rows = r1 > (int64_t)row0 ? (size_t)((r1 < g->lyr ? r1 : g->lyr) - row0) : 0;
+    if (rows == 0)
+        return GPUSEG_OK;
     if ((st = gpuseg__kernel(ctx, "tiles", "tiles_blend_add", &k)) ||
-        (st =
-             gpuseg__set_args(ctx, k, 17, sizeof(cl_mem), &y, sizeof nout, &nout, sizeof lyr, &lyr,
-                              sizeof lxr, &lxr, sizeof yp, &yp, sizeof xp, &xp, sizeof th, &th,
-                              sizeof tw, &tw, sizeof ny, &ny, sizeof nx, &nx, sizeof f32, &f32,
-                              sizeof c32, &c32, sizeof(cl_mem), &b->ys, sizeof(cl_mem), &b->xs,
-                              sizeof aug, &aug, sizeof(cl_mem), &b->mask, sizeof(cl_mem), &b->acc)))
+        (st = gpuseg__set_args(ctx, k, 18, sizeof(cl_mem), &y, sizeof nout, &nout, sizeof lyr, &lyr,
+                               sizeof lxr, &lxr, sizeof yp, &yp, sizeof xp, &xp, sizeof th, &th,
+                               sizeof tw, &tw, sizeof ny, &ny, sizeof nx, &nx, sizeof f32, &f32,
+                               sizeof c32, &c32, sizeof(cl_mem), &b->ys, sizeof(cl_mem), &b->xs,
+                               sizeof aug, &aug, sizeof(cl_mem), &b->mask, sizeof(cl_mem), &b->acc,
+                               sizeof row0, &row0)))
         return st;
-    return gpuseg__run(ctx, k, 2, (size_t[]){g->lxr, g->lyr}, (size_t[]){16, 8});
+    return gpuseg__run(ctx, k, 2, (size_t[]){g->lxr, rows}, (size_t[]){16, 8});
 }
 
 gpuseg_status gpuseg__blend_end(gpuseg_ctx *ctx, gpuseg__blend *b, const gpuseg__tile_geom *g,
