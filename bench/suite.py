@@ -153,11 +153,13 @@ def targets(parts, mode):
         row("mask reconstruction (QC on) ≥ 20× faster than Cellpose compute_masks",
             "≥ 20×", meas, round(worst, 2), worst >= 20,
             _masks_profile(parts),
-            "the QC's flows of the predicted masks (l2f_* kernels: per-mask heat diffusion "
-            "in double-float arithmetic to match Cellpose's float64 to the bit) and the 200 "
-            "Euler steps (masks_euler8) are the stage; next: diffuse in float32 for the QC only "
-            "(it compares a mean squared error with 0.4, so bit-exact flows are not needed; "
-            "check AP and identical masks against Cellpose before switching)",
+            "the 200 Euler steps (masks_euler8, Cellpose's float64 bilinear sampling "
+            "reproduced exactly) are about half of the stage and the QC's per-mask diffusion "
+            "(l2f_box, native float64 on CPUs since session 4) most of the rest; three Euler "
+            "variants (two interleaved groups, lane refill, float4 lanes) measured no faster "
+            "(docs/masks.md); next: explicit gathers for the 16 corner loads of a step (AVX2 "
+            "vgatherdps, which PoCL does not form from vload4), and fusing the QC sums into "
+            "l2f_box so that no ideal-flow planes are written",
             note="speed-up = Cellpose time / gpuseg time (host API: upload and download "
                  "included); smallest over sizes")
     else:
@@ -174,10 +176,11 @@ def targets(parts, mode):
             "included)", "≤ 0.30", meas, r, r <= 0.3,
             _cli_profile(cli),
             "the network is nearly all of it, so the target needs a faster forward (about "
-            f"{r / 0.3:.1f}× faster at this ratio): the convolution steps of the conv row "
-            "(1×1 and small-plane shapes under OpenBLAS) and the heaviest layers of the "
-            "per-layer profile (decoder conv_0, cin = 2·cout, and the resup conv_1 whose "
-            "prologue adds skip and style) first; on a GPU the same run is the real test",
+            f"{r / 0.3:.1f}× faster at this ratio); the 3×3 convolutions already run at about "
+            "OpenBLAS sgemm's speed on the large planes (conv row), so what is left is "
+            "arithmetic: Winograd F(2×2,3×3) for the 3×3 layers (2.25× fewer multiplications; "
+            "input/output transforms fused into the prologue and epilogue); on a GPU the same "
+            "run is the real test",
             note="warm program cache (fair: every run after the first is warm); full-width "
                  f"random-weight model in both programs; median of {cli['repeats']}")
     else:
