@@ -230,7 +230,7 @@ static void run_conv_case(gpuseg_ctx *ctx, gpuseg__ops *ops, const conv_case *c,
 }
 
 /* Odd sizes, every optional part on and off, both kernel sizes; CPnet's real shapes at reduced
- * spatial size (cin up to 64, so K up to 576). */
+ * spatial size (cin up to 64 for 3x3 and 300 for 1x1, so K up to 576). */
 /* clang-format off */
 static const conv_case conv_cases[] = {
     /* batch cin cout h w k | bn relu bias add pre res res_is_out */
@@ -246,11 +246,15 @@ static const conv_case conv_cases[] = {
     {1, 1, 1, 2, 3, 3,    0, 1, 0, 1, 1, 0, 0},
     {2, 7, 5, 6, 9, 1,    1, 1, 1, 1, 1, 1, 0},
     {1, 4, 6, 3, 21, 1,   1, 1, 0, 0, 1, 0, 0},
+    /* 1x1 over several chunks and work-items of the fused kernel, ending in a partial vector */
+    {2, 12, 10, 37, 41, 1, 1, 1, 1, 1, 1, 1, 1},
+    /* 1x1 with many channels: the fused kernel's chunks get shorter (96 pixels) */
+    {1, 300, 5, 3, 7, 1,  1, 0, 1, 0, 0, 1, 0},
 };
 /* clang-format on */
 
 static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts, unsigned xvecs,
-                          unsigned layout) {
+                          unsigned couts1, unsigned xvecs1, unsigned layout) {
     gpuseg_ctx *ctx = tu_ctx();
     gpuseg__ops_params p;
     gpuseg__ops_params_default(&p);
@@ -258,6 +262,8 @@ static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts,
     p.tile_rows = rows;
     p.tile_couts = couts;
     p.tile_xvecs = xvecs;
+    p.tile1_couts = couts1;
+    p.tile1_xvecs = xvecs1;
     p.layout = layout;
     gpuseg__ops *ops = NULL;
     ck_assert_int_eq(gpuseg__ops_create(ctx, &p, &ops), GPUSEG_OK);
@@ -266,8 +272,10 @@ static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts,
     for (size_t i = 0; i < sizeof conv_cases / sizeof conv_cases[0]; i++) {
         char label[96];
         const conv_case *c = &conv_cases[i];
-        snprintf(label, sizeof label, "%s tile %ux%ux%u %s case %zu (%ux%ux%ux%u -> %u, k%u)",
+        snprintf(label, sizeof label,
+                 "%s tile %ux%ux%u 1x1 %ux%u %s case %zu (%ux%ux%ux%u -> %u, k%u)",
                  gpuseg__conv_impl_name(impl), ops->tile.rows, ops->tile.couts, ops->tile.xvecs,
+                 ops->tile.couts1, ops->tile.xvecs1,
                  ops->tile.layout == GPUSEG__CONV_BLOCK ? "block" : "band", i, c->batch, c->cin,
                  c->h, c->w, c->cout, c->k);
         run_conv_case(ctx, ops, c, 1000 + i, label);
@@ -278,20 +286,24 @@ static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts,
 }
 
 /* The tuned blocking, and one where every dimension is odd or larger than 1 (3 rows, 5 output
- * channels, 2 vectors), so that partial blocks in every direction are exercised; in both work
- * layouts whatever the device (BLOCK is the GPU default, BAND the CPU one: CI has only PoCL). */
+ * channels, 2 vectors; for the fused 1x1 kernel 5 channels x 3 vectors), so that partial blocks
+ * in every direction are exercised; in both work layouts whatever the device (BLOCK is the GPU
+ * default, BAND the CPU one: CI has only PoCL). The band layout runs 1x1 layers through the
+ * fused kernel and narrow 3x3 planes through the flat one, the block layout both through the
+ * two-pass conv*_direct. */
 START_TEST(conv_direct) {
     unsetenv("GPUSEG_CONV_TILE");
+    unsetenv("GPUSEG_CONV_TILE1");
     unsetenv("GPUSEG_CONV_LAYOUT");
-    run_all_cases(GPUSEG__CONV_DIRECT, 0, 0, 0, 0);
-    run_all_cases(GPUSEG__CONV_DIRECT, 3, 5, 2, GPUSEG__CONV_BAND);
-    run_all_cases(GPUSEG__CONV_DIRECT, 0, 0, 0, GPUSEG__CONV_BLOCK);
-    run_all_cases(GPUSEG__CONV_DIRECT, 3, 5, 2, GPUSEG__CONV_BLOCK);
+    run_all_cases(GPUSEG__CONV_DIRECT, 0, 0, 0, 0, 0, 0);
+    run_all_cases(GPUSEG__CONV_DIRECT, 3, 5, 2, 5, 3, GPUSEG__CONV_BAND);
+    run_all_cases(GPUSEG__CONV_DIRECT, 0, 0, 0, 0, 0, GPUSEG__CONV_BLOCK);
+    run_all_cases(GPUSEG__CONV_DIRECT, 3, 5, 2, 5, 3, GPUSEG__CONV_BLOCK);
 }
 END_TEST
 
 START_TEST(conv_clblast) {
-    run_all_cases(GPUSEG__CONV_CLBLAST, 0, 0, 0, 0);
+    run_all_cases(GPUSEG__CONV_CLBLAST, 0, 0, 0, 0, 0, 0);
 }
 END_TEST
 
@@ -367,6 +379,19 @@ START_TEST(conv_auto) {
     ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
     ck_assert(strstr(gpuseg_ctx_last_error(ctx), "GPUSEG_CONV_TILE") != NULL);
     unsetenv("GPUSEG_CONV_TILE");
+    setenv("GPUSEG_CONV_TILE1", "6,1", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
+    ck_assert(ops->tile.couts1 == 6 && ops->tile.xvecs1 == 1);
+    gpuseg__ops_free(ops);
+    ops = NULL;
+    setenv("GPUSEG_CONV_TILE1", "6", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_ctx_last_error(ctx), "GPUSEG_CONV_TILE1='6'") != NULL);
+    setenv("GPUSEG_CONV_TILE1", "8,8", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_ctx_last_error(ctx), "fused 1x1 convolution tile 8x8 out of range") !=
+              NULL);
+    unsetenv("GPUSEG_CONV_TILE1");
     setenv("GPUSEG_CONV_LAYOUT", "block", 1);
     ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
     ck_assert_uint_eq(ops->tile.layout, GPUSEG__CONV_BLOCK);

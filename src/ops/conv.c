@@ -106,9 +106,11 @@ static gpuseg_status prologue(gpuseg__ops *ops, const gpuseg__conv_desc *d,
     return gpuseg__run(ctx, k, 2, global, local);
 }
 
-/* Prologue + one implementation, writing into out. */
+/* Prologue + one implementation, writing into out (the fused 1x1 kernel does its own prologue). */
 static gpuseg_status run_impl(gpuseg__ops *ops, gpuseg__conv_impl impl, const gpuseg__conv_desc *d,
                               cl_mem in, cl_mem out) {
+    if (impl == GPUSEG__CONV_DIRECT && gpuseg__conv_direct_fused(ops, d))
+        return gpuseg__conv1x1_fused(ops, d, in, out);
     gpuseg__conv_geom g;
     if (impl == GPUSEG__CONV_CLBLAST)
         gpuseg__conv_clblast_geom(d, &g);

@@ -28,8 +28,9 @@ static bool choice_path(const gpuseg__ops *ops, char *path, size_t len) {
     gpuseg__sha256 s;
     gpuseg__sha256_init(&s);
     char buf[96];
-    snprintf(buf, sizeof buf, "%s %d tile %u %u %u layout %u", CHOICE_MAGIC, CHOICE_FORMAT,
-             ops->tile.rows, ops->tile.couts, ops->tile.xvecs, ops->tile.layout);
+    snprintf(buf, sizeof buf, "%s %d tile %u %u %u layout %u 1x1 %u %u", CHOICE_MAGIC,
+             CHOICE_FORMAT, ops->tile.rows, ops->tile.couts, ops->tile.xvecs, ops->tile.layout,
+             ops->tile.couts1, ops->tile.xvecs1);
     hash_str(&s, buf);
     hash_str(&s, ctx->dev.platform_name);
     hash_str(&s, ctx->dev.platform_version);

@@ -21,6 +21,17 @@ static void default_tile(const gpuseg_ctx *ctx, gpuseg__conv_tile *t) {
     (void)ctx;
 }
 
+/* The fused 1x1 kernel's blocking (band layout), measured the same way (bench_conv's 1x1
+ * shapes, best of 4 runs on a shared machine, GFLOP/s for 32->64 at 112^2, 64->32 at 224^2,
+ * 32->3 at 224^2): 4 channels x 2 vectors 54 / 34 / 8.3; 6x2 50 / 32 / 6.5; 4x3 47 / 28 / 8.2;
+ * 8x1 39 / 29 / 6.1; 3x4 26 / 20 / 6.9. 4x2 has 8 accumulators, the FMA latency x ports, and
+ * loads 2 vectors + 4 broadcasts per 8 FMAs. */
+static void default_tile1(const gpuseg_ctx *ctx, gpuseg__conv_tile *t) {
+    t->couts1 = 4;
+    t->xvecs1 = 2;
+    (void)ctx;
+}
+
 /* The direct kernel's layout: BLOCK on GPUs (not yet measured on one: the first GPU run found
  * BAND's one-work-item work-groups 11x slower than PyTorch, docs/gpu.md), BAND elsewhere. */
 static gpuseg_status default_layout(gpuseg_ctx *ctx, unsigned *layout) {
@@ -72,7 +83,8 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
                                     "GPUSEG_CONV='%s': expected clblast, direct or auto", env);
         }
     }
-    gpuseg__conv_tile tile = {p.tile_rows, p.tile_couts, p.tile_xvecs, p.layout};
+    gpuseg__conv_tile tile = {
+        .rows = p.tile_rows, .couts = p.tile_couts, .xvecs = p.tile_xvecs, .layout = p.layout};
     if (!tile.rows && !tile.couts && !tile.xvecs) {
         const char *env = getenv("GPUSEG_CONV_TILE");
         if (env && *env && sscanf(env, "%u,%u,%u", &tile.rows, &tile.couts, &tile.xvecs) != 3)
@@ -80,6 +92,18 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
                                 "GPUSEG_CONV_TILE='%s': expected ROWS,COUTS,XVECS", env);
         if (!env || !*env)
             default_tile(ctx, &tile);
+    }
+    /* The fused 1x1 kernel's blocking: the params, else $GPUSEG_CONV_TILE1="C,X", else the
+     * table. */
+    tile.couts1 = p.tile1_couts;
+    tile.xvecs1 = p.tile1_xvecs;
+    if (!tile.couts1 && !tile.xvecs1) {
+        const char *env = getenv("GPUSEG_CONV_TILE1");
+        if (env && *env && sscanf(env, "%u,%u", &tile.couts1, &tile.xvecs1) != 2)
+            return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                "GPUSEG_CONV_TILE1='%s': expected COUTS,XVECS", env);
+        if (!env || !*env)
+            default_tile1(ctx, &tile);
     }
     if (!tile.layout) {
         gpuseg_status st = default_layout(ctx, &tile.layout);
@@ -95,6 +119,11 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
                             "ops: direct-convolution tile %ux%ux%u out of range", tile.rows,
                             tile.couts, tile.xvecs);
+    if (tile.couts1 < 1 || tile.couts1 > 16 || tile.xvecs1 < 1 || tile.xvecs1 > 8 ||
+        tile.couts1 * tile.xvecs1 > 32)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "ops: fused 1x1 convolution tile %ux%u out of range", tile.couts1,
+                            tile.xvecs1);
     gpuseg__ops *ops = calloc(1, sizeof *ops);
     if (!ops)
         return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "ops: out of memory");
@@ -116,6 +145,10 @@ void gpuseg__ops_free(gpuseg__ops *ops) {
         clReleaseKernel(ops->direct3);
     if (ops->direct1)
         clReleaseKernel(ops->direct1);
+    if (ops->fused1)
+        clReleaseKernel(ops->fused1);
+    if (ops->flat3)
+        clReleaseKernel(ops->flat3);
     free(ops);
 }
 

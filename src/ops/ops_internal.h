@@ -21,6 +21,9 @@ typedef struct gpuseg__ops_params {
     gpuseg__conv_impl conv; /* default AUTO */
     /* Direct-kernel blocking; 0 = from the tuning table (ops.c), or $GPUSEG_CONV_TILE="R,C,X". */
     unsigned tile_rows, tile_couts, tile_xvecs;
+    /* The fused 1x1 kernel's blocking (band layout); 0 = from the table, or
+     * $GPUSEG_CONV_TILE1="C,X" (output channels, 8-pixel vectors). */
+    unsigned tile1_couts, tile1_xvecs;
     /* How the direct kernel's work is spread: 0 = by device type (GPUs: block, others: band) or
      * $GPUSEG_CONV_LAYOUT=band|block; GPUSEG__CONV_BAND or GPUSEG__CONV_BLOCK. */
     unsigned layout;
@@ -56,6 +59,8 @@ typedef struct gpuseg__conv_choice_entry {
  */
 typedef struct gpuseg__conv_tile {
     unsigned rows, couts, xvecs;
+    /* The fused 1x1 kernel's blocking (band layout): output channels x 8-pixel vectors. */
+    unsigned couts1, xvecs1;
     unsigned layout; /* GPUSEG__CONV_BAND or GPUSEG__CONV_BLOCK */
 } gpuseg__conv_tile;
 
@@ -63,7 +68,8 @@ struct gpuseg__ops {
     gpuseg_ctx *ctx;
     int conv; /* gpuseg__conv_impl: forced, or AUTO */
     gpuseg__conv_tile tile;
-    cl_kernel direct3, direct1; /* built with the tile's -D options; owned here */
+    /* built with the tile's -D options; owned here (fused1, flat3: band layout only) */
+    cl_kernel direct3, direct1, fused1, flat3;
     cl_mem scratch[GPUSEG__OPS_SCRATCH];
     size_t scratch_bytes[GPUSEG__OPS_SCRATCH];
     gpuseg__conv_choice_entry choices[GPUSEG__OPS_CHOICES];
@@ -157,6 +163,11 @@ gpuseg_status gpuseg__conv_clblast(gpuseg__ops *ops, const gpuseg__conv_desc *d,
                                    const gpuseg__conv_geom *g, cl_mem src, cl_mem out);
 gpuseg_status gpuseg__conv_direct(gpuseg__ops *ops, const gpuseg__conv_desc *d,
                                   const gpuseg__conv_geom *g, cl_mem src, cl_mem out);
+/* The fused 1x1 path (band layout, no prologue pass; conv_direct.c): whether it takes d, and
+ * the call, which reads the caller's input directly. */
+bool gpuseg__conv_direct_fused(const gpuseg__ops *ops, const gpuseg__conv_desc *d);
+gpuseg_status gpuseg__conv1x1_fused(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem in,
+                                    cl_mem out);
 /* The choice table on disk (conv_choice.c): load at creation (AUTO only), store after each new
  * measurement. Failures only cost a new measurement, so neither reports one. */
 void gpuseg__conv_choice_load(gpuseg__ops *ops);
