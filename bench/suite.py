@@ -556,8 +556,8 @@ def main():
         "cellpose": vers.get("cellpose"), "torch": vers.get("torch"), "numpy": vers.get("numpy"),
         "python": vers.get("python"), "gpuseg_devices": devices,
         "loadavg_start": common.loadavg(),
-        "caveat": "absolute times are from a shared machine (a training job held one of the two "
-                  "cores, other people's jobs came and went; see the load averages); each ratio "
+        "caveat": "absolute times are from a shared machine (other people's jobs come and go; "
+                  "see the load averages); each ratio "
                   "comes from both sides measured in the same part one after the other, so "
                   "ratios are the numbers to read. On PoCL the 'device' is the same CPU "
                   "PyTorch uses.",
