@@ -287,6 +287,17 @@ static dd8 dd8_load(__global const float *hi, __global const float *lo) {
 }
 #endif
 
+/* Cell j of l2f_box's field: one double of the plane at hi (GPUSEG_FP64), or the pair of
+ * planes hi, lo. */
+static heat box_heat(__global const float *hi, __global const float *lo, const uint j) {
+#ifdef GPUSEG_FP64
+    (void)lo;
+    return ((__global const double *)hi)[j];
+#else
+    return (float2)(hi[j], lo[j]);
+#endif
+}
+
 /* boxes[g] = (y, x, height, width) of mask g's bounding box padded by one pixel (as l2f_local);
  * info[g] = (centre pixel index, iteration count, scratch offset in floats, row stride S: width
  * rounded up to 8). One launch takes jobs base .. end - 1. scratch at info[g].z holds 5 planes of
@@ -350,16 +361,7 @@ __kernel void l2f_box(__global const uint *labels, __global const int4 *boxes,
         A = N;
         N = t;
     }
-    for (uint r = 1; r + 1 < bh; r++)
-        for (uint q = 1; q + 1 < bw; q++) {
-            const uint j = r * S + q;
-            if (mem[j] == 0.0f)
-                continue;
-            const float2 u = unit_gradient(A[j + S], A[j - S], A[j + 1], A[j - 1]);
-            const uint p = (uint)(b.x + (int)r) * W + (uint)(b.y + (int)q);
-            flows[p] = u.x;
-            flows[npix + p] = u.y;
-        }
+    ah = (__global float *)A; /* the final field, for the gradient below */
 #else
     for (uint it = 0; it < f.y; it++) {
         /* Cellpose's T[centre] += 1 before each averaging step */
@@ -394,17 +396,16 @@ __kernel void l2f_box(__global const uint *labels, __global const int4 *boxes,
         al = nl;
         nl = t;
     }
+#endif
     for (uint r = 1; r + 1 < bh; r++)
         for (uint q = 1; q + 1 < bw; q++) {
             const uint j = r * S + q;
             if (mem[j] == 0.0f)
                 continue;
-            const float2 u =
-                unit_gradient((float2)(ah[j + S], al[j + S]), (float2)(ah[j - S], al[j - S]),
-                              (float2)(ah[j + 1], al[j + 1]), (float2)(ah[j - 1], al[j - 1]));
+            const float2 u = unit_gradient(box_heat(ah, al, j + S), box_heat(ah, al, j - S),
+                                           box_heat(ah, al, j + 1), box_heat(ah, al, j - 1));
             const uint p = (uint)(b.x + (int)r) * W + (uint)(b.y + (int)q);
             flows[p] = u.x;
             flows[npix + p] = u.y;
         }
-#endif
 }
