@@ -105,38 +105,32 @@ static inline float bilinear(__global const float *F, uint W, int y0, int y1, in
 /* ---- stage 1: threshold and scale -------------------------------------------------------- */
 
 /* Pixel i of flows [3, n] (dY, dX, cellprob): (dY, dX) * (cellprob > thr) / 5 (float32, as
- * numpy) into *fy, *fx; returns whether it is followed (foreground). */
+ * numpy) into *fy, *fx; returns whether it is followed (foreground). When bad is not NULL, a
+ * non-finite value is counted in bad[0] and bad[1] receives the smallest flat index
+ * (channel * n + i) of one (init 0xffffffff). */
 static inline int prep_pixel(__global const float *flows, const uint n, const size_t i,
-                             const float thr, float *fy, float *fx) {
+                             const float thr, float *fy, float *fx, __global uint *bad) {
     const float dy = flows[i], dx = flows[n + i], cp = flows[2 * (size_t)n + i];
+    if (bad && (!isfinite(dy) || !isfinite(dx) || !isfinite(cp))) {
+        atomic_inc(&bad[0]);
+        uint c = !isfinite(dy) ? 0u : (!isfinite(dx) ? 1u : 2u);
+        atomic_min(&bad[1], (uint)(c * n + i));
+    }
     const int fg = cp > thr;
     *fy = fg ? div5(dy) : 0.0f;
     *fx = fg ? div5(dx) : 0.0f;
     return fg;
 }
 
-/* bad[0] counts non-finite values, bad[1] receives the smallest flat index (channel * n + i) of
- * one (init 0xffffffff). */
-static inline void prep_check(__global const float *flows, const uint n, const size_t i,
-                              __global uint *bad) {
-    const float dy = flows[i], dx = flows[n + i], cp = flows[2 * (size_t)n + i];
-    if (!isfinite(dy) || !isfinite(dx) || !isfinite(cp)) {
-        atomic_inc(&bad[0]);
-        uint c = !isfinite(dy) ? 0u : (!isfinite(dx) ? 1u : 2u);
-        atomic_min(&bad[1], (uint)(c * n + i));
-    }
-}
-
 /* GPUs: F [2, H*W] planes of the scaled flows (prep_pixel); end[i] = 0 for a followed pixel, -1
- * otherwise; bad as prep_check. */
+ * otherwise; bad as prep_pixel. */
 __kernel void masks_prep(__global const float *flows, const uint n, const float thr,
                          __global float *F, __global int *end, __global uint *bad) {
     const uint i = get_global_id(0);
     if (i >= n)
         return;
-    prep_check(flows, n, i, bad);
     float fy, fx;
-    const int fg = prep_pixel(flows, n, i, thr, &fy, &fx);
+    const int fg = prep_pixel(flows, n, i, thr, &fy, &fx, bad);
     F[i] = fy;
     F[n + i] = fx;
     end[i] = fg ? 0 : -1;
@@ -155,15 +149,14 @@ __kernel void masks_prep_packed(__global const float *flows, const uint H, const
         return;
     const uint n = H * W;
     const size_t src = (size_t)min(y, H - 1) * W + min(x, W - 1);
+    const int real = x < W && y < H; /* the extra row and column repeat a real pixel */
     float fy, fx;
-    const int fg = prep_pixel(flows, n, src, thr, &fy, &fx);
+    const int fg = prep_pixel(flows, n, src, thr, &fy, &fx, real ? bad : 0);
     const size_t dst = 2 * ((size_t)y * (W + 1) + x);
     G[dst] = fy;
     G[dst + 1] = fx;
-    if (x < W && y < H) {
-        prep_check(flows, n, src, bad);
+    if (real)
         end[src] = fg ? 0 : -1;
-    }
 }
 
 /* ---- stage 2: Euler integration and histogram ------------------------------------------ */

@@ -212,11 +212,24 @@ done:
     return st;
 }
 
-/* The scaled flows b->F of stage 1: packed (dY, dX) pairs with row stride W + 1 and an extra row
- * and column on CPU devices (masks_prep_packed, for masks_euler8), two planes elsewhere. */
-static size_t scaled_flows_floats(gpuseg_ctx *ctx, uint32_t H, uint32_t W) {
-    return gpuseg__flow_cpu_kernels(ctx) ? 2 * ((size_t)H + 1) * ((size_t)W + 1)
-                                         : 2 * (size_t)H * W;
+/* Layout of the scaled flows b->F of stage 1: packed (dY, dX) pairs with row stride W + 1 and an
+ * extra row and column on CPU devices (masks_prep_packed, for masks_euler8), two planes
+ * elsewhere. dY/5 of pixel (y, x) is at oy + y * rs + x * es, dX/5 at ox + y * rs + x * es. */
+typedef struct scaled_layout {
+    int packed;
+    size_t floats;
+    cl_uint oy, ox, rs, es;
+} scaled_layout;
+
+static scaled_layout scaled_flows(gpuseg_ctx *ctx, uint32_t H, uint32_t W) {
+    scaled_layout l;
+    l.packed = gpuseg__flow_cpu_kernels(ctx);
+    l.floats = l.packed ? 2 * ((size_t)H + 1) * ((size_t)W + 1) : 2 * (size_t)H * W;
+    l.oy = 0;
+    l.ox = l.packed ? 1 : H * W;
+    l.rs = l.packed ? 2 * (W + 1) : W;
+    l.es = l.packed ? 2 : 1;
+    return l;
 }
 
 /* Stages 1-3: threshold, Euler integration, histogram, seeds, growth, painting, assignment.
@@ -228,12 +241,11 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem *flo
                                      uint32_t H, uint32_t W, const gpuseg_masks_params *p,
                                      gpuseg__masks_debug *dbg, double *tm, uint32_t *n_seeds_out) {
     const size_t n = (size_t)H * W;
-    const int packed = gpuseg__flow_cpu_kernels(ctx);
+    const scaled_layout sl = scaled_flows(ctx, H, W);
     gpuseg_status st;
     cl_kernel k;
     cl_uint cn = (cl_uint)n, ch = H, cw = W;
-    if ((st = buffer(ctx, scaled_flows_floats(ctx, H, W), sizeof(float), "scaled flows", &b->F)) !=
-            GPUSEG_OK ||
+    if ((st = buffer(ctx, sl.floats, sizeof(float), "scaled flows", &b->F)) != GPUSEG_OK ||
         (st = buffer(ctx, n, sizeof(cl_int), "end points", &b->end)) != GPUSEG_OK ||
         (st = buffer(ctx, 2, sizeof(cl_uint), "flags", &b->bad)) != GPUSEG_OK)
         return st;
@@ -243,7 +255,7 @@ static gpuseg_status follow_and_seed(gpuseg_ctx *ctx, masks_bufs *b, cl_mem *flo
 
     /* 1. foreground and F = dP * fg / 5; refuse non-finite input */
     float thr = p->cellprob_threshold;
-    if (packed) {
+    if (sl.packed) {
         if ((st = kernel(ctx, "dynamics", "masks_prep_packed", &k)) != GPUSEG_OK ||
             (st = gpuseg__set_args(ctx, k, 7, sizeof(cl_mem), flows, sizeof(cl_uint), &ch,
                                    sizeof(cl_uint), &cw, sizeof(float), &thr, sizeof(cl_mem), &b->F,
@@ -378,14 +390,12 @@ static gpuseg_status flow_errors(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uin
         (st = kernel(ctx, "masks_fill", "masks_qc_sums", &k)) != GPUSEG_OK)
         return st;
     cl_uint cw = W, cn = (cl_uint)n, nl = n_labels;
-    /* layout of b->F (scaled_flows_floats): packed pairs, or planes */
-    const int packed = gpuseg__flow_cpu_kernels(ctx);
-    cl_uint oy = 0, ox = packed ? 1 : cn, rs = packed ? 2 * (W + 1) : W, es = packed ? 2 : 1;
+    const scaled_layout sl = scaled_flows(ctx, H, W);
     if ((st = gpuseg__set_args(ctx, k, 12, sizeof(cl_mem), &b->labels, sizeof(cl_uint), &cw,
-                               sizeof(cl_uint), &cn, sizeof(cl_mem), &b->F, sizeof(cl_uint), &oy,
-                               sizeof(cl_uint), &ox, sizeof(cl_uint), &rs, sizeof(cl_uint), &es,
-                               sizeof(cl_mem), &b->mu, sizeof(cl_mem), &b->box, sizeof(cl_uint),
-                               &nl, sizeof(cl_mem), &b->sums)) != GPUSEG_OK)
+                               sizeof(cl_uint), &cn, sizeof(cl_mem), &b->F, sizeof(cl_uint), &sl.oy,
+                               sizeof(cl_uint), &sl.ox, sizeof(cl_uint), &sl.rs, sizeof(cl_uint),
+                               &sl.es, sizeof(cl_mem), &b->mu, sizeof(cl_mem), &b->box,
+                               sizeof(cl_uint), &nl, sizeof(cl_mem), &b->sums)) != GPUSEG_OK)
         return st;
     size_t g = (size_t)n_labels * MASKS_WG, l = MASKS_WG;
     if ((st = gpuseg__run(ctx, k, 1, &g, &l)) != GPUSEG_OK)
