@@ -69,8 +69,26 @@ inline float keyf(uint k) {
     return as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+/* The samples [*first, *end) a work-item visits with stride *step: a grid-stride loop, so that
+ * neighbouring work-items read neighbouring samples (what a GPU wants), or, in work-groups of
+ * one work-item (how the host launches these on CPU devices), one contiguous run each, so that
+ * every thread streams through its own part of the plane. */
+inline void sample_range(uint n, uint *first, uint *end, uint *step) {
+    const ulong gid = get_global_id(0), gsz = get_global_size(0);
+    if (get_local_size(0) == 1) {
+        const ulong per = ((ulong)n + gsz - 1) / gsz;
+        *first = (uint)min((ulong)n, gid * per);
+        *end = (uint)min((ulong)n, (gid + 1) * per);
+        *step = 1u;
+    } else {
+        *first = (uint)gid;
+        *end = n;
+        *step = (uint)gsz;
+    }
+}
+
 /* Minimum and maximum key and the number of NaN/Inf samples of one plane (st: that channel's
- * state words). Grid-stride loop; one atomic per work-group. */
+ * state words). One atomic per work-group. */
 __kernel void prep_minmax(__global const float *x, const uint off, const uint n,
                           __global uint *st) {
     __local uint lmin, lmax, lbad;
@@ -80,8 +98,9 @@ __kernel void prep_minmax(__global const float *x, const uint off, const uint n,
         lbad = 0u;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    uint mn = 0xffffffffu, mx = 0u, bad = 0u;
-    for (uint i = get_global_id(0); i < n; i += get_global_size(0)) {
+    uint mn = 0xffffffffu, mx = 0u, bad = 0u, first, end, step;
+    sample_range(n, &first, &end, &step);
+    for (uint i = first; i < end; i += step) {
         const float v = x[(size_t)off + i];
         if (!isfinite(v)) {
             bad++;
@@ -108,6 +127,15 @@ __kernel void prep_minmax(__global const float *x, const uint off, const uint n,
  * bits above `shift + 8` with query q's prefix and have digit b at `shift`. The sample is the
  * grid (yy * sy, xx * sx), yy < n / nxs, xx < nxs, of a plane of width w (Cellpose subsamples
  * planes above 224^3 pixels with these strides). */
+/* Every key lies in [st[ST_MIN], st[ST_MAX]] (prep_minmax, over the whole plane, so over any
+ * sample of it too). When the two share every bit from `shift` up, the digit at `shift` is the
+ * minimum's for every key: prep_radix_hist skips the pass and prep_radix_select takes the digit
+ * from the minimum with the rank unchanged. A constant plane (e.g. the zero second channel of a
+ * one-channel image) then costs no pass at all. */
+inline int digit_known(__global const uint *st, uint shift) {
+    return ((st[ST_MIN] ^ st[ST_MAX]) >> shift) == 0u;
+}
+
 __kernel void prep_radix_hist(__global const float *x, const uint off, const uint w, const uint nxs,
                               const uint n, const uint sy, const uint sx, const uint shift,
                               __global const uint *st, __global uint *hist) {
@@ -115,6 +143,8 @@ __kernel void prep_radix_hist(__global const float *x, const uint off, const uin
     for (uint i = get_local_id(0); i < 4 * 256; i += get_local_size(0))
         lh[i] = 0u;
     barrier(CLK_LOCAL_MEM_FENCE);
+    if (digit_known(st, shift))
+        return; /* the same for every work-item, so no barrier below is left waiting */
     const uint himask = shift >= 24 ? 0u : (0xffffffffu << (shift + 8));
     uint pre[4];
     int own[4]; /* queries with the same prefix share one histogram (the first one's) */
@@ -125,7 +155,13 @@ __kernel void prep_radix_hist(__global const float *x, const uint off, const uin
             if (pre[p] == pre[q])
                 own[q] = 0;
     }
-    for (uint s = get_global_id(0); s < n; s += get_global_size(0)) {
+    /* In work-groups of one work-item nothing else touches lh, so plain increments do (local
+     * atomics are real locked operations on CPU devices: they made this kernel ~2% of a
+     * segment run there). */
+    const int solo = get_local_size(0) == 1;
+    uint first, end, step;
+    sample_range(n, &first, &end, &step);
+    for (uint s = first; s < end; s += step) {
         size_t at = s; /* the whole plane unless subsampled */
         if (sy != 1 || sx != 1) {
             const uint yy = s / nxs, xx = s - yy * nxs;
@@ -135,8 +171,12 @@ __kernel void prep_radix_hist(__global const float *x, const uint off, const uin
         const uint k = fkey(v);
         const uint b = (k >> shift) & 255u;
         for (int q = 0; q < 4; q++)
-            if (own[q] && ((k ^ pre[q]) & himask) == 0u)
-                atomic_inc(&lh[q * 256 + b]);
+            if (own[q] && ((k ^ pre[q]) & himask) == 0u) {
+                if (solo)
+                    lh[q * 256 + b]++;
+                else
+                    atomic_inc(&lh[q * 256 + b]);
+            }
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     for (uint i = get_local_id(0); i < 4 * 256; i += get_local_size(0))
@@ -159,6 +199,10 @@ __kernel void prep_radix_select(__global uint *st, __global const uint *hist, co
                 h = p;
         const uint rank = st[ST_RANK + q];
         uint cum = 0u, b = 0u;
+        if (digit_known(st, shift)) {
+            st[ST_PRE + q] = pre[q] | (st[ST_MIN] & (255u << shift));
+            continue;
+        }
         for (; b < 255u; b++) {
             const uint c = hist[h * 256 + b];
             if (rank < cum + c)

@@ -179,6 +179,53 @@ START_TEST(percentile_of_0_to_99) {
 }
 END_TEST
 
+/* numpy's float32 percentile of n sorted values (the formula percentile_of_0_to_99 pins down):
+ * position (n-1)*q in float32, then np_lerp between the two neighbours (kernels/prep.cl). */
+static float np_percentile(const float *sorted, int n, float q) {
+    volatile float pos = (float)(n - 1) * q;
+    const int i = (int)pos;
+    volatile float t = pos - (float)i;
+    const float a = sorted[i], b = sorted[i + 1 < n ? i + 1 : i];
+    volatile float diff = b - a;
+    volatile float prod = diff * (t >= 0.5f ? 1.0f - t : t);
+    return t >= 0.5f ? b - prod : a + prod;
+}
+
+/* Planes whose values share their leading bits (1000 + k/64 and -1000 - k/64 share the top 16 of
+ * their order-preserving keys): the radix passes over those bits are skipped (their digit is the
+ * minimum's, kernels/prep.cl digit_known) and the percentiles must come out as numpy's. */
+START_TEST(percentile_narrow_range) {
+    gpuseg_ctx *ctx = tu_ctx();
+    float v[2 * 100], pos[100], neg[100];
+    for (int i = 0; i < 100; i++) {
+        const int k = (i * 37) % 100;
+        v[2 * i] = 1000.0f + (float)k / 64.0f;
+        v[2 * i + 1] = -1000.0f - (float)k / 64.0f;
+        pos[i] = 1000.0f + (float)i / 64.0f; /* sorted ascending */
+        neg[i] = -1000.0f - (float)(99 - i) / 64.0f;
+    }
+    gpuseg_image im = {10, 10, 2, 1, GPUSEG_DTYPE_F32, v};
+    gpuseg__prep_params p;
+    gpuseg__prep_params_default(&p);
+    p.chan = 1;
+    p.chan2 = 2;
+    cl_mem x = NULL;
+    ck_assert_int_eq(gpuseg__prep_channels(ctx, &im, &p, &x), GPUSEG_OK);
+    gpuseg__norm_stats s;
+    ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 10, 10, 0, &s), GPUSEG_OK);
+    const float *sorted[2] = {pos, neg};
+    for (int c = 0; c < 2; c++) {
+        const float lo = np_percentile(sorted[c], 100, 1.0f / 100.0f);
+        const float hi = np_percentile(sorted[c], 100, 99.0f / 100.0f);
+        ck_assert_msg(s.lo[c] == lo && s.hi[c] == hi, "channel %d: %.9g %.9g, numpy %.9g %.9g", c,
+                      (double)s.lo[c], (double)s.hi[c], (double)lo, (double)hi);
+        ck_assert_int_eq(s.mode[c], 1);
+    }
+    gpuseg__release(&x);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(resize_2x2_to_4x4) {
     gpuseg_ctx *ctx = tu_ctx();
     /* OpenCV's rule by hand: x: f = (d + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped at
@@ -729,6 +776,7 @@ int main(void) {
         TCase *d = tcase_create("device");
         tcase_set_timeout(d, 120);
         tcase_add_test(d, percentile_of_0_to_99);
+        tcase_add_test(d, percentile_narrow_range);
         tcase_add_test(d, resize_2x2_to_4x4);
         tcase_add_test(d, constant_and_tiny_range_channels);
         tcase_add_test(d, normalize_vs_cellpose);

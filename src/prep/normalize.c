@@ -85,9 +85,11 @@ gpuseg_status gpuseg__prep_normalize(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, ui
         (st = gpuseg__kernel(ctx, "prep", "prep_finalize", &kfin)) ||
         (st = gpuseg__kernel(ctx, "prep", "prep_normalize", &knorm)))
         goto done;
-    /* Enough work-groups to fill a GPU, few enough that the per-group merge stays cheap; the
-     * kernels take any work-group size, so a device with smaller groups gets what it allows. */
-    size_t local = 256;
+    /* GPUs: enough work-groups to fill the device, few enough that the per-group merge stays
+     * cheap; the kernels take any work-group size, so a device with smaller groups gets what it
+     * allows. CPU devices: work-groups of one work-item, each streaming one contiguous run of
+     * the plane with a private histogram (kernels/prep.cl). */
+    size_t local = ctx->dev.type == GPUSEG_DEVICE_CPU ? 1 : 256;
     for (int i = 0; i < 2; i++) {
         size_t wg = 0;
         if (clGetKernelWorkGroupInfo(i ? khist : kmm, ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
