@@ -135,6 +135,14 @@ int cli_masks_option(int c, const char *arg, float *cellprob_threshold, float *f
     }
 }
 
+int cli_other_option(int r, int c, const char *arg, const char *usage) {
+    if (r == 0)
+        r = cli_limits_option(c, arg);
+    if (r < 0)
+        return CLI_USAGE;
+    return r > 0 ? CLI_OK : cli_usage(usage);
+}
+
 int cli_limits_option(int c, const char *arg) {
     const char *opt, *env;
     uint64_t most;

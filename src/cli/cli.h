@@ -82,6 +82,12 @@ enum {
  * these options, -1 on a bad value (message printed). */
 int cli_limits_option(int c, const char *arg);
 
+/* The default branch of a command's option loop: r is what the command's own option helpers
+ * returned for c (0: not theirs; pass 0 when there are none). A limits option is applied and
+ * CLI_OK returned, so the loop goes on; otherwise the command ends with CLI_USAGE: a bad value
+ * (already reported) or an option the command does not take (the usage line is printed). */
+int cli_other_option(int r, int c, const char *arg, const char *usage);
+
 /* The members of a JSON object "{...}" (without the braces and surrounding blanks) in *b, *n;
  * false when s is not one object of at most 64 KiB with balanced braces, brackets and strings
  * (the --meta of `save` and the sidecar extras of the saver processes). */

@@ -324,12 +324,10 @@ int gpuseg_cmd_eval(int argc, char **argv) {
                    "  --json              machine-readable output\n" CLI_LIMITS_HELP);
             return CLI_OK;
         default: {
-            int r = cli_limits_option(c, optarg);
-            if (r < 0)
-                return CLI_USAGE;
-            if (r > 0)
-                break;
-            return cli_usage(USAGE);
+            const int rc = cli_other_option(0, c, optarg, USAGE);
+            if (rc != CLI_OK)
+                return rc;
+            break;
         }
         }
     }

@@ -38,11 +38,9 @@ int gpuseg_cmd_info(int argc, char **argv) {
                    use);
             return CLI_OK;
         }
-        int r = cli_limits_option(c, optarg);
-        if (r < 0)
-            return CLI_USAGE;
-        if (r == 0)
-            return cli_usage(use);
+        const int rc = cli_other_option(0, c, optarg, use);
+        if (rc != CLI_OK)
+            return rc;
     }
     if (optind >= argc)
         return cli_usage(use);

@@ -81,12 +81,10 @@ int gpuseg_cmd_masks(int argc, char **argv) {
         default: {
             int r = cli_masks_option(c, optarg, &p.cellprob_threshold, &p.flow_threshold, &p.niter,
                                      &p.min_size);
-            if (r == 0)
-                r = cli_limits_option(c, optarg);
-            if (r < 0)
-                return CLI_USAGE;
-            if (r == 0)
-                return cli_usage(use);
+            const int rc = cli_other_option(r, c, optarg, use); /* + --max-pixels ... */
+            if (rc != CLI_OK)
+                return rc;
+            break;
         }
         }
     }

@@ -45,11 +45,9 @@ int gpuseg_cmd_model(int argc, char **argv) {
                    use);
             return CLI_OK;
         } else {
-            int r = cli_limits_option(c, optarg);
-            if (r < 0)
-                return CLI_USAGE;
-            if (r == 0)
-                return cli_usage(use);
+            const int rc = cli_other_option(0, c, optarg, use);
+            if (rc != CLI_OK)
+                return rc;
         }
     }
     if (argc - optind != 2 || strcmp(argv[optind], "info") != 0)

@@ -74,12 +74,10 @@ int gpuseg_cmd_save(int argc, char **argv) {
             help();
             return CLI_OK;
         default: {
-            int r = cli_limits_option(c, optarg);
-            if (r < 0)
-                return CLI_USAGE;
-            if (r > 0)
-                break;
-            return cli_usage(USE);
+            const int rc = cli_other_option(0, c, optarg, USE);
+            if (rc != CLI_OK)
+                return rc;
+            break;
         }
         }
     }

@@ -255,12 +255,10 @@ static int cmd_put(int argc, char **argv) {
                 return CLI_USAGE;
             break;
         default: {
-            int r = cli_limits_option(c, optarg);
-            if (r < 0)
-                return CLI_USAGE;
-            if (r > 0)
-                break;
-            return cli_usage(USE);
+            const int rc = cli_other_option(0, c, optarg, USE);
+            if (rc != CLI_OK)
+                return rc;
+            break;
         }
         }
     }
@@ -486,12 +484,10 @@ static int cmd_batch(int argc, char **argv) {
                 return CLI_USAGE;
             break;
         default: {
-            int r = cli_limits_option(c, optarg);
-            if (r < 0)
-                return CLI_USAGE;
-            if (r > 0)
-                break;
-            return cli_usage(USE);
+            const int rc = cli_other_option(0, c, optarg, USE);
+            if (rc != CLI_OK)
+                return rc;
+            break;
         }
         }
     }
