@@ -31,11 +31,11 @@
  * layout one work-item walks a whole row band, looping over the x blocks itself, because PoCL's
  * per-work-group cost would dominate with one block per work-group; in the block layout (GPUs)
  * it computes one x block. */
-inline void conv_direct_body(const int KS, const int FLAT, __global const float *src,
-                             __global const float *wt, __global const float *bias,
-                             __global const float *res, __global float *out, const int Cin,
-                             const int Cout, const int H, const int W, const int hp, const int wp,
-                             const int seg) {
+__attribute__((always_inline)) static inline void
+conv_direct_body(const int KS, const int FLAT, __global const float *src, __global const float *wt,
+                 __global const float *bias, __global const float *res, __global float *out,
+                 const int Cin, const int Cout, const int H, const int W, const int hp,
+                 const int wp, const int seg) {
     /* FLAT (band layout only): the padded plane is read as one long row of H * wp pixels, and
      * the R "rows" of the blocking are the next R * XB vectors along it (see conv3x3_flat). */
     const int xstep = FLAT ? 8 * CONV_XB * CONV_R : 8 * CONV_XB;
