@@ -531,6 +531,35 @@ __kernel void masks_stats(__global const uint *labels, const uint H, const uint 
     }
 }
 
+/* masks_stats for CPU devices: one work-item per row (global size H), one set of atomics per
+ * run of equal labels instead of per pixel (masks are runs of tens of pixels along a row, so
+ * this takes most of the locked operations away; same results, since count, min and max do not
+ * depend on the order of the updates). */
+__kernel void masks_stats_rows(__global const uint *labels, const uint H, const uint W,
+                               const uint n_labels, __global uint *count, __global uint *first,
+                               __global uint *box) {
+    const uint y = get_global_id(0);
+    if (y >= H)
+        return;
+    __global const uint *row = labels + (size_t)y * W;
+    uint x = 0;
+    while (x < W) {
+        const uint l = row[x], x0 = x;
+        while (x < W && row[x] == l)
+            x++;
+        if (l == 0 || l > n_labels)
+            continue;
+        atomic_add(&count[l - 1], x - x0);
+        atomic_min(&first[l - 1], y * W + x0);
+        if (box) {
+            atomic_min(&box[4 * (l - 1) + 0], y);
+            atomic_max(&box[4 * (l - 1) + 1], y);
+            atomic_min(&box[4 * (l - 1) + 2], x0);
+            atomic_max(&box[4 * (l - 1) + 3], x - 1);
+        }
+    }
+}
+
 /* labels[i] = map[labels[i]] (map[0] = 0; labels above n_map become 0). */
 __kernel void masks_relabel(__global uint *labels, const uint n, __global const uint *map,
                             const uint n_map) {

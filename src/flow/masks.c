@@ -145,14 +145,15 @@ static gpuseg_status label_stats(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uin
         if (err != CL_SUCCESS)
             return gpuseg__fail_cl(ctx, err, "flows to masks: clEnqueueFillBuffer(label boxes)");
     }
-    if ((st = kernel(ctx, "dynamics", "masks_stats", &k)) != GPUSEG_OK)
+    const int rows = gpuseg__flow_cpu_kernels(ctx); /* masks_stats_rows: a work-item per row */
+    if ((st = kernel(ctx, "dynamics", rows ? "masks_stats_rows" : "masks_stats", &k)) != GPUSEG_OK)
         return st;
     cl_uint h = H, w = W, nl = n_labels;
     if ((st = gpuseg__set_args(ctx, k, 7, sizeof(cl_mem), &b->labels, sizeof(cl_uint), &h,
                                sizeof(cl_uint), &w, sizeof(cl_uint), &nl, sizeof(cl_mem), &b->count,
                                sizeof(cl_mem), &b->first, sizeof(cl_mem), box ? &b->box : NULL)) !=
             GPUSEG_OK ||
-        (st = run2(ctx, k, H, W)) != GPUSEG_OK)
+        (st = rows ? gpuseg__run(ctx, k, 1, (size_t[]){H}, NULL) : run2(ctx, k, H, W)) != GPUSEG_OK)
         return st;
     if ((st = read_buf(ctx, b->count, (size_t)n_labels * 4, count + 1, "label counts")) !=
             GPUSEG_OK ||
