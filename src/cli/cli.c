@@ -87,9 +87,12 @@ bool cli_parse_int(const char *opt, const char *s, long lo, long hi, long *out) 
     return true;
 }
 
+bool cli_notices = false;
+
 static void log_to_stderr(void *user, gpuseg_log_level level, const char *msg) {
     static const char *names[] = {"error", "warning", "info", "debug"};
-    fprintf(stderr, "gpuseg: %s: %s\n", names[level], msg);
+    /* on a terminal with a progress line, start from a clean line */
+    fprintf(stderr, "%sgpuseg: %s: %s\n", cli_notices ? "\r\033[K" : "", names[level], msg);
 }
 
 gpuseg_status cli_ctx_create(const char *device, gpuseg_ctx **out) {
@@ -100,7 +103,7 @@ gpuseg_status cli_ctx_create(const char *device, gpuseg_ctx **out) {
     const char *lvl = getenv("GPUSEG_LOG");
     if (lvl && strcmp(lvl, "debug") == 0)
         p.log_level = GPUSEG_LOG_DEBUG;
-    else if (lvl && strcmp(lvl, "info") == 0)
+    else if ((lvl && strcmp(lvl, "info") == 0) || (!lvl && cli_notices))
         p.log_level = GPUSEG_LOG_INFO;
     return gpuseg_ctx_create(&p, out);
 }

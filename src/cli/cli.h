@@ -24,8 +24,11 @@ bool cli_parse_double(const char *opt, const char *s, double lo, double hi, doub
 bool cli_parse_int(const char *opt, const char *s, long lo, long hi, long *out);
 
 /* Creates a context for the --device option (NULL = GPUSEG_DEVICE or automatic choice), with
- * warnings logged to stderr and GPUSEG_LOG=debug|info raising the level. */
+ * warnings logged to stderr and GPUSEG_LOG=debug|info raising the level. With cli_notices set
+ * (a command that shows a progress line on a terminal), the level is info: the device used and,
+ * on a first run, why it takes longer (the programs are compiled). */
 gpuseg_status cli_ctx_create(const char *device, gpuseg_ctx **out);
+extern bool cli_notices;
 
 /* The flows -> masks options that `masks` and `segment` share: option codes, the getopt_long
  * entries (put CLI_MASKS_LONG_OPTIONS in the option array) and their parsing. */

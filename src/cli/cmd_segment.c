@@ -555,6 +555,7 @@ int gpuseg_cmd_segment(int argc, char **argv) {
     p.want_flows = save_flows;
     p.want_style = save_flows;
     const bool progress = !quiet && isatty(STDERR_FILENO);
+    cli_notices = progress; /* the device used, and why a first run is slow */
 
     gpuseg_ctx *ctx = NULL;
     gpuseg_net *net = NULL;

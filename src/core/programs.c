@@ -303,6 +303,13 @@ gpuseg_status gpuseg__program(gpuseg_ctx *ctx, const char *name, const char *opt
             ctx->stats.cache_hits++;
     }
     if (!prog) {
+        if (ctx->stats.compiled == 0) /* the first compile of this context: say why it is slow */
+            gpuseg__log(ctx, GPUSEG_LOG_INFO,
+                        "compiling the OpenCL programs for %s (the first run on a device takes "
+                        "longer; %s)",
+                        ctx->dev.name,
+                        ctx->use_cache ? "later runs reuse them from the program cache"
+                                       : "the program cache is off");
         cl_int err;
         prog = clCreateProgramWithSource(ctx->cl, 1, &src, &len, &err);
         if (!prog) {
