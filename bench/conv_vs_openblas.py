@@ -9,7 +9,10 @@ The OpenBLAS side is the GEMM alone (no im2col, no BN/ReLU, no bias), while ours
 fused prologue and epilogue: the comparison favours OpenBLAS slightly.
 
 Usage: conv_vs_openblas.py [--bench PATH/bench_conv] [--batch N] [--repeats R] [--threads T]
-                          [--out FILE]
+                          [--impl LIST] [--out FILE]
+--impl is passed to bench_conv: a comma-separated list of clblast, direct, winograd, both
+(clblast,direct) or all. Winograd's GFLOP/s count the direct convolution's FLOPs (the same
+GEMM shape as OpenBLAS's), so its ratio is a time ratio.
 --threads T pins both sides to T threads (OPENBLAS_NUM_THREADS for numpy, POCL_MAX_PTHREAD_COUNT
 for PoCL); on a machine shared with other work, T = 1 gives the steadier per-core comparison,
 because OpenBLAS's threads spin-wait for each other and lose badly when a core is taken.
@@ -75,7 +78,8 @@ def main():
     ap.add_argument("--bench", default=os.path.join(here, "..", "build", "bench", "bench_conv"))
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--impl", default="both", choices=["both", "direct", "clblast"])
+    ap.add_argument("--impl", default="both",
+                    help="bench_conv --impl list: clblast,direct,winograd | both | all")
     ap.add_argument("--threads", type=int, default=0, help="threads for both (0: default)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
@@ -121,11 +125,13 @@ def main():
         s["openblas"] = {"gflops": round(flops / wall * 1e-9, 2),
                          "gflops_per_cpu_s": round(flops / cpu * 1e-9, 2),
                          "median_s": round(wall, 6), "min_s": round(lo, 6), "max_s": round(hi, 6)}
-        for impl in ("direct", "clblast"):
+        for impl in ("direct", "clblast", "winograd"):
             if impl in s:
                 s[impl + "_vs_openblas"] = round(s[impl]["gflops"] / s["openblas"]["gflops"], 3)
                 s[impl + "_vs_openblas_cpu"] = round(
                     s[impl]["gflops_per_cpu_s"] / s["openblas"]["gflops_per_cpu_s"], 3)
+        if "direct" in s and "winograd" in s:
+            s["winograd_vs_direct"] = round(s["winograd"]["gflops"] / s["direct"]["gflops"], 3)
         report["shapes"].append(s)
     text = json.dumps(report, indent=2)
     print(text)

@@ -1,8 +1,9 @@
 /* tests/test_ops.c: the tensor ops of src/ops against a plain-C oracle (double accumulation) on
  * seeded random inputs, odd sizes included: the convolution with each implementation forced
- * (im2col + CLBlast, direct kernel) and chosen automatically, batch-norm folding, standalone
- * BN+ReLU, max-pool, upsampling with skip, add, style, linear; and the error paths (wrong sizes,
- * bad descriptions, bad GPUSEG_CONV). The oracle lives here because only tests use it. */
+ * (im2col + CLBlast, direct kernel, Winograd) and chosen automatically, batch-norm folding,
+ * standalone BN+ReLU, max-pool, upsampling with skip, add, style, linear; and the error paths
+ * (wrong sizes, bad descriptions, bad GPUSEG_CONV). The oracle lives here because only tests use
+ * it. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,9 @@ static float *download(gpuseg_ctx *ctx, cl_mem m, size_t n) {
 }
 
 /* Asserts |got - want| <= rel * mag + abs_tol element-wise, printing the worst case first. */
+/* The largest error / tolerance ratio check_close has seen in this process (for reports). */
+static double seen_ratio;
+
 static void check_close(const char *what, const float *got, const double *want, const double *mag,
                         size_t n, double rel, double abs_tol) {
     double worst = -1, worst_ratio = 0;
@@ -67,6 +71,8 @@ static void check_close(const char *what, const float *got, const double *want, 
             wi = i;
         }
     }
+    if (worst_ratio > seen_ratio)
+        seen_ratio = worst_ratio;
     if (!(worst_ratio <= 1.0))
         fprintf(stderr, "%s: worst at %zu: got %.9g want %.9g (err %.3g, %.2fx the tolerance)\n",
                 what, wi, (double)got[wi], want[wi], worst, worst_ratio);
@@ -250,6 +256,9 @@ static const conv_case conv_cases[] = {
     {2, 12, 10, 37, 41, 1, 1, 1, 1, 1, 1, 1, 1},
     /* 1x1 with many channels: the fused kernel's chunks get shorter (96 pixels) */
     {1, 300, 5, 3, 7, 1,  1, 0, 1, 0, 0, 1, 0},
+    /* 3x3 over several chunks and work-items of the Winograd kernel (19x21 tiles in rows of
+     * 24, 64-tile chunks), odd height and width (partial tiles and vectors) */
+    {2, 12, 10, 37, 41, 3, 1, 1, 1, 1, 1, 1, 1},
 };
 /* clang-format on */
 
@@ -302,14 +311,37 @@ START_TEST(conv_direct) {
 }
 END_TEST
 
+/* Winograd F(2x2,3x3) forced, in both layouts (the kernel is the same; the block layout is what
+ * GPUs get). 1x1 cases run the direct kernel (documented fallback), the 3x3 ones cover odd sizes
+ * (partial 2x2 tiles and 8-tile vectors: 7x5, 17x33, 2x3, 1x1, 37x41), cin 64 (2-vector chunks
+ * ending in a zero-padded vector), several chunks and work-items, residual == out and every
+ * prologue option. Tolerance: the same 1e-4 * sum|terms| bound. The transforms multiply only by
+ * 1, -1 and 0.5 (exact), and each transformed value is a sum of at most 4 (input), 9 (weights)
+ * and 9 (output) terms, so rounding adds a few float32 roundings of sums of the same magnitudes
+ * to the K-term accumulation: the worst case grows by a small constant factor (measured: the
+ * worst output uses under a tenth of the tolerance, printed below), while a wrong transform
+ * entry moves outputs by a whole term (a G entry of 0.45 instead of 0.5 fails at many times the
+ * tolerance). */
+START_TEST(conv_winograd) {
+    unsetenv("GPUSEG_CONV_TILE");
+    unsetenv("GPUSEG_CONV_TILE1");
+    unsetenv("GPUSEG_CONV_LAYOUT");
+    seen_ratio = 0;
+    run_all_cases(GPUSEG__CONV_WINOGRAD, 0, 0, 0, 0, 0, GPUSEG__CONV_BAND);
+    run_all_cases(GPUSEG__CONV_WINOGRAD, 0, 0, 0, 0, 0, GPUSEG__CONV_BLOCK);
+    fprintf(stderr, "winograd: worst error %.3f of the tolerance\n", seen_ratio);
+    ck_assert(seen_ratio <= 1.0);
+}
+END_TEST
+
 START_TEST(conv_clblast) {
     run_all_cases(GPUSEG__CONV_CLBLAST, 0, 0, 0, 0, 0, 0);
 }
 END_TEST
 
-/* AUTO measures both on first use of a shape (into scratch, so that an in-place residual is not
- * applied twice), remembers the winner (in the ops object and in a file beside the program
- * cache, which a new ops object reads), and the result is right either way. */
+/* AUTO measures the implementations on first use of a shape (into scratch, so that an in-place
+ * residual is not applied twice), remembers the winner (in the ops object and in a file beside the
+ * program cache, which a new ops object reads), and the result is right either way. */
 START_TEST(conv_auto) {
     unsetenv("GPUSEG_CONV");
     const char *dir = tu_tmpdir();
@@ -323,9 +355,15 @@ START_TEST(conv_auto) {
     ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), GPUSEG__CONV_AUTO);
     run_conv_case(ctx, ops, &c, 77, "auto");
     gpuseg__conv_impl first = gpuseg__conv_choice(ops, &shape);
-    ck_assert(first == GPUSEG__CONV_CLBLAST || first == GPUSEG__CONV_DIRECT);
+    ck_assert(first == GPUSEG__CONV_CLBLAST || first == GPUSEG__CONV_DIRECT ||
+              first == GPUSEG__CONV_WINOGRAD);
     ck_assert_uint_eq(ops->n_choices, 1);
-    ck_assert(ops->choices[0].seconds_clblast > 0 && ops->choices[0].seconds_direct > 0);
+    ck_assert(ops->choices[0].seconds_direct > 0 && ops->choices[0].seconds_winograd > 0);
+    /* CLBlast is timed on GPUs only (src/ops/conv.c choose) */
+    if (ctx->dev.type == GPUSEG_DEVICE_CPU)
+        ck_assert(ops->choices[0].seconds_clblast == 0 && first != GPUSEG__CONV_CLBLAST);
+    else
+        ck_assert(ops->choices[0].seconds_clblast > 0);
     run_conv_case(ctx, ops, &c, 78, "auto again");
     ck_assert_uint_eq(ops->n_choices, 1); /* measured once */
     ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), first);
@@ -336,11 +374,20 @@ START_TEST(conv_auto) {
         ck_assert_uint_eq(ops->n_choices, 1);
         ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), first);
         gpuseg__ops_free(ops);
-        /* A damaged file is ignored (measured again), and `cache clear` removes it. */
+        /* A file of format 1 (before Winograd: no third timing; a well-formed entry there) is
+         * ignored, so is a damaged one (measured again), and `cache clear` removes it. */
         char cmd[1400];
         snprintf(cmd, sizeof cmd,
+                 "for f in '%s'/*.convchoice; do "
+                 "printf 'gpuseg-conv-choice 1 1\\n2 8 8 12 20 3 2 100.0 50.0\\n' > \"$f\"; done",
+                 dir);
+        ck_assert_int_eq(system(cmd), 0);
+        ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
+        ck_assert_uint_eq(ops->n_choices, 0);
+        gpuseg__ops_free(ops);
+        snprintf(cmd, sizeof cmd,
                  "n=0; for f in '%s'/*.convchoice; do [ -f \"$f\" ] && n=$((n+1)); "
-                 "echo 'gpuseg-conv-choice 1 5' > \"$f\"; done; [ $n = 1 ]",
+                 "echo 'gpuseg-conv-choice 2 5' > \"$f\"; done; [ $n = 1 ]",
                  dir);
         ck_assert_int_eq(system(cmd), 0);
         ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
@@ -365,10 +412,15 @@ START_TEST(conv_auto) {
     ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
     ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), GPUSEG__CONV_DIRECT);
     gpuseg__ops_free(ops);
+    setenv("GPUSEG_CONV", "winograd", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), GPUSEG__CONV_WINOGRAD);
+    gpuseg__ops_free(ops);
     setenv("GPUSEG_CONV", "fastest", 1);
     ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
     ck_assert_ptr_null(ops);
     ck_assert(strstr(gpuseg_ctx_last_error(ctx), "GPUSEG_CONV") != NULL);
+    ck_assert(strstr(gpuseg_ctx_last_error(ctx), "winograd") != NULL);
     unsetenv("GPUSEG_CONV");
     /* Blocking: the environment override, and sizes that would not fit in registers. */
     setenv("GPUSEG_CONV_TILE", "3,5,2", 1);
@@ -727,6 +779,7 @@ int main(void) {
         TCase *d = tcase_create("device");
         tcase_set_timeout(d, 600);
         tcase_add_test(d, conv_direct);
+        tcase_add_test(d, conv_winograd);
         tcase_add_test(d, conv_clblast);
         tcase_add_test(d, conv_auto);
         tcase_add_test(d, conv_errors);

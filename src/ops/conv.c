@@ -1,8 +1,8 @@
 /* ops/conv.c: the one convolution call. Validates the layer description and buffers, runs the
  * shared prologue (skip add, style constant, folded BN, ReLU, zero padding) into a scratch
- * buffer laid out for the chosen implementation, and dispatches to im2col + CLBlast or to the
- * direct kernel. Under AUTO, the first call per layer shape times both and keeps the faster
- * (in memory, per ops object). */
+ * buffer laid out for the chosen implementation, and dispatches to im2col + CLBlast, the direct
+ * kernel or Winograd (3x3). Under AUTO, the first call per layer shape times each and keeps the
+ * fastest (in memory, per ops object, and on disk: conv_choice.c). */
 #include <string.h>
 #include <time.h>
 
@@ -16,6 +16,8 @@ const char *gpuseg__conv_impl_name(gpuseg__conv_impl impl) {
         return "clblast";
     case GPUSEG__CONV_DIRECT:
         return "direct";
+    case GPUSEG__CONV_WINOGRAD:
+        return "winograd";
     }
     return "unknown";
 }
@@ -109,11 +111,16 @@ static gpuseg_status prologue(gpuseg__ops *ops, const gpuseg__conv_desc *d,
 /* Prologue + one implementation, writing into out (the fused 1x1 kernel does its own prologue). */
 static gpuseg_status run_impl(gpuseg__ops *ops, gpuseg__conv_impl impl, const gpuseg__conv_desc *d,
                               cl_mem in, cl_mem out) {
+    /* Winograd is 3x3 only: forced on another layer, the direct kernel runs it. */
+    if (impl == GPUSEG__CONV_WINOGRAD && !gpuseg__conv_winograd_takes(ops, d))
+        impl = GPUSEG__CONV_DIRECT;
     if (impl == GPUSEG__CONV_DIRECT && gpuseg__conv_direct_fused(ops, d))
         return gpuseg__conv1x1_fused(ops, d, in, out);
     gpuseg__conv_geom g;
     if (impl == GPUSEG__CONV_CLBLAST)
         gpuseg__conv_clblast_geom(d, &g);
+    else if (impl == GPUSEG__CONV_WINOGRAD)
+        gpuseg__conv_winograd_geom(d, &g);
     else
         gpuseg__conv_direct_geom(ops, d, &g);
     cl_mem src;
@@ -122,6 +129,8 @@ static gpuseg_status run_impl(gpuseg__ops *ops, gpuseg__conv_impl impl, const gp
         return st;
     if (impl == GPUSEG__CONV_CLBLAST)
         return gpuseg__conv_clblast(ops, d, &g, src, out);
+    if (impl == GPUSEG__CONV_WINOGRAD)
+        return gpuseg__conv_winograd(ops, d, &g, src, out);
     return gpuseg__conv_direct(ops, d, &g, src, out);
 }
 
@@ -192,16 +201,31 @@ static gpuseg_status choose(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem
     gpuseg_status st = gpuseg__ops_scratch(ops, 2, bytes, &trial);
     if (st != GPUSEG_OK)
         return st;
-    double tc = 0, td = 0;
+    /* Winograd only where it takes the layer (3x3); tw stays 0 otherwise. CLBlast not on CPU
+     * devices (tc stays 0): through PoCL it ran at 0.06-0.12 of OpenBLAS per core on every
+     * CPnet shape (docs/ops.md), never near direct, and its trials cost a cold run ~15 s of
+     * kernel compilation; GPUSEG_CONV=clblast still forces it. */
+    double tc = 0, td = 0, tw = 0;
+    const bool wino = gpuseg__conv_winograd_takes(ops, d);
+    const bool blast = ops->ctx->dev.type != GPUSEG_DEVICE_CPU;
     if ((st = time_impl(ops, GPUSEG__CONV_DIRECT, &t, in, trial, &td)) != GPUSEG_OK ||
-        (st = time_impl(ops, GPUSEG__CONV_CLBLAST, &t, in, trial, &tc)) != GPUSEG_OK)
+        (wino && (st = time_impl(ops, GPUSEG__CONV_WINOGRAD, &t, in, trial, &tw)) != GPUSEG_OK) ||
+        (blast && (st = time_impl(ops, GPUSEG__CONV_CLBLAST, &t, in, trial, &tc)) != GPUSEG_OK))
         return gpuseg__wrap(ops->ctx, st, "%s: measuring the convolution implementations",
                             layer_name(d));
-    gpuseg__conv_impl pick = tc < td ? GPUSEG__CONV_CLBLAST : GPUSEG__CONV_DIRECT;
+    gpuseg__conv_impl pick = GPUSEG__CONV_DIRECT;
+    double best = td;
+    if (wino && tw < best) {
+        pick = GPUSEG__CONV_WINOGRAD;
+        best = tw;
+    }
+    if (blast && tc < best)
+        pick = GPUSEG__CONV_CLBLAST;
     gpuseg__log(ops->ctx, GPUSEG_LOG_DEBUG,
-                "%s: %ux%ux%ux%u -> %u k%u: clblast %.3f ms, direct %.3f ms: using %s",
+                "%s: %ux%ux%ux%u -> %u k%u: clblast %.3f ms, direct %.3f ms, winograd %.3f ms: "
+                "using %s",
                 layer_name(d), d->batch, d->cin, d->height, d->width, d->cout, d->ksize, 1e3 * tc,
-                1e3 * td, gpuseg__conv_impl_name(pick));
+                1e3 * td, 1e3 * tw, gpuseg__conv_impl_name(pick));
     if (ops->n_choices == GPUSEG__OPS_CHOICES)
         ops->n_choices = 0; /* full: forget the table in memory rather than measure every call */
     {
@@ -215,6 +239,7 @@ static gpuseg_status choose(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem
         e->impl = pick;
         e->seconds_clblast = tc;
         e->seconds_direct = td;
+        e->seconds_winograd = tw;
         gpuseg__conv_choice_store(ops);
     }
     *impl = pick;

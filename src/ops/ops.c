@@ -67,7 +67,7 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
     else
         gpuseg__ops_params_default(&p);
     if (p.conv != GPUSEG__CONV_AUTO && p.conv != GPUSEG__CONV_CLBLAST &&
-        p.conv != GPUSEG__CONV_DIRECT)
+        p.conv != GPUSEG__CONV_DIRECT && p.conv != GPUSEG__CONV_WINOGRAD)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "ops: unknown convolution kind %d",
                             (int)p.conv);
     if (p.conv == GPUSEG__CONV_AUTO) {
@@ -78,9 +78,12 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
                 p.conv = GPUSEG__CONV_CLBLAST;
             else if (strcmp(env, "direct") == 0)
                 p.conv = GPUSEG__CONV_DIRECT;
+            else if (strcmp(env, "winograd") == 0)
+                p.conv = GPUSEG__CONV_WINOGRAD;
             else if (strcmp(env, "auto") != 0)
                 return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                                    "GPUSEG_CONV='%s': expected clblast, direct or auto", env);
+                                    "GPUSEG_CONV='%s': expected clblast, direct, winograd or auto",
+                                    env);
         }
     }
     gpuseg__conv_tile tile = {
@@ -149,6 +152,10 @@ void gpuseg__ops_free(gpuseg__ops *ops) {
         clReleaseKernel(ops->fused1);
     if (ops->flat3)
         clReleaseKernel(ops->flat3);
+    if (ops->wino_w)
+        clReleaseKernel(ops->wino_w);
+    if (ops->wino3)
+        clReleaseKernel(ops->wino3);
     free(ops);
 }
 

@@ -1,6 +1,7 @@
 /* ops/ops_internal.h: the tensor operations CPnet needs, on device buffers (NCHW float32):
  * convolution (1x1/3x3, fused BN+ReLU prologue, bias + residual epilogue) behind one call with
- * two implementations (im2col + CLBlast GEMM, and our own direct kernel), and the small ops
+ * three implementations (im2col + CLBlast GEMM, our own direct kernel, Winograd F(2x2,3x3) for
+ * 3x3 layers), and the small ops
  * (max-pool, upsample, add, style, linear, standalone BN). Internal: the network module uses it;
  * nothing here is installed. */
 #ifndef GPUSEG_OPS_INTERNAL_H
@@ -8,13 +9,16 @@
 
 #include "core/internal.h"
 
-/* Which convolution implementation runs. AUTO: $GPUSEG_CONV if set ("clblast", "direct" or
- * "auto"), else the faster one, measured once per layer shape and device, kept in the ops object
- * and in a small file beside the program cache (when the cache is on). */
+/* Which convolution implementation runs. AUTO: $GPUSEG_CONV if set ("clblast", "direct",
+ * "winograd" or "auto"), else the fastest, measured once per layer shape and device, kept in the
+ * ops object and in a small file beside the program cache (when the cache is on). WINOGRAD forced
+ * on a layer it does not take (1x1, or a cin whose transformed input does not fit the device's
+ * local memory) runs the direct kernel there. */
 typedef enum gpuseg__conv_impl {
     GPUSEG__CONV_AUTO = 0,
     GPUSEG__CONV_CLBLAST = 1, /* im2col + CLBlastSgemm */
-    GPUSEG__CONV_DIRECT = 2   /* kernels/conv.cl conv*_direct */
+    GPUSEG__CONV_DIRECT = 2,  /* kernels/conv_direct.cl conv*_direct */
+    GPUSEG__CONV_WINOGRAD = 3 /* kernels/conv_winograd.cl, 3x3 only */
 } gpuseg__conv_impl;
 
 typedef struct gpuseg__ops_params {
@@ -43,7 +47,8 @@ void gpuseg__ops_params_default(gpuseg__ops_params *p);
  */
 typedef struct gpuseg__ops gpuseg__ops;
 
-#define GPUSEG__OPS_SCRATCH 4 /* 0: prologue planes, 1: im2col columns, 2: trial output */
+/* 0: prologue planes, 1: im2col columns, 2: trial output, 3: Winograd weights */
+#define GPUSEG__OPS_SCRATCH 4
 /* Layer shapes remembered (CPnet has about 21 per tile shape and batch size; the table on disk
  * collects every model, tile shape and batch size used on the device, so it needs room). */
 #define GPUSEG__OPS_CHOICES 1024
@@ -53,6 +58,7 @@ typedef struct gpuseg__conv_choice_entry {
     unsigned batch, cin, cout, height, width, ksize;
     int impl; /* gpuseg__conv_impl */
     double seconds_clblast, seconds_direct;
+    double seconds_winograd; /* 0 where not measured (1x1 layers, or not taken) */
 } gpuseg__conv_choice_entry;
 
 /* Register blocking of the direct kernel: rows x output channels x 8-pixel vectors per work-item.
@@ -70,6 +76,7 @@ struct gpuseg__ops {
     gpuseg__conv_tile tile;
     /* built with the tile's -D options; owned here (fused1, flat3: band layout only) */
     cl_kernel direct3, direct1, fused1, flat3;
+    cl_kernel wino_w, wino3; /* conv_winograd.cl: weight transform, the convolution */
     cl_mem scratch[GPUSEG__OPS_SCRATCH];
     size_t scratch_bytes[GPUSEG__OPS_SCRATCH];
     gpuseg__conv_choice_entry choices[GPUSEG__OPS_CHOICES];
@@ -168,6 +175,13 @@ gpuseg_status gpuseg__conv_direct(gpuseg__ops *ops, const gpuseg__conv_desc *d,
 bool gpuseg__conv_direct_fused(const gpuseg__ops *ops, const gpuseg__conv_desc *d);
 gpuseg_status gpuseg__conv1x1_fused(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem in,
                                     cl_mem out);
+/* Winograd F(2x2,3x3) (conv_winograd.c): whether it takes d (3x3, and its transformed input
+ * fits the device's local memory), its prologue geometry, and the call (the weight transform
+ * goes to scratch slot 3). */
+bool gpuseg__conv_winograd_takes(const gpuseg__ops *ops, const gpuseg__conv_desc *d);
+void gpuseg__conv_winograd_geom(const gpuseg__conv_desc *d, gpuseg__conv_geom *g);
+gpuseg_status gpuseg__conv_winograd(gpuseg__ops *ops, const gpuseg__conv_desc *d,
+                                    const gpuseg__conv_geom *g, cl_mem src, cl_mem out);
 /* The choice table on disk (conv_choice.c): load at creation (AUTO only), store after each new
  * measurement. Failures only cost a new measurement, so neither reports one. */
 void gpuseg__conv_choice_load(gpuseg__ops *ops);
