@@ -29,7 +29,8 @@ static size_t numel(const gpuseg_npy *a) {
     return n;
 }
 
-static const char *impls[] = {"direct", "clblast"};
+static const char *impls[] = {"direct", "clblast", "winograd"};
+#define N_IMPLS (int)(sizeof impls / sizeof impls[0])
 
 /* Forward of the fixture batch; output and style against PyTorch. */
 START_TEST(forward_matches_pytorch) {
@@ -140,7 +141,7 @@ int main(void) {
     if (dev == 0) {
         TCase *d = tcase_create("device");
         tcase_set_timeout(d, 300);
-        tcase_add_loop_test(d, forward_matches_pytorch, 0, 2);
+        tcase_add_loop_test(d, forward_matches_pytorch, 0, N_IMPLS);
         tcase_add_test(d, plan_and_forward_errors);
         tcase_add_test(d, model_errors);
         suite_add_tcase(s, d);

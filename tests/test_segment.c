@@ -31,7 +31,8 @@ static const struct {
     /* 132 x 120 at diameter 36: Cellpose's float32 int(L * r) gives 110 x 100 (double: 109 x 99) */
     {"d36", 0, 0, 36.0, 0, 0.0f, -0.1f, 240, 45},
 };
-static const char *impls[] = {"direct", "clblast"};
+static const char *impls[] = {"direct", "clblast", "winograd"};
+#define N_IMPLS (int)(sizeof impls / sizeof impls[0])
 
 static gpuseg_npy *load(const char *name) {
     char path[1024];
@@ -71,8 +72,8 @@ static void params_for(int c, gpuseg_segment_params *p) {
 
 /* _i = case * 2 + implementation */
 START_TEST(matches_cellpose_eval) {
-    int c = _i / 2;
-    setenv("GPUSEG_CONV", impls[_i % 2], 1); /* forked per test: stays in this test */
+    int c = _i / N_IMPLS;
+    setenv("GPUSEG_CONV", impls[_i % N_IMPLS], 1); /* forked per test: stays in this test */
     char name[64];
     gpuseg_ctx *ctx = tu_ctx();
     gpuseg_net *net = NULL;
@@ -127,8 +128,8 @@ START_TEST(matches_cellpose_eval) {
         same += truth[i] == pred[i];
     printf("%s (%s): flows err %.2g/%.2g/%.2g (ranges %.3g/%.3g/%.3g), style %.2g, masks %u vs "
            "%u, AP@0.5 %.4f, equal pixels %.5f, net %.2f s, masks %.2f s\n",
-           cases[c].name, impls[_i % 2], err[0], err[1], err[2], range[0], range[1], range[2], serr,
-           r.n_masks, cases[c].n_masks, ap.ap, (double)same / ((double)H * W), r.seconds_net,
+           cases[c].name, impls[_i % N_IMPLS], err[0], err[1], err[2], range[0], range[1], range[2],
+           serr, r.n_masks, cases[c].n_masks, ap.ap, (double)same / ((double)H * W), r.seconds_net,
            r.seconds_masks);
     /* the flows differ by float rounding only, so a mask may move a few boundary pixels */
     ck_assert_msg(ap.ap >= 0.99, "AP@0.5 %g", ap.ap);
@@ -561,7 +562,8 @@ int main(void) {
     if (dev == 0) {
         TCase *d = tcase_create("device");
         tcase_set_timeout(d, 600);
-        tcase_add_loop_test(d, matches_cellpose_eval, 0, 8);
+        tcase_add_loop_test(d, matches_cellpose_eval, 0,
+                            (int)(sizeof cases / sizeof cases[0]) * N_IMPLS);
         tcase_add_test(d, batching_invariant);
         tcase_add_test(d, memory_fallback);
         tcase_add_test(d, workspace_release);
