@@ -28,7 +28,7 @@ PY = sys.executable
 # What each mode runs. quick: <= ~15 min on a loaded 2-core CPU; full: every size of the issue.
 MODES = {
     "quick": {"startup_repeats": 1, "conv_batch": 2, "conv_repeats": 7, "conv_impl": "direct,winograd",
-              "masks_repeats": 2, "masks_sides": "512,1024", "net_repeats": 1,
+              "masks_repeats": 5, "masks_sides": "512,1024", "net_repeats": 1,
               "net_sides": "512", "net_bundled_sides": "512", "e2e_repeats": 3,
               "permp_sides": "512,1024,2048", "permp_repeats": 3, "mem_side": 4096},
     "full": {"startup_repeats": 5, "conv_batch": 2, "conv_repeats": 5, "conv_impl": "all",
