@@ -160,9 +160,11 @@ def targets(parts, mode):
             "reproduced exactly) are about half of the stage and the QC's per-mask diffusion "
             "(l2f_box, native float64 on CPUs since session 4) most of the rest; three Euler "
             "variants (two interleaved groups, lane refill, float4 lanes) measured no faster "
-            "(docs/masks.md); next: explicit gathers for the 16 corner loads of a step (AVX2 "
-            "vgatherdps, which PoCL does not form from vload4), and fusing the QC sums into "
-            "l2f_box so that no ideal-flow planes are written",
+            "(docs/masks.md), and the per-label statistics now go by rows (4× less time, a "
+            "few % of the stage); the ratio also moves with Cellpose's own time (0.55–0.86 s "
+            "at 512², 2.45–3.75 s at 1024² on this machine). Next: explicit gathers for the 16 "
+            "corner loads of a step (AVX2 vgatherdps, which PoCL does not form from vload4), "
+            "and fusing the QC sums into l2f_box so that no ideal-flow planes are written",
             note="speed-up = Cellpose time / gpuseg time (host API: upload and download "
                  "included); smallest over sizes")
     else:
@@ -224,10 +226,13 @@ def targets(parts, mode):
                       f"network {i['net_median_s'] / i['n_tiles']:.3f} s/tile, masks "
                       f"{i['masks_median_s'] / i['megapixels']:.2f} s/MP" for i in ims)
             + " (Cellpose's tiling covers a small image with more tile area per pixel)",
-            "the tile count per MP is Cellpose's and stays; what gpuseg can flatten is the "
-            "per-tile and per-MP cost: rerun on an idle machine (--full) to separate load "
-            "noise from size effects, then look at masks s/MP growth (Euler steps scale with "
-            "niter × pixels; the host-side QC table with the mask count)",
+            "the spread is the tile count per MP, which is Cellpose's (224-pixel tiles, "
+            "ceil(1.2·L/224) per axis, so whole tiles of rounding on a small image) and which "
+            "parity keeps, since the overlap "
+            "averaging is part of the flows; what gpuseg controls, the time per tile and the "
+            "masks time per MP, is in the profile column. Flattening the rest needs a tiling "
+            "that is not Cellpose's (fewer, larger tiles for small images), which would give "
+            "different flows: not done",
             note="spread = max/min − 1 of s/MP; library call, start-up excluded" + (
                 "" if covered else f"; measured up to {max(mps):.1f} MP only (16 MP in --full)"))
     else:
