@@ -60,15 +60,13 @@ static gpuseg_status kernels(gpuseg__ops *ops) {
     gpuseg_status st = gpuseg__program(ops->ctx, "conv_direct", opts, &prog);
     if (st != GPUSEG_OK)
         return st;
-    cl_int err;
-    if (!ops->direct3 && !(ops->direct3 = clCreateKernel(prog, "conv3x3_direct", &err)))
-        return gpuseg__fail_cl(ops->ctx, err, "clCreateKernel(conv_direct.cl: conv3x3_direct)");
-    if (!ops->direct1 && !(ops->direct1 = clCreateKernel(prog, "conv1x1_direct", &err)))
-        return gpuseg__fail_cl(ops->ctx, err, "clCreateKernel(conv_direct.cl: conv1x1_direct)");
-    if (band && !ops->fused1 && !(ops->fused1 = clCreateKernel(prog, "conv1x1_fused", &err)))
-        return gpuseg__fail_cl(ops->ctx, err, "clCreateKernel(conv_direct.cl: conv1x1_fused)");
-    if (band && !ops->flat3 && !(ops->flat3 = clCreateKernel(prog, "conv3x3_flat", &err)))
-        return gpuseg__fail_cl(ops->ctx, err, "clCreateKernel(conv_direct.cl: conv3x3_flat)");
+    if ((st = gpuseg__ops_kernel(ops, prog, "conv_direct", "conv3x3_direct", &ops->direct3)) ||
+        (st = gpuseg__ops_kernel(ops, prog, "conv_direct", "conv1x1_direct", &ops->direct1)))
+        return st;
+    if (band && /* these two exist in the band layout's program only */
+        ((st = gpuseg__ops_kernel(ops, prog, "conv_direct", "conv1x1_fused", &ops->fused1)) ||
+         (st = gpuseg__ops_kernel(ops, prog, "conv_direct", "conv3x3_flat", &ops->flat3))))
+        return st;
     return GPUSEG_OK;
 }
 

@@ -70,12 +70,9 @@ static gpuseg_status kernels(gpuseg__ops *ops) {
     gpuseg_status st = gpuseg__program(ops->ctx, "conv_winograd", opts, &prog);
     if (st != GPUSEG_OK)
         return st;
-    cl_int err;
-    if (!ops->wino_w && !(ops->wino_w = clCreateKernel(prog, "wino_weights", &err)))
-        return gpuseg__fail_cl(ops->ctx, err, "clCreateKernel(conv_winograd.cl: wino_weights)");
-    if (!ops->wino3 && !(ops->wino3 = clCreateKernel(prog, "conv3x3_winograd", &err)))
-        return gpuseg__fail_cl(ops->ctx, err, "clCreateKernel(conv_winograd.cl: conv3x3_winograd)");
-    return GPUSEG_OK;
+    if ((st = gpuseg__ops_kernel(ops, prog, "conv_winograd", "wino_weights", &ops->wino_w)))
+        return st;
+    return gpuseg__ops_kernel(ops, prog, "conv_winograd", "conv3x3_winograd", &ops->wino3);
 }
 
 gpuseg_status gpuseg__conv_winograd(gpuseg__ops *ops, const gpuseg__conv_desc *d,

@@ -159,6 +159,16 @@ void gpuseg__ops_free(gpuseg__ops *ops) {
     free(ops);
 }
 
+gpuseg_status gpuseg__ops_kernel(gpuseg__ops *ops, cl_program prog, const char *file,
+                                 const char *name, cl_kernel *k) {
+    if (*k)
+        return GPUSEG_OK;
+    cl_int err;
+    if (!(*k = clCreateKernel(prog, name, &err)))
+        return gpuseg__fail_cl(ops->ctx, err, "clCreateKernel(%s.cl: %s)", file, name);
+    return GPUSEG_OK;
+}
+
 size_t gpuseg__ops_scratch_bytes(const gpuseg__ops *ops) {
     size_t n = 0;
     for (unsigned i = 0; i < GPUSEG__OPS_SCRATCH; i++)

@@ -159,6 +159,11 @@ gpuseg_status gpuseg__ops_check_buf(gpuseg__ops *ops, const char *op, const char
  */
 gpuseg_status gpuseg__ops_scratch(gpuseg__ops *ops, unsigned slot, size_t bytes, cl_mem *out);
 
+/* *k = kernel `name` of prog (built from kernels/<file>.cl), created on first use and kept in the
+ * ops object (which releases it); nothing happens when *k is already set. */
+gpuseg_status gpuseg__ops_kernel(gpuseg__ops *ops, cl_program prog, const char *file,
+                                 const char *name, cl_kernel *k);
+
 /* The prologue plane geometry each implementation needs; conv.c fills it and runs it. */
 typedef struct gpuseg__conv_geom {
     unsigned hp, wp; /* plane rows, row stride of the prologue buffer */
