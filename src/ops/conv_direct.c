@@ -159,16 +159,7 @@ gpuseg_status gpuseg__conv1x1_fused(gpuseg__ops *ops, const gpuseg__conv_desc *d
         return st;
     const unsigned nv = fused_vectors(ops, d);
     const size_t hw = (size_t)d->height * d->width, chunk = 8 * (size_t)nv;
-    /* Runs of whole chunks, about 16 work-groups per compute unit over the batch: enough to
-     * balance cores that other work also uses, few enough that PoCL's per-work-group cost stays
-     * small. */
-    const size_t chunks = (hw + chunk - 1) / chunk;
-    const unsigned cu = ctx->dev.compute_units ? ctx->dev.compute_units : 1;
-    size_t per = (chunks * d->batch + 16 * (size_t)cu - 1) / (16 * (size_t)cu);
-    if (per < 1)
-        per = 1;
-    if (per > chunks)
-        per = chunks;
+    const size_t per = gpuseg__ops_chunks_per_item(ops, (hw + chunk - 1) / chunk, d->batch);
     const cl_int Ci = (cl_int)d->cin, Co = (cl_int)d->cout, HW = (cl_int)hw,
                  span = (cl_int)(per * chunk), nvi = (cl_int)nv, relu = d->relu ? 1 : 0;
     cl_kernel k = ops->fused1;

@@ -104,17 +104,8 @@ gpuseg_status gpuseg__conv_winograd(gpuseg__ops *ops, const gpuseg__conv_desc *d
 
     unsigned th, twp;
     tiles(d, &th, &twp);
-    /* Runs of whole chunks, about 16 work-groups per compute unit over the batch (as
-     * conv1x1_fused: enough to balance cores shared with other work, few enough that PoCL's
-     * per-work-group cost stays small). */
     const size_t total = (size_t)th * twp, chunk = 8 * (size_t)nv;
-    const size_t chunks = (total + chunk - 1) / chunk;
-    const unsigned cu = ctx->dev.compute_units ? ctx->dev.compute_units : 1;
-    size_t per = (chunks * d->batch + 16 * (size_t)cu - 1) / (16 * (size_t)cu);
-    if (per < 1)
-        per = 1;
-    if (per > chunks)
-        per = chunks;
+    const size_t per = gpuseg__ops_chunks_per_item(ops, (total + chunk - 1) / chunk, d->batch);
     const cl_int H = (cl_int)d->height, W = (cl_int)d->width, hp = (cl_int)g->hp,
                  wp = (cl_int)g->wp, thi = (cl_int)th, twpi = (cl_int)twp,
                  span = (cl_int)(per * chunk), nvi = (cl_int)nv;

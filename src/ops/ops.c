@@ -159,6 +159,14 @@ void gpuseg__ops_free(gpuseg__ops *ops) {
     free(ops);
 }
 
+size_t gpuseg__ops_chunks_per_item(const gpuseg__ops *ops, size_t chunks, unsigned batch) {
+    const unsigned cu = ops->ctx->dev.compute_units ? ops->ctx->dev.compute_units : 1;
+    size_t per = (chunks * batch + 16 * (size_t)cu - 1) / (16 * (size_t)cu);
+    if (per < 1)
+        per = 1;
+    return per > chunks ? chunks : per;
+}
+
 gpuseg_status gpuseg__ops_kernel(gpuseg__ops *ops, cl_program prog, const char *file,
                                  const char *name, cl_kernel *k) {
     if (*k)

@@ -159,6 +159,12 @@ gpuseg_status gpuseg__ops_check_buf(gpuseg__ops *ops, const char *op, const char
  */
 gpuseg_status gpuseg__ops_scratch(gpuseg__ops *ops, unsigned slot, size_t bytes, cl_mem *out);
 
+/* For kernels that give a work-item a run of whole chunks of one sample (conv1x1_fused,
+ * conv3x3_winograd, band layout): chunks per work-item, about 16 work-groups per compute unit over
+ * the batch (enough to balance cores that other work also uses, few enough that PoCL's
+ * per-work-group cost stays small), between 1 and chunks (a sample's chunk count). */
+size_t gpuseg__ops_chunks_per_item(const gpuseg__ops *ops, size_t chunks, unsigned batch);
+
 /* *k = kernel `name` of prog (built from kernels/<file>.cl), created on first use and kept in the
  * ops object (which releases it); nothing happens when *k is already set. */
 gpuseg_status gpuseg__ops_kernel(gpuseg__ops *ops, cl_program prog, const char *file,
