@@ -144,18 +144,11 @@ void gpuseg__ops_free(gpuseg__ops *ops) {
         return;
     for (unsigned i = 0; i < GPUSEG__OPS_SCRATCH; i++)
         gpuseg__release(&ops->scratch[i]);
-    if (ops->direct3)
-        clReleaseKernel(ops->direct3);
-    if (ops->direct1)
-        clReleaseKernel(ops->direct1);
-    if (ops->fused1)
-        clReleaseKernel(ops->fused1);
-    if (ops->flat3)
-        clReleaseKernel(ops->flat3);
-    if (ops->wino_w)
-        clReleaseKernel(ops->wino_w);
-    if (ops->wino3)
-        clReleaseKernel(ops->wino3);
+    const cl_kernel kernels[] = {ops->direct3, ops->direct1, ops->fused1,
+                                 ops->flat3,   ops->wino_w,  ops->wino3};
+    for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++)
+        if (kernels[i])
+            clReleaseKernel(kernels[i]);
     free(ops);
 }
 
