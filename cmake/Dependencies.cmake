@@ -30,9 +30,15 @@ gpuseg_require_header(stb_image.h libstb-dev)
 gpuseg_require_lib(stb libstb-dev)
 gpuseg_require_header(tiffio.h libtiff-dev)
 gpuseg_require_lib(tiff libtiff-dev)
+gpuseg_require_header(jansson.h libjansson-dev)
+gpuseg_require_lib(jansson libjansson-dev)
+gpuseg_require_header(nettle/sha2.h nettle-dev)
+gpuseg_require_lib(nettle nettle-dev)
+gpuseg_require_header(zlib.h zlib1g-dev)
+gpuseg_require_lib(z zlib1g-dev)
 list(REMOVE_DUPLICATES GPUSEG_DEP_INCLUDE_DIRS)
 
-set(GPUSEG_DEP_LIBRARIES OpenCL clblast tiff stb m pthread rt)
+set(GPUSEG_DEP_LIBRARIES OpenCL clblast tiff jansson nettle z stb m pthread rt)
 # One OpenCL API level everywhere: 1.2 runs on every vendor's driver and on PoCL.
 set(GPUSEG_CL_DEFINES CL_TARGET_OPENCL_VERSION=120 CL_USE_DEPRECATED_OPENCL_1_2_APIS)
 

@@ -127,11 +127,11 @@ START_TEST(pixels_readers) {
     gpuseg_limits at = {10000, 0, 0}, below = {9999, 0, 0};
     for (int i = 0; i < 3; i++) {
         gpuseg_image *img = NULL;
-        ck_assert_msg(gpuseg_image_read_limited(paths[i], &at, &img) == GPUSEG_OK, "%s",
+        ck_assert_msg(gpuseg_image_read_ex(paths[i], &at, &img) == GPUSEG_OK, "%s",
                       gpuseg_last_error());
         gpuseg_image_free(img);
         img = NULL;
-        ck_assert_int_eq(gpuseg_image_read_limited(paths[i], &below, &img), GPUSEG_TOO_LARGE);
+        ck_assert_int_eq(gpuseg_image_read_ex(paths[i], &below, &img), GPUSEG_TOO_LARGE);
         ck_assert_ptr_null(img);
         /* "FILE: image is 100x100 = 10 kpixels, over the limit of 9999 pixels (--max-pixels /
          * GPUSEG_MAX_PIXELS)" */
@@ -147,7 +147,7 @@ START_TEST(pixels_readers) {
     }
     /* at the absolute maximum the message says so instead of naming a flag */
     gpuseg_image *img = NULL;
-    ck_assert_int_eq(gpuseg_image_read_limited(png, NULL, &img), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg_image_read_ex(png, NULL, &img), GPUSEG_OK);
     gpuseg_image_free(img);
     gpuseg_image_free(lab);
     tu_rmtree(dir);
@@ -161,11 +161,10 @@ START_TEST(model_bytes) {
     ck_assert_int_gt(size, 100);
     gpuseg_model *m = NULL;
     gpuseg_limits at = {0, 0, (uint64_t)size}, below = {0, 0, (uint64_t)size - 1};
-    ck_assert_msg(gpuseg_model_load_limited(MODEL, &at, &m) == GPUSEG_OK, "%s",
-                  gpuseg_last_error());
+    ck_assert_msg(gpuseg_model_load_ex(MODEL, &at, &m) == GPUSEG_OK, "%s", gpuseg_last_error());
     gpuseg_model_free(m);
     m = NULL;
-    ck_assert_int_eq(gpuseg_model_load_limited(MODEL, &below, &m), GPUSEG_TOO_LARGE);
+    ck_assert_int_eq(gpuseg_model_load_ex(MODEL, &below, &m), GPUSEG_TOO_LARGE);
     ck_assert_ptr_null(m);
     assert_one_line_naming(gpuseg_last_error(), MODEL,
                            "(--max-model-bytes / GPUSEG_MAX_MODEL_BYTES)");

@@ -119,7 +119,7 @@ START_TEST(tiny_cpnet_values) {
     ck_assert(in.diam_labels == 23.25f && in.has_diam_labels);
     ck_assert_uint_eq(in.n_tensors, 313);
     ck_assert_uint_eq(in.n_parameters, 7236); /* versions.json "n_parameters" */
-    ck_assert_int_eq(in.weight_dtype, GPUSEG_DTYPE_FLOAT32);
+    ck_assert_int_eq(in.weight_dtype, GPUSEG_TENSOR_F32);
     ck_assert_str_eq(gpuseg_model_path(m), fix("tiny_cpnet.pth"));
     FILE *f = fopen(fix("tiny_cpnet.txt"), "r");
     ck_assert_ptr_nonnull(f);

@@ -330,7 +330,7 @@ START_TEST(shm_only_json) {
         gpuseg_shm *seg = NULL;
         ck_assert_int_eq(gpuseg_shm_open(names[i], 0, &seg), GPUSEG_OK);
         ck_assert(memcmp(gpuseg_shm_payload(seg), in.data[i], in.bytes[i]) == 0);
-        gpuseg_shm_close(seg);
+        gpuseg_shm_free(seg);
     }
     ck_assert_uint_eq(count_segments("j"), 3);
     r = tu_cli("shm rm %s %s %s", names[0], names[1], names[2]);

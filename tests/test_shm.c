@@ -323,8 +323,8 @@ START_TEST(library_roundtrip) {
     ck_assert_uint_eq(view.width, 7);
     ck_assert_uint_eq(view.channels, 1);
     ck_assert_ptr_eq(view.data, gpuseg_shm_payload(r));
-    gpuseg_shm_close(r);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(r);
+    gpuseg_shm_free(w);
     ck_assert_int_eq(gpuseg_shm_unlink(name), GPUSEG_OK);
     ck_assert_int_eq(gpuseg_shm_unlink(name), GPUSEG_NOT_FOUND);
     ck_assert_ptr_nonnull(strstr(gpuseg_last_error(), name));
@@ -341,11 +341,11 @@ START_TEST(library_roundtrip) {
     snprintf(rnd, sizeof rnd, "%s", gpuseg_shm_get_info(w)->name);
     ck_assert_uint_eq(strlen(rnd), 8 + 16);
     ck_assert_uint_eq(strspn(rnd + 8, "0123456789abcdef"), 16);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     ck_assert_int_eq(gpuseg_shm_open(rnd, 0, &r), GPUSEG_OK);
     ck_assert_uint_eq(gpuseg_shm_get_info(r)->shape[0], 4);
     ck_assert_uint_eq(gpuseg_shm_get_info(r)->shape[1], 6);
-    gpuseg_shm_close(r);
+    gpuseg_shm_free(r);
     ck_assert_int_eq(gpuseg_shm_unlink(rnd), GPUSEG_OK);
     /* a failing one-call producer leaves nothing and keeps its message */
     seg_name(name, "rt1");
@@ -360,10 +360,10 @@ START_TEST(library_roundtrip) {
     ck_assert_int_eq(gpuseg_shm_abort(w), GPUSEG_OK);
     ck_assert_int_eq(gpuseg_shm_open(name, 5, &r), GPUSEG_NOT_READY);
     ck_assert_ptr_nonnull(strstr(gpuseg_last_error(), "marked it failed"));
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     ck_assert_int_eq(gpuseg_shm_unlink(name), GPUSEG_OK);
     ck_assert_int_eq(gpuseg_shm_create(name, GPUSEG_DTYPE_U16, 1, shape, &w), GPUSEG_OK);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     ck_assert_int_eq(header_state(name), GPUSEG_SHM_FAILED);
 
     /* producer-side refusals */
@@ -381,7 +381,7 @@ START_TEST(library_roundtrip) {
     ck_assert_int_eq(gpuseg_shm_publish(w, 0, NAN), GPUSEG_INVALID_ARGUMENT);
     ck_assert_int_eq(gpuseg_shm_publish(w, 3, 0), GPUSEG_INVALID_ARGUMENT); /* 3 masks, 2 px */
     ck_assert_int_eq(gpuseg_shm_publish(w, 2, 0), GPUSEG_OK);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     ck_assert_int_eq(gpuseg_shm_unlink(name), GPUSEG_OK);
 }
 END_TEST
@@ -457,7 +457,7 @@ START_TEST(cli_put_and_save) {
         }
         gpuseg_image_free(img);
     }
-    gpuseg_shm_close(seg);
+    gpuseg_shm_free(seg);
     /* --unlink removes the segment after saving */
     snprintf(out, sizeof out, "%s/u.bin", dir);
     r = tu_cli("save --shm %s -o '%s' --unlink", name, out);
@@ -642,7 +642,7 @@ START_TEST(killed_producer_refused) {
     ck_assert_msg(strstr(r->err, "marked it failed"), "%s", r->err);
     free(r);
     ck_assert_int_eq(dir_nonempty(outdir), 0);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     ck_assert_int_eq(gpuseg_shm_unlink(name), GPUSEG_OK);
     tu_rmtree(dir);
 }
@@ -665,7 +665,7 @@ START_TEST(corrupt_headers) {
     gpuseg_image img = {W, H, 1, 1, GPUSEG_DTYPE_U16, lab};
     gpuseg_shm *w = NULL;
     ck_assert_int_eq(gpuseg_shm_create_labels(name, &img, 100, 20, &w), GPUSEG_OK);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     size_t size = 0;
     unsigned char *m = map_rw(name, &size);
     ck_assert_uint_eq(size, 4096 + H * W * 2);
@@ -755,7 +755,7 @@ START_TEST(corrupt_headers) {
     ck_assert_int_eq(dir_nonempty(dir), 0);
     m[4096 + 1000] ^= 0x01;
     ck_assert_int_eq(gpuseg_shm_open(name, 0, &r), GPUSEG_OK); /* restored: accepted again */
-    gpuseg_shm_close(r);
+    gpuseg_shm_free(r);
 
     /* truncated segments */
     munmap(m, size);
@@ -834,7 +834,7 @@ START_TEST(foreign_owner_refused) {
     gpuseg_image img = {4, 3, 1, 1, GPUSEG_DTYPE_U16, lab};
     gpuseg_shm *w = NULL, *r = NULL;
     ck_assert_int_eq(gpuseg_shm_create_labels(name, &img, 2, 0, &w), GPUSEG_OK);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     int fd = shm_open(name, O_RDWR, 0);
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(fchmod(fd, 0666), 0);
@@ -842,7 +842,7 @@ START_TEST(foreign_owner_refused) {
     ck_assert_ptr_nonnull(strstr(gpuseg_last_error(), "writable by group or others (mode 0666)"));
     ck_assert_int_eq(fchmod(fd, 0600), 0);
     ck_assert_int_eq(gpuseg_shm_open(name, 0, &r), GPUSEG_OK);
-    gpuseg_shm_close(r);
+    gpuseg_shm_free(r);
     if (geteuid() != 0) {
         printf("SKIP foreign_owner_refused (chown part): not root, cannot give a segment away\n");
     } else {
@@ -969,9 +969,9 @@ START_TEST(clean_dead_only) {
     gpuseg_image img = {3, 2, 1, 1, GPUSEG_DTYPE_U16, lab};
     gpuseg_shm *w = NULL;
     ck_assert_int_eq(gpuseg_shm_create_labels(c, &img, 2, 0, &w), GPUSEG_OK);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     ck_assert_int_eq(gpuseg_shm_create_labels(f, &img, 2, 0, &w), GPUSEG_OK);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     size_t size;
     unsigned char *m = map_rw(f, &size);
     gpuseg__st64(m + GPUSEG__SHM_OFF_START, gpuseg__ld64(m + GPUSEG__SHM_OFF_START) + 1);
@@ -1052,7 +1052,7 @@ START_TEST(device_buffer) {
     ck_assert_ptr_nonnull(strstr(gpuseg_last_error(), "labels buffer has"));
     ck_assert_int_eq(gpuseg_shm_publish(w, 5, 9.5), GPUSEG_OK);
     ck_assert_int_eq(gpuseg_shm_read_buffer(ctx, w, buf, 64), GPUSEG_INVALID_ARGUMENT);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(w);
     const char *dir = tu_tmpdir();
     tu_cli_result *r = tu_cli("save --shm %s -o '%s/d.bin' --unlink", name, dir);
     ck_assert_msg(r->status == 0, "%s", r->err);
@@ -1080,8 +1080,8 @@ START_TEST(device_buffer) {
     ck_assert_int_eq(gpuseg_shm_open(name, 0, &rd), GPUSEG_OK);
     ck_assert(memcmp(gpuseg_shm_payload(rd), lab, N * 4) == 0);
     ck_assert(gpuseg_shm_get_info(rd)->diameter == 9.5);
-    gpuseg_shm_close(rd);
-    gpuseg_shm_close(w);
+    gpuseg_shm_free(rd);
+    gpuseg_shm_free(w);
     ck_assert_int_eq(gpuseg_shm_unlink(name), GPUSEG_OK);
     clReleaseMemObject(buf);
     clReleaseMemObject(buf2);

@@ -14,6 +14,9 @@ packages=(
   libclblast-dev                        # GEMM for the network's convolutions
   libstb-dev                            # PNG/JPEG/BMP/PNM/GIF reading and PNG writing
   libtiff-dev                           # TIFF reading and writing
+  libjansson-dev                        # JSON reading and writing (sidecars, --json, GeoJSON)
+  nettle-dev                            # SHA-256 (program-cache keys, kernel hashes)
+  zlib1g-dev                            # CRC-32 (ZIP entries, PNG chunks, shm payloads)
   check                                 # unit-test framework
   clang-format                          # formatting check in tools/test.sh
   clang-15                              # second compiler for the -Werror build (PoCL brings it anyway)

@@ -74,7 +74,7 @@ typedef struct gpuseg_ctx_params {
      * GPUSEG_MAX_ALLOC_BYTES sets it when this is 0. */
     uint64_t max_alloc_bytes;
     /* Size limits for calls made with this context (objects in flows -> masks, the model file
-     * of gpuseg_net_load; pass gpuseg_ctx_limits' copy to gpuseg_image_read_limited for images);
+     * of gpuseg_net_load; pass gpuseg_ctx_limits' copy to gpuseg_image_read_ex for images);
      * members left 0 come from
      * GPUSEG_MAX_PIXELS / GPUSEG_MAX_OBJECTS / GPUSEG_MAX_MODEL_BYTES, else the defaults of
      * gpuseg/limits.h. A bad value fails gpuseg_ctx_create with GPUSEG_INVALID_ARGUMENT. */
@@ -97,6 +97,28 @@ GPUSEG_API void gpuseg_ctx_limits(const gpuseg_ctx *ctx, gpuseg_limits *out);
 
 /* Releases a context and everything it owns. Accepts NULL. */
 GPUSEG_API void gpuseg_ctx_free(gpuseg_ctx *ctx);
+
+/* Progress of a long call (gpuseg_segment, gpuseg_flows_to_masks, blockwise runs): `stage`
+ * names what runs now ("network", "masks", ...: a static string), `done` of `total` counts its
+ * units (tiles, Euler steps, blocks; total 0 when unknown), and `fraction` (0 to 1) estimates
+ * how much of the whole call is done. Called on the calling thread, between device steps. */
+typedef struct gpuseg_progress {
+    const char *stage;
+    uint64_t done, total;
+    double fraction;
+} gpuseg_progress;
+typedef void (*gpuseg_progress_fn)(void *user, const gpuseg_progress *p);
+
+/* Sets (fn NULL: removes) the progress callback of calls made with ctx. */
+GPUSEG_API void gpuseg_ctx_set_progress(gpuseg_ctx *ctx, gpuseg_progress_fn fn, void *user);
+
+/* Asks the call running with ctx to stop (on = 1), or withdraws the request (on = 0). Safe from
+ * any thread and from a signal handler. A long call checks the flag between device steps and
+ * returns GPUSEG_CANCELLED, releasing what it made and leaving its outputs empty; the flag stays
+ * set (every later call returns GPUSEG_CANCELLED at its first check) until cleared with on = 0. */
+GPUSEG_API void gpuseg_ctx_cancel(gpuseg_ctx *ctx, int on);
+/* 1 while a cancel request stands. */
+GPUSEG_API int gpuseg_ctx_cancelled(const gpuseg_ctx *ctx);
 
 /* Detailed message of the last failure of a call made with this context ("" if none). Owned by
  * the context; valid until the next call with it. */

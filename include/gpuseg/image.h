@@ -78,8 +78,8 @@ GPUSEG_API gpuseg_status gpuseg_image_read(const char *path, gpuseg_image **out)
 
 /* gpuseg_image_read with explicit limits (NULL or 0 members: environment, else defaults;
  * only max_pixels is used), e.g. those of gpuseg_ctx_limits. */
-GPUSEG_API gpuseg_status gpuseg_image_read_limited(const char *path, const gpuseg_limits *limits,
-                                                   gpuseg_image **out);
+GPUSEG_API gpuseg_status gpuseg_image_read_ex(const char *path, const gpuseg_limits *limits,
+                                              gpuseg_image **out);
 
 /* Allocates a zero-filled image; the caller frees it with gpuseg_image_free. Refuses sizes over
  * the limits above (GPUSEG_TOO_LARGE) and zero sizes (GPUSEG_INVALID_ARGUMENT). */

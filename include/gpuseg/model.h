@@ -25,16 +25,16 @@ extern "C" {
 
 /* Element type of a tensor as stored in the file (PyTorch storage types). */
 typedef enum gpuseg_tensor_dtype {
-    GPUSEG_DTYPE_FLOAT32 = 0, /* torch.FloatStorage */
-    GPUSEG_DTYPE_FLOAT64,     /* torch.DoubleStorage */
-    GPUSEG_DTYPE_FLOAT16,     /* torch.HalfStorage */
-    GPUSEG_DTYPE_BFLOAT16,    /* torch.BFloat16Storage */
-    GPUSEG_DTYPE_INT64,       /* torch.LongStorage (num_batches_tracked) */
-    GPUSEG_DTYPE_INT32,       /* torch.IntStorage */
-    GPUSEG_DTYPE_INT16,       /* torch.ShortStorage */
-    GPUSEG_DTYPE_INT8,        /* torch.CharStorage */
-    GPUSEG_DTYPE_UINT8,       /* torch.ByteStorage */
-    GPUSEG_DTYPE_BOOL         /* torch.BoolStorage */
+    GPUSEG_TENSOR_F32 = 0, /* torch.FloatStorage */
+    GPUSEG_TENSOR_F64,     /* torch.DoubleStorage */
+    GPUSEG_TENSOR_F16,     /* torch.HalfStorage */
+    GPUSEG_TENSOR_BF16,    /* torch.BFloat16Storage */
+    GPUSEG_TENSOR_I64,     /* torch.LongStorage (num_batches_tracked) */
+    GPUSEG_TENSOR_I32,     /* torch.IntStorage */
+    GPUSEG_TENSOR_I16,     /* torch.ShortStorage */
+    GPUSEG_TENSOR_I8,      /* torch.CharStorage */
+    GPUSEG_TENSOR_U8,      /* torch.ByteStorage */
+    GPUSEG_TENSOR_BOOL     /* torch.BoolStorage */
 } gpuseg_tensor_dtype;
 
 /* "float32", "int64", ...; "unknown" outside the enum. */
@@ -85,8 +85,8 @@ GPUSEG_API gpuseg_status gpuseg_model_load(const char *path, gpuseg_model **out)
 /* gpuseg_model_load with explicit limits (NULL or 0 members: environment, else defaults; only
  * max_model_bytes is used). A file over it is refused from its size, before it is read
  * (GPUSEG_TOO_LARGE, message naming the file, both sizes and how to raise the limit). */
-GPUSEG_API gpuseg_status gpuseg_model_load_limited(const char *path, const gpuseg_limits *limits,
-                                                   gpuseg_model **out);
+GPUSEG_API gpuseg_status gpuseg_model_load_ex(const char *path, const gpuseg_limits *limits,
+                                              gpuseg_model **out);
 
 /* Releases a model; accepts NULL. */
 GPUSEG_API void gpuseg_model_free(gpuseg_model *m);

@@ -59,7 +59,7 @@ typedef struct gpuseg_shm_info {
  * `shape`, in state WRITING, mapped read-write, with mode 0600. name NULL: a fresh unpredictable
  * name ("/gpuseg-" + 16 hex digits from getrandom, retried on collision); otherwise that name
  * (with or without the leading '/'), which must not exist yet. On success *out is a handle that
- * the caller releases with gpuseg_shm_close; fill the array through gpuseg_shm_payload_writable,
+ * the caller releases with gpuseg_shm_free; fill the array through gpuseg_shm_payload_writable,
  * then call gpuseg_shm_publish (or gpuseg_shm_abort). The segment itself stays in the system
  * until someone calls gpuseg_shm_unlink. */
 GPUSEG_API gpuseg_status gpuseg_shm_create(const char *name, gpuseg_dtype dtype, uint32_t ndim,
@@ -77,7 +77,7 @@ GPUSEG_API gpuseg_status gpuseg_shm_abort(gpuseg_shm *seg);
 /* One call for the common case: creates a segment (name as in gpuseg_shm_create) for a
  * one-channel U16 or U32 label image (shape [H, W], or [pages, H, W] when pages > 1), copies the
  * labels and publishes. On failure nothing is left behind (the segment is marked failed and
- * unlinked). On success the caller owns *out (gpuseg_shm_close; gpuseg_shm_unlink when done). */
+ * unlinked). On success the caller owns *out (gpuseg_shm_free; gpuseg_shm_unlink when done). */
 GPUSEG_API gpuseg_status gpuseg_shm_create_labels(const char *name, const gpuseg_image *labels,
                                                   uint64_t n_masks, double diameter,
                                                   gpuseg_shm **out);
@@ -92,11 +92,11 @@ GPUSEG_API gpuseg_status gpuseg_shm_create_labels(const char *name, const gpuseg
  * GPUSEG_NOT_FOUND (no such segment), GPUSEG_PERMISSION (other owner, writable by others),
  * GPUSEG_NOT_READY (still writing after the timeout, producer gone, or FAILED), GPUSEG_FORMAT
  * (bad magic, sizes, shape, offset), GPUSEG_UNSUPPORTED (version, dtype), GPUSEG_CHECKSUM.
- * On success the caller releases *out with gpuseg_shm_close. */
+ * On success the caller releases *out with gpuseg_shm_free. */
 GPUSEG_API gpuseg_status gpuseg_shm_open(const char *name, double timeout_s, gpuseg_shm **out);
 
 /* The header of an open segment (as validated at open / as written by the producer). The
- * pointer is owned by the handle and valid until gpuseg_shm_close. */
+ * pointer is owned by the handle and valid until gpuseg_shm_free. */
 GPUSEG_API const gpuseg_shm_info *gpuseg_shm_get_info(const gpuseg_shm *seg);
 
 /* The array: data_bytes bytes at data_offset inside the mapping, owned by the handle. */
@@ -105,13 +105,13 @@ GPUSEG_API const void *gpuseg_shm_payload(const gpuseg_shm *seg);
 GPUSEG_API void *gpuseg_shm_payload_writable(gpuseg_shm *seg);
 
 /* Describes the array as a one-channel label image without copying: view->data points into the
- * mapping (do not write through it or free it; it is valid until gpuseg_shm_close). ndim must
+ * mapping (do not write through it or free it; it is valid until gpuseg_shm_free). ndim must
  * be 2 ([H, W]) or 3 ([pages, H, W]) with sides within the image limits of gpuseg/image.h. */
 GPUSEG_API gpuseg_status gpuseg_shm_labels_view(const gpuseg_shm *seg, gpuseg_image *view);
 
 /* Unmaps and frees the handle (the segment stays in the system). A producer's handle that was
  * neither published nor aborted is marked FAILED first. Accepts NULL. */
-GPUSEG_API void gpuseg_shm_close(gpuseg_shm *seg);
+GPUSEG_API void gpuseg_shm_free(gpuseg_shm *seg);
 
 /* Removes the segment's name from the system (mappings stay valid until unmapped). name with
  * or without the leading '/'. GPUSEG_NOT_FOUND when it does not exist. */

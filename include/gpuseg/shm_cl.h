@@ -24,7 +24,7 @@ GPUSEG_API gpuseg_status gpuseg_shm_read_buffer(gpuseg_ctx *ctx, gpuseg_shm *seg
 /* One call: creates a segment (name as in gpuseg_shm_create) for an array of dtype/ndim/shape,
  * reads it from `labels` (from byte 0) with gpuseg_shm_read_buffer and publishes it with n_masks
  * and diameter. On failure nothing is left behind. On success the caller owns *out
- * (gpuseg_shm_close; gpuseg_shm_unlink when done). */
+ * (gpuseg_shm_free; gpuseg_shm_unlink when done). */
 GPUSEG_API gpuseg_status gpuseg_shm_create_from_buffer(gpuseg_ctx *ctx, const char *name,
                                                        cl_mem labels, gpuseg_dtype dtype,
                                                        uint32_t ndim, const uint64_t *shape,

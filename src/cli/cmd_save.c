@@ -97,7 +97,7 @@ int gpuseg_cmd_save(int argc, char **argv) {
         size_t cap = 320 + meta_len;
         char *extra = malloc(cap);
         if (!extra) {
-            gpuseg_shm_close(seg);
+            gpuseg_shm_free(seg);
             cli_error("%s: out of memory", out);
             return CLI_FAIL;
         }
@@ -109,12 +109,12 @@ int gpuseg_cmd_save(int argc, char **argv) {
     }
     if (st != GPUSEG_OK) {
         int rc = cli_fail(st);
-        gpuseg_shm_close(seg);
+        gpuseg_shm_free(seg);
         return rc;
     }
     char seg_name[GPUSEG_SHM_NAME_MAX];
     snprintf(seg_name, sizeof seg_name, "%s", info->name);
-    gpuseg_shm_close(seg);
+    gpuseg_shm_free(seg);
     if (unlink_after) {
         st = gpuseg_shm_unlink(seg_name);
         if (st != GPUSEG_OK)

@@ -302,13 +302,13 @@ static int cmd_put(int argc, char **argv) {
         st = gpuseg_shm_json(gpuseg_shm_get_info(seg), line, sizeof line);
         if (st != GPUSEG_OK) {
             gpuseg_shm_unlink(gpuseg_shm_get_info(seg)->name);
-            gpuseg_shm_close(seg);
+            gpuseg_shm_free(seg);
             return cli_fail(st);
         }
     } else {
         snprintf(line, sizeof line, "%s", gpuseg_shm_get_info(seg)->name);
     }
-    gpuseg_shm_close(seg); /* the segment stays for the caller */
+    gpuseg_shm_free(seg); /* the segment stays for the caller */
     printf("%s\n", line);
     fflush(stdout);
     return CLI_OK;

@@ -491,7 +491,7 @@ gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const ch
     }
     if (o->opts.shm_only) {
         st = print_line(o, gpuseg_shm_get_info(seg), image_path, json_extra);
-        gpuseg_shm_close(seg);
+        gpuseg_shm_free(seg);
         if (st != GPUSEG_OK) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", gpuseg_last_error());
@@ -506,7 +506,7 @@ gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const ch
         slot_set(s, SLOT_FREE);
         return GPUSEG_OK;
     }
-    gpuseg_shm_close(seg);              /* the mapping; the segment stays for the saver */
+    gpuseg_shm_free(seg);               /* the mapping; the segment stays for the saver */
     st = spawn_saver(o, s, json_extra); /* on failure it has removed the segment */
     if (st != GPUSEG_OK)
         goto fail;

@@ -241,6 +241,7 @@ gpuseg_status gpuseg_ctx_create(const gpuseg_ctx_params *params, gpuseg_ctx **ou
         st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "context: out of memory");
         goto fail;
     }
+    atomic_init(&ctx->cancel, 0);
     ctx->dev = list[idx];
     ctx->platform = pids[idx];
     ctx->device = dids[idx];
@@ -427,4 +428,34 @@ void gpuseg__release(cl_mem *m) {
         clReleaseMemObject(*m);
         *m = NULL;
     }
+}
+
+void gpuseg_ctx_set_progress(gpuseg_ctx *ctx, gpuseg_progress_fn fn, void *user) {
+    if (!ctx)
+        return;
+    ctx->progress = fn;
+    ctx->progress_user = user;
+}
+
+void gpuseg_ctx_cancel(gpuseg_ctx *ctx, int on) {
+    if (ctx)
+        atomic_store(&ctx->cancel, on ? 1 : 0);
+}
+
+int gpuseg_ctx_cancelled(const gpuseg_ctx *ctx) {
+    return ctx && atomic_load(&((gpuseg_ctx *)ctx)->cancel) ? 1 : 0;
+}
+
+gpuseg_status gpuseg__check_cancel(gpuseg_ctx *ctx, const char *what) {
+    if (!gpuseg_ctx_cancelled(ctx))
+        return GPUSEG_OK;
+    return gpuseg__fail(ctx, GPUSEG_CANCELLED, "%s: cancelled", what);
+}
+
+void gpuseg__progress(gpuseg_ctx *ctx, const char *stage, uint64_t done, uint64_t total,
+                      double fraction) {
+    if (!ctx || !ctx->progress)
+        return;
+    gpuseg_progress p = {stage, done, total, fraction < 0 ? 0 : fraction > 1 ? 1 : fraction};
+    ctx->progress(ctx->progress_user, &p);
 }

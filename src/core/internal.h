@@ -5,6 +5,7 @@
 #define GPUSEG_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -58,6 +59,9 @@ struct gpuseg_ctx {
      * default on CPU devices with cl_khr_fp64 (fast there; GPUs keep the float pairs, as many
      * have slow or no fp64); $GPUSEG_FP64=0 or 1 overrides where the device has fp64. */
     bool fp64;
+    gpuseg_progress_fn progress; /* gpuseg_ctx_set_progress; NULL: none */
+    void *progress_user;
+    atomic_int cancel; /* gpuseg_ctx_cancel: lock-free, so a signal handler may set it */
     char errmsg[GPUSEG__ERRMSG_LEN];
 };
 
@@ -86,6 +90,15 @@ void gpuseg__clear_error(gpuseg_ctx *ctx);
 
 void gpuseg__log(gpuseg_ctx *ctx, gpuseg_log_level level, const char *fmt, ...)
     GPUSEG__PRINTF(3, 4);
+
+/* --- progress and cancel ----------------------------------------------------------------- */
+
+/* GPUSEG_CANCELLED with the message "<what>: cancelled" when a cancel request stands on ctx
+ * (gpuseg_ctx_cancel), else GPUSEG_OK. Long calls call it between device steps. */
+gpuseg_status gpuseg__check_cancel(gpuseg_ctx *ctx, const char *what);
+/* Reports progress to ctx's callback (nothing when none is set). */
+void gpuseg__progress(gpuseg_ctx *ctx, const char *stage, uint64_t done, uint64_t total,
+                      double fraction);
 
 /* --- overflow-checked sizes --------------------------------------------------------------- */
 

@@ -281,12 +281,11 @@ gpuseg_status gpuseg_image_read(const char *path, gpuseg_image **out) {
     return read_any(path, NULL, NULL, out);
 }
 
-gpuseg_status gpuseg_image_read_limited(const char *path, const gpuseg_limits *limits,
-                                        gpuseg_image **out) {
+gpuseg_status gpuseg_image_read_ex(const char *path, const gpuseg_limits *limits,
+                                   gpuseg_image **out) {
     gpuseg__clear_error(NULL);
     if (!out)
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "gpuseg_image_read_limited: out is NULL");
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_image_read_ex: out is NULL");
     *out = NULL;
     return read_any(path, limits, NULL, out);
 }

@@ -272,11 +272,11 @@ static gpuseg_status check_model_size(const char *path, const gpuseg_limits *lim
 }
 
 GPUSEG_API gpuseg_status gpuseg_model_load(const char *path, gpuseg_model **out) {
-    return gpuseg_model_load_limited(path, NULL, out);
+    return gpuseg_model_load_ex(path, NULL, out);
 }
 
-GPUSEG_API gpuseg_status gpuseg_model_load_limited(const char *path, const gpuseg_limits *limits,
-                                                   gpuseg_model **out) {
+GPUSEG_API gpuseg_status gpuseg_model_load_ex(const char *path, const gpuseg_limits *limits,
+                                              gpuseg_model **out) {
     gpuseg__clear_error(NULL);
     if (!path || !out)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_model_load: NULL argument");

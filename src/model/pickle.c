@@ -187,11 +187,11 @@ static const struct {
     const char *name;
     gpuseg_tensor_dtype dtype;
 } storage_types[] = {
-    {"FloatStorage", GPUSEG_DTYPE_FLOAT32}, {"DoubleStorage", GPUSEG_DTYPE_FLOAT64},
-    {"HalfStorage", GPUSEG_DTYPE_FLOAT16},  {"BFloat16Storage", GPUSEG_DTYPE_BFLOAT16},
-    {"LongStorage", GPUSEG_DTYPE_INT64},    {"IntStorage", GPUSEG_DTYPE_INT32},
-    {"ShortStorage", GPUSEG_DTYPE_INT16},   {"CharStorage", GPUSEG_DTYPE_INT8},
-    {"ByteStorage", GPUSEG_DTYPE_UINT8},    {"BoolStorage", GPUSEG_DTYPE_BOOL},
+    {"FloatStorage", GPUSEG_TENSOR_F32}, {"DoubleStorage", GPUSEG_TENSOR_F64},
+    {"HalfStorage", GPUSEG_TENSOR_F16},  {"BFloat16Storage", GPUSEG_TENSOR_BF16},
+    {"LongStorage", GPUSEG_TENSOR_I64},  {"IntStorage", GPUSEG_TENSOR_I32},
+    {"ShortStorage", GPUSEG_TENSOR_I16}, {"CharStorage", GPUSEG_TENSOR_I8},
+    {"ByteStorage", GPUSEG_TENSOR_U8},   {"BoolStorage", GPUSEG_TENSOR_BOOL},
 };
 
 static int span_eq(const char *s, size_t n, const char *lit) {

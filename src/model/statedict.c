@@ -13,15 +13,15 @@
 
 static size_t dtype_size(gpuseg_tensor_dtype t) {
     switch (t) {
-    case GPUSEG_DTYPE_FLOAT64:
-    case GPUSEG_DTYPE_INT64:
+    case GPUSEG_TENSOR_F64:
+    case GPUSEG_TENSOR_I64:
         return 8;
-    case GPUSEG_DTYPE_FLOAT32:
-    case GPUSEG_DTYPE_INT32:
+    case GPUSEG_TENSOR_F32:
+    case GPUSEG_TENSOR_I32:
         return 4;
-    case GPUSEG_DTYPE_FLOAT16:
-    case GPUSEG_DTYPE_BFLOAT16:
-    case GPUSEG_DTYPE_INT16:
+    case GPUSEG_TENSOR_F16:
+    case GPUSEG_TENSOR_BF16:
+    case GPUSEG_TENSOR_I16:
         return 2;
     default:
         return 1;
@@ -29,8 +29,8 @@ static size_t dtype_size(gpuseg_tensor_dtype t) {
 }
 
 static int dtype_is_float(gpuseg_tensor_dtype t) {
-    return t == GPUSEG_DTYPE_FLOAT32 || t == GPUSEG_DTYPE_FLOAT64 || t == GPUSEG_DTYPE_FLOAT16 ||
-           t == GPUSEG_DTYPE_BFLOAT16;
+    return t == GPUSEG_TENSOR_F32 || t == GPUSEG_TENSOR_F64 || t == GPUSEG_TENSOR_F16 ||
+           t == GPUSEG_TENSOR_BF16;
 }
 
 GPUSEG_API const char *gpuseg_tensor_dtype_name(gpuseg_tensor_dtype t) {
@@ -68,18 +68,18 @@ static float load_elem(const unsigned char *base, size_t idx, gpuseg_tensor_dtyp
     for (size_t i = 0; i < es; i++)
         u |= (uint64_t)p[be ? es - 1 - i : i] << (8 * i);
     switch (t) {
-    case GPUSEG_DTYPE_FLOAT32: {
+    case GPUSEG_TENSOR_F32: {
         uint32_t b = (uint32_t)u;
         float f;
         memcpy(&f, &b, sizeof f);
         return f;
     }
-    case GPUSEG_DTYPE_FLOAT64: {
+    case GPUSEG_TENSOR_F64: {
         double d;
         memcpy(&d, &u, sizeof d);
         return (float)d;
     }
-    case GPUSEG_DTYPE_FLOAT16:
+    case GPUSEG_TENSOR_F16:
         return half_to_float((uint16_t)u);
     default: { /* bfloat16: the top half of a float32 */
         uint32_t b = (uint32_t)u << 16;
@@ -227,7 +227,7 @@ static gpuseg_status fill_tensor(const gpuseg__zip *z, const char *root, size_t 
             contiguous = 0;
         expect *= pt->shape[i];
     }
-    if (contiguous && dt == GPUSEG_DTYPE_FLOAT32 && !be) {
+    if (contiguous && dt == GPUSEG_TENSOR_F32 && !be) {
         memcpy(t->data, d + (size_t)pt->offset * 4, (size_t)numel * 4);
         return GPUSEG_OK;
     }

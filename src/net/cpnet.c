@@ -182,7 +182,7 @@ gpuseg_status gpuseg_net_load(gpuseg_ctx *ctx, const char *path, gpuseg_net **ou
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "gpuseg_net_load: NULL argument");
     *out = NULL;
     gpuseg_model *m = NULL;
-    gpuseg_status st = gpuseg_model_load_limited(path, &ctx->limits, &m);
+    gpuseg_status st = gpuseg_model_load_ex(path, &ctx->limits, &m);
     if (st != GPUSEG_OK) { /* the loader's message (thread-local) goes to the context too;
                             * copied first because gpuseg__fail writes the same buffer */
         char msg[GPUSEG__ERRMSG_LEN];

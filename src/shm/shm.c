@@ -454,7 +454,7 @@ gpuseg_status gpuseg_shm_abort(gpuseg_shm *seg) {
     return GPUSEG_OK;
 }
 
-void gpuseg_shm_close(gpuseg_shm *seg) {
+void gpuseg_shm_free(gpuseg_shm *seg) {
     if (!seg)
         return;
     if (seg->writable && !seg->finished)
@@ -509,7 +509,7 @@ gpuseg_status gpuseg_shm_create_labels(const char *name, const gpuseg_image *lab
         store_state(seg->map, GPUSEG_SHM_FAILED); /* not _abort: it would clear the message */
         seg->finished = true;
         shm_unlink(seg->info.name);
-        gpuseg_shm_close(seg);
+        gpuseg_shm_free(seg);
         return st;
     }
     *out = seg;

@@ -57,7 +57,7 @@ gpuseg_status gpuseg_shm_create_from_buffer(gpuseg_ctx *ctx, const char *name, c
         if (seg) {
             char nm[GPUSEG_SHM_NAME_MAX];
             snprintf(nm, sizeof nm, "%s", seg->info.name);
-            gpuseg_shm_close(seg); /* unpublished: marked FAILED for any early reader */
+            gpuseg_shm_free(seg); /* unpublished: marked FAILED for any early reader */
             shm_unlink(nm);
         }
         return gpuseg__fail(ctx, st, "%s", msg);
