@@ -11,10 +11,16 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-bash tools/setup.sh
-g=${GPUSEG_BUILD_DIR:-$here/build}/gpuseg
 out=${1:-$here/out/demo}
 mkdir -p "$out"
+# Build noise stays out of sight: the setup log is printed only when setup fails.
+echo "== setup: missing Debian packages, then the build (log: $out/setup.log)"
+if ! bash tools/setup.sh >"$out/setup.log" 2>&1; then
+  tail -n 40 "$out/setup.log" >&2
+  echo "demo: setup failed; the whole log is $out/setup.log" >&2
+  exit 1
+fi
+g=${GPUSEG_BUILD_DIR:-$here/build}/gpuseg
 
 echo "== device"
 "$g" devices
