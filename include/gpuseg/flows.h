@@ -25,6 +25,12 @@ extern "C" {
 GPUSEG_API gpuseg_status gpuseg_labels_to_flows(gpuseg_ctx *ctx, const uint32_t *labels, uint32_t H,
                                                 uint32_t W, float *flows_out);
 
+/* Cellpose utils.remove_edge_masks (`cellpose --exclude_on_edges`), in place: masks touching the
+ * image border are set to 0 and the others renumbered 1..n keeping their order; *n_masks (may be
+ * NULL) receives n. Host-only. */
+GPUSEG_API gpuseg_status gpuseg_labels_remove_edge_masks(uint32_t *labels, uint32_t H, uint32_t W,
+                                                         uint32_t *n_masks);
+
 /* Cellpose utils.diameters: median over masks of sqrt(pixel count), divided by sqrt(pi)/2 (the
  * median equivalent-circle diameter). Labels are counted by value (gaps allowed); *diam = 0 when
  * there is no mask. Host-only. */
