@@ -160,7 +160,7 @@ START_TEST(percentile_of_0_to_99) {
     cl_mem x = NULL;
     ck_assert_int_eq(gpuseg__prep_channels(ctx, &im, &p, &x), GPUSEG_OK);
     gpuseg__norm_stats s;
-    ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 10, 10, 0, &s), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 10, 10, 0, 1.0f, 99.0f, &s), GPUSEG_OK);
     /* numpy 2: q = float32(1)/float32(100); (n-1)*q = 0.98999995f; 0 + (1-0)*0.98999995f.
      * 99th: 98.01f. Exactly these float32 values. */
     ck_assert_float_eq(s.lo[0], 0.98999995f);
@@ -210,17 +210,29 @@ START_TEST(percentile_narrow_range) {
     p.chan = 1;
     p.chan2 = 2;
     cl_mem x = NULL;
-    ck_assert_int_eq(gpuseg__prep_channels(ctx, &im, &p, &x), GPUSEG_OK);
     gpuseg__norm_stats s;
-    ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 10, 10, 0, &s), GPUSEG_OK);
+    /* Cellpose's default (1, 99), then other percentiles (--norm_percentile LO HI). */
+    const float pcts[][2] = {{1.0f, 99.0f}, {3.0f, 99.8f}, {0.0f, 100.0f}, {0.5f, 60.0f}};
     const float *sorted[2] = {pos, neg};
-    for (int c = 0; c < 2; c++) {
-        const float lo = np_percentile(sorted[c], 100, 1.0f / 100.0f);
-        const float hi = np_percentile(sorted[c], 100, 99.0f / 100.0f);
-        ck_assert_msg(s.lo[c] == lo && s.hi[c] == hi, "channel %d: %.9g %.9g, numpy %.9g %.9g", c,
-                      (double)s.lo[c], (double)s.hi[c], (double)lo, (double)hi);
-        ck_assert_int_eq(s.mode[c], 1);
+    for (size_t k = 0; k < sizeof pcts / sizeof pcts[0]; k++) {
+        const float plo = pcts[k][0], phi = pcts[k][1];
+        ck_assert_int_eq(gpuseg__prep_channels(ctx, &im, &p, &x), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 10, 10, 0, plo, phi, &s), GPUSEG_OK);
+        gpuseg__release(&x);
+        for (int c = 0; c < 2; c++) {
+            const float lo = np_percentile(sorted[c], 100, plo / 100.0f);
+            const float hi = np_percentile(sorted[c], 100, phi / 100.0f);
+            ck_assert_msg(s.lo[c] == lo && s.hi[c] == hi,
+                          "percentiles %g %g, channel %d: %.9g %.9g, numpy %.9g %.9g", (double)plo,
+                          (double)phi, c, (double)s.lo[c], (double)s.hi[c], (double)lo, (double)hi);
+            ck_assert_int_eq(s.mode[c], 1);
+        }
     }
+    ck_assert_int_eq(gpuseg__prep_channels(ctx, &im, &p, &x), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 10, 10, 0, 99.0f, 1.0f, &s),
+                     GPUSEG_INVALID_ARGUMENT);
+    ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 10, 10, 0, -1.0f, 99.0f, &s),
+                     GPUSEG_INVALID_ARGUMENT);
     gpuseg__release(&x);
     gpuseg_ctx_free(ctx);
 }
@@ -268,7 +280,7 @@ START_TEST(constant_and_tiny_range_channels) {
         cl_mem x = NULL;
         ck_assert_int_eq(gpuseg__prep_channels(ctx, &im, &p, &x), GPUSEG_OK);
         gpuseg__norm_stats s;
-        ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 5, 10, inv, &s), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, 5, 10, inv, 1.0f, 99.0f, &s), GPUSEG_OK);
         ck_assert_int_eq(s.mode[0], 0);
         ck_assert_int_eq(s.mode[1], 2);
         float *h = download(ctx, x, 100);
@@ -320,8 +332,9 @@ START_TEST(normalize_vs_cellpose) {
         cl_mem x = NULL;
         ck_assert_int_eq(gpuseg__prep_channels(ctx, &im, &p, &x), GPUSEG_OK);
         gpuseg__norm_stats s;
-        ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, im.height, im.width, NORM[c].invert, &s),
-                         GPUSEG_OK);
+        ck_assert_int_eq(
+            gpuseg__prep_normalize(ctx, x, 2, im.height, im.width, NORM[c].invert, 1.0f, 99.0f, &s),
+            GPUSEG_OK);
         /* Percentiles: exact order statistics and numpy's float32 interpolation, so equal to
          * the last bit (constant channels excepted: their percentiles are not used). */
         const float *pr = pct->data;
@@ -622,7 +635,7 @@ START_TEST(percentile_subsample_big) {
     cl_mem x = NULL;
     ck_assert_int_eq(gpuseg__prep_channels(ctx, &im, &p, &x), GPUSEG_OK);
     gpuseg__norm_stats s;
-    ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, h, w, 0, &s), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg__prep_normalize(ctx, x, 2, h, w, 0, 1.0f, 99.0f, &s), GPUSEG_OK);
     gpuseg_npy *ref = load("pct_big");
     const float *pr = ref->data;
     ck_assert_uint_eq(s.nsample, 227u * 227u); /* ceil(3400 / 15) * ceil(3401 / 15) */

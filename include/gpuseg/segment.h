@@ -36,12 +36,15 @@ GPUSEG_API void gpuseg_net_get_info(const gpuseg_net *net, gpuseg_model_info *in
 /* Parameters of gpuseg_segment; gpuseg_segment_params_default gives Cellpose 3.1's eval
  * defaults. */
 typedef struct gpuseg_segment_params {
-    double diameter;          /* cell diameter in pixels; 0: diam_mean / diam_labels scaling
-                               * (Cellpose's diameter=None for models without a size model) */
-    int chan, chan2;          /* Cellpose channels: chan 0 grey, 1 red, 2 green, 3 blue; chan2 0
-                               * none (default 0, 0) */
-    int invert;               /* 0 */
-    int normalize;            /* 1: 1st-99th percentile normalisation */
+    double diameter; /* cell diameter in pixels; 0: diam_mean / diam_labels scaling
+                      * (Cellpose's diameter=None for models without a size model) */
+    int chan, chan2; /* Cellpose channels: chan 0 grey, 1 red, 2 green, 3 blue; chan2 0
+                      * none (default 0, 0) */
+    int invert;      /* 0 */
+    int normalize;   /* 1: percentile normalisation (Cellpose normalize=True) */
+    /* Its percentiles: 1 and 99 (Cellpose's normalize={'percentile': (lo, hi)}, the command's
+     * --norm_percentile LO HI); 0 <= norm_lo < norm_hi <= 100. */
+    float norm_lo, norm_hi;
     float flow_threshold;     /* 0.4; <= 0: flow-error QC off */
     float cellprob_threshold; /* 0.0 */
     uint32_t niter;           /* 0: trunc(200 / rescale) as Cellpose with resample=True */

@@ -21,6 +21,8 @@ void gpuseg_segment_params_default(gpuseg_segment_params *p) {
     memset(p, 0, sizeof *p);
     p->diameter = 0.0;
     p->normalize = 1;
+    p->norm_lo = 1.0f;
+    p->norm_hi = 99.0f;
     p->flow_threshold = 0.4f;
     p->cellprob_threshold = 0.0f;
     p->niter = 0;
@@ -209,6 +211,8 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     pp.chan = p.chan;
     pp.chan2 = p.chan2;
     pp.normalize = p.normalize;
+    pp.pct_lo = p.norm_lo;
+    pp.pct_hi = p.norm_hi;
     pp.invert = p.invert;
     if (p.page >= img->pages)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "page %u: the image has %u", p.page,

@@ -8,6 +8,8 @@ void gpuseg__prep_params_default(gpuseg__prep_params *p) {
     p->chan = 0;
     p->chan2 = 0;
     p->normalize = 1;
+    p->pct_lo = 1.0f;
+    p->pct_hi = 99.0f;
     p->invert = 0;
     p->rescale = 1.0;
     p->augment = 0;

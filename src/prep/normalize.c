@@ -29,10 +29,15 @@ static void pct_index(uint64_t n, float pct, uint32_t *i0, uint32_t *i1, float *
 }
 
 gpuseg_status gpuseg__prep_normalize(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, uint32_t h,
-                                     uint32_t w, int invert, gpuseg__norm_stats *stats) {
+                                     uint32_t w, int invert, float pct_lo, float pct_hi,
+                                     gpuseg__norm_stats *stats) {
     if (nch == 0 || nch > 2 || h == 0 || w == 0)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
                             "normalize: %u channels of %u x %u pixels", nch, w, h);
+    if (!(pct_lo >= 0.0f && pct_lo < pct_hi && pct_hi <= 100.0f))
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "normalize: percentiles %g and %g (need 0 <= low < high <= 100)",
+                            (double)pct_lo, (double)pct_hi);
     const uint64_t npix = (uint64_t)h * w;
     if (npix > GPUSEG_MAX_IMAGE_PIXELS)
         return gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "normalize: %u x %u pixels", w, h);
@@ -47,8 +52,8 @@ gpuseg_status gpuseg__prep_normalize(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, ui
     const uint64_t ns = (uint64_t)nys * nxs;
     uint32_t lo0, lo1, hi0, hi1;
     float glo, ghi;
-    pct_index(ns, 1.0f, &lo0, &lo1, &glo);
-    pct_index(ns, 99.0f, &hi0, &hi1, &ghi);
+    pct_index(ns, pct_lo, &lo0, &lo1, &glo);
+    pct_index(ns, pct_hi, &hi0, &hi1, &ghi);
 
     gpuseg_status st;
     cl_mem state[2] = {NULL, NULL}, hist = NULL, par = NULL;

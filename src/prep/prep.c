@@ -26,7 +26,8 @@ gpuseg_status gpuseg__prep_image(gpuseg_ctx *ctx, const gpuseg_image *img,
     if ((st = gpuseg__prep_channels(ctx, img, p, &planes)))
         return st;
     const uint32_t h = img->height, w = img->width;
-    if (p->normalize && (st = gpuseg__prep_normalize(ctx, planes, 2, h, w, p->invert, &out->stats)))
+    if (p->normalize && (st = gpuseg__prep_normalize(ctx, planes, 2, h, w, p->invert, p->pct_lo,
+                                                     p->pct_hi, &out->stats)))
         goto fail;
     if ((st =
              gpuseg__tile_geometry(ctx, h, w, p->rescale, p->augment, p->tile_overlap, &out->geom)))

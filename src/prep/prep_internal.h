@@ -16,14 +16,15 @@ typedef struct gpuseg__prep_params {
     /* Cellpose's numbering: 0 = grey (mean of all channels), 1 = red, 2 = green, 3 = blue,
      * 4 = fourth channel. GPUSEG__CHAN_NONE: channels=None (first two channels, zero-filled). */
     int chan;
-    int chan2;           /* 0 = none (zero plane), 1..4 */
-    int normalize;       /* 1: per-channel 1st-99th percentile normalisation (Cellpose default) */
-    int invert;          /* 1: x -> 1 - x on normalised channels (needs normalize) */
-    double rescale;      /* r = diam_mean / diameter; 1.0 = no resize; sizes are trunc(L * r) */
-    int augment;         /* flip test-time augmentation (224 tiles, ~50% overlap) */
-    double tile_overlap; /* 0.1; clipped to [0.05, 0.5] as make_tiles does */
-    uint32_t page;       /* which page of a multi-page image */
-    int no_tiles;        /* 1: gpuseg__prep_image stops before cutting tiles (out->tiles NULL) */
+    int chan2;            /* 0 = none (zero plane), 1..4 */
+    int normalize;        /* 1: per-channel percentile normalisation (Cellpose default) */
+    float pct_lo, pct_hi; /* its percentiles: 1 and 99 (Cellpose's normalize['percentile']) */
+    int invert;           /* 1: x -> 1 - x on normalised channels (needs normalize) */
+    double rescale;       /* r = diam_mean / diameter; 1.0 = no resize; sizes are trunc(L * r) */
+    int augment;          /* flip test-time augmentation (224 tiles, ~50% overlap) */
+    double tile_overlap;  /* 0.1; clipped to [0.05, 0.5] as make_tiles does */
+    uint32_t page;        /* which page of a multi-page image */
+    int no_tiles;         /* 1: gpuseg__prep_image stops before cutting tiles (out->tiles NULL) */
 } gpuseg__prep_params;
 
 /* Cellpose's defaults: chan 0, chan2 0, normalize 1, invert 0, rescale 1, augment 0,
@@ -83,11 +84,13 @@ typedef struct gpuseg__norm_stats {
     uint32_t nsample;   /* samples per channel the percentiles used (subsampled above 224^3) */
 } gpuseg__norm_stats;
 
-/* Normalises x = float32 [2, h, w] in place as Cellpose normalize_img (normalize99 per channel,
- * optional invert). Refuses NaN/Inf samples with GPUSEG_INVALID_ARGUMENT (Cellpose would carry
- * them into the network). stats may be NULL. Waits for one small read. */
+/* Normalises x = float32 [2, h, w] in place as Cellpose normalize_img (normalize99 per channel
+ * with percentiles pct_lo and pct_hi, 0 <= pct_lo < pct_hi <= 100; optional invert). Refuses
+ * NaN/Inf samples with GPUSEG_INVALID_ARGUMENT (Cellpose would carry them into the network). stats
+ * may be NULL. Waits for one small read. */
 gpuseg_status gpuseg__prep_normalize(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, uint32_t h,
-                                     uint32_t w, int invert, gpuseg__norm_stats *stats);
+                                     uint32_t w, int invert, float pct_lo, float pct_hi,
+                                     gpuseg__norm_stats *stats);
 
 /* Resize rules. CV: OpenCV's own float path (float32 source coordinates, exact x2 downscales
  * as 2x2 means): bit-exact with cv2.resize on 2-channel float32 images, which is what Cellpose
