@@ -253,7 +253,7 @@ static void print_totals(totals *tot, const double *t, size_t nt, int json) {
                       "images", images, "pooled", "ap", json_list(pooled, NULL, nt), "tp",
                       json_list(NULL, tot->tp, nt), "fp", json_list(NULL, tot->fp, nt), "fn",
                       json_list(NULL, tot->fn, nt), "mean_ap", json_list(mean, NULL, nt)),
-            0);
+            JSON_REAL_PRECISION(6)); /* 6 significant digits, as always */
         return;
     }
     printf("pooled over %zu image%s:", tot->images, tot->images == 1 ? "" : "s");
