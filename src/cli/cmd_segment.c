@@ -305,7 +305,7 @@ typedef struct seg_job {
 } seg_job;
 
 /* The progress line (stderr is a terminal and not --quiet): one line redrawn in place from the
- * library's progress callback, "[i/n] NAME: stage done/total  NN%". */
+ * library's progress callback, "[i/n] NAME ... stage done/total  NN%". */
 typedef struct progress_line {
     bool on;
     size_t i, n;
@@ -323,7 +323,7 @@ static void progress_draw(void *user, const gpuseg_progress *pr) {
         return; /* at most ten redraws a second within a stage */
     pl->stage = pr->stage;
     pl->drawn_s = t;
-    fprintf(stderr, "\r\033[K[%zu/%zu] %s: %s", pl->i + 1, pl->n, pl->name, pr->stage);
+    fprintf(stderr, "\r\033[K[%zu/%zu] %s ... %s", pl->i + 1, pl->n, pl->name, pr->stage);
     if (pr->total)
         fprintf(stderr, " %llu/%llu", (unsigned long long)pr->done, (unsigned long long)pr->total);
     fprintf(stderr, "  %3.0f%%", 100.0 * (pr->fraction < 0 ? 0 : pr->fraction));
