@@ -483,6 +483,52 @@ START_TEST(dev_diameter_estimation) {
 }
 END_TEST
 
+/* SIGINT during a folder run: the run stops before the next image, the images done stay whole,
+ * nothing else is written (no temporary files), no segment is left, one line, exit 130. */
+START_TEST(sigint_cancels_run) {
+    if (g_dev)
+        return;
+    char dir[64], p[256], cmd[2048];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/img%d.png", dir, i);
+        copy_file(EXAMPLE, p);
+    }
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "/gpuseg-cancel%d-", (int)getpid());
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && GPUSEG_SHM_PREFIX='%s' '%s' segment . --diameter 10 >out.txt 2>err.txt "
+             "& pid=$!; for k in $(seq 1 600); do grep -q masks '%s/err.txt' && break; "
+             "sleep 0.2; done; kill -INT $pid; wait $pid; echo $? >'%s/rc.txt'",
+             dir, prefix, GPUSEG_CLI, dir, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(p, sizeof p, "%s/rc.txt", dir);
+    char *rc = read_text(p);
+    snprintf(p, sizeof p, "%s/err.txt", dir);
+    char *err = read_text(p);
+    ck_assert_msg(atoi(rc) == 130, "exit %s: %s", rc, err);
+    const char *last = strstr(err, "gpuseg: segment: cancelled by SIGINT after ");
+    ck_assert_msg(last && strchr(last, '\n') && strchr(last, '\n')[1] == 0, "%s", err);
+    int done = atoi(last + strlen("gpuseg: segment: cancelled by SIGINT after "));
+    ck_assert_msg(done >= 1 && done < 4, "%s", err);
+    /* the folder: the inputs, out/err/rc.txt, and a whole .bin + .json per image done */
+    for (int i = 0; i < 4; i++) {
+        struct stat st;
+        snprintf(p, sizeof p, "%s/img%d_segmentation.bin", dir, i);
+        ck_assert_int_eq(stat(p, &st) == 0, i < done);
+        snprintf(p, sizeof p, "%s/img%d_segmentation.json", dir, i);
+        ck_assert_int_eq(stat(p, &st) == 0, i < done);
+    }
+    snprintf(cmd, sizeof cmd, "test $(ls -A '%s' | wc -l) -eq %d", dir, 4 + 3 + 2 * done);
+    ck_assert_msg(system(cmd) == 0, "stray files in %s", dir);
+    snprintf(cmd, sizeof cmd, "ls /dev/shm | grep -q '^%s'", prefix + 1);
+    ck_assert_msg(system(cmd) != 0, "a segment %s* is left", prefix);
+    free(rc);
+    free(err);
+    tu_rmtree(dir);
+}
+END_TEST
+
 int main(void) {
     g_dev = tu_require_device();
     if (g_dev == 1)
@@ -498,6 +544,7 @@ int main(void) {
     tcase_add_test(tc, env_model_missing);
     tcase_add_test(tc, default_model_outlines_quiet);
     tcase_add_test(tc, folder_input_and_progress);
+    tcase_add_test(tc, sigint_cancels_run);
     tcase_add_test(tc, estimate_api);
     tcase_add_test(tc, dev_diameter_estimation);
     suite_add_tcase(s, tc);

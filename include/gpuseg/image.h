@@ -69,6 +69,10 @@ typedef struct gpuseg_image_info {
 
 /* Reads the header of an image file. */
 GPUSEG_API gpuseg_status gpuseg_image_info_read(const char *path, gpuseg_image_info *out);
+/* gpuseg_image_info_read with explicit limits (as gpuseg_image_read_ex: only max_pixels is used;
+ * a page over it is GPUSEG_TOO_LARGE). */
+GPUSEG_API gpuseg_status gpuseg_image_info_read_ex(const char *path, const gpuseg_limits *limits,
+                                                   gpuseg_image_info *out);
 
 /* Reads a whole image file (every page). On success *out is a new image that the caller frees
  * with gpuseg_image_free. Errors name the file and the problem (gpuseg_last_error). A page of

@@ -47,6 +47,9 @@ GPUSEG_API gpuseg_status gpuseg_outlines_draw(const gpuseg_image *image, const g
  * atomically (temporary file in the target folder, fsync, rename; nothing partial is left on
  * failure). The caller keeps ownership of img. */
 GPUSEG_API gpuseg_status gpuseg_image_write_png(const char *path, const gpuseg_image *img);
+/* gpuseg_image_write_png with writer flags (GPUSEG_WRITE_ALLOW_SPECIAL, gpuseg/limits.h). */
+GPUSEG_API gpuseg_status gpuseg_image_write_png_ex(const char *path, const gpuseg_image *img,
+                                                   unsigned flags);
 
 #ifdef __cplusplus
 }

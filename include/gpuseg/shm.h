@@ -67,9 +67,20 @@ GPUSEG_API gpuseg_status gpuseg_shm_create(const char *name, gpuseg_dtype dtype,
 
 /* Computes the payload checksum, stores n_masks and diameter, and publishes the segment: the
  * state word becomes READY with release ordering, after every other byte. Only for a handle
- * from gpuseg_shm_create, once. Test hook: the environment variable GPUSEG_SHM_TEST_STALL_MS=N
- * makes this call sleep N milliseconds first (the segment stays WRITING meanwhile). */
+ * from gpuseg_shm_create, once. */
 GPUSEG_API gpuseg_status gpuseg_shm_publish(gpuseg_shm *seg, uint64_t n_masks, double diameter);
+
+/* Options of publication (gpuseg_shm_publish_ex and the one-call producers' _ex variants). */
+typedef struct gpuseg_shm_publish_params {
+    /* Test hook: sleep this many milliseconds (at most 600000) before publishing, with the
+     * segment still WRITING, so that a test can start a reader early or kill the producer
+     * mid-write. 0 (the default): no delay. */
+    uint32_t test_stall_ms;
+} gpuseg_shm_publish_params;
+
+/* gpuseg_shm_publish with options; params NULL = all defaults. */
+GPUSEG_API gpuseg_status gpuseg_shm_publish_ex(gpuseg_shm *seg, uint64_t n_masks, double diameter,
+                                               const gpuseg_shm_publish_params *params);
 
 /* Marks an unpublished segment FAILED, so that waiting readers stop at once. Does not unlink. */
 GPUSEG_API gpuseg_status gpuseg_shm_abort(gpuseg_shm *seg);
@@ -81,6 +92,21 @@ GPUSEG_API gpuseg_status gpuseg_shm_abort(gpuseg_shm *seg);
 GPUSEG_API gpuseg_status gpuseg_shm_create_labels(const char *name, const gpuseg_image *labels,
                                                   uint64_t n_masks, double diameter,
                                                   gpuseg_shm **out);
+/* gpuseg_shm_create_labels with publication options (params NULL = defaults). */
+GPUSEG_API gpuseg_status gpuseg_shm_create_labels_ex(const char *name, const gpuseg_image *labels,
+                                                     uint64_t n_masks, double diameter,
+                                                     const gpuseg_shm_publish_params *params,
+                                                     gpuseg_shm **out);
+
+/* A fresh segment name for gpuseg_shm_create: prefix (NULL: "/gpuseg-") followed by 16 hex
+ * digits from getrandom (64 bits: a collision is practically impossible, and creators use
+ * O_EXCL anyway), written into name (GPUSEG_SHM_NAME_MAX bytes). A prefix must be "/gpuseg-"
+ * followed by [A-Za-z0-9._-], short enough for the digits; otherwise GPUSEG_INVALID_ARGUMENT
+ * with a message that starts with the quoted prefix ("'/bad' is not /gpuseg- followed by ..."),
+ * so that a caller can put the setting's name before it. Lets a program register a name (for
+ * clean-up on a signal, say) before the segment exists, and keep one job's segments apart
+ * under one prefix (gpuseg_shm_list, gpuseg_shm_clean). */
+GPUSEG_API gpuseg_status gpuseg_shm_random_name(const char *prefix, char *name);
 
 /* ---- consumer ------------------------------------------------------------------------------ */
 

@@ -30,6 +30,13 @@ GPUSEG_API gpuseg_status gpuseg_shm_create_from_buffer(gpuseg_ctx *ctx, const ch
                                                        uint32_t ndim, const uint64_t *shape,
                                                        uint64_t n_masks, double diameter,
                                                        gpuseg_shm **out);
+/* gpuseg_shm_create_from_buffer with publication options (params NULL = defaults). */
+GPUSEG_API gpuseg_status gpuseg_shm_create_from_buffer_ex(gpuseg_ctx *ctx, const char *name,
+                                                          cl_mem labels, gpuseg_dtype dtype,
+                                                          uint32_t ndim, const uint64_t *shape,
+                                                          uint64_t n_masks, double diameter,
+                                                          const gpuseg_shm_publish_params *params,
+                                                          gpuseg_shm **out);
 
 #ifdef __cplusplus
 }

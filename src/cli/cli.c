@@ -3,12 +3,13 @@
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/cli.h"
+#include "cli.h"
 
 void cli_error(const char *fmt, ...) {
     char line[4096];
@@ -19,9 +20,25 @@ void cli_error(const char *fmt, ...) {
     fprintf(stderr, "gpuseg: %s\n", line);
 }
 
+/* The CLI's own last message (cli_set_error), printed by the next cli_fail. */
+static char cli_msg[2048];
+
+gpuseg_status cli_set_error(gpuseg_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cli_msg, sizeof cli_msg, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+void cli_clear_error(void) {
+    cli_msg[0] = 0;
+}
+
 int cli_fail(gpuseg_status st) {
-    const char *msg = gpuseg_last_error();
+    const char *msg = cli_msg[0] ? cli_msg : gpuseg_last_error();
     cli_error("%s", msg && *msg ? msg : gpuseg_status_message(st));
+    cli_msg[0] = 0;
     return CLI_FAIL;
 }
 
@@ -33,10 +50,33 @@ int cli_usage(const char *usage) {
     return CLI_USAGE;
 }
 
+/* Cellpose spells its options with '_' (--flow_threshold), gpuseg with '-': before the first
+ * option of a command is parsed, every "--long_option" of argv (up to "--", values of options
+ * that take one excluded) is rewritten with '-', so each table entry accepts both spellings. */
+static void hyphenate_long_options(int argc, char *const *argv, const struct option *longopts) {
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        if (strcmp(a, "--") == 0)
+            return;
+        if (a[0] != '-' || a[1] != '-')
+            continue;
+        size_t n = strcspn(a + 2, "=");
+        for (size_t k = 0; k < n; k++)
+            if (a[2 + k] == '_')
+                a[2 + k] = '-';
+        for (const struct option *o = longopts; o && o->name; o++)
+            if (strlen(o->name) == n && strncmp(o->name, a + 2, n) == 0 && !a[2 + n] &&
+                o->has_arg == required_argument)
+                i++; /* its value is the next argument: left as it is */
+    }
+}
+
 #undef getopt_long /* the real one, from here on */
 int cli_getopt_long(int argc, char *const *argv, const char *shortopts,
                     const struct option *longopts, int *longind) {
     opterr = 0; /* getopt_long's own report would be a second line on stderr */
+    if (optind <= 1)
+        hyphenate_long_options(argc, argv, longopts);
     int c = getopt_long(argc, argv, shortopts, longopts, longind);
     if (c != '?' && c != ':')
         return c;
@@ -99,6 +139,7 @@ gpuseg_status cli_ctx_create(const char *device, gpuseg_ctx **out) {
     gpuseg_ctx_params p;
     gpuseg_ctx_params_default(&p);
     p.device = device;
+    p.limits = cli_limits;
     p.log = log_to_stderr;
     const char *lvl = getenv("GPUSEG_LOG");
     if (lvl && strcmp(lvl, "debug") == 0)
@@ -146,82 +187,162 @@ int cli_other_option(int r, int c, const char *arg, const char *usage) {
     return r > 0 ? CLI_OK : cli_usage(usage);
 }
 
-int cli_limits_option(int c, const char *arg) {
-    const char *opt, *env;
+gpuseg_limits cli_limits = {0, 0, 0};
+unsigned cli_write_flags = 0;
+
+/* The limit options: flag, field of cli_limits, absolute maximum. */
+static const struct {
+    int c;
+    const char *opt;
+    size_t off;
     uint64_t most;
-    switch (c) {
-    case CLI_OPT_MAX_PIXELS:
-        opt = "--max-pixels";
-        env = "GPUSEG_MAX_PIXELS";
-        most = GPUSEG_LIMIT_MAX_PIXELS;
-        break;
-    case CLI_OPT_MAX_OBJECTS:
-        opt = "--max-objects";
-        env = "GPUSEG_MAX_OBJECTS";
-        most = GPUSEG_LIMIT_MAX_OBJECTS;
-        break;
-    case CLI_OPT_MAX_MODEL_BYTES:
-        opt = "--max-model-bytes";
-        env = "GPUSEG_MAX_MODEL_BYTES";
-        most = GPUSEG_LIMIT_MAX_MODEL_BYTES;
-        break;
-    case CLI_OPT_ALLOW_SPECIAL_OUTPUT:
-        setenv("GPUSEG_ALLOW_SPECIAL_OUTPUT", "1", 1);
-        return 1;
-    default:
-        return 0;
-    }
-    uint64_t v;
-    if (gpuseg_limit_parse(arg, &v) != GPUSEG_OK) {
-        cli_error("%s: %s", opt, gpuseg_last_error());
-        return -1;
-    }
-    if (v > most) {
-        cli_error("%s: %s is over the most gpuseg supports (%llu)", opt, arg,
-                  (unsigned long long)most);
-        return -1;
-    }
-    /* The environment carries the value to every library call of this process and to the
-     * saver processes it spawns; one parser (gpuseg_limit_parse) reads both. */
-    char buf[32];
-    snprintf(buf, sizeof buf, "%llu", (unsigned long long)v);
-    setenv(env, buf, 1);
-    return 1;
+} LIMIT_OPTS[3] = {
+    {CLI_OPT_MAX_PIXELS, "--max-pixels", offsetof(gpuseg_limits, max_pixels),
+     GPUSEG_LIMIT_MAX_PIXELS},
+    {CLI_OPT_MAX_OBJECTS, "--max-objects", offsetof(gpuseg_limits, max_objects),
+     GPUSEG_LIMIT_MAX_OBJECTS},
+    {CLI_OPT_MAX_MODEL_BYTES, "--max-model-bytes", offsetof(gpuseg_limits, max_model_bytes),
+     GPUSEG_LIMIT_MAX_MODEL_BYTES},
+};
+
+static uint64_t *limit_field(size_t i) {
+    return (uint64_t *)(void *)((char *)&cli_limits + LIMIT_OPTS[i].off);
 }
 
-bool cli_json_members(const char *s, const char **b, size_t *n) {
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
-        s++;
-    size_t len = strlen(s);
-    while (len && strchr(" \t\n\r", s[len - 1]))
-        len--;
-    if (len < 2 || len > 65536 || s[0] != '{' || s[len - 1] != '}')
-        return false;
-    int depth = 0;
-    bool in_str = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = false;
-        } else if (c == '"') {
-            in_str = true;
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if ((c == '}' || c == ']') && (--depth < 0 || (depth == 0 && i != len - 1))) {
-            return false;
+int cli_limits_option(int c, const char *arg) {
+    if (c == CLI_OPT_ALLOW_SPECIAL_OUTPUT) {
+        cli_write_flags |= GPUSEG_WRITE_ALLOW_SPECIAL;
+        return 1;
+    }
+    for (size_t i = 0; i < 3; i++) {
+        if (LIMIT_OPTS[i].c != c)
+            continue;
+        uint64_t v;
+        if (gpuseg_limit_parse(arg, &v) != GPUSEG_OK) {
+            cli_error("%s: %s", LIMIT_OPTS[i].opt, gpuseg_last_error());
+            return -1;
+        }
+        if (v > LIMIT_OPTS[i].most) {
+            cli_error("%s: %s is over the most gpuseg supports (%llu)", LIMIT_OPTS[i].opt, arg,
+                      (unsigned long long)LIMIT_OPTS[i].most);
+            return -1;
+        }
+        *limit_field(i) = v;
+        return 1;
+    }
+    return 0;
+}
+
+void cli_limits_args(char **argv, int *n, char buf[3][24]) {
+    for (size_t i = 0; i < 3; i++) {
+        if (!*limit_field(i))
+            continue;
+        snprintf(buf[i], sizeof buf[i], "%llu", (unsigned long long)*limit_field(i));
+        argv[(*n)++] = (char *)LIMIT_OPTS[i].opt;
+        argv[(*n)++] = buf[i];
+    }
+    if (cli_write_flags & GPUSEG_WRITE_ALLOW_SPECIAL)
+        argv[(*n)++] = (char *)"--allow-special-output";
+}
+
+uint32_t cli_test_stall_ms(void) {
+    const char *v = getenv("GPUSEG_SHM_TEST_STALL_MS");
+    char *end = NULL;
+    long ms = v && *v ? strtol(v, &end, 10) : 0;
+    return ms > 0 && ms <= 600000 && *end == '\0' ? (uint32_t)ms : 0;
+}
+
+/* ---- JSON ---- */
+
+json_t *cli_json_num(double v) {
+    if (!isfinite(v))
+        return json_null();
+    if (v == floor(v) && fabs(v) < 9007199254740992.0)
+        return json_integer((json_int_t)v);
+    return json_real(v);
+}
+
+json_t *cli_json_str(const char *s) {
+    if (!s)
+        return json_null();
+    json_t *j = json_string(s);
+    if (j)
+        return j;
+    char *copy = strdup(s); /* not UTF-8 */
+    if (!copy)
+        return NULL;
+    for (char *p = copy; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    j = json_string(copy);
+    free(copy);
+    return j;
+}
+
+/* Significant digits for v to read back as the same double (JSON_REAL_PRECISION's n). */
+static int real_digits(double v) {
+    char buf[40];
+    for (int prec = 1; prec < 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            return prec;
+    }
+    return 17;
+}
+
+static int most_digits(const json_t *v) {
+    int most = 1;
+    if (json_is_real(v))
+        return real_digits(json_real_value(v));
+    if (json_is_array(v))
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            int d = most_digits(json_array_get(v, i));
+            most = d > most ? d : most;
+        }
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *m;
+        json_object_foreach((json_t *)v, k, m) {
+            int d = most_digits(m);
+            most = d > most ? d : most;
         }
     }
-    if (in_str || depth != 0)
-        return false;
-    const char *p = s + 1, *e = s + len - 1;
-    while (p < e && strchr(" \t\n\r", *p))
-        p++;
-    while (e > p && strchr(" \t\n\r", e[-1]))
-        e--;
-    *b = p;
-    *n = (size_t)(e - p);
-    return true;
+    return most;
+}
+
+char *cli_json_dumps(const json_t *v, size_t flags) {
+    if (!v)
+        return NULL;
+    if (!(flags & JSON_REAL_PRECISION(31)))
+        flags |= JSON_REAL_PRECISION(most_digits(v));
+    return json_dumps(v, flags | JSON_PRESERVE_ORDER);
+}
+
+int cli_json_print(json_t *v, size_t flags) {
+    char *text = cli_json_dumps(v, flags);
+    json_decref(v);
+    if (!text) {
+        cli_error("out of memory (JSON output)");
+        return -1;
+    }
+    printf("%s\n", text);
+    fflush(stdout);
+    free(text);
+    return 0;
+}
+
+json_t *cli_json_object(const char *what, const char *text) {
+    json_error_t e;
+    json_t *v = json_loads(text, JSON_REJECT_DUPLICATES, &e);
+    if (!v) {
+        cli_set_error(GPUSEG_INVALID_ARGUMENT, "%s: line %d, column %d: %s", what, e.line, e.column,
+                      e.text);
+        return NULL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        cli_set_error(GPUSEG_INVALID_ARGUMENT, "%s: not a JSON object {...}", what);
+        return NULL;
+    }
+    return v;
 }

@@ -7,6 +7,8 @@
 #include <getopt.h> /* before the getopt_long macro below */
 #include <stdbool.h>
 #include <stdint.h>
+#include <jansson.h>
+
 #include "gpuseg/gpuseg.h"
 
 /* Exit codes: 0 success, 1 failure of the job, 2 bad command line. */
@@ -58,10 +60,11 @@ int cli_getopt_long(int argc, char *const *argv, const char *shortopts,
 
 /* The limit and output-safety options that every command reading images, labels or models or
  * writing files accepts: --max-pixels N, --max-objects N, --max-model-bytes N (N: a count with
- * an optional K/M/G/T suffix, powers of 1024) and --allow-special-output. They set
- * GPUSEG_MAX_PIXELS, GPUSEG_MAX_OBJECTS, GPUSEG_MAX_MODEL_BYTES and GPUSEG_ALLOW_SPECIAL_OUTPUT
- * for this process, so that every library call (and the saver processes `segment` spawns)
- * applies them (docs/io.md). */
+ * an optional K/M/G/T suffix, powers of 1024) and --allow-special-output. They fill cli_limits
+ * and cli_write_flags, which the commands pass to the library calls (gpuseg_ctx_params.limits,
+ * gpuseg_image_read_ex, the writers' _ex flags) and to the saver processes `segment` spawns
+ * (cli_limits_args); the environment variables of docs/io.md stay the library's defaults for
+ * what is not given here. */
 enum {
     CLI_OPT_MAX_PIXELS = 1100,
     CLI_OPT_MAX_OBJECTS,
@@ -81,9 +84,18 @@ enum {
     "  --max-model-bytes N     refuse larger model files (default 256M)\n"                         \
     "  --allow-special-output  write through symlinks and to FIFOs or devices\n"
 
+/* The values of those options (members 0 / flags 0 when not given). */
+extern gpuseg_limits cli_limits;
+extern unsigned cli_write_flags;
+
 /* Handles option c (one of the CLI_OPT_ above). Returns 1 when handled, 0 when c is not one of
  * these options, -1 on a bad value (message printed). */
 int cli_limits_option(int c, const char *arg);
+
+/* Appends the options above that were given, as arguments for another gpuseg process, to
+ * argv[*n...] (at most CLI_LIMITS_MAX_ARGS entries), formatting numbers into buf. */
+#define CLI_LIMITS_MAX_ARGS 7
+void cli_limits_args(char **argv, int *n, char buf[3][24]);
 
 /* The default branch of a command's option loop: r is what the command's own option helpers
  * returned for c (0: not theirs; pass 0 when there are none). A limits option is applied and
@@ -91,9 +103,36 @@ int cli_limits_option(int c, const char *arg);
  * (already reported) or an option the command does not take (the usage line is printed). */
 int cli_other_option(int r, int c, const char *arg, const char *usage);
 
-/* The members of a JSON object "{...}" (without the braces and surrounding blanks) in *b, *n;
- * false when s is not one object of at most 64 KiB with balanced braces, brackets and strings
- * (the --meta of `save` and the sidecar extras of the saver processes). */
-bool cli_json_members(const char *s, const char **b, size_t *n);
+/* Records a one-line message of the CLI's own (what the library's gpuseg_last_error() is for
+ * library calls) for the next cli_fail, and returns st. */
+gpuseg_status cli_set_error(gpuseg_status st, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Forgets a message recorded with cli_set_error. */
+void cli_clear_error(void);
+
+/* The test hook GPUSEG_SHM_TEST_STALL_MS=N (0 when unset or not a count of at most 600000): the
+ * commands that publish segments pass it to the library (gpuseg_shm_publish_params), so that
+ * tests can catch a producer in state WRITING. */
+uint32_t cli_test_stall_ms(void);
+
+/* ---- JSON (jansson; docs/architecture.md "JSON") ---- */
+
+/* A number as JSON: an integer when v is integral and exact in a double (|v| < 2^53), null
+ * when v is NaN or infinite (JSON has neither), else a real. */
+json_t *cli_json_num(double v);
+/* A string as JSON; a string that is not UTF-8 (a file name in another encoding) has its
+ * non-ASCII bytes replaced by '?'. NULL gives null. */
+json_t *cli_json_str(const char *s);
+/* The text of v (not consumed; NULL on failure) with the members in insertion order and reals
+ * in the shortest form that reads back to the same double for every real of v (unless flags
+ * holds a JSON_REAL_PRECISION). The caller frees it. */
+char *cli_json_dumps(const json_t *v, size_t flags);
+/* Prints v and a newline on stdout, flushes, and releases v (a reference is consumed, NULL
+ * accepted: out of memory). 0, or -1 with the error printed. */
+int cli_json_print(json_t *v, size_t flags);
+/* Parses text as one JSON object (duplicate keys refused). NULL, with the error recorded by
+ * cli_set_error as "<what>: line L, column C: <problem>" or "<what>: not a JSON object", when
+ * it is not one. */
+json_t *cli_json_object(const char *what, const char *text);
 
 #endif

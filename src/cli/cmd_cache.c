@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
+#include "cli.h"
+#include "commands.h"
 
 int gpuseg_cmd_cache(int argc, char **argv) {
     const char *use = "cache dir|clear";

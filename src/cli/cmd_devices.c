@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
+#include "cli.h"
+#include "commands.h"
 
 static const char *type_name(gpuseg_device_type t) {
     switch (t) {
@@ -20,17 +20,17 @@ static const char *type_name(gpuseg_device_type t) {
     }
 }
 
-static void json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", (unsigned char)*s);
-        else
-            putchar(*s);
-    }
-    putchar('"');
+/* One device as JSON. */
+static json_t *device_json(const gpuseg_device_info *d, bool chosen) {
+    return json_pack(
+        "{s:i,s:i,s:i,s:s,s:o,s:o,s:o,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b}", "index", d->index,
+        "platform", d->platform_index, "device", d->device_index, "type", type_name(d->type),
+        "platform_name", cli_json_str(d->platform_name), "name", cli_json_str(d->name),
+        "driver_version", cli_json_str(d->driver_version), "global_mem_bytes",
+        (json_int_t)d->global_mem_bytes, "max_alloc_bytes", (json_int_t)d->max_alloc_bytes,
+        "local_mem_bytes", (json_int_t)d->local_mem_bytes, "max_work_group_size",
+        (json_int_t)d->max_work_group_size, "compute_units", (json_int_t)d->compute_units, "fp16",
+        d->fp16, "fp64", d->fp64, "chosen", chosen);
 }
 
 int gpuseg_cmd_devices(int argc, char **argv) {
@@ -73,26 +73,13 @@ int gpuseg_cmd_devices(int argc, char **argv) {
         return cli_fail(st);
     gpuseg_status cst = gpuseg_device_choose(list, n, device, &chosen);
     if (json) {
-        printf("{\"devices\": [");
-        for (size_t i = 0; i < n; i++) {
-            const gpuseg_device_info *d = &list[i];
-            printf("%s{\"index\": %d, \"platform\": %d, \"device\": %d, \"type\": \"%s\", ",
-                   i ? ", " : "", d->index, d->platform_index, d->device_index, type_name(d->type));
-            printf("\"platform_name\": ");
-            json_str(d->platform_name);
-            printf(", \"name\": ");
-            json_str(d->name);
-            printf(", \"driver_version\": ");
-            json_str(d->driver_version);
-            printf(", \"global_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, "
-                   "\"local_mem_bytes\": %llu, \"max_work_group_size\": %zu, "
-                   "\"compute_units\": %u, \"fp16\": %s, \"fp64\": %s, \"chosen\": %s}",
-                   (unsigned long long)d->global_mem_bytes, (unsigned long long)d->max_alloc_bytes,
-                   (unsigned long long)d->local_mem_bytes, d->max_work_group_size, d->compute_units,
-                   d->fp16 ? "true" : "false", d->fp64 ? "true" : "false",
-                   cst == GPUSEG_OK && chosen == i ? "true" : "false");
+        json_t *arr = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(arr, device_json(&list[i], cst == GPUSEG_OK && chosen == i));
+        if (cli_json_print(json_pack("{s:o}", "devices", arr), 0) != 0) {
+            gpuseg_free(list);
+            return CLI_FAIL;
         }
-        printf("]}\n");
     } else {
         for (size_t i = 0; i < n; i++) {
             const gpuseg_device_info *d = &list[i];

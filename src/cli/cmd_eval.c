@@ -11,9 +11,9 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
-#include "cli/labels_load.h"
+#include "cli.h"
+#include "commands.h"
+#include "labels_load.h"
 
 #define USAGE "eval GT PRED [--thresholds T1,T2,...] [--json]"
 #define MAX_T 16
@@ -140,24 +140,13 @@ static const entry *pick(const list *l, const char *key, const char *dir, int *a
     return suf ? suf : bare;
 }
 
-static void json_str(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", (unsigned char)*s);
-        else
-            putchar(*s);
-    }
-    putchar('"');
-}
-
-static void json_num(double v) {
-    if (isnan(v))
-        printf("null");
-    else
-        printf("%.6f", v);
+/* n values of an array of thresholds' results as a JSON array: reals (NaN: null) from d, or
+ * counts from u. */
+static json_t *json_list(const double *d, const uint64_t *u, size_t n) {
+    json_t *a = json_array();
+    for (size_t k = 0; k < n; k++)
+        json_array_append_new(a, d ? cli_json_num(d[k]) : json_integer((json_int_t)u[k]));
+    return a;
 }
 
 static int parse_thresholds(const char *s, double *t, size_t *n) {
@@ -185,6 +174,7 @@ typedef struct totals {
     double ap_sum[MAX_T];
     size_t ap_n[MAX_T];
     size_t images;
+    json_t *json; /* with --json: the array of per-image objects; NULL otherwise */
 } totals;
 
 /* Scores one pair; prints its line (text) or JSON object. 0 on success. */
@@ -206,24 +196,21 @@ static int eval_pair(const char *name, const char *gt, const char *pr, const dou
         goto done;
     }
     if (json) {
-        printf("%s{\"name\": ", tot->images ? ", " : "");
-        json_str(name);
-        printf(", \"truth\": ");
-        json_str(gt);
-        printf(", \"pred\": ");
-        json_str(pr);
-        printf(", \"n_true\": %u, \"n_pred\": %u, \"ap\": [", r[0].n_true, r[0].n_pred);
+        double ap[MAX_T];
+        uint64_t tp[MAX_T], fp[MAX_T], fn[MAX_T];
         for (size_t k = 0; k < nt; k++) {
-            printf(k ? ", " : "");
-            json_num(r[k].ap);
+            ap[k] = r[k].ap;
+            tp[k] = r[k].tp;
+            fp[k] = r[k].fp;
+            fn[k] = r[k].fn;
         }
-        const char *names[3] = {"tp", "fp", "fn"};
-        for (int m = 0; m < 3; m++) {
-            printf("], \"%s\": [", names[m]);
-            for (size_t k = 0; k < nt; k++)
-                printf("%s%u", k ? ", " : "", m == 0 ? r[k].tp : m == 1 ? r[k].fp : r[k].fn);
-        }
-        printf("]}");
+        json_array_append_new(tot->json,
+                              json_pack("{s:o,s:o,s:o,s:i,s:i,s:o,s:o,s:o,s:o}", "name",
+                                        cli_json_str(name), "truth", cli_json_str(gt), "pred",
+                                        cli_json_str(pr), "n_true", (int)r[0].n_true, "n_pred",
+                                        (int)r[0].n_pred, "ap", json_list(ap, NULL, nt), "tp",
+                                        json_list(NULL, tp, nt), "fp", json_list(NULL, fp, nt),
+                                        "fn", json_list(NULL, fn, nt)));
     } else {
         printf("%s: n_true %u, n_pred %u", name, r[0].n_true, r[0].n_pred);
         for (size_t k = 0; k < nt; k++)
@@ -252,28 +239,21 @@ static double pooled_ap(const totals *tot, size_t k) {
     return den ? (double)tot->tp[k] / (double)den : NAN;
 }
 
-static void print_totals(const totals *tot, const double *t, size_t nt, int json) {
+static void print_totals(totals *tot, const double *t, size_t nt, int json) {
     if (json) {
-        printf("], \"pooled\": {\"ap\": [");
+        double pooled[MAX_T], mean[MAX_T];
         for (size_t k = 0; k < nt; k++) {
-            printf(k ? ", " : "");
-            json_num(pooled_ap(tot, k));
+            pooled[k] = pooled_ap(tot, k);
+            mean[k] = tot->ap_n[k] ? tot->ap_sum[k] / (double)tot->ap_n[k] : NAN;
         }
-        const char *names[3] = {"tp", "fp", "fn"};
-        for (int m = 0; m < 3; m++) {
-            printf("], \"%s\": [", names[m]);
-            for (size_t k = 0; k < nt; k++)
-                printf("%s%llu", k ? ", " : "",
-                       (unsigned long long)(m == 0   ? tot->tp[k]
-                                            : m == 1 ? tot->fp[k]
-                                                     : tot->fn[k]));
-        }
-        printf("]}, \"mean_ap\": [");
-        for (size_t k = 0; k < nt; k++) {
-            printf(k ? ", " : "");
-            json_num(tot->ap_n[k] ? tot->ap_sum[k] / (double)tot->ap_n[k] : NAN);
-        }
-        printf("]}\n");
+        json_t *images = tot->json;
+        tot->json = NULL;
+        cli_json_print(
+            json_pack("{s:o,s:o,s:{s:o,s:o,s:o,s:o},s:o}", "thresholds", json_list(t, NULL, nt),
+                      "images", images, "pooled", "ap", json_list(pooled, NULL, nt), "tp",
+                      json_list(NULL, tot->tp, nt), "fp", json_list(NULL, tot->fp, nt), "fn",
+                      json_list(NULL, tot->fn, nt), "mean_ap", json_list(mean, NULL, nt)),
+            JSON_REAL_PRECISION(6)); /* 6 significant digits, as always */
         return;
     }
     printf("pooled over %zu image%s:", tot->images, tot->images == 1 ? "" : "s");
@@ -349,11 +329,9 @@ int gpuseg_cmd_eval(int argc, char **argv) {
     }
     totals tot;
     memset(&tot, 0, sizeof tot);
-    if (json) {
-        printf("{\"thresholds\": [");
-        for (size_t k = 0; k < nt; k++)
-            printf("%s%g", k ? ", " : "", t[k]);
-        printf("], \"images\": [");
+    if (json && !(tot.json = json_array())) {
+        cli_error("out of memory");
+        return CLI_FAIL;
     }
     int rc = CLI_OK;
     if (!S_ISDIR(sg.st_mode)) {
@@ -396,8 +374,7 @@ int gpuseg_cmd_eval(int argc, char **argv) {
     }
     if (rc == CLI_OK)
         print_totals(&tot, t, nt, json);
-    else if (json)
-        printf("]}\n");
+    json_decref(tot.json); /* NULL after print_totals */
     fflush(stdout);
     return rc;
 }

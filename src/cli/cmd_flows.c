@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
-#include "cli/labels_load.h"
+#include "cli.h"
+#include "commands.h"
+#include "labels_load.h"
 
 #define USAGE "flows LABELS -o FLOWS.npy [--unit] [--device SPEC] [--json]"
 
@@ -96,7 +96,8 @@ int gpuseg_cmd_flows(int argc, char **argv) {
             flows[npix + i] *= FLOW_SCALE;
             flows[2 * npix + i] = labels[i] ? CELLPROB_LOGIT : -CELLPROB_LOGIT;
         }
-    if ((st = gpuseg_npy_write(out, GPUSEG_DTYPE_F32, 3, shape, flows)) != GPUSEG_OK) {
+    if ((st = gpuseg_npy_write_ex(out, GPUSEG_DTYPE_F32, 3, shape, flows, cli_write_flags)) !=
+        GPUSEG_OK) {
         rc = cli_fail(st);
         goto done;
     }

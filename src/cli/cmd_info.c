@@ -5,22 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
-
-/* Writes s as a JSON string (quotes, backslashes and control characters escaped). */
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
+#include "cli.h"
+#include "commands.h"
 
 int gpuseg_cmd_info(int argc, char **argv) {
     const char *use = "info IMAGE...";
@@ -47,20 +33,19 @@ int gpuseg_cmd_info(int argc, char **argv) {
     int rc = CLI_OK;
     for (int i = optind; i < argc; i++) {
         gpuseg_image_info info;
-        gpuseg_status st = gpuseg_image_info_read(argv[i], &info);
+        gpuseg_status st = gpuseg_image_info_read_ex(argv[i], &cli_limits, &info);
         if (st != GPUSEG_OK) {
             /* The library's message already names the file. */
             cli_fail(st);
             rc = CLI_FAIL;
             continue;
         }
-        fputs("{\"path\":", stdout);
-        json_string(stdout, argv[i]);
-        printf(",\"format\":\"%s\",\"width\":%u,\"height\":%u,\"channels\":%u,\"dtype\":\"%s\","
-               "\"pages\":%u}\n",
-               info.format, info.width, info.height, info.channels, gpuseg_dtype_name(info.dtype),
-               info.pages);
-        fflush(stdout);
+        json_t *line = json_pack("{s:o,s:s,s:i,s:i,s:i,s:s,s:i}", "path", cli_json_str(argv[i]),
+                                 "format", info.format, "width", (int)info.width, "height",
+                                 (int)info.height, "channels", (int)info.channels, "dtype",
+                                 gpuseg_dtype_name(info.dtype), "pages", (int)info.pages);
+        if (cli_json_print(line, JSON_COMPACT) != 0)
+            rc = CLI_FAIL;
     }
     return rc;
 }

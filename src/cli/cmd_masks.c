@@ -5,12 +5,13 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <strings.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
+#include "cli.h"
+#include "commands.h"
 
 /* True when path ends in an extension gpuseg_labels_write knows; checked before the work so that
  * a typo does not cost a whole run (the writer checks again and has the final word). */
@@ -23,20 +24,6 @@ static bool known_extension(const char *path) {
             return true;
     }
     return false;
-}
-
-/* Writes s as a JSON string (quotes, backslashes and control characters escaped). */
-static void json_string(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
 }
 
 int gpuseg_cmd_masks(int argc, char **argv) {
@@ -139,22 +126,25 @@ int gpuseg_cmd_masks(int argc, char **argv) {
         cli_error("%s: %s", in, gpuseg_last_error());
         goto done;
     }
-    char extra[256];
-    snprintf(extra, sizeof extra,
-             "{\"n_masks\":%u,\"source\":\"gpuseg masks\",\"cellprob_threshold\":%g,"
-             "\"flow_threshold\":%g,\"niter\":%u,\"min_size\":%d}",
-             n, (double)p.cellprob_threshold, (double)p.flow_threshold, p.niter ? p.niter : 200,
-             p.min_size);
-    if ((st = gpuseg_labels_write(out, labels, extra)) != GPUSEG_OK) {
+    json_t *meta =
+        json_pack("{s:i,s:s,s:o,s:o,s:i,s:i}", "n_masks", (int)n, "source", "gpuseg masks",
+                  "cellprob_threshold", cli_json_num(p.cellprob_threshold), "flow_threshold",
+                  cli_json_num(p.flow_threshold), "niter", (int)(p.niter ? p.niter : 200),
+                  "min_size", (int)p.min_size);
+    /* float parameters with 7 digits: what was typed (0.4, not 0.4000000059604645) */
+    char *extra = cli_json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(7));
+    json_decref(meta);
+    st = extra ? gpuseg_labels_write_ex(out, labels, extra, cli_write_flags) : GPUSEG_OUT_OF_MEMORY;
+    free(extra);
+    if (st != GPUSEG_OK) {
         cli_fail(st); /* the writer's message names the file */
         goto done;
     }
-    fputs("{\"input\":", stdout);
-    json_string(in);
-    fputs(",\"output\":", stdout);
-    json_string(out);
-    printf(",\"height\":%u,\"width\":%u,\"n_masks\":%u,\"dtype\":\"%s\"}\n", H, W, n,
-           gpuseg_dtype_name(labels->dtype));
+    if (cli_json_print(json_pack("{s:o,s:o,s:i,s:i,s:i,s:s}", "input", cli_json_str(in), "output",
+                                 cli_json_str(out), "height", (int)H, "width", (int)W, "n_masks",
+                                 (int)n, "dtype", gpuseg_dtype_name(labels->dtype)),
+                       JSON_COMPACT) != 0)
+        goto done;
     rc = CLI_OK;
 done:
     gpuseg_image_free(labels);

@@ -7,20 +7,36 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
+#include "cli.h"
+#include "commands.h"
 
-static void json_str(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
+/* The model's description (with every tensor when tensors) as JSON. */
+static json_t *model_json(const char *path, const gpuseg_model *m, bool tensors) {
+    gpuseg_model_info in;
+    gpuseg_model_get_info(m, &in);
+    json_t *o = json_pack(
+        "{s:o,s:[iiiii],s:i,s:i,s:o,s:o,s:b,s:b,s:I,s:I,s:s}", "path", cli_json_str(path), "nbase",
+        in.nbase[0], in.nbase[1], in.nbase[2], in.nbase[3], in.nbase[4], "nout", in.nout,
+        "style_channels", in.style_channels, "diam_mean", cli_json_num(in.diam_mean), "diam_labels",
+        cli_json_num(in.diam_labels), "has_diam_mean", in.has_diam_mean, "has_diam_labels",
+        in.has_diam_labels, "n_tensors", (json_int_t)in.n_tensors, "parameters",
+        (json_int_t)in.n_parameters, "weight_dtype", gpuseg_tensor_dtype_name(in.weight_dtype));
+    if (!o || !tensors)
+        return o;
+    json_t *list = json_array();
+    for (size_t i = 0; i < in.n_tensors; i++) {
+        gpuseg_tensor_info t;
+        if (gpuseg_model_tensor_at(m, i, &t) != GPUSEG_OK)
+            break;
+        json_t *shape = json_array();
+        for (int k = 0; k < t.ndim; k++)
+            json_array_append_new(shape, json_integer((json_int_t)t.shape[k]));
+        json_array_append_new(list,
+                              json_pack("{s:o,s:s,s:o}", "name", cli_json_str(t.name), "dtype",
+                                        gpuseg_tensor_dtype_name(t.file_dtype), "shape", shape));
     }
-    putchar('"');
+    json_object_set_new(o, "tensors", list);
+    return o;
 }
 
 int gpuseg_cmd_model(int argc, char **argv) {
@@ -54,37 +70,10 @@ int gpuseg_cmd_model(int argc, char **argv) {
         return cli_usage(use);
     const char *path = argv[optind + 1];
     gpuseg_model *m = NULL;
-    gpuseg_status st = gpuseg_model_load(path, &m);
+    gpuseg_status st = gpuseg_model_load_ex(path, &cli_limits, &m);
     if (st != GPUSEG_OK)
         return cli_fail(st);
-    gpuseg_model_info in;
-    gpuseg_model_get_info(m, &in);
-    printf("{\"path\": ");
-    json_str(path);
-    printf(", \"nbase\": [%d, %d, %d, %d, %d], \"nout\": %d, \"style_channels\": %d, "
-           "\"diam_mean\": %.9g, \"diam_labels\": %.9g, \"has_diam_mean\": %s, "
-           "\"has_diam_labels\": %s, \"n_tensors\": %zu, \"parameters\": %zu, "
-           "\"weight_dtype\": \"%s\"",
-           in.nbase[0], in.nbase[1], in.nbase[2], in.nbase[3], in.nbase[4], in.nout,
-           in.style_channels, in.diam_mean, in.diam_labels, in.has_diam_mean ? "true" : "false",
-           in.has_diam_labels ? "true" : "false", in.n_tensors, in.n_parameters,
-           gpuseg_tensor_dtype_name(in.weight_dtype));
-    if (tensors) {
-        printf(", \"tensors\": [");
-        for (size_t i = 0; i < in.n_tensors; i++) {
-            gpuseg_tensor_info t;
-            if (gpuseg_model_tensor_at(m, i, &t) != GPUSEG_OK)
-                break;
-            printf("%s{\"name\": ", i ? ", " : "");
-            json_str(t.name);
-            printf(", \"dtype\": \"%s\", \"shape\": [", gpuseg_tensor_dtype_name(t.file_dtype));
-            for (int k = 0; k < t.ndim; k++)
-                printf("%s%lld", k ? ", " : "", (long long)t.shape[k]);
-            printf("]}");
-        }
-        printf("]");
-    }
-    printf("}\n");
+    int rc = cli_json_print(model_json(path, m, tensors), 0) == 0 ? CLI_OK : CLI_FAIL;
     gpuseg_model_free(m);
-    return CLI_OK;
+    return rc;
 }

@@ -8,8 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
+#include "cli.h"
+#include "commands.h"
+
+static int save(const char *name, const char *out, double timeout, const json_t *meta,
+                bool unlink_after);
 
 static const char *USE = "save --shm NAME -o OUT [--unlink] [--timeout SEC] [--meta JSON]";
 
@@ -28,13 +31,18 @@ static void help(void) {
            USE);
 }
 
-/* Shortest decimal form that reads back to the same double. */
-static void fmt_double(double v, char *buf, size_t len) {
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, len, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v)
-            return;
-    }
+/* The .bin sidecar's members from the segment (n_masks, diameter, source) followed by those of
+ * --meta (which win where they name the same member); NULL when out of memory. */
+static char *sidecar_extra(const gpuseg_shm_info *info, const json_t *meta) {
+    char source[GPUSEG_SHM_NAME_MAX + 8];
+    snprintf(source, sizeof source, "shm:%s", info->name);
+    json_t *o = json_pack("{s:I,s:o,s:s}", "n_masks", (json_int_t)info->n_masks, "diameter",
+                          cli_json_num(info->diameter), "source", source);
+    char *text = NULL;
+    if (o && (!meta || json_object_update(o, (json_t *)meta) == 0))
+        text = cli_json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return text;
 }
 
 int gpuseg_cmd_save(int argc, char **argv) {
@@ -43,8 +51,8 @@ int gpuseg_cmd_save(int argc, char **argv) {
         {"unlink", no_argument, NULL, 'u'},     {"timeout", required_argument, NULL, 't'},
         {"meta", required_argument, NULL, 'm'}, CLI_LIMITS_LONG_OPTIONS,
         {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0}};
-    const char *name = NULL, *out = NULL, *meta = NULL;
-    size_t meta_len = 0;
+    const char *name = NULL, *out = NULL;
+    json_t *meta = NULL;
     bool unlink_after = false;
     double timeout = 10.0;
     optind = 1;
@@ -65,25 +73,38 @@ int gpuseg_cmd_save(int argc, char **argv) {
                 return CLI_USAGE;
             break;
         case 'm':
-            if (!cli_json_members(optarg, &meta, &meta_len)) {
-                cli_error("--meta: '%s' is not one JSON object {...}", optarg);
+            json_decref(meta);
+            if (!(meta = cli_json_object("--meta", optarg))) {
+                cli_fail(GPUSEG_INVALID_ARGUMENT);
                 return CLI_USAGE;
             }
             break;
         case 'h':
+            json_decref(meta);
             help();
             return CLI_OK;
         default: {
             const int rc = cli_other_option(0, c, optarg, USE);
-            if (rc != CLI_OK)
+            if (rc != CLI_OK) {
+                json_decref(meta);
                 return rc;
+            }
             break;
         }
         }
     }
-    if (optind != argc || !name || !out)
+    if (optind != argc || !name || !out) {
+        json_decref(meta);
         return cli_usage(USE);
+    }
+    int rc = save(name, out, timeout, meta, unlink_after);
+    json_decref(meta);
+    return rc;
+}
 
+/* The save itself (options parsed). */
+static int save(const char *name, const char *out, double timeout, const json_t *meta,
+                bool unlink_after) {
     gpuseg_shm *seg = NULL;
     gpuseg_status st = gpuseg_shm_open(name, timeout, &seg);
     if (st != GPUSEG_OK)
@@ -92,19 +113,13 @@ int gpuseg_cmd_save(int argc, char **argv) {
     gpuseg_image view;
     st = gpuseg_shm_labels_view(seg, &view);
     if (st == GPUSEG_OK) {
-        char diam[40];
-        fmt_double(info->diameter, diam, sizeof diam);
-        size_t cap = 320 + meta_len;
-        char *extra = malloc(cap);
+        char *extra = sidecar_extra(info, meta);
         if (!extra) {
             gpuseg_shm_free(seg);
             cli_error("%s: out of memory", out);
             return CLI_FAIL;
         }
-        snprintf(extra, cap, "{\"n_masks\":%llu,\"diameter\":%s,\"source\":\"shm:%s\"%s%.*s}",
-                 (unsigned long long)info->n_masks, diam, info->name, meta_len ? "," : "",
-                 (int)meta_len, meta ? meta : "");
-        st = gpuseg_labels_write(out, &view, extra);
+        st = gpuseg_labels_write_ex(out, &view, extra, cli_write_flags);
         free(extra);
     }
     if (st != GPUSEG_OK) {

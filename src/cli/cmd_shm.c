@@ -13,10 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
-#include "cli/commands.h"
-#include "cli/segment_output.h"
-#include "shm/shm_internal.h"
+#include "cli.h"
+#include "commands.h"
+#include "segment_output.h"
 
 static const char *USE = "shm list [--prefix P] | rm NAME... | clean [--prefix P] | "
                          "put LABELS [--json] [--name NAME] [--n-masks N] [--diameter D] | "
@@ -268,16 +267,15 @@ static int cmd_put(int argc, char **argv) {
     char gen[GPUSEG_SHM_NAME_MAX];
     const char *env = getenv("GPUSEG_SHM_PREFIX");
     if (!name && env && *env) {
-        gpuseg_status pst = gpuseg__shm_check_name_prefix("GPUSEG_SHM_PREFIX=", env);
-        if (pst == GPUSEG_OK)
-            pst = gpuseg__shm_random_name(env, gen);
-        if (pst != GPUSEG_OK)
-            return cli_fail(pst);
+        if (gpuseg_shm_random_name(env, gen) != GPUSEG_OK) {
+            cli_error("GPUSEG_SHM_PREFIX=%s", gpuseg_last_error()); /* "='/x' is not ..." */
+            return CLI_FAIL;
+        }
         name = gen;
     }
     const char *path = argv[optind];
     gpuseg_image *img = NULL;
-    gpuseg_status st = gpuseg_image_read(path, &img);
+    gpuseg_status st = gpuseg_image_read_ex(path, &cli_limits, &img);
     if (st != GPUSEG_OK)
         return cli_fail(st);
     if (to_label_dtype(path, img) != GPUSEG_OK) {
@@ -293,7 +291,8 @@ static int cmd_put(int argc, char **argv) {
         n_masks = (long)count;
     }
     gpuseg_shm *seg = NULL;
-    st = gpuseg_shm_create_labels(name, img, (uint64_t)n_masks, diameter, &seg);
+    const gpuseg_shm_publish_params pp = {cli_test_stall_ms()};
+    st = gpuseg_shm_create_labels_ex(name, img, (uint64_t)n_masks, diameter, &pp, &seg);
     gpuseg_image_free(img);
     if (st != GPUSEG_OK)
         return cli_fail(st);
@@ -320,27 +319,6 @@ static void sleep_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0)
         ;
-}
-
-/* s as a JSON string (quotes included) into buf; false when it does not fit. */
-static bool json_quote(const char *s, char *buf, size_t len) {
-    size_t n = 0;
-    if (len < 3)
-        return false;
-    buf[n++] = '"';
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char e[8];
-        int k = *p == '"' || *p == '\\' ? snprintf(e, sizeof e, "\\%c", *p)
-                : *p < 0x20             ? snprintf(e, sizeof e, "\\u%04x", *p)
-                                        : snprintf(e, sizeof e, "%c", *p);
-        if (n + (size_t)k + 2 > len)
-            return false;
-        memcpy(buf + n, e, (size_t)k);
-        n += (size_t)k;
-    }
-    buf[n++] = '"';
-    buf[n] = '\0';
-    return true;
 }
 
 /* DIR/STEM.EXT for input path; refuses to overwrite the input itself. */
@@ -372,7 +350,7 @@ static bool batch_out_path(const char *dir, const char *in, const char *ext, cha
 static bool batch_one(segment_output *o, gpuseg_ctx *ctx, const char *path, const char *out,
                       long busy_ms) {
     gpuseg_image *img = NULL;
-    gpuseg_status st = gpuseg_image_read(path, &img);
+    gpuseg_status st = gpuseg_image_read_ex(path, &cli_limits, &img);
     if (st != GPUSEG_OK) {
         cli_fail(st);
         return false;
@@ -380,18 +358,20 @@ static bool batch_one(segment_output *o, gpuseg_ctx *ctx, const char *path, cons
     bool ok = false;
     cl_mem buf = NULL;
     uint64_t count = 0;
-    char quoted[PATH_MAX * 6 + 4], extra[PATH_MAX * 6 + 64];
+    char *extra = NULL;
     if (img->pages != 1) {
         cli_error("%s: %u pages; batch takes one-page label images", path, img->pages);
         goto done;
     }
     if (to_label_dtype(path, img) != GPUSEG_OK || count_labels(path, img, &count) != GPUSEG_OK)
         goto done;
-    if (!json_quote(path, quoted, sizeof quoted)) {
-        cli_error("%s: path too long", path);
+    json_t *meta = json_pack("{s:o}", "input", cli_json_str(path));
+    extra = cli_json_dumps(meta, JSON_COMPACT);
+    json_decref(meta);
+    if (!extra) {
+        cli_error("%s: out of memory", path);
         goto done;
     }
-    snprintf(extra, sizeof extra, "{\"input\":%s}", quoted);
     if (ctx) {
         size_t bytes = (size_t)img->width * img->height * (img->dtype == GPUSEG_DTYPE_U16 ? 2 : 4);
         cl_int err;
@@ -415,6 +395,7 @@ done:
     if (buf)
         clReleaseMemObject(buf);
     gpuseg_image_free(img);
+    free(extra);
     return ok;
 }
 
@@ -434,6 +415,7 @@ static int cmd_batch(int argc, char **argv) {
                                          {NULL, 0, NULL, 0}};
     segment_output_opts so = SEGMENT_OUTPUT_OPTS_INIT;
     so.name_prefix = getenv("GPUSEG_SHM_PREFIX"); /* as `gpuseg segment`; --name-prefix wins */
+    so.test_stall_ms = cli_test_stall_ms();
     const char *dir = NULL, *fmt = "bin", *device = NULL;
     bool host = false;
     long v = 0, busy_ms = 0;

@@ -6,8 +6,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli/cli.h"
-#include "cli/labels_load.h"
+#include "cli.h"
+#include "labels_load.h"
 
 /* Prints "gpuseg: <path>: <what>" (the CLI's one-line error) and returns st. */
 static gpuseg_status fail(gpuseg_status st, const char *path, const char *what) {
@@ -20,22 +20,40 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-/* Finds `"key":` in a small JSON text and returns the text after the colon (spaces skipped). */
-static const char *json_after(const char *json, const char *key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\"", key);
-    const char *p = strstr(json, pat);
-    if (!p)
-        return NULL;
-    p += strlen(pat);
-    while (*p == ' ')
-        p++;
-    if (*p != ':')
-        return NULL;
-    p++;
-    while (*p == ' ')
-        p++;
-    return p;
+/* Reads the sidecar jpath of a raw label file: a JSON object with "shape": [H, W], "dtype":
+ * "uint16" | "uint32" and, when present, "byte_order": "little". Errors name the sidecar and,
+ * for a file that is not JSON, the line and column (jansson's parser). */
+static gpuseg_status read_sidecar(const char *jpath, json_int_t *h, json_int_t *w, size_t *es) {
+    json_error_t e;
+    json_t *j = json_load_file(jpath, JSON_REJECT_DUPLICATES, &e);
+    if (!j) {
+        if (e.line < 0) { /* could not be opened or read */
+            cli_error("%s: no .json sidecar beside the raw label file (%s)", jpath, e.text);
+            return GPUSEG_IO;
+        }
+        cli_error("%s: line %d, column %d: %s", jpath, e.line, e.column, e.text);
+        return GPUSEG_FORMAT;
+    }
+    gpuseg_status st = GPUSEG_OK;
+    const char *dtype = NULL, *order = NULL;
+    json_t *shape = NULL;
+    if (json_unpack(j, "{s:o,s?s,s?s}", "shape", &shape, "dtype", &dtype, "byte_order", &order) !=
+            0 ||
+        !json_is_array(shape) || json_array_size(shape) < 2) {
+        st = fail(GPUSEG_FORMAT, jpath, "sidecar has no 2-D \"shape\": [H, W]");
+    } else if (json_array_size(shape) > 2) {
+        st = fail(GPUSEG_UNSUPPORTED, jpath, "only 2-D label images are supported");
+    } else if (json_unpack(shape, "[II]", h, w) != 0) {
+        st = fail(GPUSEG_FORMAT, jpath, "sidecar has no 2-D \"shape\": [H, W]");
+    } else if (!dtype || (strcmp(dtype, "uint16") != 0 && strcmp(dtype, "uint32") != 0)) {
+        st = fail(GPUSEG_UNSUPPORTED, jpath, "dtype must be \"uint16\" or \"uint32\"");
+    } else if (order && strcmp(order, "little") != 0) {
+        st = fail(GPUSEG_UNSUPPORTED, jpath, "only little-endian data is supported");
+    } else {
+        *es = strcmp(dtype, "uint16") == 0 ? 2 : 4;
+    }
+    json_decref(j);
+    return st;
 }
 
 static gpuseg_status load_bin(const char *path, uint32_t **labels, uint32_t *H, uint32_t *W) {
@@ -45,37 +63,22 @@ static gpuseg_status load_bin(const char *path, uint32_t **labels, uint32_t *H, 
         return fail(GPUSEG_INVALID_ARGUMENT, path, "path too long");
     memcpy(jpath, path, plen - 4);
     memcpy(jpath + plen - 4, ".json", 6);
-    FILE *f = fopen(jpath, "rb");
-    if (!f)
+    struct stat stt;
+    if (stat(jpath, &stt) != 0)
         return fail(GPUSEG_IO, path, "no .json sidecar beside the raw label file");
-    char json[4096];
-    size_t n = fread(json, 1, sizeof json - 1, f);
-    fclose(f);
-    json[n] = 0;
-    unsigned long h = 0, w = 0;
-    const char *s = json_after(json, "shape");
-    if (!s || sscanf(s, "[%lu ,%lu ]", &h, &w) != 2 || strchr(s, ']') == NULL)
-        return fail(GPUSEG_FORMAT, jpath, "sidecar has no 2-D \"shape\": [H, W]");
-    const char *se = strchr(s, ']'), *c2 = strchr(s, ',');
-    if (c2 && strchr(c2 + 1, ',') && strchr(c2 + 1, ',') < se)
-        return fail(GPUSEG_UNSUPPORTED, jpath, "only 2-D label images are supported");
-    const char *d = json_after(json, "dtype");
-    size_t es;
-    if (d && strncmp(d, "\"uint16\"", 8) == 0)
-        es = 2;
-    else if (d && strncmp(d, "\"uint32\"", 8) == 0)
-        es = 4;
-    else
-        return fail(GPUSEG_UNSUPPORTED, jpath, "dtype must be \"uint16\" or \"uint32\"");
-    const char *bo = json_after(json, "byte_order");
-    if (bo && strncmp(bo, "\"little\"", 8) != 0)
-        return fail(GPUSEG_UNSUPPORTED, jpath, "only little-endian data is supported");
-    if (h == 0 || w == 0 || h > GPUSEG_MAX_IMAGE_SIDE || w > GPUSEG_MAX_IMAGE_SIDE ||
-        (unsigned long long)h * w > GPUSEG_MAX_IMAGE_PIXELS)
+    json_int_t jh = 0, jw = 0;
+    size_t es = 0;
+    gpuseg_status st = read_sidecar(jpath, &jh, &jw, &es);
+    if (st != GPUSEG_OK)
+        return st;
+    if (jh <= 0 || jw <= 0 || jh > GPUSEG_MAX_IMAGE_SIDE || jw > GPUSEG_MAX_IMAGE_SIDE ||
+        (unsigned long long)jh * (unsigned long long)jw > GPUSEG_MAX_IMAGE_PIXELS)
         return fail(GPUSEG_TOO_LARGE, jpath, "shape is empty or over the size limit");
-    /* The pixel limit in effect (--max-pixels / GPUSEG_MAX_PIXELS), as the image readers apply. */
+    unsigned long h = (unsigned long)jh, w = (unsigned long)jw;
+    /* The pixel limit in effect (--max-pixels, else GPUSEG_MAX_PIXELS), as the image readers
+     * apply it. */
     gpuseg_limits lim;
-    gpuseg_status lst = gpuseg_limits_resolve(NULL, &lim);
+    gpuseg_status lst = gpuseg_limits_resolve(&cli_limits, &lim);
     if (lst != GPUSEG_OK) {
         cli_fail(lst);
         return lst;
@@ -86,12 +89,11 @@ static gpuseg_status load_bin(const char *path, uint32_t **labels, uint32_t *H, 
                   path, h, w, (unsigned long long)h * w, (unsigned long long)lim.max_pixels);
         return GPUSEG_TOO_LARGE;
     }
-    struct stat stt;
     if (stat(path, &stt) != 0)
         return fail(GPUSEG_IO, path, "cannot open");
     if ((unsigned long long)stt.st_size != (unsigned long long)h * w * es)
         return fail(GPUSEG_FORMAT, path, "file size does not match its sidecar's shape");
-    f = fopen(path, "rb");
+    FILE *f = fopen(path, "rb");
     if (!f)
         return fail(GPUSEG_IO, path, "cannot open");
     size_t npix = (size_t)h * w;
@@ -121,7 +123,7 @@ gpuseg_status cli_labels_load(const char *path, uint32_t **labels, uint32_t *H, 
     if (ends_with(path, ".bin") || ends_with(path, ".BIN"))
         return load_bin(path, labels, H, W);
     gpuseg_image *img = NULL;
-    gpuseg_status st = gpuseg_image_read(path, &img);
+    gpuseg_status st = gpuseg_image_read_ex(path, &cli_limits, &img);
     if (st != GPUSEG_OK) {
         cli_fail(st);
         return st;

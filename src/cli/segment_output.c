@@ -16,10 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "cli/cli.h"
-#include "cli/segment_output.h"
-#include "core/internal.h"
-#include "shm/shm_internal.h"
+#include "cli.h"
+#include "segment_output.h"
 
 extern char **environ;
 
@@ -60,7 +58,23 @@ struct segment_output {
     unsigned failures; /* failed saves so far */
 };
 
+static volatile sig_atomic_t g_cancel_mode; /* cancel_on_signal */
+static volatile sig_atomic_t g_caught;      /* the signal that cancelled, 0: none */
+static gpuseg_ctx *g_cancel_ctx;
+
 static void on_signal(int sig) {
+    if (g_cancel_mode && !g_caught && sig != SIGHUP) {
+        g_caught = sig; /* the caller stops at its next check and cleans up */
+        if (g_cancel_ctx)
+            gpuseg_ctx_cancel(g_cancel_ctx, 1); /* async-signal-safe */
+        return;
+    }
+    /* From here on the same signal ends the process at once. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
     /* Segments no saver owns yet: nobody else will remove them. */
     for (unsigned i = 0; i < N_SLOTS; i++)
         if (g_slots[i].state == SLOT_PUBLISHING)
@@ -79,8 +93,8 @@ static void on_signal(int sig) {
             ;
         unlink(g_slots[i].path); /* ENOENT after a successful save; the saver is gone either way */
     }
-    /* SA_RESETHAND restored the default action and SA_NODEFER leaves sig unblocked: this ends
-     * the process the way the signal would have, so the parent sees "killed by SIGTERM". */
+    /* The default action is back and SA_NODEFER leaves sig unblocked: this ends the process
+     * the way the signal would have, so the parent sees "killed by SIGTERM". */
     raise(sig);
 }
 
@@ -104,36 +118,6 @@ static void slot_set(slot *s, int state) {
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-
-/* Appends s as a JSON string (with quotes) to buf[*len..cap); false when it does not fit. */
-static bool json_str(char *buf, size_t cap, size_t *len, const char *s) {
-    size_t n = *len;
-    if (n + 1 >= cap)
-        return false;
-    buf[n++] = '"';
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char esc[8];
-        size_t k;
-        if (*p == '"' || *p == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)*p;
-            k = 2;
-        } else if (*p < 0x20) {
-            k = (size_t)snprintf(esc, sizeof esc, "\\u%04x", *p);
-        } else {
-            esc[0] = (char)*p;
-            k = 1;
-        }
-        if (n + k + 1 >= cap)
-            return false;
-        memcpy(buf + n, esc, k);
-        n += k;
-    }
-    buf[n++] = '"';
-    buf[n] = '\0';
-    *len = n;
-    return true;
-}
 
 static const char *sig_name(int sig) {
     switch (sig) {
@@ -161,30 +145,29 @@ static const char *sig_name(int sig) {
 /* ---- create / free ------------------------------------------------------------------------ */
 
 gpuseg_status segment_output_create(const segment_output_opts *opts, segment_output **out) {
-    gpuseg__clear_error(NULL);
+    cli_clear_error();
     if (!opts || !out)
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "segment_output_create: NULL argument");
+        return cli_set_error(GPUSEG_INVALID_ARGUMENT, "segment_output_create: NULL argument");
     *out = NULL;
     if (g_active)
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "segment output: only one pipeline may exist at a time");
+        return cli_set_error(GPUSEG_INVALID_ARGUMENT,
+                             "segment output: only one pipeline may exist at a time");
     if (opts->max_in_flight > SEGMENT_OUTPUT_MAX_IN_FLIGHT)
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "segment output: at most %u savers in flight, not %u",
-                            SEGMENT_OUTPUT_MAX_IN_FLIGHT, opts->max_in_flight);
-    gpuseg_status pst;
-    if (opts->name_prefix && (pst = gpuseg__shm_check_name_prefix("segment output: name prefix ",
-                                                                  opts->name_prefix)) != GPUSEG_OK)
-        return pst;
+        return cli_set_error(GPUSEG_INVALID_ARGUMENT,
+                             "segment output: at most %u savers in flight, not %u",
+                             SEGMENT_OUTPUT_MAX_IN_FLIGHT, opts->max_in_flight);
+    char probe[GPUSEG_SHM_NAME_MAX];
+    if (opts->name_prefix && gpuseg_shm_random_name(opts->name_prefix, probe) != GPUSEG_OK)
+        return cli_set_error(GPUSEG_INVALID_ARGUMENT, "segment output: name prefix %s",
+                             gpuseg_last_error());
     segment_output *o = calloc(1, sizeof *o);
     if (!o)
-        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "segment output: out of memory");
+        return cli_set_error(GPUSEG_OUT_OF_MEMORY, "segment output: out of memory");
     o->opts = *opts;
     if (opts->gpuseg_exe) {
         if (strlen(opts->gpuseg_exe) >= sizeof o->exe) {
             free(o);
-            return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                                "segment output: saver path too long");
+            return cli_set_error(GPUSEG_INVALID_ARGUMENT, "segment output: saver path too long");
         }
         snprintf(o->exe, sizeof o->exe, "%s", opts->gpuseg_exe);
     } else {
@@ -193,8 +176,8 @@ gpuseg_status segment_output_create(const segment_output_opts *opts, segment_out
         ssize_t n = readlink("/proc/self/exe", o->exe, sizeof o->exe - 1);
         if (n <= 0 || (size_t)n >= sizeof o->exe - 1) {
             free(o);
-            return gpuseg__fail(NULL, GPUSEG_IO, "/proc/self/exe: cannot resolve: %s",
-                                n < 0 ? strerror(errno) : "too long");
+            return cli_set_error(GPUSEG_IO, "/proc/self/exe: cannot resolve: %s",
+                                 n < 0 ? strerror(errno) : "too long");
         }
         o->exe[n] = '\0';
     }
@@ -207,6 +190,9 @@ gpuseg_status segment_output_create(const segment_output_opts *opts, segment_out
         memset(&g_slots[i], 0, sizeof g_slots[i]);
         g_slots[i].errfd = -1;
     }
+    g_cancel_ctx = opts->cancel_ctx;
+    g_caught = 0;
+    g_cancel_mode = opts->cancel_on_signal;
     for (int i = 0; i < 3; i++) {
         g_installed[i] = 0;
         if (sigaction(g_sigs[i], NULL, &g_old[i]) != 0 || g_old[i].sa_handler == SIG_IGN)
@@ -218,8 +204,9 @@ gpuseg_status segment_output_create(const segment_output_opts *opts, segment_out
         for (int k = 0; k < 3; k++)
             if (k != i)
                 sigaddset(&sa.sa_mask, g_sigs[k]);
-        /* A second signal of the same kind while we wait for savers kills at once. */
-        sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+        /* A second signal of the same kind while we wait for savers kills at once (the
+         * handler restores the default action first). */
+        sa.sa_flags = SA_NODEFER;
         if (sigaction(g_sigs[i], &sa, NULL) == 0)
             g_installed[i] = 1;
     }
@@ -332,9 +319,9 @@ static void wait_one(segment_output *o, const slot *which) {
 static gpuseg_status spawn_saver(segment_output *o, slot *s, const char *json_extra) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
-        return gpuseg__fail(NULL, GPUSEG_IO, "%s: cannot create a pipe for the saver: %s", s->image,
-                            strerror(errno));
-    char *argv[12];
+        return cli_set_error(GPUSEG_IO, "%s: cannot create a pipe for the saver: %s", s->image,
+                             strerror(errno));
+    char *argv[12 + CLI_LIMITS_MAX_ARGS], limits[3][24];
     int a = 0;
     argv[a++] = o->exe;
     argv[a++] = (char *)"save";
@@ -349,6 +336,7 @@ static gpuseg_status spawn_saver(segment_output *o, slot *s, const char *json_ex
         argv[a++] = (char *)"--meta";
         argv[a++] = (char *)json_extra;
     }
+    cli_limits_args(argv, &a, limits); /* --max-pixels ... --allow-special-output, when given */
     argv[a] = NULL;
 
     posix_spawn_file_actions_t fa;
@@ -385,8 +373,8 @@ static gpuseg_status spawn_saver(segment_output *o, slot *s, const char *json_ex
     if (rc != 0) {
         close(fds[0]);
         gpuseg_shm_unlink(s->name); /* before the message: unlink clears the last error */
-        return gpuseg__fail(NULL, GPUSEG_IO, "%s: cannot start the saver %s: %s", s->image, o->exe,
-                            strerror(rc));
+        return cli_set_error(GPUSEG_IO, "%s: cannot start the saver %s: %s", s->image, o->exe,
+                             strerror(rc));
     }
     return GPUSEG_OK;
 }
@@ -394,39 +382,62 @@ static gpuseg_status spawn_saver(segment_output *o, slot *s, const char *json_ex
 /* Prints the shm_only line: the segment's JSON (gpuseg_shm_json) plus "image" and the members of
  * json_extra, or only the name. */
 static gpuseg_status print_line(segment_output *o, const gpuseg_shm_info *info, const char *image,
-                                const char *json_extra) {
+                                const json_t *extra) {
     if (!o->opts.json) {
         printf("%s\n", info->name);
         fflush(stdout);
         return GPUSEG_OK;
     }
-    size_t cap = 2048 + 6 * strlen(image) + (json_extra ? strlen(json_extra) : 0);
-    char *line = malloc(cap);
-    if (!line)
-        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", image);
-    gpuseg_status st = gpuseg_shm_json(info, line, cap);
-    if (st != GPUSEG_OK) {
-        free(line);
-        return st;
+    char text[1024];
+    gpuseg_status st = gpuseg_shm_json(info, text, sizeof text);
+    if (st != GPUSEG_OK)
+        return cli_set_error(st, "%s: %s", image, gpuseg_last_error());
+    json_t *line = json_loads(text, 0, NULL);
+    if (!line || json_object_set_new(line, "image", cli_json_str(image)) != 0 ||
+        (extra && json_object_update(line, (json_t *)extra) != 0)) {
+        json_decref(line);
+        return cli_set_error(GPUSEG_OUT_OF_MEMORY, "%s: out of memory", image);
     }
-    size_t len = strlen(line) - 1; /* drop the closing brace */
-    memcpy(line + len, ",\"image\":", 9);
-    len += 9;
-    line[len] = '\0';
-    json_str(line, cap, &len, image); /* fits: cap counts 6 bytes per character */
-    const char *mb;
-    size_t mn;
-    if (json_extra && cli_json_members(json_extra, &mb, &mn) && mn) {
-        line[len++] = ',';
-        memcpy(line + len, mb, mn);
-        len += mn;
-    }
-    line[len++] = '}';
-    line[len] = '\0';
-    printf("%s\n", line);
-    fflush(stdout);
-    free(line);
-    return GPUSEG_OK;
+    return cli_json_print(line, JSON_COMPACT) == 0
+               ? GPUSEG_OK
+               : cli_set_error(GPUSEG_IO, "%s: cannot print its JSON line", image);
+}
+
+/* The arguments of submit, checked; *extra is json_extra parsed (NULL when there is none). */
+static gpuseg_status check_submit(const segment_output *o, gpuseg_ctx *ctx, const char *image_path,
+                                  const char *out_path, cl_mem labels,
+                                  const gpuseg_image *host_labels, uint32_t H, uint32_t W,
+                                  gpuseg_dtype dtype, const char *json_extra, json_t **extra) {
+    *extra = NULL;
+    if (!o || !image_path || (!out_path && !o->opts.shm_only) || (!labels && !host_labels) ||
+        (labels && !ctx))
+        return cli_set_error(GPUSEG_INVALID_ARGUMENT, "segment_output_submit: bad arguments");
+    if (dtype != GPUSEG_DTYPE_U16 && dtype != GPUSEG_DTYPE_U32)
+        return cli_set_error(GPUSEG_INVALID_ARGUMENT, "%s: labels must be uint16 or uint32",
+                             image_path);
+    if (!labels &&
+        (host_labels->height != H || host_labels->width != W || host_labels->dtype != dtype ||
+         host_labels->pages != 1 || host_labels->channels != 1))
+        return cli_set_error(GPUSEG_INVALID_ARGUMENT,
+                             "%s: the host labels are not one %s page of %u x %u", image_path,
+                             gpuseg_dtype_name(dtype), H, W);
+    if (!json_extra)
+        return GPUSEG_OK;
+    char what[PATH_MAX + 32];
+    snprintf(what, sizeof what, "%s: the metadata", image_path);
+    if (strlen(json_extra) > SEGMENT_OUTPUT_MAX_EXTRA)
+        return cli_set_error(GPUSEG_INVALID_ARGUMENT, "%s is over %u bytes", what,
+                             SEGMENT_OUTPUT_MAX_EXTRA);
+    *extra = cli_json_object(what, json_extra);
+    return *extra ? GPUSEG_OK : GPUSEG_INVALID_ARGUMENT;
+}
+
+/* Frees slot s (not SAVING) again. */
+static void slot_release(slot *s) {
+    free(s->image);
+    free(s->out);
+    s->image = s->out = NULL;
+    slot_set(s, SLOT_FREE);
 }
 
 gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const char *image_path,
@@ -434,26 +445,12 @@ gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const ch
                                     const gpuseg_image *host_labels, uint32_t H, uint32_t W,
                                     gpuseg_dtype dtype, uint64_t n_masks, double diameter,
                                     const char *json_extra) {
-    gpuseg__clear_error(NULL);
-    if (!o || !image_path || (!out_path && !o->opts.shm_only) || (!labels && !host_labels) ||
-        (labels && !ctx))
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "segment_output_submit: bad arguments");
-    const char *mb;
-    size_t mn;
-    if (json_extra && !cli_json_members(json_extra, &mb, &mn))
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "%s: the metadata is not one JSON object of at most 64 KiB",
-                            image_path);
-    if (dtype != GPUSEG_DTYPE_U16 && dtype != GPUSEG_DTYPE_U32)
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "%s: labels must be uint16 or uint32",
-                            image_path);
-    if (!labels &&
-        (host_labels->height != H || host_labels->width != W || host_labels->dtype != dtype ||
-         host_labels->pages != 1 || host_labels->channels != 1))
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "%s: the host labels are not one %s page of %u x %u", image_path,
-                            gpuseg_dtype_name(dtype), H, W);
-
+    cli_clear_error();
+    json_t *extra = NULL;
+    gpuseg_status st = check_submit(o, ctx, image_path, out_path, labels, host_labels, H, W, dtype,
+                                    json_extra, &extra);
+    if (st != GPUSEG_OK)
+        return st;
     /* Room for one more saver (serial mode: none runs here). */
     unsigned limit = o->opts.max_in_flight ? o->opts.max_in_flight : 1;
     while (o->running >= limit)
@@ -462,63 +459,63 @@ gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const ch
     for (unsigned i = 0; i < N_SLOTS && !s; i++)
         if (g_slots[i].state == SLOT_FREE)
             s = &g_slots[i];
-    if (!s)
-        return gpuseg__fail(NULL, GPUSEG_INTERNAL, "segment output: no free slot");
-
-    gpuseg_status st = gpuseg__shm_random_name(o->prefix, s->name);
-    if (st != GPUSEG_OK)
-        return st;
+    if (!s) {
+        json_decref(extra);
+        return cli_set_error(GPUSEG_INTERNAL, "segment output: no free slot");
+    }
+    if ((st = gpuseg_shm_random_name(o->prefix, s->name)) != GPUSEG_OK) {
+        json_decref(extra);
+        return cli_set_error(st, "%s", gpuseg_last_error());
+    }
     snprintf(s->path, sizeof s->path, SHM_DIR "%s", s->name);
     s->image = strdup(image_path);
     s->out = strdup(out_path ? out_path : "");
     if (!s->image || !s->out) {
-        st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", image_path);
+        st = cli_set_error(GPUSEG_OUT_OF_MEMORY, "%s: out of memory", image_path);
         goto fail;
     }
     /* Registered before it exists, so that a signal during creation removes it too. */
     slot_set(s, SLOT_PUBLISHING);
     gpuseg_shm *seg = NULL;
+    gpuseg_shm_publish_params pp = {o->opts.test_stall_ms};
     if (labels) {
         const uint64_t shape[2] = {H, W};
-        st = gpuseg_shm_create_from_buffer(ctx, s->name, labels, dtype, 2, shape, n_masks, diameter,
-                                           &seg);
+        st = gpuseg_shm_create_from_buffer_ex(ctx, s->name, labels, dtype, 2, shape, n_masks,
+                                              diameter, &pp, &seg);
     } else {
-        st = gpuseg_shm_create_labels(s->name, host_labels, n_masks, diameter, &seg);
+        st = gpuseg_shm_create_labels_ex(s->name, host_labels, n_masks, diameter, &pp, &seg);
     }
     if (st != GPUSEG_OK) { /* nothing left behind by either call */
-        gpuseg__wrap(ctx, st, "%s", image_path);
+        cli_set_error(st, "%s: %s", image_path, gpuseg_last_error());
         goto fail;
     }
     if (o->opts.shm_only) {
-        st = print_line(o, gpuseg_shm_get_info(seg), image_path, json_extra);
+        st = print_line(o, gpuseg_shm_get_info(seg), image_path, extra);
         gpuseg_shm_free(seg);
-        if (st != GPUSEG_OK) {
-            char msg[512];
-            snprintf(msg, sizeof msg, "%s", gpuseg_last_error());
+        if (st != GPUSEG_OK) { /* its message is recorded (cli_set_error) */
             gpuseg_shm_unlink(s->name);
-            st = gpuseg__fail(NULL, st, "%s", msg);
             goto fail;
         }
-        /* The segment is the caller's now. */
-        free(s->image);
-        free(s->out);
-        s->image = s->out = NULL;
-        slot_set(s, SLOT_FREE);
+        json_decref(extra);
+        slot_release(s); /* the segment is the caller's now */
         return GPUSEG_OK;
     }
     gpuseg_shm_free(seg);               /* the mapping; the segment stays for the saver */
     st = spawn_saver(o, s, json_extra); /* on failure it has removed the segment */
     if (st != GPUSEG_OK)
         goto fail;
+    json_decref(extra);
     if (o->opts.max_in_flight == 0)
         wait_one(o, s);
     return GPUSEG_OK;
 fail:
-    free(s->image);
-    free(s->out);
-    s->image = s->out = NULL;
-    slot_set(s, SLOT_FREE);
+    json_decref(extra);
+    slot_release(s);
     return st;
+}
+
+int segment_output_signal(const segment_output *o) {
+    return o ? (int)g_caught : 0;
 }
 
 unsigned segment_output_finish(segment_output *o) {
@@ -536,6 +533,8 @@ void segment_output_free(segment_output *o) {
     for (int i = 0; i < 3; i++)
         if (g_installed[i])
             sigaction(g_sigs[i], &g_old[i], NULL);
+    g_cancel_mode = 0;
+    g_cancel_ctx = NULL;
     g_active = 0;
     free(o);
 }

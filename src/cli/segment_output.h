@@ -12,6 +12,8 @@
 
 /* Largest max_in_flight accepted. */
 #define SEGMENT_OUTPUT_MAX_IN_FLIGHT 64u
+/* Largest json_extra accepted, in bytes. */
+#define SEGMENT_OUTPUT_MAX_EXTRA 65536u
 
 typedef struct {
     /* Program spawned as the saver, with arguments "save --shm NAME -o OUT --unlink ...".
@@ -26,10 +28,19 @@ typedef struct {
     /* Segment names are name_prefix + 16 random hex digits; NULL: "/gpuseg-". Must be a valid
      * segment name prefix ("/gpuseg-" then [A-Za-z0-9._-]); tests use it to find their own. */
     const char *name_prefix;
+    /* Test hook passed to publication (gpuseg_shm_publish_params.test_stall_ms): each segment
+     * stays WRITING this many milliseconds. The commands take it from GPUSEG_SHM_TEST_STALL_MS. */
+    uint32_t test_stall_ms;
+    /* 1: the first SIGINT or SIGTERM does not end the process: it is recorded
+     * (segment_output_signal) and cancels cancel_ctx's running call (gpuseg_ctx_cancel, when
+     * not NULL), so that the caller stops at its next check and cleans up; a second signal
+     * then ends the process as below. 0: every such signal ends it (after the clean-up). */
+    int cancel_on_signal;
+    gpuseg_ctx *cancel_ctx;
 } segment_output_opts;
 
 #define SEGMENT_OUTPUT_OPTS_INIT                                                                   \
-    { NULL, 2u, 0, 0, 10.0, NULL }
+    { NULL, 2u, 0, 0, 10.0, NULL, 0u, 0, NULL }
 
 typedef struct segment_output segment_output;
 
@@ -40,7 +51,7 @@ typedef struct segment_output segment_output;
  * Savers run in their own process group, so a terminal's Ctrl-C reaches only this process.
  * Only one pipeline may exist at a time in a process. The caller frees *out with
  * segment_output_free. Errors: GPUSEG_INVALID_ARGUMENT (bad options, a second pipeline),
- * GPUSEG_IO (/proc/self/exe not readable); message via gpuseg_last_error(). */
+ * GPUSEG_IO (/proc/self/exe not readable); the message (cli_set_error) goes out with cli_fail. */
 gpuseg_status segment_output_create(const segment_output_opts *opts, segment_output **out);
 
 /* Hands one image's labels to the pipeline. Labels come from the device buffer `labels` (ctx
@@ -52,12 +63,15 @@ gpuseg_status segment_output_create(const segment_output_opts *opts, segment_out
  * Blocks first while max_in_flight savers run (reaping finished ones; each failure is printed as
  * it is found, see segment_output_finish). Returns non-OK only when the labels could not be
  * published or the saver not started (nothing is left behind then; the error, naming the image,
- * is in gpuseg_last_error() and is not counted as a failed save). */
+ * goes out with cli_fail and is not counted as a failed save). */
 gpuseg_status segment_output_submit(segment_output *o, gpuseg_ctx *ctx, const char *image_path,
                                     const char *out_path, cl_mem labels,
                                     const gpuseg_image *host_labels, uint32_t H, uint32_t W,
                                     gpuseg_dtype dtype, uint64_t n_masks, double diameter,
                                     const char *json_extra);
+
+/* The signal recorded in cancel_on_signal mode (SIGINT, SIGTERM), 0 when none came. */
+int segment_output_signal(const segment_output *o);
 
 /* Waits for every saver, removes any segment a failed saver left, and returns the number of
  * failed saves. Each failure is printed on stderr as it is found, as one line

@@ -266,11 +266,16 @@ static gpuseg_status read_any(const char *path, const gpuseg_limits *limits,
 }
 
 gpuseg_status gpuseg_image_info_read(const char *path, gpuseg_image_info *out) {
+    return gpuseg_image_info_read_ex(path, NULL, out);
+}
+
+gpuseg_status gpuseg_image_info_read_ex(const char *path, const gpuseg_limits *limits,
+                                        gpuseg_image_info *out) {
     gpuseg__clear_error(NULL);
     if (!out)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_image_info_read: out is NULL");
     memset(out, 0, sizeof *out);
-    return read_any(path, NULL, out, NULL);
+    return read_any(path, limits, out, NULL);
 }
 
 gpuseg_status gpuseg_image_read(const char *path, gpuseg_image **out) {

@@ -3,6 +3,7 @@
  * to 16-bit grey), .npy, and raw .bin with its .json sidecar. TIFF is in tiff.c. Every file is
  * written to a temporary file in the target folder, fsync'ed and renamed. */
 #include <limits.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,62 +107,56 @@ gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab, uns
 
 /* ---- .bin + .json sidecar ---- */
 
-/* Checks that s is one JSON object ({ ... } with balanced brackets outside strings) and returns
- * the text between its outer braces, trimmed, in [*b, *e). A light check, not a full parser:
- * it catches a missing brace or a non-object, which would corrupt the sidecar. */
-static bool json_object_members(const char *s, const char **b, const char **e) {
-    const char *p = s, *end = s + strlen(s);
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+/* Checks json_extra with jansson's parser (one JSON object, no duplicate keys) and returns the
+ * text of its members -- between the outer braces, trimmed -- in [*b, *e): the sidecar keeps
+ * them exactly as the caller wrote them. */
+static gpuseg_status extra_members(const char *path, const char *s, const char **b,
+                                   const char **e) {
+    json_error_t err;
+    json_t *v = json_loads(s, JSON_REJECT_DUPLICATES, &err);
+    bool object = json_is_object(v);
+    json_decref(v);
+    if (!v)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "%s: json_extra: line %d, column %d: %s",
+                            path, err.line, err.column, err.text);
+    if (!object)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "%s: json_extra is not a JSON object ({...})", path);
+    const char *p = strchr(s, '{') + 1, *end = strrchr(s, '}');
+    while (p < end && strchr(" \t\n\r", *p))
         p++;
-    while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
-        end--;
-    if (end - p < 2 || *p != '{' || end[-1] != '}')
-        return false;
-    int depth = 0;
-    bool in_str = false;
-    for (const char *q = p; q < end; q++) {
-        if (in_str) {
-            if (*q == '\\' && q + 1 < end)
-                q++;
-            else if (*q == '"')
-                in_str = false;
-            else if ((unsigned char)*q < 0x20)
-                return false;
-        } else if (*q == '"') {
-            in_str = true;
-        } else if (*q == '{' || *q == '[') {
-            depth++;
-        } else if (*q == '}' || *q == ']') {
-            if (--depth < 0)
-                return false;
-            if (depth == 0 && q != end - 1)
-                return false;
-        }
-    }
-    if (in_str || depth != 0)
-        return false;
-    p++;
-    end--;
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-        p++;
-    while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+    while (end > p && strchr(" \t\n\r", end[-1]))
         end--;
     *b = p;
     *e = end;
-    return true;
+    return GPUSEG_OK;
+}
+
+/* The sidecar's own members, {"shape":[...],"dtype":...,"byte_order":"little","order":"C"}, as
+ * compact JSON text (malloc'd; NULL when out of memory). */
+static char *sidecar_head(const gpuseg_image *lab) {
+    json_t *shape = lab->pages > 1
+                        ? json_pack("[III]", (json_int_t)lab->pages, (json_int_t)lab->height,
+                                    (json_int_t)lab->width)
+                        : json_pack("[II]", (json_int_t)lab->height, (json_int_t)lab->width);
+    json_t *o = json_pack("{s:o,s:s,s:s,s:s}", "shape", shape, "dtype",
+                          gpuseg_dtype_name(lab->dtype), "byte_order", "little", "order", "C");
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    return text;
 }
 
 static gpuseg_status write_bin(const char *path, const gpuseg_image *lab, const char *json_extra,
                                unsigned flags) {
     size_t plen = strlen(path);
     const char *mb = NULL, *me = NULL;
-    if (json_extra && !json_object_members(json_extra, &mb, &me))
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "%s: json_extra is not a JSON object ({...})", path);
+    gpuseg_status st;
+    if (json_extra && (st = extra_members(path, json_extra, &mb, &me)) != GPUSEG_OK)
+        return st;
     size_t extra = json_extra ? (size_t)(me - mb) : 0;
     char *jpath = malloc(plen + 2);
-    char *json = malloc(256 + extra);
-    gpuseg_status st;
+    char *head = sidecar_head(lab);
+    char *json = head ? malloc(strlen(head) + extra + 4) : NULL;
     gpuseg__afile ab = {.fd = -1}, aj = {.fd = -1};
     if (!jpath || !json) {
         st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
@@ -169,15 +164,8 @@ static gpuseg_status write_bin(const char *path, const gpuseg_image *lab, const 
     }
     memcpy(jpath, path, plen - 4);
     memcpy(jpath + plen - 4, ".json", 6);
-    char shape[96];
-    if (lab->pages > 1)
-        snprintf(shape, sizeof shape, "[%u,%u,%u]", lab->pages, lab->height, lab->width);
-    else
-        snprintf(shape, sizeof shape, "[%u,%u]", lab->height, lab->width);
-    int n = snprintf(json, 256,
-                     "{\"shape\":%s,\"dtype\":\"%s\",\"byte_order\":\"little\",\"order\":\"C\"",
-                     shape, gpuseg_dtype_name(lab->dtype));
-    size_t jl = (size_t)n;
+    size_t jl = strlen(head) - 1; /* without its closing brace */
+    memcpy(json, head, jl);
     if (extra) {
         json[jl++] = ',';
         memcpy(json + jl, mb, extra);
@@ -204,6 +192,7 @@ static gpuseg_status write_bin(const char *path, const gpuseg_image *lab, const 
         goto fail;
     }
     free(jpath);
+    free(head);
     free(json);
     return GPUSEG_OK;
 fail:
@@ -211,6 +200,7 @@ fail:
     gpuseg__afile_abort(&ab);
     gpuseg__afile_abort(&aj);
     free(jpath);
+    free(head);
     free(json);
     return st;
 }

@@ -306,6 +306,10 @@ fail:
 }
 
 gpuseg_status gpuseg_image_write_png(const char *path, const gpuseg_image *img) {
+    return gpuseg_image_write_png_ex(path, img, 0);
+}
+
+gpuseg_status gpuseg_image_write_png_ex(const char *path, const gpuseg_image *img, unsigned flags) {
     gpuseg__clear_error(NULL);
     if (!path || !img || !img->data)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "PNG: NULL argument");
@@ -328,7 +332,7 @@ gpuseg_status gpuseg_image_write_png(const char *path, const gpuseg_image *img) 
                             "%s: PNG encoding failed", path);
     }
     gpuseg__afile af;
-    gpuseg_status st = gpuseg__afile_open(path, &af);
+    gpuseg_status st = gpuseg__afile_open_ex(NULL, path, flags, &af);
     if (st == GPUSEG_OK) {
         st = gpuseg__afile_write(&af, m.buf, m.len);
         if (st == GPUSEG_OK)

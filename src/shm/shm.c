@@ -5,6 +5,7 @@
  * shm_internal.h and docs/shm.md; listing and cleaning are in shm_list.c. */
 #define _GNU_SOURCE /* getrandom (glibc declares it only with _DEFAULT_SOURCE or _GNU_SOURCE) */
 #include <errno.h>
+#include <jansson.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -239,6 +240,16 @@ gpuseg_status gpuseg__shm_check_name_prefix(const char *what, const char *prefix
     return GPUSEG_OK;
 }
 
+gpuseg_status gpuseg_shm_random_name(const char *prefix, char *name) {
+    gpuseg__clear_error(NULL);
+    if (!name)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_shm_random_name: NULL name");
+    if (!prefix)
+        prefix = GPUSEG__SHM_PREFIX;
+    gpuseg_status st = gpuseg__shm_check_name_prefix("", prefix);
+    return st == GPUSEG_OK ? gpuseg__shm_random_name(prefix, name) : st;
+}
+
 gpuseg_status gpuseg__shm_random_name(const char *prefix, char *name) {
     uint64_t r = 0;
     unsigned char *p = (unsigned char *)&r;
@@ -396,20 +407,12 @@ const gpuseg_shm_info *gpuseg_shm_get_info(const gpuseg_shm *seg) {
     return seg ? &seg->info : NULL;
 }
 
-/* GPUSEG_SHM_TEST_STALL_MS: lets tests catch a producer in state WRITING (to start a reader
- * before publication, or to kill the producer mid-write). Read on every call on purpose: it is
- * a test hook, not a setting. */
-static void test_stall(void) {
-    const char *v = getenv("GPUSEG_SHM_TEST_STALL_MS");
-    if (!v || !*v)
-        return;
-    char *end = NULL;
-    long ms = strtol(v, &end, 10);
-    if (*end == '\0' && ms > 0 && ms <= 600000)
-        sleep_ms((double)ms);
+gpuseg_status gpuseg_shm_publish(gpuseg_shm *seg, uint64_t n_masks, double diameter) {
+    return gpuseg_shm_publish_ex(seg, n_masks, diameter, NULL);
 }
 
-gpuseg_status gpuseg_shm_publish(gpuseg_shm *seg, uint64_t n_masks, double diameter) {
+gpuseg_status gpuseg_shm_publish_ex(gpuseg_shm *seg, uint64_t n_masks, double diameter,
+                                    const gpuseg_shm_publish_params *params) {
     gpuseg__clear_error(NULL);
     if (!seg || !seg->writable || seg->finished)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
@@ -426,7 +429,8 @@ gpuseg_status gpuseg_shm_publish(gpuseg_shm *seg, uint64_t n_masks, double diame
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
                             "shm %s: diameter %g is not a size (use 0 for unknown)", seg->info.name,
                             diameter);
-    test_stall();
+    if (params && params->test_stall_ms > 0) /* the segment stays WRITING meanwhile */
+        sleep_ms((double)(params->test_stall_ms < 600000u ? params->test_stall_ms : 600000u));
     unsigned char *h = seg->map;
     uint32_t crc = gpuseg_shm_checksum(0, h + seg->info.data_offset, seg->info.data_bytes);
     gpuseg__st64(h + GPUSEG__SHM_OFF_N_MASKS, n_masks);
@@ -483,6 +487,13 @@ gpuseg_status gpuseg_shm_unlink(const char *name) {
 
 gpuseg_status gpuseg_shm_create_labels(const char *name, const gpuseg_image *labels,
                                        uint64_t n_masks, double diameter, gpuseg_shm **out) {
+    return gpuseg_shm_create_labels_ex(name, labels, n_masks, diameter, NULL, out);
+}
+
+gpuseg_status gpuseg_shm_create_labels_ex(const char *name, const gpuseg_image *labels,
+                                          uint64_t n_masks, double diameter,
+                                          const gpuseg_shm_publish_params *params,
+                                          gpuseg_shm **out) {
     gpuseg__clear_error(NULL);
     if (!labels || !labels->data || !out)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
@@ -504,7 +515,7 @@ gpuseg_status gpuseg_shm_create_labels(const char *name, const gpuseg_image *lab
     if (st != GPUSEG_OK)
         return st;
     memcpy(gpuseg_shm_payload_writable(seg), labels->data, (size_t)seg->info.data_bytes);
-    st = gpuseg_shm_publish(seg, n_masks, diameter);
+    st = gpuseg_shm_publish_ex(seg, n_masks, diameter, params);
     if (st != GPUSEG_OK) {
         store_state(seg->map, GPUSEG_SHM_FAILED); /* not _abort: it would clear the message */
         seg->finished = true;
@@ -716,36 +727,43 @@ gpuseg_status gpuseg_shm_labels_view(const gpuseg_shm *seg, gpuseg_image *view) 
     return GPUSEG_OK;
 }
 
-/* Shortest %g form that reads back to the same double (JSON numbers, no trailing zeros). */
-static void format_double(double v, char *buf, size_t len) {
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, len, "%.*g", prec, v);
+/* Significant digits for v to read back as the same double (JSON_REAL_PRECISION's n). */
+static int shortest_digits(double v) {
+    char buf[40];
+    for (int prec = 1; prec < 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, v);
         if (strtod(buf, NULL) == v)
-            return;
+            return prec;
     }
+    return 17;
 }
 
 gpuseg_status gpuseg_shm_json(const gpuseg_shm_info *info, char *buf, size_t len) {
     if (!info || !buf || len == 0)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_shm_json: NULL argument");
-    char shape[128] = "", diam[40];
-    size_t used = 0;
+    json_t *shape = json_array();
     for (uint32_t i = 0; i < info->ndim && i < GPUSEG_SHM_MAX_DIMS; i++)
-        used += (size_t)snprintf(shape + used, sizeof shape - used, "%s%llu", i ? "," : "",
-                                 (unsigned long long)info->shape[i]);
-    /* JSON has no NaN or infinity; producers only publish finite diameters. */
-    if (isfinite(info->diameter))
-        format_double(info->diameter, diam, sizeof diam);
-    else
-        snprintf(diam, sizeof diam, "null");
-    int n = snprintf(buf, len,
-                     "{\"shm\":\"%s\",\"shape\":[%s],\"dtype\":\"%s\",\"offset\":%llu,"
-                     "\"bytes\":%llu,\"n_masks\":%llu,\"diameter\":%s}",
-                     info->name, shape, gpuseg_dtype_name(info->dtype),
-                     (unsigned long long)info->data_offset, (unsigned long long)info->data_bytes,
-                     (unsigned long long)info->n_masks, diam);
-    if (n < 0 || (size_t)n >= len)
-        return gpuseg__fail(NULL, GPUSEG_TOO_LARGE, "shm %s: JSON line needs %d bytes, have %zu",
-                            info->name, n, len);
+        json_array_append_new(shape, json_integer((json_int_t)info->shape[i]));
+    /* JSON has no NaN or infinity (producers only publish finite diameters); an integral
+     * diameter is written as an integer (0, not 0.0) and others in their shortest form. */
+    double d = info->diameter;
+    json_t *diam = !isfinite(d)                                    ? json_null()
+                   : d == floor(d) && fabs(d) < 9007199254740992.0 ? json_integer((json_int_t)d)
+                                                                   : json_real(d);
+    json_t *o = json_pack("{s:s,s:o,s:s,s:I,s:I,s:I,s:o}", "shm", info->name, "shape", shape,
+                          "dtype", gpuseg_dtype_name(info->dtype), "offset",
+                          (json_int_t)info->data_offset, "bytes", (json_int_t)info->data_bytes,
+                          "n_masks", (json_int_t)info->n_masks, "diameter", diam);
+    size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER |
+                   JSON_REAL_PRECISION(isfinite(d) ? shortest_digits(d) : 17);
+    size_t n = o ? json_dumpb(o, buf, len, flags) : 0;
+    json_decref(o);
+    if (n == 0)
+        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "shm %s: cannot format its JSON line",
+                            info->name);
+    if (n >= len)
+        return gpuseg__fail(NULL, GPUSEG_TOO_LARGE, "shm %s: JSON line needs %zu bytes, have %zu",
+                            info->name, n + 1, len);
+    buf[n] = '\0';
     return GPUSEG_OK;
 }

@@ -38,6 +38,16 @@ gpuseg_status gpuseg_shm_create_from_buffer(gpuseg_ctx *ctx, const char *name, c
                                             gpuseg_dtype dtype, uint32_t ndim,
                                             const uint64_t *shape, uint64_t n_masks,
                                             double diameter, gpuseg_shm **out) {
+    return gpuseg_shm_create_from_buffer_ex(ctx, name, labels, dtype, ndim, shape, n_masks,
+                                            diameter, NULL, out);
+}
+
+gpuseg_status gpuseg_shm_create_from_buffer_ex(gpuseg_ctx *ctx, const char *name, cl_mem labels,
+                                               gpuseg_dtype dtype, uint32_t ndim,
+                                               const uint64_t *shape, uint64_t n_masks,
+                                               double diameter,
+                                               const gpuseg_shm_publish_params *params,
+                                               gpuseg_shm **out) {
     gpuseg__clear_error(ctx);
     if (!out)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
@@ -48,7 +58,7 @@ gpuseg_status gpuseg_shm_create_from_buffer(gpuseg_ctx *ctx, const char *name, c
     if (st == GPUSEG_OK)
         st = gpuseg_shm_read_buffer(ctx, seg, labels, 0);
     if (st == GPUSEG_OK)
-        st = gpuseg_shm_publish(seg, n_masks, diameter);
+        st = gpuseg_shm_publish_ex(seg, n_masks, diameter, params);
     if (st != GPUSEG_OK) {
         /* Keep the message of the step that failed (copied: it lives in the buffer that
          * gpuseg__fail writes) and record it in the context too. */
