@@ -134,6 +134,29 @@ GPUSEG_API gpuseg_status gpuseg_model_find(const char *name, const char *const *
  * path tried) when there is none. */
 GPUSEG_API gpuseg_status gpuseg_size_model_find(const char *model_path, char *path, size_t len);
 
+/* ---- Cellpose's size model (docs/model.md, "Size model") ---- */
+
+/* The linear regression of Cellpose 3.1's SizeModel (the dict in size_<model>.npy: 'A',
+ * 'smean', 'ymean', 'diam_mean'). Arrays belong to the caller. */
+typedef struct gpuseg_size_model {
+    uint32_t n;          /* style length (256 for the built-in models) */
+    const double *A;     /* regression weights [n] */
+    const double *smean; /* mean training style [n] */
+    double ymean;        /* mean log-size offset of the training set */
+    double diam_mean;    /* the size model's diam_mean (replaces the network's, as in Cellpose) */
+} gpuseg_size_model;
+
+/* Step 1 of SizeModel.eval, the diameter from a style vector (gpuseg_segment_result.style,
+ * computed at the model's own scale, i.e. resample off and no rescale):
+ *   d = max(5, exp(A . (style - smean) + log(diam_mean) + ymean)),
+ * in double precision (numpy's float64); d = diam_mean when the result is 0 or NaN, as Cellpose
+ * does. Step 2 (segment at rescale diam_mean / d, then utils.diameters of the masks, diam_mean
+ * when there are none) is a segmentation at diameter d followed by gpuseg_labels_diameter.
+ * GPUSEG_INVALID_ARGUMENT for NULL arrays, n != sm->n, or diam_mean <= 0. */
+GPUSEG_API gpuseg_status gpuseg_size_model_style_diameter(const gpuseg_size_model *sm,
+                                                          const float *style, uint32_t n,
+                                                          double *diameter);
+
 #ifdef __cplusplus
 }
 #endif
