@@ -106,6 +106,57 @@ GPUSEG_API gpuseg_status gpuseg_model_tensor_at(const gpuseg_model *m, size_t i,
 /* The path the model was loaded from (owned by the model). */
 GPUSEG_API const char *gpuseg_model_path(const gpuseg_model *m);
 
+/* ---- finding model files (docs/model.md, "Finding models") ---- */
+
+/* The folder where Cellpose 3.1 keeps its models: $CELLPOSE_LOCAL_MODELS_PATH when set and
+ * not empty, else $HOME/.cellpose/models (Cellpose's MODEL_DIR), written into buf (len bytes).
+ * GPUSEG_NOT_FOUND when neither variable is set; GPUSEG_INVALID_ARGUMENT when buf is too
+ * small. The folder need not exist. */
+GPUSEG_API gpuseg_status gpuseg_model_cellpose_dir(char *buf, size_t len);
+
+/* Finds the model file a user means by name, writing its path into path (len bytes):
+ *   - a name holding '/' or naming an existing file is a path: used when it exists;
+ *   - otherwise it is looked up in each of dirs[0..n_dirs) (e.g. the folder of bundled
+ *     models), then in Cellpose's folder (gpuseg_model_cellpose_dir) under the file name
+ *     Cellpose 3.1 stores it as: "cyto", "cyto2" and "nuclei" as NAMEtorch_0 (nucleitorch_0,
+ *     ...), every other name (cyto3, tissuenet_cp3, a model trained and added by a user, or
+ *     a file name such as nucleitorch_0) as NAME itself.
+ * Only regular files (or links to them) are found; what they hold is gpuseg_model_load's to
+ * judge. GPUSEG_NOT_FOUND with one line naming the model and every path tried, and saying how
+ * Cellpose fetches its built-in models; GPUSEG_INVALID_ARGUMENT for an empty name or a path
+ * longer than len. */
+GPUSEG_API gpuseg_status gpuseg_model_find(const char *name, const char *const *dirs, size_t n_dirs,
+                                           char *path, size_t len);
+
+/* The size model Cellpose keeps for the model file model_path (Cellpose's size_model_path):
+ * beside it, size_cyto3.npy for cyto3, size_NAMEtorch_0.npy for cytotorch_0 / cyto2torch_0 /
+ * nucleitorch_0, and MODEL_size.npy for any other model file. GPUSEG_NOT_FOUND (naming the
+ * path tried) when there is none. */
+GPUSEG_API gpuseg_status gpuseg_size_model_find(const char *model_path, char *path, size_t len);
+
+/* ---- Cellpose's size model (docs/model.md, "Size model") ---- */
+
+/* The linear regression of Cellpose 3.1's SizeModel (the dict in size_<model>.npy: 'A',
+ * 'smean', 'ymean', 'diam_mean'). Arrays belong to the caller. */
+typedef struct gpuseg_size_model {
+    uint32_t n;          /* style length (256 for the built-in models) */
+    const double *A;     /* regression weights [n] */
+    const double *smean; /* mean training style [n] */
+    double ymean;        /* mean log-size offset of the training set */
+    double diam_mean;    /* the size model's diam_mean (replaces the network's, as in Cellpose) */
+} gpuseg_size_model;
+
+/* Step 1 of SizeModel.eval, the diameter from a style vector (gpuseg_segment_result.style,
+ * computed at the model's own scale, i.e. resample off and no rescale):
+ *   d = max(5, exp(A . (style - smean) + log(diam_mean) + ymean)),
+ * in double precision (numpy's float64); d = diam_mean when the result is 0 or NaN, as Cellpose
+ * does. Step 2 (segment at rescale diam_mean / d, then utils.diameters of the masks, diam_mean
+ * when there are none) is a segmentation at diameter d followed by gpuseg_labels_diameter.
+ * GPUSEG_INVALID_ARGUMENT for NULL arrays, n != sm->n, or diam_mean <= 0. */
+GPUSEG_API gpuseg_status gpuseg_size_model_style_diameter(const gpuseg_size_model *sm,
+                                                          const float *style, uint32_t n,
+                                                          double *diameter);
+
 #ifdef __cplusplus
 }
 #endif

@@ -51,6 +51,58 @@ GPUSEG_API gpuseg_status gpuseg_image_write_png(const char *path, const gpuseg_i
 GPUSEG_API gpuseg_status gpuseg_image_write_png_ex(const char *path, const gpuseg_image *img,
                                                    unsigned flags);
 
+/* ---- outline polygons and the files made from them (docs/io.md, "Outline polygons") ---- */
+
+/* One outline polygon per mask, traced as Cellpose 3.1's utils.outlines_list does (OpenCV
+ * findContours, RETR_EXTERNAL, CHAIN_APPROX_NONE, on each mask): the vertices are the centres of
+ * the mask's outer border pixels, 8-connected, in OpenCV's order (from the mask's first pixel in
+ * raster order, down the left side first: counter-clockwise on screen), every border pixel
+ * (a pixel met twice on a one-pixel-wide part is listed twice), the polygon not closed (the
+ * first vertex is not repeated). A mask of several 8-connected pieces gets the outline with the
+ * most vertices (Cellpose's argmax); pieces inside a hole of another piece are not candidates.
+ * A mask whose outline has 4 vertices or fewer gets an empty polygon, as in Cellpose. */
+typedef struct gpuseg_polygons {
+    uint32_t n;      /* masks (distinct non-zero labels), in increasing label order */
+    uint32_t *label; /* label value of each mask [n] */
+    size_t *start;   /* mask i's vertices are xy[2 * start[i]] .. xy[2 * start[i + 1] - 1]
+                      * [n + 1]; start[i] == start[i + 1] for an empty polygon */
+    int32_t *xy;     /* x0, y0, x1, y1, ...: pixel indices (column, row) */
+} gpuseg_polygons;
+
+/* Traces the outline polygon of every mask of a label image (one channel, one page, U8, U16 or
+ * U32; 0 = background). The library allocates *out; free it with gpuseg_polygons_free.
+ * Errors: GPUSEG_INVALID_ARGUMENT, GPUSEG_OUT_OF_MEMORY. */
+GPUSEG_API gpuseg_status gpuseg_labels_polygons(const gpuseg_image *labels, gpuseg_polygons **out);
+
+/* Releases polygons; accepts NULL. */
+GPUSEG_API void gpuseg_polygons_free(gpuseg_polygons *p);
+
+/* Writes Cellpose's STEM_cp_outlines.txt (io.outlines_to_text): one line per mask in label
+ * order, "x0,y0,x1,y1,..." (an empty line for an empty polygon). Atomic. */
+GPUSEG_API gpuseg_status gpuseg_polygons_write_txt(const char *path, const gpuseg_polygons *p);
+
+/* Writes an ImageJ/Fiji ROI set (Cellpose's --save_rois, io.save_rois: STEM_rois.zip): a ZIP of
+ * stored entries, one ImageJ .roi per non-empty polygon, in label order, as Cellpose writes them
+ * through roifile's ImagejRoi.frompoints: freehand type (7), version 226, options
+ * OVERLAY_LABELS | OVERLAY_BACKGROUNDS, bounds left/top = the smallest vertex, right/bottom =
+ * the largest + 1, integer vertices relative to left/top. Entry names are the zero-padded label
+ * ("0007.roi"; Cellpose's are random UUIDs), the ROI's name the same without ".roi". Empty
+ * polygons are left out (as Cellpose does). Vertices above 60000 (ImageJ's integer range) or
+ * outlines of more than 65535 vertices are GPUSEG_UNSUPPORTED. Atomic. */
+GPUSEG_API gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons *p);
+
+/* Writes a GeoJSON FeatureCollection for QuPath (File > Import objects): one Feature per
+ * non-empty polygon, in label order, {"type": "Feature", "id": "<label>", "geometry":
+ * {"type": "Polygon", "coordinates": [[[x, y], ..., [x0, y0]]]}, "properties": {"objectType":
+ * "detection", "name": "<label>", "measurements": {"label": <label>}}}. The ring is closed (the
+ * first vertex repeated), in the traced order (counter-clockwise on screen; QuPath and
+ * shapely accept either orientation); coordinates are in QuPath's pixel space, where pixel (x, y)
+ * covers [x, x + 1) x [y, y + 1): a vertex at the centre of border pixel (x, y) is (x + 0.5, y +
+ * 0.5). classification (may be NULL) adds "classification": {"name": classification} to every
+ * feature. Atomic. */
+GPUSEG_API gpuseg_status gpuseg_polygons_write_geojson(const char *path, const gpuseg_polygons *p,
+                                                       const char *classification);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,6 +4,7 @@
  * are symlinks or special files are refused unless the caller allows them; write errors name
  * the file and say "disk full" when that is what they mean. */
 #define _DEFAULT_SOURCE /* realpath (XSI) */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -57,6 +59,67 @@ static void tmp_suffix(char out[7]) {
         x /= 36;
     }
     out[6] = '\0';
+}
+
+/* Stale temporaries. A writer killed mid-write (SIGKILL, power loss) leaves TARGET.tmp-XXXXXX
+ * behind. Every writer holds an exclusive flock() on its temporary from just after creating it
+ * until it is renamed or removed; the kernel drops the lock when the writer dies. Before
+ * creating its own temporary, a writer of TARGET removes the temporaries of TARGET only: names
+ * that are exactly the target's name + ".tmp-" + 6 characters of [A-Za-z0-9] (mkstemp's
+ * alphabet, which covers ours), regular files (not followed through symlinks) of this user,
+ * not modified for GPUSEG__STALE_TMP_AGE_S seconds, whose lock can be taken without waiting
+ * (no live writer holds it) and whose name still refers to the locked file. Concurrent writers
+ * of the same target therefore never remove each other's temporaries (each holds its lock),
+ * and a file system without flock() support (the lock fails) keeps every temporary. Best
+ * effort: nothing here fails a write. The cost is one read of the target's folder per file. */
+#define GPUSEG__STALE_TMP_AGE_S 60
+
+static bool tmp_name_of(const char *name, const char *base, size_t blen) {
+    if (strncmp(name, base, blen) != 0 || strncmp(name + blen, ".tmp-", 5) != 0)
+        return false;
+    const char *s = name + blen + 5;
+    for (int i = 0; i < 6; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
+            return false;
+    }
+    return s[6] == '\0';
+}
+
+static void remove_stale_temps(const char *target) {
+    const char *slash = strrchr(target, '/');
+    const char *base = slash ? slash + 1 : target;
+    char dir[PATH_MAX];
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == target)
+        snprintf(dir, sizeof dir, "/");
+    else if ((size_t)(slash - target) < sizeof dir)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - target), target);
+    else
+        return;
+    const size_t blen = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    const int dfd = dirfd(d);
+    const time_t now = time(NULL);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!tmp_name_of(e->d_name, base, blen))
+            continue;
+        int fd = openat(dfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+            continue;
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && S_ISREG(a.st_mode) && a.st_uid == geteuid() &&
+            now - a.st_mtime >= GPUSEG__STALE_TMP_AGE_S && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+            fstatat(dfd, e->d_name, &b, AT_SYMLINK_NOFOLLOW) == 0 && b.st_ino == a.st_ino &&
+            b.st_dev == a.st_dev)
+            (void)unlinkat(dfd, e->d_name, 0);
+        close(fd);
+    }
+    closedir(d);
 }
 
 static gpuseg_status open_direct(gpuseg__afile *af) {
@@ -131,14 +194,17 @@ gpuseg_status gpuseg__afile_open_ex(gpuseg_ctx *ctx, const char *path, unsigned 
         gpuseg__afile_abort(af);
         return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
     }
+    remove_stale_temps(af->target);
     int e = 0;
     for (int tries = 0; tries < 100; tries++) {
         char sfx[7];
         tmp_suffix(sfx);
         snprintf(af->tmp, tlen, "%s.tmp-%s", af->target, sfx);
         af->fd = open(af->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0666);
-        if (af->fd >= 0)
+        if (af->fd >= 0) {
+            (void)flock(af->fd, LOCK_EX | LOCK_NB); /* "a live writer": see remove_stale_temps */
             return GPUSEG_OK;
+        }
         e = errno;
         if (e != EEXIST)
             break;

@@ -48,4 +48,17 @@ gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *la
                                         unsigned flags);
 gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *labels, unsigned flags);
 
+/* Dense ids 0..n-1 for the distinct non-zero labels of a U8/U16/U32 label image of npix pixels,
+ * in increasing label order; background gets UINT32_MAX. *ids (npix entries) is malloc'd, the
+ * caller frees it. (io/outlines.c) */
+gpuseg_status gpuseg__labels_dense_ids(const gpuseg_image *lab, size_t npix, uint32_t **ids,
+                                       uint32_t *n);
+
+/* Checks that p is a usable gpuseg_polygons (non-NULL arrays, start[] from 0 and increasing);
+ * messages name path. (io/polygons.c) */
+struct gpuseg_polygons;
+gpuseg_status gpuseg__polygons_check(const char *path, const struct gpuseg_polygons *p);
+/* Writes len bytes to path through the atomic writer (flags from the environment). */
+gpuseg_status gpuseg__write_whole(const char *path, const void *data, size_t len);
+
 #endif

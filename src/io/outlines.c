@@ -34,9 +34,11 @@ static int cmp_u32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Dense ids 0..n-1 for the distinct non-zero labels (id[i] = UINT32_MAX for background), so
- * that per-mask tables stay small whatever the label values. *ids: malloc'd, caller frees. */
-static gpuseg_status dense_ids(const gpuseg_image *lab, size_t npix, uint32_t **ids, uint32_t *n) {
+/* Dense ids 0..n-1 for the distinct non-zero labels, in increasing label order (id[i] =
+ * UINT32_MAX for background), so that per-mask tables stay small whatever the label values.
+ * *ids: malloc'd, caller frees. (Shared with io/polygons.c through io_internal.h.) */
+gpuseg_status gpuseg__labels_dense_ids(const gpuseg_image *lab, size_t npix, uint32_t **ids,
+                                       uint32_t *n) {
     uint32_t *id = malloc(npix * sizeof *id);
     if (!id)
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "outlines: out of memory");
@@ -101,7 +103,7 @@ gpuseg_status gpuseg_labels_outlines(const gpuseg_image *lab, uint8_t *outline) 
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "outlines: %zu x %zu labels", W, H);
     memset(outline, 0, npix);
     uint32_t *id = NULL, n = 0;
-    gpuseg_status st = dense_ids(lab, npix, &id, &n);
+    gpuseg_status st = gpuseg__labels_dense_ids(lab, npix, &id, &n);
     if (st != GPUSEG_OK)
         return st;
     uint32_t *box = NULL, *stack = NULL;
