@@ -8,9 +8,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/kernel_defs.h"
 #include "flow/masks_internal.h"
 
-#define MASKS_WG 64 /* work-group size of the per-mask kernels (kernels/masks_fill.cl) */
 /* Scratch bytes for one launch of hole filling (one byte per box cell); larger jobs are split. */
 #define FILL_SCRATCH_CAP ((size_t)64 << 20)
 
@@ -398,7 +398,7 @@ static gpuseg_status flow_errors(gpuseg_ctx *ctx, masks_bufs *b, uint32_t H, uin
                                &sl.es, sizeof(cl_mem), &b->mu, sizeof(cl_mem), &b->box,
                                sizeof(cl_uint), &nl, sizeof(cl_mem), &b->sums)) != GPUSEG_OK)
         return st;
-    size_t g = (size_t)n_labels * MASKS_WG, l = MASKS_WG;
+    size_t g = (size_t)n_labels * GPUSEG__MASKS_WG, l = GPUSEG__MASKS_WG;
     if ((st = gpuseg__run(ctx, k, 1, &g, &l)) != GPUSEG_OK)
         return st;
     sums = malloc((size_t)n_labels * 4 * sizeof *sums);
@@ -514,7 +514,7 @@ gpuseg_status gpuseg__masks_fill_holes(gpuseg_ctx *ctx, cl_mem labels, uint32_t 
                                    sizeof(cl_uint), &cnt, sizeof(cl_mem), &b->scratch,
                                    sizeof(cl_mem), &b->fillprio)) != GPUSEG_OK)
             goto done;
-        size_t g = (size_t)cnt * MASKS_WG, l = MASKS_WG;
+        size_t g = (size_t)cnt * GPUSEG__MASKS_WG, l = GPUSEG__MASKS_WG;
         if ((st = gpuseg__run(ctx, k, 1, &g, &l)) != GPUSEG_OK)
             goto done;
         s = e;
