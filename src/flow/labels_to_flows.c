@@ -395,6 +395,15 @@ static size_t local_path_limit(gpuseg_ctx *ctx, int box, size_t *lsz) {
     return lim;
 }
 
+/* Waits for the queue, so that the caller may release the buffers its kernels use: st, or the
+ * queue's error when st is GPUSEG_OK. */
+static gpuseg_status finish_queue(gpuseg_ctx *ctx, gpuseg_status st) {
+    cl_int err = clFinish(ctx->queue);
+    if (st == GPUSEG_OK && err != CL_SUCCESS)
+        st = gpuseg__fail_cl(ctx, err, "labels to flows: clFinish");
+    return st;
+}
+
 /* Per-mask path on CPU devices: l2f_box, one work-item per mask, the masks packed into scratch
  * launches of at most L2F_BOX_SCRATCH bytes (in the plan's order: most iterations first, so the
  * longest jobs start first). */
@@ -469,12 +478,8 @@ static gpuseg_status run_box(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, ui
         }
         s = e;
     }
-    /* Buffers are released only after the queue has finished. */
-    if ((err = clFinish(ctx->queue)) != CL_SUCCESS)
-        st = gpuseg__fail_cl(ctx, err, "labels to flows: clFinish");
 done:
-    if (st != GPUSEG_OK)
-        clFinish(ctx->queue);
+    st = finish_queue(ctx, st); /* buffers are released only after the queue has finished */
     gpuseg__release(&dboxes);
     gpuseg__release(&dinfo);
     gpuseg__release(&scratch);
@@ -534,12 +539,8 @@ static gpuseg_status run_local(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, 
                                NULL)) != GPUSEG_OK ||
         (st = gpuseg__run(ctx, k, 1, &g, &ls)) != GPUSEG_OK)
         gpuseg__wrap(ctx, st, "labels to flows: %u small masks", n);
-    /* Buffers are released only after the queue has finished (the caller's clFinish). */
-    if (st == GPUSEG_OK && (err = clFinish(ctx->queue)) != CL_SUCCESS)
-        st = gpuseg__fail_cl(ctx, err, "labels to flows: clFinish");
 done:
-    if (st != GPUSEG_OK)
-        clFinish(ctx->queue);
+    st = finish_queue(ctx, st); /* buffers are released only after the queue has finished */
     gpuseg__release(&dboxes);
     gpuseg__release(&dcn);
     free(boxes);
