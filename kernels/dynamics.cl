@@ -26,81 +26,56 @@ static inline float div5(float x) {
  * With GPUSEG_FP64 the float64 parts are native doubles: numba's arithmetic exactly. Without it
  * we evaluate them as unevaluated float pairs (error-free products via fma, two-sum) and round
  * once, which gives the same float32 except when the exact value lies within ~2^-46 (relative)
- * of a rounding boundary. */
-typedef struct {
-    float h, l;
-} ff;
+ * of a rounding boundary. The pair arithmetic is kernels/common.h's (ff, ff8). */
 
-#ifndef GPUSEG_FP64 /* the pair arithmetic that native doubles replace (see bilinear) */
-static inline ff two_sum(float a, float b) {
-    ff r;
-    r.h = a + b;
-    float bb = r.h - a;
-    r.l = (a - (r.h - bb)) + (b - bb);
-    return r;
-}
-
-/* a (float) * b (pair) as a pair. */
-static inline ff mul_f_ff(float a, ff b) {
-    ff r;
-    r.h = a * b.h;
-    r.l = fma(a, b.h, -r.h);
-    r.l = fma(a, b.l, r.l);
-    return r;
-}
-
-/* a (pair) * b (pair) as a pair (the a.l * b.l term is below the pair's precision). */
-static inline ff mul_ff_ff(ff a, ff b) {
-    ff r;
-    r.h = a.h * b.h;
-    r.l = fma(a.h, b.h, -r.h);
-    r.l = fma(a.h, b.l, r.l);
-    r.l = fma(a.l, b.h, r.l);
-    return r;
-}
-
-static inline ff add_ff(ff a, ff b) {
-    ff s = two_sum(a.h, b.h);
-    s.l += a.l + b.l;
-    return s;
-}
-#endif
-
-/* Bilinear sample of plane F (H x W) at (py, px) >= 0, edges clamped, as numba map_coordinates
- * in Cellpose's steps_interp: y0 = min(H-1, trunc(py)), y1 = min(H-1, y0+1), fy = py - trunc(py);
- * the weights wy0 = 1 - fy, wx0 = 1 - fx (one_minus: float64, or an exact pair).
- * With GPUSEG_FP64 (programs.c: CPU devices with cl_khr_fp64) the float64 parts are native
- * doubles: exactly numba's arithmetic, in its order, with its one final rounding. */
+/* Bilinear sample from the four corner values f00 (y0, x0), f01 (y0, x1), f10 (y1, x0), f11 (y1,
+ * x1), as numba map_coordinates in Cellpose's steps_interp: y0 = min(H-1, trunc(py)),
+ * y1 = min(H-1, y0+1), fy = py - trunc(py); the weights wy0 = 1 - fy, wx0 = 1 - fx (one_minus:
+ * float64, or an exact pair). With GPUSEG_FP64 (programs.c: CPU devices with cl_khr_fp64) the
+ * float64 parts are native doubles: exactly numba's arithmetic, in its order, with its one final
+ * rounding. Each body is written once and instantiated for a scalar and for vector lanes
+ * (masks_euler8), so a lane computes exactly what the scalar kernel computes. */
 #ifdef GPUSEG_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#define BILINEAR(NAME, T, D, TO_D, TO_T)                                                           \
+    static inline T NAME(const T f00, const T f01, const T f10, const T f11, const D wy0,          \
+                         const T fy, const D wx0, const T fx) {                                    \
+        const D t00 = (TO_D(f00) * wy0) * wx0;                                                     \
+        const D t01 = (TO_D(f01) * wy0) * TO_D(fx);                                                \
+        const D t10 = TO_D(f10 * fy) * wx0;                                                        \
+        const D t11 = TO_D((f11 * fy) * fx);                                                       \
+        return TO_T(((t00 + t01) + t10) + t11);                                                    \
+    }
 typedef double wgt;
 static inline wgt one_minus(float f) {
     return 1.0 - (double)f;
 }
-static inline float bilinear(__global const float *F, uint W, int y0, int y1, int x0, int x1,
-                             wgt wy0, float fy, wgt wx0, float fx) {
-    const double t00 = ((double)F[(size_t)y0 * W + x0] * wy0) * wx0;
-    const double t01 = ((double)F[(size_t)y0 * W + x1] * wy0) * (double)fx;
-    const double t10 = (double)(F[(size_t)y1 * W + x0] * fy) * wx0;
-    const double t11 = (double)((F[(size_t)y1 * W + x1] * fy) * fx);
-    return (float)(((t00 + t01) + t10) + t11);
-}
+BILINEAR(bilinear_c, float, double, convert_double, convert_float)
 #else
+#define BILINEAR(NAME, T, P)                                                                       \
+    static inline T NAME(const T f00, const T f01, const T f10, const T f11, const P wy0,          \
+                         const T fy, const P wx0, const T fx) {                                    \
+        const T zero = (T)(0.0f);                                                                  \
+        const P t00 = P##_mul(P##_mul_f(f00, wy0), wx0);                                           \
+        const P t01 = P##_mul(P##_mul_f(f01, wy0), P##_make(fx, zero));                            \
+        const P t10 = P##_mul_f(f10 * fy, wx0);                                                    \
+        const P t11 = P##_make((f11 * fy) * fx, zero);                                             \
+        const P s = P##_add(P##_add(P##_add(t00, t01), t10), t11);                                 \
+        return s.h + s.l;                                                                          \
+    }
 typedef ff wgt;
 static inline wgt one_minus(float f) {
-    return two_sum(1.0f, -f);
+    return ff_two_sum(1.0f, -f);
 }
+BILINEAR(bilinear_c, float, ff)
+#endif
+
+/* Bilinear sample of plane F (H x W) at the corners (y0, x0) .. (y1, x1). */
 static inline float bilinear(__global const float *F, uint W, int y0, int y1, int x0, int x1,
                              wgt wy0, float fy, wgt wx0, float fx) {
-    const ff wx1 = {fx, 0.0f};
-    ff t00 = mul_ff_ff(mul_f_ff(F[(size_t)y0 * W + x0], wy0), wx0);
-    ff t01 = mul_ff_ff(mul_f_ff(F[(size_t)y0 * W + x1], wy0), wx1);
-    ff t10 = mul_f_ff(F[(size_t)y1 * W + x0] * fy, wx0);
-    ff t11 = {(F[(size_t)y1 * W + x1] * fy) * fx, 0.0f};
-    ff s = add_ff(add_ff(add_ff(t00, t01), t10), t11);
-    return s.h + s.l;
+    return bilinear_c(F[(size_t)y0 * W + x0], F[(size_t)y0 * W + x1], F[(size_t)y1 * W + x0],
+                      F[(size_t)y1 * W + x1], wy0, fy, wx0, fx);
 }
-#endif
 
 /* ---- stage 1: threshold and scale -------------------------------------------------------- */
 
@@ -233,75 +208,24 @@ static inline wgt8 one_minus8(float8 f) {
     return r;
 }
 
-/* bilinear() of 4 lanes (bilinear8's halves). */
-static inline float4 bilinear4(float4 f00, float4 f01, float4 f10, float4 f11, double4 wy0,
-                               float4 fy, double4 wx0, float4 fx) {
-    const double4 t00 = (convert_double4(f00) * wy0) * wx0;
-    const double4 t01 = (convert_double4(f01) * wy0) * convert_double4(fx);
-    const double4 t10 = convert_double4(f10 * fy) * wx0;
-    const double4 t11 = convert_double4((f11 * fy) * fx);
-    return convert_float4(((t00 + t01) + t10) + t11);
-}
+BILINEAR(bilinear4, float4, double4, convert_double4, convert_float4)
 
-/* bilinear() lane by lane, given the four corner values. */
+/* bilinear_c() lane by lane. */
 static inline float8 bilinear8(float8 f00, float8 f01, float8 f10, float8 f11, wgt8 wy0, float8 fy,
                                wgt8 wx0, float8 fx) {
     return (float8)(bilinear4(f00.lo, f01.lo, f10.lo, f11.lo, wy0.lo, fy.lo, wx0.lo, fx.lo),
                     bilinear4(f00.hi, f01.hi, f10.hi, f11.hi, wy0.hi, fy.hi, wx0.hi, fx.hi));
 }
 #else
-typedef struct {
-    float8 h, l;
-} ff8;
 typedef ff8 wgt8;
 
-static inline ff8 two_sum8(float8 a, float8 b) {
-    ff8 r;
-    r.h = a + b;
-    float8 bb = r.h - a;
-    r.l = (a - (r.h - bb)) + (b - bb);
-    return r;
-}
-
-static inline ff8 mul_f_ff8(float8 a, ff8 b) {
-    ff8 r;
-    r.h = a * b.h;
-    r.l = fma(a, b.h, -r.h);
-    r.l = fma(a, b.l, r.l);
-    return r;
-}
-
-static inline ff8 mul_ff_ff8(ff8 a, ff8 b) {
-    ff8 r;
-    r.h = a.h * b.h;
-    r.l = fma(a.h, b.h, -r.h);
-    r.l = fma(a.h, b.l, r.l);
-    r.l = fma(a.l, b.h, r.l);
-    return r;
-}
-
-static inline ff8 add_ff8(ff8 a, ff8 b) {
-    ff8 s = two_sum8(a.h, b.h);
-    s.l += a.l + b.l;
-    return s;
-}
-
 static inline wgt8 one_minus8(float8 f) {
-    return two_sum8((float8)(1.0f), -f);
+    return ff8_two_sum((float8)(1.0f), -f);
 }
 
-/* bilinear() lane by lane, given the four corner values. */
-static inline float8 bilinear8(float8 f00, float8 f01, float8 f10, float8 f11, wgt8 wy0, float8 fy,
-                               wgt8 wx0, float8 fx) {
-    const ff8 wx1 = {fx, (float8)(0.0f)};
-    ff8 t00 = mul_ff_ff8(mul_f_ff8(f00, wy0), wx0);
-    ff8 t01 = mul_ff_ff8(mul_f_ff8(f01, wy0), wx1);
-    ff8 t10 = mul_f_ff8(f10 * fy, wx0);
-    ff8 t11 = {(f11 * fy) * fx, (float8)(0.0f)};
-    ff8 s = add_ff8(add_ff8(add_ff8(t00, t01), t10), t11);
-    return s.h + s.l;
-}
+BILINEAR(bilinear8, float8, ff8) /* bilinear_c() lane by lane */
 #endif
+#undef BILINEAR
 
 /* For masks_euler8: xs[y*W + k] = column of the k-th followed pixel of row y, cnt[y] = their
  * number, so that the float8 lanes are filled with followed pixels only (about a third of the

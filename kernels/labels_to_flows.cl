@@ -9,41 +9,21 @@
 /* The heat field is kept as an unevaluated sum of two floats (hi + lo, "double-float"), which
  * carries about 44 significant bits: float32 alone loses about 1e-4 of the flow direction on
  * large masks, where the gradient is small next to the field. Only additions and one
- * multiplication by 1/9 are needed; both are error-free transformations that rely on IEEE
- * float32 rounding, so no contraction into FMAs (the one FMA below is explicit). */
+ * multiplication by 1/9 are needed: ff_add_renorm and ff_mul_renorm of kernels/common.h, which rely
+ * on IEEE float32 rounding, so no contraction into FMAs. */
 #pragma OPENCL FP_CONTRACT OFF
 
 #ifndef GPUSEG_FP64 /* pair arithmetic that native doubles replace (heat_mean9, l2f_box) */
-/* a + b in double-float (Knuth's two-sum on the high parts, then renormalise). */
-static float2 dd_add(const float2 a, const float2 b) {
-    const float s = a.x + b.x;
-    const float bb = s - a.x;
-    float e = (a.x - (s - bb)) + (b.x - bb);
-    e = e + (a.y + b.y);
-    const float hi = s + e;
-    return (float2)(hi, e - (hi - s));
-}
-
-/* a * c for the double-float constant c = (c.x, c.y); fma gives the exact error of c.x * a.x
- * (OpenCL requires fma to be correctly rounded). */
-static float2 dd_mul(const float2 a, const float2 c) {
-    const float p = a.x * c.x;
-    float e = fma(a.x, c.x, -p);
-    e = e + (a.x * c.y + a.y * c.x);
-    const float hi = p + e;
-    return (float2)(hi, e - (hi - p));
-}
-
 /* The 3x3 sum, in the one order every variant uses (so that they agree to the bit): column sums
  * (up + centre) + down, then (left column + centre column) + right column. This order lets
  * l2f_box share each column sum between three pixels of a row (4 additions per pixel instead of
  * 8); Cellpose's float64 order differs, which only moves the result within the double-float's
  * ~2^-44 relative precision. v[3*r + c]: row r, column c of the neighbourhood. */
-static float2 sum3x3(const float2 *v) {
-    const float2 c0 = dd_add(dd_add(v[0], v[3]), v[6]);
-    const float2 c1 = dd_add(dd_add(v[1], v[4]), v[7]);
-    const float2 c2 = dd_add(dd_add(v[2], v[5]), v[8]);
-    return dd_add(dd_add(c0, c1), c2);
+static ff sum3x3(const ff *v) {
+    const ff c0 = ff_add_renorm(ff_add_renorm(v[0], v[3]), v[6]);
+    const ff c1 = ff_add_renorm(ff_add_renorm(v[1], v[4]), v[7]);
+    const ff c2 = ff_add_renorm(ff_add_renorm(v[2], v[5]), v[8]);
+    return ff_add_renorm(ff_add_renorm(c0, c1), c2);
 }
 #endif
 
@@ -65,28 +45,34 @@ static heat heat_mean9(const heat *v, const float2 ninth) {
            ((((((((v[4] + v[1]) + v[7]) + v[3]) + v[5]) + v[0]) + v[2]) + v[6]) + v[8]);
 }
 #else
-typedef float2 heat;
-#define HEAT_ZERO ((float2)(0.0f, 0.0f))
+typedef ff heat;
+#define HEAT_ZERO ff_make(0.0f, 0.0f)
 static heat heat_inc(const heat v) {
-    return dd_add(v, (float2)(1.0f, 0.0f));
+    return ff_add_renorm(v, ff_make(1.0f, 0.0f));
 }
 static heat heat_mean9(const heat *v, const float2 ninth) {
-    return dd_mul(sum3x3(v), ninth);
+    return ff_mul_renorm(sum3x3(v), ff_make(ninth.x, ninth.y));
 }
 #endif
 
-/* T value of neighbour (y, x) as seen from a pixel of label `lab`: pixels outside the image or of
- * another label are the zeros of Cellpose's per-mask array; the mask's centre carries the +1 that
- * Cellpose adds before each averaging step. */
+/* Flat index of (y, x) when it lies in the image and has label lab, else -1: the other cells are
+ * the zeros of Cellpose's per-mask array. */
+static long mask_cell(__global const uint *labels, const int H, const int W, const int y,
+                      const int x, const uint lab) {
+    if (y < 0 || y >= H || x < 0 || x >= W)
+        return -1;
+    const uint q = (uint)y * (uint)W + (uint)x;
+    return labels[q] == lab ? (long)q : -1;
+}
+
+/* Field value of neighbour (y, x) as seen from a pixel of label `lab` (field_at below), with the
+ * +1 that Cellpose adds to the mask's centre before each averaging step. */
 static heat heat_at(__global const uint *labels, __global const heat *t, const int H, const int W,
                     const int y, const int x, const uint lab, const uint center) {
-    if (y < 0 || y >= H || x < 0 || x >= W)
+    const long q = mask_cell(labels, H, W, y, x, lab);
+    if (q < 0)
         return HEAT_ZERO;
-    const uint q = (uint)y * (uint)W + (uint)x;
-    if (labels[q] != lab)
-        return HEAT_ZERO;
-    const heat v = t[q];
-    return q == center ? heat_inc(v) : v;
+    return (uint)q == center ? heat_inc(t[q]) : t[q];
 }
 
 /* One diffusion step for the first `count` entries of `list` (pixel index, mask index):
@@ -121,16 +107,17 @@ static float2 unit_gradient(const heat yp, const heat ym, const heat xp, const h
     return (float2)((float)(dy / n), (float)(dx / n));
 }
 #else
-static float2 unit_gradient(const float2 yp, const float2 ym, const float2 xp, const float2 xm) {
-    float dy = dd_add(yp, -ym).x, dx = dd_add(xp, -xm).x;
+static float2 unit_gradient(const ff yp, const ff ym, const ff xp, const ff xm) {
+    float dy = ff_add_renorm(yp, ff_make(-ym.h, -ym.l)).h;
+    float dx = ff_add_renorm(xp, ff_make(-xm.h, -xm.l)).h;
     /* A difference below the double-float's resolution of its operands (about 2^-44 relative)
      * is rounding noise: at the centre of a symmetric mask Cellpose's float64 gets exactly 0
      * there, while our noise would be normalised into an arbitrary unit vector. 2^-40 leaves a
      * margin; real gradients are many orders of magnitude larger relative to the field. */
     const float tiny = 0x1p-40f;
-    if (fabs(dy) <= tiny * fmax(fabs(yp.x), fabs(ym.x)))
+    if (fabs(dy) <= tiny * fmax(fabs(yp.h), fabs(ym.h)))
         dy = 0.0f;
-    if (fabs(dx) <= tiny * fmax(fabs(xp.x), fabs(xm.x)))
+    if (fabs(dx) <= tiny * fmax(fabs(xp.h), fabs(xm.h)))
         dx = 0.0f;
     /* Scale by the larger component first: squares of tiny gradients would underflow in float32
      * where Cellpose's float64 does not. */
@@ -146,14 +133,12 @@ static float2 unit_gradient(const float2 yp, const float2 ym, const float2 xp, c
 }
 #endif
 
-/* Same-label T value without the centre increment (the gradient reads the field after the last
- * averaging step). */
+/* Field value of neighbour (y, x) as seen from a pixel of label `lab`, without the centre
+ * increment (the gradient reads the field after the last averaging step). */
 static heat field_at(__global const uint *labels, __global const heat *t, const int H, const int W,
                      const int y, const int x, const uint lab) {
-    if (y < 0 || y >= H || x < 0 || x >= W)
-        return HEAT_ZERO;
-    const uint q = (uint)y * (uint)W + (uint)x;
-    return labels[q] == lab ? t[q] : HEAT_ZERO;
+    const long q = mask_cell(labels, H, W, y, x, lab);
+    return q < 0 ? HEAT_ZERO : t[q];
 }
 
 /* Flows of the first `count` list entries: dY = T[y+1,x] - T[y-1,x], dX = T[y,x+1] - T[y,x-1]
@@ -194,7 +179,9 @@ __kernel void l2f_gradient(__global const uint *labels, __global const uint2 *li
  * its pixels in registers between the two barriers of a step (L2F_SLOTS pixels per item, so a box
  * may hold L2F_SLOTS * local size pixels; the host checks this and the local memory size). The
  * arithmetic is the same as in l2f_diffuse and l2f_gradient, so both paths give identical bits. */
-#define L2F_SLOTS 16
+#ifndef L2F_SLOTS
+#error "L2F_SLOTS: a build option from the host (src/core/kernel_defs.h)"
+#endif
 __kernel void l2f_local(__global const uint *labels, __global const int4 *boxes,
                         __global const uint2 *cn, __global float *flows, const uint H, const uint W,
                         const uint n_masks, const float2 ninth, __local heat *t,
@@ -253,37 +240,13 @@ __kernel void l2f_local(__global const uint *labels, __global const int4 *boxes,
  * On a CPU, the work-group variant above pays for its barriers (PoCL runs the work-items in a
  * loop between barriers, every step) and its per-pixel branches keep the compiler from using
  * vector instructions. Here one work-item diffuses one whole mask with no barrier: the padded box
- * is swept row by row as float8 vectors (the double-float arithmetic lane by lane, so each lane
- * rounds exactly as dd_add / dd_mul above), and each column sum is computed once and shared by
- * three pixels. Thousands of masks give the parallelism. */
+ * is swept row by row as float8 vectors (the double-float arithmetic lane by lane, ff8, so each
+ * lane rounds exactly as the ff operations above), and each column sum is computed once and shared
+ * by three pixels. Thousands of masks give the parallelism. */
 
 #ifndef GPUSEG_FP64
-typedef struct {
-    float8 h, l;
-} dd8;
-
-static dd8 dd8_add(const dd8 a, const dd8 b) { /* dd_add, lane by lane */
-    const float8 s = a.h + b.h;
-    const float8 bb = s - a.h;
-    float8 e = (a.h - (s - bb)) + (b.h - bb);
-    e = e + (a.l + b.l);
-    const float8 hi = s + e;
-    dd8 r = {hi, e - (hi - s)};
-    return r;
-}
-
-static dd8 dd8_mul(const dd8 a, const float2 c) { /* dd_mul, lane by lane */
-    const float8 p = a.h * c.x;
-    float8 e = fma(a.h, (float8)(c.x), -p);
-    e = e + (a.h * c.y + a.l * c.x);
-    const float8 hi = p + e;
-    dd8 r = {hi, e - (hi - p)};
-    return r;
-}
-
-static dd8 dd8_load(__global const float *hi, __global const float *lo) {
-    dd8 r = {vload8(0, hi), vload8(0, lo)};
-    return r;
+static ff8 ff8_load(__global const float *hi, __global const float *lo) {
+    return ff8_make(vload8(0, hi), vload8(0, lo));
 }
 #endif
 
@@ -294,7 +257,7 @@ static heat box_heat(__global const float *hi, __global const float *lo, const u
     (void)lo;
     return ((__global const double *)hi)[j];
 #else
-    return (float2)(hi[j], lo[j]);
+    return ff_make(hi[j], lo[j]);
 #endif
 }
 
@@ -363,27 +326,30 @@ __kernel void l2f_box(__global const uint *labels, __global const int4 *boxes,
     }
     ah = (__global float *)A; /* the final field, for the gradient below */
 #else
+    const ff8 ninth8 = ff8_make((float8)(ninth.x), (float8)(ninth.y));
     for (uint it = 0; it < f.y; it++) {
         /* Cellpose's T[centre] += 1 before each averaging step */
-        const float2 c = dd_add((float2)(ah[cj], al[cj]), (float2)(1.0f, 0.0f));
-        ah[cj] = c.x;
-        al[cj] = c.y;
+        const ff c = heat_inc(ff_make(ah[cj], al[cj]));
+        ah[cj] = c.h;
+        al[cj] = c.l;
         /* rows 0 and bh - 1 are padding: never updated */
         for (uint r = 1; r + 1 < bh; r++) {
             const uint j = r * S;
             /* column sums of rows r-1..r+1; ch[1 + q] holds column q, ch[0] and the tail are 0 */
             for (uint q = 0; q < S; q += 8) {
-                const dd8 s = dd8_add(dd8_add(dd8_load(ah + j - S + q, al + j - S + q),
-                                              dd8_load(ah + j + q, al + j + q)),
-                                      dd8_load(ah + j + S + q, al + j + S + q));
+                const ff8 s =
+                    ff8_add_renorm(ff8_add_renorm(ff8_load(ah + j - S + q, al + j - S + q),
+                                                  ff8_load(ah + j + q, al + j + q)),
+                                   ff8_load(ah + j + S + q, al + j + S + q));
                 vstore8(s.h, 0, ch + 1 + q);
                 vstore8(s.l, 0, cl + 1 + q);
             }
             for (uint q = 0; q < S; q += 8) {
-                const dd8 s = dd8_mul(
-                    dd8_add(dd8_add(dd8_load(ch + q, cl + q), dd8_load(ch + q + 1, cl + q + 1)),
-                            dd8_load(ch + q + 2, cl + q + 2)),
-                    ninth);
+                const ff8 s =
+                    ff8_mul_renorm(ff8_add_renorm(ff8_add_renorm(ff8_load(ch + q, cl + q),
+                                                                 ff8_load(ch + q + 1, cl + q + 1)),
+                                                  ff8_load(ch + q + 2, cl + q + 2)),
+                                   ninth8);
                 const int8 in = vload8(0, mem + j + q) != (float8)(0.0f);
                 vstore8(select((float8)(0.0f), s.h, in), 0, nh + j + q);
                 vstore8(select((float8)(0.0f), s.l, in), 0, nl + j + q);

@@ -2,35 +2,18 @@
  * bounding box: the flow-error of a mask (Cellpose metrics.flow_error: mean squared difference
  * between the ideal flows of the mask and the network flows / 5) and hole filling (Cellpose
  * fill_voids: background of the box not 4-connected to the box border). Work-groups must be
- * launched with local size MASKS_WG (64). FP contraction is off for the exact sums. */
+ * launched with local size MASKS_WG (a build option, src/core/kernel_defs.h). FP contraction is
+ * off for the exact sums; the pair arithmetic (ff) is kernels/common.h's. */
 #pragma OPENCL FP_CONTRACT OFF
 
-#define MASKS_WG 64
-
-typedef struct {
-    float h, l;
-} ff;
-
-static inline ff two_sum(float a, float b) {
-    ff r;
-    r.h = a + b;
-    float bb = r.h - a;
-    r.l = (a - (r.h - bb)) + (b - bb);
-    return r;
-}
-
-static inline ff add_ff(ff a, ff b) {
-    ff s = two_sum(a.h, b.h);
-    s.l += a.l + b.l;
-    return s;
-}
+#ifndef MASKS_WG
+#error "MASKS_WG: a build option from the host (src/core/kernel_defs.h)"
+#endif
 
 /* (a - b)^2 as a pair, a and b float: the difference is exact as a pair, its square nearly. */
 static inline ff sqdiff(float a, float b) {
-    ff d = two_sum(a, -b);
-    ff r;
-    r.h = d.h * d.h;
-    r.l = fma(d.h, d.h, -r.h);
+    const ff d = ff_two_sum(a, -b);
+    ff r = ff_two_prod(d.h, d.h);
     r.l = fma(2.0f * d.h, d.l, r.l);
     return r;
 }
@@ -60,8 +43,8 @@ masks_qc_sums(__global const uint *labels, const uint W, const uint n, __global 
             if (labels[i] != l)
                 continue;
             const size_t s = (size_t)y * rs + (size_t)x * es;
-            sy = add_ff(sy, sqdiff(mu[i], S[oy + s]));
-            sx = add_ff(sx, sqdiff(mu[n + i], S[ox + s]));
+            sy = ff_add(sy, sqdiff(mu[i], S[oy + s]));
+            sx = ff_add(sx, sqdiff(mu[n + i], S[ox + s]));
         }
     }
     acc[0][lid] = sy.h;
@@ -73,8 +56,8 @@ masks_qc_sums(__global const uint *labels, const uint W, const uint n, __global 
         if (lid < s) {
             ff a = {acc[0][lid], acc[1][lid]}, b = {acc[0][lid + s], acc[1][lid + s]};
             ff c = {acc[2][lid], acc[3][lid]}, d = {acc[2][lid + s], acc[3][lid + s]};
-            a = add_ff(a, b);
-            c = add_ff(c, d);
+            a = ff_add(a, b);
+            c = ff_add(c, d);
             acc[0][lid] = a.h;
             acc[1][lid] = a.l;
             acc[2][lid] = c.h;
@@ -88,6 +71,26 @@ masks_qc_sums(__global const uint *labels, const uint W, const uint n, __global 
         sums[4 * g + 2] = acc[2][0];
         sums[4 * g + 3] = acc[3][0];
     }
+}
+
+/* One sweep of hole filling along a line of a box's scratch: the len cells start, start + step,
+ * ... A free cell (1) that follows a reached cell (2) with no cell of the label (0) between
+ * becomes reached. Returns whether any did. */
+static inline int sweep(__global uchar *S, const size_t start, const long step, const uint len) {
+    int carry = 0, changed = 0;
+    for (uint k = 0; k < len; k++) {
+        __global uchar *cell = S + (long)start + (long)k * step;
+        const uchar v = *cell;
+        if (v == 0)
+            carry = 0;
+        else if (v == 2)
+            carry = 1;
+        else if (carry) {
+            *cell = 2;
+            changed = 1;
+        }
+    }
+    return changed;
 }
 
 /* Hole filling. Job j (work-group j of this launch, job index base + j) is the row
@@ -127,59 +130,15 @@ masks_fill_holes(__global const uint *labels, const uint W, __global const uint 
         barrier(CLK_LOCAL_MEM_FENCE);
         /* rows: left to right, then right to left */
         for (uint r = lid; r < bh; r += MASKS_WG) {
-            __global uchar *row = S + (size_t)r * bw;
-            int carry = 0;
-            for (uint c = 0; c < bw; c++) {
-                uchar v = row[c];
-                if (v == 0)
-                    carry = 0;
-                else if (v == 2)
-                    carry = 1;
-                else if (carry) {
-                    row[c] = 2;
-                    changed[0] = 1;
-                }
-            }
-            carry = 0;
-            for (uint c = bw; c-- > 0;) {
-                uchar v = row[c];
-                if (v == 0)
-                    carry = 0;
-                else if (v == 2)
-                    carry = 1;
-                else if (carry) {
-                    row[c] = 2;
-                    changed[0] = 1;
-                }
-            }
+            const size_t row = (size_t)r * bw;
+            if (sweep(S, row, 1, bw) | sweep(S, row + bw - 1, -1, bw))
+                changed[0] = 1;
         }
         barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
         /* columns: top to bottom, then bottom to top */
         for (uint c = lid; c < bw; c += MASKS_WG) {
-            int carry = 0;
-            for (uint r = 0; r < bh; r++) {
-                uchar v = S[(size_t)r * bw + c];
-                if (v == 0)
-                    carry = 0;
-                else if (v == 2)
-                    carry = 1;
-                else if (carry) {
-                    S[(size_t)r * bw + c] = 2;
-                    changed[0] = 1;
-                }
-            }
-            carry = 0;
-            for (uint r = bh; r-- > 0;) {
-                uchar v = S[(size_t)r * bw + c];
-                if (v == 0)
-                    carry = 0;
-                else if (v == 2)
-                    carry = 1;
-                else if (carry) {
-                    S[(size_t)r * bw + c] = 2;
-                    changed[0] = 1;
-                }
-            }
+            if (sweep(S, c, (long)bw, bh) | sweep(S, (size_t)(bh - 1) * bw + c, -(long)bw, bh))
+                changed[0] = 1;
         }
         barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
         /* everyone reads the flag before lid 0 clears it at the top of the next round */

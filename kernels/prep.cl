@@ -4,20 +4,16 @@
  * Contraction is off so that every float operation rounds as numpy's float32 arithmetic does. */
 #pragma OPENCL FP_CONTRACT OFF
 
-/* gpuseg_dtype codes */
-#define DT_U8  1
-#define DT_U16 2
-#define DT_U32 3
-#define DT_I32 4
-#define DT_F32 5
+/* The gpuseg_dtype codes (DT_U8 .. DT_F32) and ST_RANK of the per-channel state (uint words laid
+ * out by src/prep/normalize.c) are build options from the host (src/core/kernel_defs.h). */
+#if !defined(DT_U8) || !defined(DT_F32) || !defined(ST_RANK)
+#error "DT_*, ST_RANK: build options from the host (src/core/kernel_defs.h)"
+#endif
 
-/* per-channel state words (uint), laid out by src/prep/normalize.c */
-#define ST_MIN   0
-#define ST_MAX   1
-#define ST_BAD   2
-#define ST_PRE   3 /* 4 prefixes: rank lo, lo + 1, hi, hi + 1 */
-#define ST_RANK  7 /* 4 remaining ranks */
-#define ST_WORDS 16
+#define ST_MIN 0
+#define ST_MAX 1
+#define ST_BAD 2
+#define ST_PRE 3 /* 4 prefixes: rank lo, lo + 1, hi, hi + 1; ST_RANK: 4 remaining ranks */
 
 inline float load_sample(__global const uchar *src, int dtype, size_t i) {
     switch (dtype) {

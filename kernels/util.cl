@@ -14,21 +14,17 @@ __kernel void fill_u32(__global uint *dst, const uint n, const uint value) {
         dst[i] = value;
 }
 
-/* Interleaved samples (pixels x channels) -> one float plane per channel (planar, C x N). */
-__kernel void u8_to_planar_f32(__global const uchar *src, __global float *dst, const uint npix,
-                               const uint channels) {
-    const uint i = get_global_id(0);
-    if (i >= npix)
-        return;
-    for (uint c = 0; c < channels; c++)
-        dst[c * npix + i] = (float)src[i * channels + c];
-}
-
-__kernel void u16_to_planar_f32(__global const ushort *src, __global float *dst, const uint npix,
-                                const uint channels) {
-    const uint i = get_global_id(0);
-    if (i >= npix)
-        return;
-    for (uint c = 0; c < channels; c++)
-        dst[c * npix + i] = (float)src[i * channels + c];
-}
+/* Interleaved samples (pixels x channels) -> one float plane per channel (planar, C x N), for
+ * samples of type T. */
+#define TO_PLANAR_F32(NAME, T)                                                                     \
+    __kernel void NAME(__global const T *src, __global float *dst, const uint npix,                \
+                       const uint channels) {                                                      \
+        const uint i = get_global_id(0);                                                           \
+        if (i >= npix)                                                                             \
+            return;                                                                                \
+        for (uint c = 0; c < channels; c++)                                                        \
+            dst[c * npix + i] = (float)src[i * channels + c];                                      \
+    }
+TO_PLANAR_F32(u8_to_planar_f32, uchar)
+TO_PLANAR_F32(u16_to_planar_f32, ushort)
+#undef TO_PLANAR_F32

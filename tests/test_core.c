@@ -292,6 +292,75 @@ START_TEST(build_is_silent) {
 }
 END_TEST
 
+/* Every program is compiled as kernels/common.h + its own text, with the host constants of
+ * core/kernel_defs.h as build options: a program of an override folder sees the header's
+ * definitions (the folder's common.h when it has one) and MASKS_WG, and a change of the header
+ * text alone is a new cache key (compiled again, not taken from the cache). */
+START_TEST(shared_header_prepended_and_hashed) {
+    ck_assert_str_eq(gpuseg__kernel_header.name, "common.h");
+    ck_assert_uint_eq(strlen(gpuseg__kernel_header.source), gpuseg__kernel_header.length);
+    char hex[65];
+    sha_hex(gpuseg__kernel_header.source, gpuseg__kernel_header.length, hex);
+    ck_assert_str_eq(hex, gpuseg__kernel_header.sha256);
+    ck_assert_ptr_nonnull(strstr(gpuseg__kernel_header.source, "GPUSEG_FLOAT_PAIR(ff8, float8)"));
+
+    const char *dir = tu_tmpdir();
+    char path[256], cache[256];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    /* uses the embedded header's ff and the host's MASKS_WG */
+    snprintf(path, sizeof path, "%s/probe.cl", dir);
+    const char *src = "__kernel void probe(__global float *x) {\n"
+                      "    const ff s = ff_two_sum(x[0], x[1]);\n"
+                      "    x[0] = s.h; x[1] = s.l; x[2] = (float)MASKS_WG;\n}\n";
+    tu_write_file(path, src, strlen(src));
+    gpuseg_ctx_params p;
+    gpuseg_ctx_params_default(&p);
+    p.kernel_dir = dir;
+    p.cache_dir = cache;
+    gpuseg_ctx *ctx = NULL;
+    cl_program prog;
+    gpuseg_program_stats ps;
+    ck_assert_int_eq(gpuseg_ctx_create(&p, &ctx), GPUSEG_OK);
+    ck_assert_msg(gpuseg__program(ctx, "probe", NULL, &prog) == GPUSEG_OK, "%s",
+                  gpuseg_ctx_last_error(ctx));
+    gpuseg_ctx_program_stats(ctx, &ps);
+    ck_assert_uint_eq(ps.compiled, 1);
+    gpuseg_ctx_free(ctx);
+
+    /* the same texts again: from the cache */
+    ck_assert_int_eq(gpuseg_ctx_create(&p, &ctx), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg__program(ctx, "probe", NULL, &prog), GPUSEG_OK);
+    gpuseg_ctx_program_stats(ctx, &ps);
+    ck_assert_uint_eq(ps.cache_hits, 1);
+    ck_assert_uint_eq(ps.compiled, 0);
+    gpuseg_ctx_free(ctx);
+
+    /* the folder's own header replaces the embedded one: a new key, compiled again */
+    char hdr[256];
+    snprintf(hdr, sizeof hdr, "%s/common.h", dir);
+    size_t n = gpuseg__kernel_header.length;
+    char *text = malloc(n + 64);
+    memcpy(text, gpuseg__kernel_header.source, n);
+    n += (size_t)sprintf(text + n, "\n/* changed */\n");
+    tu_write_file(hdr, text, n);
+    free(text);
+    ck_assert_int_eq(gpuseg_ctx_create(&p, &ctx), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg__program(ctx, "probe", NULL, &prog), GPUSEG_OK);
+    gpuseg_ctx_program_stats(ctx, &ps);
+    ck_assert_uint_eq(ps.cache_hits, 0);
+    ck_assert_uint_eq(ps.compiled, 1);
+    gpuseg_ctx_free(ctx);
+
+    /* a header without the pair arithmetic: the program no longer builds */
+    const char *bare = "/* empty */\n";
+    tu_write_file(hdr, bare, strlen(bare));
+    ck_assert_int_eq(gpuseg_ctx_create(&p, &ctx), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg__program(ctx, "probe", NULL, &prog), GPUSEG_BUILD);
+    gpuseg_ctx_free(ctx);
+    tu_rmtree(dir);
+}
+END_TEST
+
 START_TEST(build_error_has_log) {
     const char *dir = tu_tmpdir();
     char path[256];
@@ -440,6 +509,7 @@ int main(void) {
         tcase_add_test(d, program_cache);
         tcase_add_test(d, build_is_silent);
         tcase_add_test(d, build_error_has_log);
+        tcase_add_test(d, shared_header_prepended_and_hashed);
         tcase_add_test(d, kernel_u16_to_planar);
         tcase_add_test(d, cli_devices_and_cache);
         tcase_add_test(d, cache_concurrent_processes);

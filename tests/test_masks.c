@@ -2,12 +2,14 @@
  * tools/fixtures/make_mask_fixtures.py (tests/fixtures/masks/: dsb2018 nuclei, a usiigaci
  * whole-cell crop with noisy flows so that the flow-error QC drops masks), the Euler end points
  * and per-mask flow errors against Cellpose's, hand-made cases (empty, 1x1, NaN/Inf, 65536 masks
- * -> uint32), hole filling against a host flood fill, Cellpose's size-filter quirk, and the
- * `gpuseg masks` command's success and error paths. */
+ * -> uint32), hole filling against a host flood fill, Cellpose's size-filter quirk, progress
+ * reports and cancelling (no buffer left behind at any stage), and the `gpuseg masks` command's
+ * success and error paths. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "flow/masks_internal.h"
 #include "testutil.h"
@@ -470,6 +472,140 @@ static float *block_flows(uint32_t bh, uint32_t bw) {
 }
 
 /* Cellpose returns uint32 when a label >= 65536 is left after QC, uint16 otherwise. */
+/* ---- device: progress reports and cancelling --------------------------------------------- */
+
+typedef struct progress_log {
+    gpuseg_ctx *ctx;
+    int reports;        /* reports seen */
+    int cancel_at;      /* cancel at this report (1-based); 0: never */
+    double first, last; /* fractions of the first and the last report */
+    int decreasing;     /* a fraction or a done count went down */
+    int bad;            /* a report with another stage name, or done > total */
+    uint64_t done;
+} progress_log;
+
+static void on_progress(void *user, const gpuseg_progress *p) {
+    progress_log *l = user;
+    if (l->reports == 0)
+        l->first = p->fraction;
+    else if (p->fraction < l->last || p->done < l->done)
+        l->decreasing = 1;
+    l->reports++;
+    l->last = p->fraction;
+    l->done = p->done;
+    if (!p->stage || strcmp(p->stage, "masks") != 0 || p->done > p->total)
+        l->bad = 1;
+    if (l->reports == l->cancel_at)
+        gpuseg_ctx_cancel(l->ctx, 1);
+}
+
+/* The context's reference count: PoCL counts every live buffer of the context in it, so a buffer
+ * left behind by a run shows as a higher count afterwards. */
+static cl_uint context_refs(gpuseg_ctx *ctx) {
+    cl_uint refs = 0;
+    ck_assert_int_eq(clGetContextInfo(gpuseg_ctx_cl_context(ctx), CL_CONTEXT_REFERENCE_COUNT,
+                                      sizeof refs, &refs, NULL),
+                     CL_SUCCESS);
+    return refs;
+}
+
+/* context_refs once it has come down to want (0: once it holds still for 20 ms), or after 2 s:
+ * PoCL drops the references of released buffers when its worker threads have retired the commands
+ * that used them, a moment after clFinish. A buffer never released keeps the count up for good. */
+static cl_uint settled_refs(gpuseg_ctx *ctx, cl_uint want) {
+    clFinish(gpuseg_ctx_cl_queue(ctx));
+    cl_uint refs = context_refs(ctx), prev = 0;
+    for (int i = 0; i < 100 && (want ? refs > want : refs != prev); i++) {
+        nanosleep(&(struct timespec){0, 20000000}, NULL);
+        prev = refs;
+        refs = context_refs(ctx);
+    }
+    return refs;
+}
+
+/* Progress of a whole run: every report names the stage "masks", fractions and done counts never
+ * go down, the first is 0 and the last is 1. */
+START_TEST(progress_reaches_one) {
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_npy *fl = load("usi_flows.npy");
+    const uint32_t H = (uint32_t)fl->shape[1], W = (uint32_t)fl->shape[2];
+    progress_log log = {.ctx = ctx};
+    gpuseg_ctx_set_progress(ctx, on_progress, &log);
+    uint32_t nm = 0;
+    gpuseg_image *lab = run_masks(ctx, fl->data, H, W, NULL, &nm);
+    ck_assert_uint_gt(nm, 0);
+    ck_assert_int_ge(log.reports, 3);
+    ck_assert(!log.decreasing);
+    ck_assert(!log.bad);
+    ck_assert(log.first == 0.0);
+    ck_assert(log.last == 1.0);
+    gpuseg_image_free(lab);
+    gpuseg_npy_free(fl);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
+/* A cancel request made from the progress callback at each report but the last (which comes
+ * when the work is done) stops the run at the next check: GPUSEG_CANCELLED, no output, and no
+ * device buffer left behind; the caller's flows buffer of the _cl variant is untouched. */
+START_TEST(cancel_from_progress) {
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_npy *fl = load("usi_flows.npy");
+    const uint32_t H = (uint32_t)fl->shape[1], W = (uint32_t)fl->shape[2];
+    const size_t n = (size_t)H * W;
+    progress_log log = {.ctx = ctx};
+    gpuseg_ctx_set_progress(ctx, on_progress, &log);
+    uint32_t nm = 0;
+    gpuseg_image *lab = run_masks(ctx, fl->data, H, W, NULL, &nm); /* builds every kernel */
+    gpuseg_image_free(lab);
+    const int total = log.reports;
+    ck_assert_int_ge(total, 3);
+    /* the leak check below can see one buffer */
+    const cl_uint refs0 = settled_refs(ctx, 0);
+    cl_mem probe = upload(ctx, fl->data, 16);
+    ck_assert_uint_eq(context_refs(ctx), refs0 + 1);
+    clReleaseMemObject(probe);
+    ck_assert_uint_eq(context_refs(ctx), refs0);
+    for (int at = 1; at < total; at++) {
+        log = (progress_log){.ctx = ctx, .cancel_at = at};
+        gpuseg_ctx_cancel(ctx, 0);
+        lab = NULL;
+        nm = 77;
+        ck_assert_int_eq(gpuseg_flows_to_masks(ctx, fl->data, H, W, NULL, &lab, &nm),
+                         GPUSEG_CANCELLED);
+        ck_assert_msg(lab == NULL, "cancelled at report %d: an output image", at);
+        ck_assert_int_eq(log.reports, at);
+        ck_assert_ptr_nonnull(strstr(gpuseg_ctx_last_error(ctx), "cancelled"));
+        const cl_uint refs = settled_refs(ctx, refs0);
+        ck_assert_msg(refs == refs0, "cancelled at report %d: %u buffers left", at, refs - refs0);
+    }
+    /* the _cl variant, cancelled half way, on a buffer it does not own */
+    cl_mem d = upload(ctx, fl->data, 3 * n * sizeof(float)), out = NULL;
+    gpuseg_dtype dt;
+    log = (progress_log){.ctx = ctx, .cancel_at = total / 2};
+    gpuseg_ctx_cancel(ctx, 0);
+    ck_assert_int_eq(gpuseg_flows_to_masks_cl(ctx, d, H, W, NULL, &out, &dt, NULL),
+                     GPUSEG_CANCELLED);
+    ck_assert(out == NULL);
+    cl_uint drefs = 0;
+    ck_assert_int_eq(clGetMemObjectInfo(d, CL_MEM_REFERENCE_COUNT, sizeof drefs, &drefs, NULL),
+                     CL_SUCCESS);
+    ck_assert_uint_eq(drefs, 1);
+    clReleaseMemObject(d);
+    ck_assert_uint_eq(settled_refs(ctx, refs0), refs0);
+    /* a standing request stops the next call before any work; withdrawn, the run completes */
+    log = (progress_log){.ctx = ctx};
+    ck_assert_int_eq(gpuseg_flows_to_masks(ctx, fl->data, H, W, NULL, &lab, &nm), GPUSEG_CANCELLED);
+    ck_assert(lab == NULL);
+    gpuseg_ctx_cancel(ctx, 0);
+    lab = run_masks(ctx, fl->data, H, W, NULL, &nm);
+    ck_assert_uint_gt(nm, 0);
+    gpuseg_image_free(lab);
+    gpuseg_npy_free(fl);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(dtype_u32_from_65536_masks) {
     gpuseg_ctx *ctx = tu_ctx();
     gpuseg_masks_params p;
@@ -770,6 +906,8 @@ int main(void) {
         tcase_add_test(d, empty_and_tiny);
         tcase_add_test(d, nonfinite_and_bad_arguments);
         tcase_add_test(d, dtype_u32_from_65536_masks);
+        tcase_add_test(d, progress_reaches_one);
+        tcase_add_test(d, cancel_from_progress);
         tcase_add_test(d, fill_holes_reference);
         tcase_add_test(d, cli_masks);
         suite_add_tcase(s, d);

@@ -1,4 +1,5 @@
-/* core/kernels_embedded.h: the table of OpenCL sources that CMake embeds from kernels/NAME.cl
+/* core/kernels_embedded.h: the table of OpenCL sources that CMake embeds from kernels/NAME.cl,
+ * and the shared header kernels/common.h that core/programs.c prepends to each of them
  * (generated file gpuseg_kernels.c, see cmake/EmbedKernels.cmake). */
 #ifndef GPUSEG_KERNELS_EMBEDDED_H
 #define GPUSEG_KERNELS_EMBEDDED_H
@@ -13,5 +14,7 @@ typedef struct gpuseg__kernel_source {
 /* Terminated by an entry whose name is NULL. */
 extern const gpuseg__kernel_source gpuseg__kernel_sources[];
 extern const unsigned gpuseg__kernel_source_count;
+/* kernels/common.h (name "common.h"); not a program. */
+extern const gpuseg__kernel_source gpuseg__kernel_header;
 
 #endif

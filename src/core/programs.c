@@ -1,13 +1,17 @@
 /* core/programs.c: OpenCL programs from the sources embedded at build time (or from an explicit
  * development folder), kept per context in memory and on disk in the program cache.
  *
+ * A program's source text is kernels/common.h, a "#line 1" directive and kernels/NAME.cl; its build
+ * options are BASE_BUILD_OPTIONS, the host constants of core/kernel_defs.h as -D options,
+ * -DGPUSEG_FP64=1 when the context uses doubles, and the caller's options.
+ *
  * Cache file: <cache_dir>/<key>.clbin, where key = SHA-256 over the cache format version, the
- * program name, the exact source text, the build options, and the platform/device/driver
- * identity. Layout (little-endian): "GPUSEGPC", u32 format version, u32 header size, u8[32] key,
- * u64 binary size, u8[32] SHA-256 of the binary, then the binary. Every field is checked before
- * use; any problem (missing, short, corrupt, rejected by the driver) falls back to compiling.
- * Files are written to a temporary name in the same folder and renamed, so concurrent processes
- * never see a torn file. */
+ * program name, the exact source text (header included), the build options, and the
+ * platform/device/driver identity. Layout (little-endian): "GPUSEGPC", u32 format version, u32
+ * header size, u8[32] key, u64 binary size, u8[32] SHA-256 of the binary, then the binary. Every
+ * field is checked before use; any problem (missing, short, corrupt, rejected by the driver) falls
+ * back to compiling. Files are written to a temporary name in the same folder and renamed, so
+ * concurrent processes never see a torn file. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -18,6 +22,7 @@
 #include <unistd.h>
 
 #include "core/internal.h"
+#include "core/kernel_defs.h"
 #include "core/kernels_embedded.h"
 
 #define CACHE_MAGIC          "GPUSEGPC"
@@ -70,38 +75,78 @@ static int make_dirs(const char *path) {
     return 0;
 }
 
-/* The source text of program `name`: embedded, or from the override folder. *owned is set when
- * the caller must free the returned text. */
-static gpuseg_status program_source(gpuseg_ctx *ctx, const char *name, const char **src,
-                                    size_t *len, char **owned) {
+/* The text of kernels/FILE: from the override folder when one is set (for the header
+ * common.h, `header`, only when the folder holds it), else embedded (NULL: there is none).
+ * *owned is set when the caller must free the returned text. */
+static gpuseg_status kernel_file(gpuseg_ctx *ctx, const char *file, int header,
+                                 const gpuseg__kernel_source *embedded, const char **src,
+                                 size_t *len, char **owned) {
     *owned = NULL;
-    if (ctx->kernel_dir[0]) {
-        char path[1200];
-        snprintf(path, sizeof path, "%s/%s.cl", ctx->kernel_dir, name);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", ctx->kernel_dir, file);
+    if (ctx->kernel_dir[0] && (!header || access(path, F_OK) == 0)) {
         void *data = NULL;
         size_t n = 0;
         gpuseg_status st = gpuseg__read_file(ctx, path, 16u << 20, &data, &n);
         if (st != GPUSEG_OK)
             return gpuseg__wrap(ctx, st, "kernel override folder (GPUSEG_KERNEL_DIR)");
-        char *text = realloc(data, n + 1);
-        if (!text) {
-            free(data);
-            return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
-        }
-        text[n] = '\0';
-        *owned = text;
-        *src = text;
+        *owned = data;
+        *src = data;
         *len = n;
         return GPUSEG_OK;
     }
-    for (const gpuseg__kernel_source *k = gpuseg__kernel_sources; k->name; k++) {
-        if (strcmp(k->name, name) == 0) {
-            *src = k->source;
-            *len = k->length;
-            return GPUSEG_OK;
-        }
+    if (!embedded)
+        return gpuseg__fail(ctx, GPUSEG_NOT_FOUND, "no embedded OpenCL source kernels/%s", file);
+    *src = embedded->source;
+    *len = embedded->length;
+    return GPUSEG_OK;
+}
+
+/* The source text of program `name` as it is compiled and hashed: the shared header, a #line
+ * directive (so that the build log's line numbers are the program file's) and the program. The
+ * returned text is the caller's to free. */
+static gpuseg_status program_source(gpuseg_ctx *ctx, const char *name, char **text, size_t *len) {
+    *text = NULL;
+    const gpuseg__kernel_source *embedded = NULL;
+    for (const gpuseg__kernel_source *k = gpuseg__kernel_sources; k->name; k++)
+        if (strcmp(k->name, name) == 0)
+            embedded = k;
+    char file[256];
+    if (snprintf(file, sizeof file, "%s.cl", name) >= (int)sizeof file)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "program name too long: %s", name);
+    const char *hdr = NULL, *prog = NULL;
+    size_t hlen = 0, plen = 0;
+    char *hown = NULL, *pown = NULL;
+    gpuseg_status st = kernel_file(ctx, "common.h", 1, &gpuseg__kernel_header, &hdr, &hlen, &hown);
+    if (st == GPUSEG_OK)
+        st = kernel_file(ctx, file, 0, embedded, &prog, &plen, &pown);
+    static const char line[] = "\n#line 1\n";
+    const size_t n = hlen + (sizeof line - 1) + plen;
+    char *out = st == GPUSEG_OK ? malloc(n + 1) : NULL;
+    if (st == GPUSEG_OK && !out)
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "program '%s': out of memory", name);
+    if (out) {
+        memcpy(out, hdr, hlen);
+        memcpy(out + hlen, line, sizeof line - 1);
+        memcpy(out + hlen + sizeof line - 1, prog, plen);
+        out[n] = '\0';
+        *text = out;
+        *len = n;
     }
-    return gpuseg__fail(ctx, GPUSEG_NOT_FOUND, "no embedded OpenCL program named '%s'", name);
+    free(hown);
+    free(pown);
+    return st;
+}
+
+/* " -DNAME=value" for every host constant of core/kernel_defs.h. */
+static void host_defines(char *buf, size_t cap) {
+    size_t used = 0;
+    buf[0] = '\0';
+#define GPUSEG__DEFINE(name, value)                                                                \
+    if (used < cap)                                                                                \
+        used += (size_t)snprintf(buf + used, cap - used, " -D%s=%d", name, (int)(value));
+    GPUSEG__KERNEL_DEFS(GPUSEG__DEFINE)
+#undef GPUSEG__DEFINE
 }
 
 static void hash_str(gpuseg__sha256 *s, const char *str) {
@@ -284,15 +329,19 @@ gpuseg_status gpuseg__program(gpuseg_ctx *ctx, const char *name, const char *opt
         return gpuseg__fail(ctx, GPUSEG_INTERNAL, "program '%s': name or options too long", name);
 
     double t0 = now_seconds();
-    const char *src = NULL;
-    size_t len = 0;
     char *owned = NULL;
-    gpuseg_status st = program_source(ctx, name, &src, &len, &owned);
+    size_t len = 0;
+    gpuseg_status st = program_source(ctx, name, &owned, &len);
     if (st != GPUSEG_OK)
         return st;
-    char full_options[512];
-    snprintf(full_options, sizeof full_options, "%s%s %s", BASE_BUILD_OPTIONS,
-             ctx->fp64 ? " -DGPUSEG_FP64=1" : "", options);
+    const char *src = owned;
+    char defines[512], full_options[1024];
+    host_defines(defines, sizeof defines);
+    if (snprintf(full_options, sizeof full_options, "%s%s%s %s", BASE_BUILD_OPTIONS, defines,
+                 ctx->fp64 ? " -DGPUSEG_FP64=1" : "", options) >= (int)sizeof full_options) {
+        free(owned);
+        return gpuseg__fail(ctx, GPUSEG_INTERNAL, "program '%s': build options too long", name);
+    }
 
     unsigned char key[32];
     cl_program prog = NULL;

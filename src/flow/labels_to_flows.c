@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/kernel_defs.h"
 #include "flow/flow_internal.h"
 
 /* One mask as the host sees it. Coordinates are image rows/columns; the box is inclusive. */
@@ -366,9 +367,9 @@ int gpuseg__flow_cpu_kernels(const gpuseg_ctx *ctx) {
 
 /* The largest padded box the per-mask kernel takes (0: none, all masks take the per-step path).
  * l2f_box: no limit of its own (plan_build checks each mask's scratch). l2f_local: *lsz is its
- * work-group size, and the box must fit L2F_SLOTS (16) pixels per work-item and 9 bytes of local
- * memory per pixel (0 also when the kernel cannot be queried: the global path needs nothing
- * special). */
+ * work-group size, and the box must fit L2F_SLOTS (core/kernel_defs.h) pixels per work-item and 9
+ * bytes of local memory per pixel (0 also when the kernel cannot be queried: the global path needs
+ * nothing special). */
 static size_t local_path_limit(gpuseg_ctx *ctx, int box, size_t *lsz) {
     *lsz = 256;
     if (box)
@@ -387,11 +388,20 @@ static size_t local_path_limit(gpuseg_ctx *ctx, int box, size_t *lsz) {
     if (*lsz > kmax)
         return 0;
     size_t by_mem = (size_t)(ctx->dev.local_mem_bytes - 1024) / 9;
-    size_t by_slots = 16 * *lsz;
+    size_t by_slots = GPUSEG__L2F_SLOTS * *lsz;
     size_t lim = by_mem < by_slots ? by_mem : by_slots;
     if (gpuseg__l2f_local_limit > 0 && (size_t)gpuseg__l2f_local_limit < lim)
         lim = (size_t)gpuseg__l2f_local_limit;
     return lim;
+}
+
+/* Waits for the queue, so that the caller may release the buffers its kernels use: st, or the
+ * queue's error when st is GPUSEG_OK. */
+static gpuseg_status finish_queue(gpuseg_ctx *ctx, gpuseg_status st) {
+    cl_int err = clFinish(ctx->queue);
+    if (st == GPUSEG_OK && err != CL_SUCCESS)
+        st = gpuseg__fail_cl(ctx, err, "labels to flows: clFinish");
+    return st;
 }
 
 /* Per-mask path on CPU devices: l2f_box, one work-item per mask, the masks packed into scratch
@@ -468,12 +478,8 @@ static gpuseg_status run_box(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, ui
         }
         s = e;
     }
-    /* Buffers are released only after the queue has finished. */
-    if ((err = clFinish(ctx->queue)) != CL_SUCCESS)
-        st = gpuseg__fail_cl(ctx, err, "labels to flows: clFinish");
 done:
-    if (st != GPUSEG_OK)
-        clFinish(ctx->queue);
+    st = finish_queue(ctx, st); /* buffers are released only after the queue has finished */
     gpuseg__release(&dboxes);
     gpuseg__release(&dinfo);
     gpuseg__release(&scratch);
@@ -507,7 +513,7 @@ static gpuseg_status run_local(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, 
     }
     /* Work-group size: the smallest power of two (>= 32) whose slots cover the largest box. */
     size_t ls = 32;
-    while (ls < lsz && 16 * ls < pl->max_local_box)
+    while (ls < lsz && GPUSEG__L2F_SLOTS * ls < pl->max_local_box)
         ls *= 2;
     cl_kernel k;
     if ((st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, n * sizeof *boxes, "mask boxes", &dboxes)) !=
@@ -533,12 +539,8 @@ static gpuseg_status run_local(gpuseg_ctx *ctx, const l2f_plan *pl, uint32_t H, 
                                NULL)) != GPUSEG_OK ||
         (st = gpuseg__run(ctx, k, 1, &g, &ls)) != GPUSEG_OK)
         gpuseg__wrap(ctx, st, "labels to flows: %u small masks", n);
-    /* Buffers are released only after the queue has finished (the caller's clFinish). */
-    if (st == GPUSEG_OK && (err = clFinish(ctx->queue)) != CL_SUCCESS)
-        st = gpuseg__fail_cl(ctx, err, "labels to flows: clFinish");
 done:
-    if (st != GPUSEG_OK)
-        clFinish(ctx->queue);
+    st = finish_queue(ctx, st); /* buffers are released only after the queue has finished */
     gpuseg__release(&dboxes);
     gpuseg__release(&dcn);
     free(boxes);

@@ -20,7 +20,8 @@ typedef struct gpuseg__masks_debug {
  * buffer (uint16 or uint32 [H*W], per *dtype) that the caller releases (clReleaseMemObject).
  * take_flows: the caller hands over its reference to flows, which is released as soon as the
  * first stage has read it (or on failure), so that the rest runs without it; else flows is only
- * read. Does not clear the error state. */
+ * read. Checks ctx's cancel flag before each stage (GPUSEG_CANCELLED, nothing left allocated, no
+ * output) and reports progress with stage "masks" after each. Does not clear the error state. */
 gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, int take_flows, uint32_t H,
                                 uint32_t W, const gpuseg_masks_params *p, gpuseg__masks_debug *dbg,
                                 cl_mem *labels_out, gpuseg_dtype *dtype, uint32_t *n_masks);

@@ -5,10 +5,11 @@
  * 8 result words comes back to the host. */
 #include <math.h>
 
+#include "core/kernel_defs.h"
 #include "prep/prep_internal.h"
 
 #define ST_WORDS        16 /* per-channel state words; layout in kernels/prep.cl */
-#define ST_RANK         7
+#define ST_RANK         GPUSEG__PREP_ST_RANK       /* the 4 remaining ranks (kernels/prep.cl) */
 #define SUBSAMPLE_ABOVE (224ull * 224ull * 224ull) /* normalize99(downsample=True) */
 
 /* numpy.percentile(x, pct) of n float32 samples: q = float32(pct) / float32(100) and the
