@@ -423,6 +423,31 @@ gpuseg_status gpuseg__buffer(gpuseg_ctx *ctx, cl_mem_flags flags, size_t bytes, 
     return GPUSEG_OK;
 }
 
+gpuseg_status gpuseg__upload(gpuseg_ctx *ctx, const void *data, size_t bytes, const char *what,
+                             cl_mem *out) {
+    gpuseg_status st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, bytes, what, out);
+    if (st != GPUSEG_OK)
+        return st;
+    if (bytes == 0)
+        return GPUSEG_OK;
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, *out, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        gpuseg__release(out);
+        return gpuseg__fail_cl(ctx, err, "%s: upload of %zu bytes", what, bytes);
+    }
+    return GPUSEG_OK;
+}
+
+gpuseg_status gpuseg__read_buf(gpuseg_ctx *ctx, cl_mem buf, size_t bytes, void *dst,
+                               const char *what) {
+    if (bytes == 0)
+        return GPUSEG_OK;
+    cl_int err = clEnqueueReadBuffer(ctx->queue, buf, CL_TRUE, 0, bytes, dst, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return gpuseg__fail_cl(ctx, err, "%s: reading back %zu bytes", what, bytes);
+    return GPUSEG_OK;
+}
+
 void gpuseg__release(cl_mem *m) {
     if (m && *m) {
         clReleaseMemObject(*m);

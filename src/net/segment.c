@@ -5,7 +5,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "flow/masks_internal.h"
 #include "gpuseg/flows_cl.h"
@@ -37,18 +36,6 @@ void gpuseg_segment_result_free(gpuseg_segment_result *r) {
     free(r->flows);
     free(r->style);
     memset(r, 0, sizeof *r);
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static gpuseg_status read_buf(gpuseg_ctx *ctx, cl_mem m, size_t bytes, void *dst,
-                              const char *what) {
-    cl_int err = clEnqueueReadBuffer(ctx->queue, m, CL_TRUE, 0, bytes, dst, 0, NULL, NULL);
-    return err == CL_SUCCESS ? GPUSEG_OK : gpuseg__fail_cl(ctx, err, "reading back %s", what);
 }
 
 /* Plans the network for `want` tiles of th x tw, halving the batch while the device runs out of
@@ -107,8 +94,8 @@ static gpuseg_status run_tiles(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg__prep_ou
                 GPUSEG_OK ||
             (st = gpuseg__net_forward(net, count)) != GPUSEG_OK ||
             (st = gpuseg__blend_add(ctx, &b, g, net->out, first, count)) != GPUSEG_OK ||
-            (st = read_buf(ctx, net->style, (size_t)count * ns * sizeof(float), style, "style")) !=
-                GPUSEG_OK)
+            (st = gpuseg__read_buf(ctx, net->style, (size_t)count * ns * sizeof(float), style,
+                                   "style")) != GPUSEG_OK)
             goto fail;
         for (uint32_t t = 0; t < count; t++)
             for (uint32_t c = 0; c < ns; c++)
@@ -224,7 +211,7 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     cl_mem full = NULL, labels = NULL;
     float *style = NULL;
     gpuseg_status st;
-    double t0 = now_s();
+    double t0 = gpuseg__now_s();
     if ((st = gpuseg__prep_image(ctx, img, &pp, &in)) != GPUSEG_OK)
         return st;
     uint32_t H = in.geom.ly0, W = in.geom.lx0, ns = (uint32_t)mi->nbase[4];
@@ -243,7 +230,7 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
             GPUSEG_OK)
         goto fail;
     clFinish(ctx->queue);
-    double t1 = now_s();
+    double t1 = gpuseg__now_s();
 
     gpuseg_masks_params mp;
     gpuseg_masks_params_default(&mp);
@@ -260,7 +247,7 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
             st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "flows: out of host memory");
             goto fail;
         }
-        if ((st = read_buf(ctx, full, fbytes, result->flows, "flows")) != GPUSEG_OK)
+        if ((st = gpuseg__read_buf(ctx, full, fbytes, result->flows, "flows")) != GPUSEG_OK)
             goto fail;
     }
     /* The flows are handed over: flows -> masks releases them once its first stage has read them,
@@ -270,8 +257,8 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     if (st != GPUSEG_OK)
         goto fail;
     if ((st = gpuseg_image_create(W, H, 1, 1, dt, &result->labels)) != GPUSEG_OK ||
-        (st = read_buf(ctx, labels, (size_t)H * W * gpuseg_dtype_size(dt), result->labels->data,
-                       "labels")) != GPUSEG_OK)
+        (st = gpuseg__read_buf(ctx, labels, (size_t)H * W * gpuseg_dtype_size(dt),
+                               result->labels->data, "labels")) != GPUSEG_OK)
         goto fail;
     if (p.want_style) {
         result->style = style;
@@ -285,7 +272,7 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     result->niter = niter;
     result->n_tiles = in.geom.ny * in.geom.nx;
     result->seconds_net = t1 - t0;
-    result->seconds_masks = now_s() - t1;
+    result->seconds_masks = gpuseg__now_s() - t1;
     st = GPUSEG_OK;
 fail:
     if (st != GPUSEG_OK) {
