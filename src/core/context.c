@@ -242,6 +242,7 @@ gpuseg_status gpuseg_ctx_create(const gpuseg_ctx_params *params, gpuseg_ctx **ou
         goto fail;
     }
     atomic_init(&ctx->cancel, 0);
+    ctx->progress_hi = 1.0;
     ctx->dev = list[idx];
     ctx->platform = pids[idx];
     ctx->device = dids[idx];
@@ -481,6 +482,21 @@ void gpuseg__progress(gpuseg_ctx *ctx, const char *stage, uint64_t done, uint64_
                       double fraction) {
     if (!ctx || !ctx->progress)
         return;
-    gpuseg_progress p = {stage, done, total, fraction < 0 ? 0 : fraction > 1 ? 1 : fraction};
+    double f = !(fraction >= 0) ? 0 : fraction > 1 ? 1 : fraction; /* NaN: 0 */
+    gpuseg_progress p = {stage, done, total,
+                         ctx->progress_lo + f * (ctx->progress_hi - ctx->progress_lo)};
     ctx->progress(ctx->progress_user, &p);
+}
+
+gpuseg__progress_span gpuseg__progress_push(gpuseg_ctx *ctx, double lo, double hi) {
+    gpuseg__progress_span saved = {ctx->progress_lo, ctx->progress_hi};
+    double w = saved.hi - saved.lo;
+    ctx->progress_lo = saved.lo + lo * w;
+    ctx->progress_hi = saved.lo + hi * w;
+    return saved;
+}
+
+void gpuseg__progress_pop(gpuseg_ctx *ctx, gpuseg__progress_span saved) {
+    ctx->progress_lo = saved.lo;
+    ctx->progress_hi = saved.hi;
 }

@@ -63,6 +63,7 @@ struct gpuseg_ctx {
     bool fp64;
     gpuseg_progress_fn progress; /* gpuseg_ctx_set_progress; NULL: none */
     void *progress_user;
+    double progress_lo, progress_hi; /* the span reported fractions map into (progress_push) */
     atomic_int cancel; /* gpuseg_ctx_cancel: lock-free, so a signal handler may set it */
     char errmsg[GPUSEG__ERRMSG_LEN];
 };
@@ -98,9 +99,20 @@ void gpuseg__log(gpuseg_ctx *ctx, gpuseg_log_level level, const char *fmt, ...)
 /* GPUSEG_CANCELLED with the message "<what>: cancelled" when a cancel request stands on ctx
  * (gpuseg_ctx_cancel), else GPUSEG_OK. Long calls call it between device steps. */
 gpuseg_status gpuseg__check_cancel(gpuseg_ctx *ctx, const char *what);
-/* Reports progress to ctx's callback (nothing when none is set). */
+/* Reports progress to ctx's callback (nothing when none is set). `fraction` (clamped to 0..1) is
+ * of the step that reports it: it is mapped into the current span (the whole call unless a
+ * caller narrowed it with gpuseg__progress_push), so a step reports 0..1 of its own work both
+ * when called on its own (gpuseg_flows_to_masks) and nested (the masks stage of gpuseg_segment). */
 void gpuseg__progress(gpuseg_ctx *ctx, const char *stage, uint64_t done, uint64_t total,
                       double fraction);
+/* A progress span: fractions reported inside it land in [lo, hi] of the whole call. */
+typedef struct gpuseg__progress_span {
+    double lo, hi;
+} gpuseg__progress_span;
+/* Narrows ctx's span to [lo, hi] of the current one (0 <= lo <= hi <= 1) and returns the
+ * current one, which the caller restores with gpuseg__progress_pop on every path out. */
+gpuseg__progress_span gpuseg__progress_push(gpuseg_ctx *ctx, double lo, double hi);
+void gpuseg__progress_pop(gpuseg_ctx *ctx, gpuseg__progress_span saved);
 
 /* --- overflow-checked sizes --------------------------------------------------------------- */
 
