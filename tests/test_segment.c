@@ -525,16 +525,12 @@ START_TEST(cli_segment_shm) {
 END_TEST
 
 /* The issue's scenario from Python (examples/python/shm_consumer.py, numpy + standard library):
- * start `gpuseg segment --shm-only --json`, map the segment, save it, release it. Skipped, and
- * said so, when numpy cannot be imported ($GPUSEG_PYTHON, else python3). */
+ * start `gpuseg segment --shm-only --json`, map the segment, save it, release it. Needs numpy
+ * ($GPUSEG_PYTHON, else python3): ctest runs it as test_segment_numpy, a skip without numpy. */
 START_TEST(python_consumer_segment) {
-    const char *py = getenv("GPUSEG_PYTHON") ? getenv("GPUSEG_PYTHON") : "python3";
+    const char *py = tu_python_with_numpy();
+    ck_assert_msg(py != NULL, "numpy missing: set GPUSEG_PYTHON to a Python that has it");
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' -c 'import numpy' >/dev/null 2>&1", py);
-    if (system(cmd) != 0) {
-        printf("SKIP: numpy missing for %s: python_consumer_segment not run\n", py);
-        return;
-    }
     const char *dir = tu_tmpdir();
     snprintf(cmd, sizeof cmd,
              "cp '%s' '%s/grey.png' && cd '%s' && '%s' '%s/examples/python/shm_consumer.py' "
@@ -696,8 +692,11 @@ int main(void) {
         tcase_add_test(d, cli_segment);
         tcase_add_test(d, cli_segment_shm);
         tcase_add_test(d, cli_segment_concurrent);
-        tcase_add_test(d, python_consumer_segment);
         suite_add_tcase(s, d);
+        TCase *np = tu_tcase_needing("numpy", TU_NEEDS_NUMPY);
+        tcase_set_timeout(np, 600);
+        tcase_add_test(np, python_consumer_segment);
+        suite_add_tcase(s, np);
         TCase *pc = tcase_create("progress"); /* CK_RUN_CASE=progress runs it alone */
         tcase_set_timeout(pc, 600);
         tcase_add_test(pc, progress_and_cancel);
