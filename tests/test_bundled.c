@@ -119,7 +119,7 @@ int main(void) {
     if ((g_dev = tu_require_device()) != 0)
         return g_dev; /* 77: skipped, no device (nothing here runs without one) */
     Suite *s = suite_create("bundled");
-    TCase *tc = tcase_create("bundled");
+    TCase *tc = tu_tcase_needing("bundled", TU_NEEDS_SHARED_DATA);
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, bundled_model_matches_cellpose);
     suite_add_tcase(s, tc);

@@ -77,6 +77,29 @@ START_TEST(sha256_vectors) {
 }
 END_TEST
 
+START_TEST(crc32_vectors) {
+    /* zlib's CRC-32 (what ZIP, PNG and the shm payload use): the catalogue check value, chaining
+     * in pieces, and the empty input */
+    ck_assert_uint_eq(gpuseg__crc32(0, "123456789", 9), 0xCBF43926u);
+    ck_assert_uint_eq(gpuseg__crc32(gpuseg__crc32(0, "1234", 4), "56789", 5), 0xCBF43926u);
+    ck_assert_uint_eq(gpuseg__crc32(0, "", 0), 0u);
+    /* gpuseg__sha256_str keeps field boundaries: ("a", "bc") and ("ab", "c") differ */
+    gpuseg__sha256 s;
+    unsigned char d1[32], d2[32];
+    gpuseg__sha256_init(&s);
+    gpuseg__sha256_str(&s, "a");
+    gpuseg__sha256_str(&s, "bc");
+    gpuseg__sha256_final(&s, d1);
+    gpuseg__sha256_init(&s);
+    gpuseg__sha256_str(&s, "ab");
+    gpuseg__sha256_str(&s, "c");
+    gpuseg__sha256_final(&s, d2);
+    ck_assert(memcmp(d1, d2, 32) != 0);
+    double t0 = gpuseg__now_s(), t1 = gpuseg__now_s();
+    ck_assert(t0 > 0 && t1 >= t0);
+}
+END_TEST
+
 START_TEST(size_math) {
     size_t r;
     ck_assert(gpuseg__mul_size(1u << 20, 1u << 10, &r) && r == (size_t)1 << 30);
@@ -494,6 +517,7 @@ int main(void) {
     tcase_add_test(host, status_table);
     tcase_add_test(host, error_messages);
     tcase_add_test(host, sha256_vectors);
+    tcase_add_test(host, crc32_vectors);
     tcase_add_test(host, size_math);
     tcase_add_test(host, embedded_sources);
     tcase_add_test(host, device_choice);

@@ -743,6 +743,28 @@ static void put_le(unsigned char *p, uint32_t v, int n) {
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
+/* Truncated real files (shared data). */
+START_TEST(truncated_real_files) {
+    const char *dir = tu_tmpdir();
+    char path[256];
+    /* truncated files: the first half of a real PNG and of a real TIFF (header intact, pixel
+     * data missing) */
+    static const char *reals[] = {
+        "dsb2018/dev/labels/1a11552569160f0b1ea10bedbd628ce6c14f29edec5092034c2309c556df833e.png",
+        "usiigaci-phase/dev/images/set5.tif"};
+    for (int r = 0; r < 2; r++) {
+        size_t n;
+        unsigned char *d = slurp(tu_data("%s", reals[r]), &n);
+        snprintf(path, sizeof path, "%s/trunc%d.%s", dir, r, r ? "tif" : "png");
+        tu_write_file(path, d, n / 2);
+        gpuseg_image *img = NULL;
+        expect_error(gpuseg_image_read(path, &img), GPUSEG_FORMAT, path);
+        free(d);
+    }
+    tu_rmtree(dir);
+}
+END_TEST
+
 START_TEST(bad_inputs) {
     const char *dir = tu_tmpdir();
     char path[256];
@@ -790,20 +812,6 @@ START_TEST(bad_inputs) {
             ck_assert(strchr(gpuseg_last_error(), '\n') == NULL);
         }
 
-    /* truncated files: the first half of a real PNG and of a real TIFF (header intact, pixel
-     * data missing) */
-    static const char *reals[] = {
-        "dsb2018/dev/labels/1a11552569160f0b1ea10bedbd628ce6c14f29edec5092034c2309c556df833e.png",
-        "usiigaci-phase/dev/images/set5.tif"};
-    for (int r = 0; r < 2; r++) {
-        size_t n;
-        unsigned char *d = slurp(tu_data("%s", reals[r]), &n);
-        snprintf(path, sizeof path, "%s/trunc%d.%s", dir, r, r ? "tif" : "png");
-        tu_write_file(path, d, n / 2);
-        gpuseg_image *img = NULL;
-        expect_error(gpuseg_image_read(path, &img), GPUSEG_FORMAT, path);
-        free(d);
-    }
     /* a TIFF cut inside its header */
     snprintf(path, sizeof path, "%s/trunc_hdr.tif", dir);
     tu_write_file(path, "II*\0\x08\0\0\0\x05\0", 10);
@@ -1093,8 +1101,6 @@ int main(void) {
     TCase *t = tcase_create("host");
     tcase_set_timeout(t, 120);
     tcase_add_test(t, image_create_limits);
-    tcase_add_test(t, dsb2018_pngs);
-    tcase_add_test(t, tiff_and_png_real);
     tcase_add_test(t, tiff_handmade);
     tcase_add_test(t, npy_round_trip_and_shapes);
     tcase_add_test(t, npy_bad);
@@ -1102,7 +1108,13 @@ int main(void) {
     tcase_add_test(t, bad_inputs);
     tcase_add_test(t, stb_formats);
     tcase_add_test(t, mutations);
-    tcase_add_test(t, cli_info);
     suite_add_tcase(s, t);
+    TCase *sd = tu_tcase_needing("shared_data", TU_NEEDS_SHARED_DATA);
+    tcase_set_timeout(sd, 120);
+    tcase_add_test(sd, dsb2018_pngs);
+    tcase_add_test(sd, tiff_and_png_real);
+    tcase_add_test(sd, truncated_real_files);
+    tcase_add_test(sd, cli_info);
+    suite_add_tcase(s, sd);
     return tu_run(s);
 }

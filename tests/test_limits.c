@@ -526,8 +526,11 @@ int main(void) {
         TCase *d = tcase_create("device");
         tcase_set_timeout(d, 300);
         tcase_add_test(d, objects_limit);
-        tcase_add_test(d, cli_segment_limits);
         suite_add_tcase(s, d);
+        TCase *sd = tu_tcase_needing("device_shared_data", TU_NEEDS_SHARED_DATA);
+        tcase_set_timeout(sd, 300);
+        tcase_add_test(sd, cli_segment_limits);
+        suite_add_tcase(s, sd);
     }
     return tu_run(s);
 }

@@ -121,7 +121,7 @@ int main(void) {
     if (dev != 0)
         return dev;
     Suite *s = suite_create("roundtrip");
-    TCase *d = tcase_create("device");
+    TCase *d = tu_tcase_needing("device", TU_NEEDS_SHARED_DATA);
     tcase_set_timeout(d, 600);
     tcase_add_test(d, dsb2018_dev);
     tcase_add_test(d, usiigaci_dev);

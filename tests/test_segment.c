@@ -226,6 +226,131 @@ START_TEST(api_errors) {
 }
 END_TEST
 
+/* What the progress callback saw, and when it cancels. */
+typedef struct {
+    gpuseg_ctx *ctx;
+    unsigned calls, network_calls;
+    double first, last;
+    int decreasing; /* a fraction below the one before */
+    uint64_t net_done, net_total;
+    uint64_t cancel_after;    /* cancel once this many tiles went through (0: never) */
+    const char *cancel_stage; /* or when this stage starts (NULL: never) */
+    unsigned preps;           /* "prep" reports: one per pass */
+    unsigned cancel_prep;     /* cancel at this "prep" report (0: never) */
+} progress_log;
+
+static void on_progress(void *user, const gpuseg_progress *p) {
+    progress_log *l = user;
+    ck_assert_ptr_nonnull(p->stage);
+    ck_assert(p->fraction >= 0.0 && p->fraction <= 1.0);
+    if (l->calls == 0)
+        l->first = p->fraction;
+    else if (p->fraction < l->last)
+        l->decreasing = 1;
+    l->last = p->fraction;
+    l->calls++;
+    if (strcmp(p->stage, "network") == 0) {
+        l->network_calls++;
+        ck_assert(p->done <= p->total);
+        l->net_done = p->done;
+        l->net_total = p->total;
+        if (l->cancel_after && p->done >= l->cancel_after)
+            gpuseg_ctx_cancel(l->ctx, 1);
+    }
+    if (strcmp(p->stage, "prep") == 0 && ++l->preps == l->cancel_prep)
+        gpuseg_ctx_cancel(l->ctx, 1);
+    if (l->cancel_stage && strcmp(p->stage, l->cancel_stage) == 0)
+        gpuseg_ctx_cancel(l->ctx, 1);
+}
+
+static void assert_empty(const gpuseg_segment_result *r) {
+    ck_assert_ptr_null(r->labels);
+    ck_assert_ptr_null(r->flows);
+    ck_assert_ptr_null(r->style);
+    ck_assert_uint_eq(r->n_masks, 0);
+    ck_assert_uint_eq(r->passes, 0);
+}
+
+/* Progress: fractions never go back and end at 1, the network stage counts every tile; a cancel
+ * requested from the callback (mid-network, at the masks stage, in a diameter-estimation pass)
+ * ends the call with GPUSEG_CANCELLED, an empty result and a one-line message; the flag stays
+ * until cleared, and the next call then succeeds with the same masks as an undisturbed one. */
+START_TEST(progress_and_cancel) {
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert(gpuseg_net_load(ctx, FIX "small_cpnet.pth", &net) == GPUSEG_OK);
+    gpuseg_image *img = load_image("aug_img.png");
+    gpuseg_segment_params p;
+    params_for(2, &p);
+    p.batch_size = 1; /* 4 tiles, 4 batches */
+    progress_log l = {.ctx = ctx};
+    gpuseg_ctx_set_progress(ctx, on_progress, &l);
+    gpuseg_segment_result a, r;
+    ck_assert_msg(gpuseg_segment(ctx, net, img, &p, &a) == GPUSEG_OK, "%s", gpuseg_last_error());
+    ck_assert_int_eq(l.decreasing, 0);
+    ck_assert(l.first < 0.05);
+    ck_assert(l.last == 1.0);
+    ck_assert_uint_eq(l.net_total, 4);
+    ck_assert_uint_eq(l.net_done, 4);
+    ck_assert_uint_ge(l.network_calls, 5); /* 0 of 4, then after each batch */
+
+    /* cancelled after the first batch */
+    l = (progress_log){.ctx = ctx, .cancel_after = 1};
+    ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &r), GPUSEG_CANCELLED);
+    assert_empty(&r);
+    ck_assert_msg(strstr(gpuseg_ctx_last_error(ctx), "cancelled") != NULL, "%s",
+                  gpuseg_ctx_last_error(ctx));
+    ck_assert_int_eq(tu_count_lines(gpuseg_ctx_last_error(ctx)), 0);
+    ck_assert_uint_eq(l.net_done, 1); /* no further batch ran */
+    ck_assert(gpuseg_ctx_cancelled(ctx));
+    /* the flag stands: the next call stops at its first check, before any progress */
+    l = (progress_log){.ctx = ctx};
+    ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &r), GPUSEG_CANCELLED);
+    assert_empty(&r);
+    ck_assert_uint_eq(l.calls, 0);
+    gpuseg_ctx_cancel(ctx, 0);
+
+    /* cancelled when the masks stage starts */
+    l = (progress_log){.ctx = ctx, .cancel_stage = "masks"};
+    ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &r), GPUSEG_CANCELLED);
+    assert_empty(&r);
+    ck_assert_uint_eq(l.net_done, 4);
+    gpuseg_ctx_cancel(ctx, 0);
+
+    /* cleared: the same call succeeds, with the same masks */
+    l = (progress_log){.ctx = ctx};
+    ck_assert_msg(gpuseg_segment(ctx, net, img, &p, &r) == GPUSEG_OK, "%s", gpuseg_last_error());
+    ck_assert_uint_eq(r.n_masks, a.n_masks);
+    size_t n = (size_t)img->height * img->width;
+    ck_assert(memcmp(r.labels->data, a.labels->data, n * gpuseg_dtype_size(a.labels->dtype)) == 0);
+    ck_assert(l.last == 1.0);
+    gpuseg_segment_result_free(&r);
+
+    /* with diameter estimation: still non-decreasing and ending at 1 over several passes, and a
+     * cancel in a later pass leaves nothing behind */
+    p.estimate_diameter = 1;
+    l = (progress_log){.ctx = ctx};
+    ck_assert_msg(gpuseg_segment(ctx, net, img, &p, &r) == GPUSEG_OK, "%s", gpuseg_last_error());
+    ck_assert_int_eq(l.decreasing, 0);
+    ck_assert(l.last == 1.0);
+    unsigned passes = r.passes;
+    gpuseg_segment_result_free(&r);
+    ck_assert_uint_ge(passes, 2); /* diameter 30 is far from what these masks measure */
+    l = (progress_log){.ctx = ctx, .cancel_prep = 2}; /* as the second pass starts */
+    ck_assert_int_eq(gpuseg_segment(ctx, net, img, &p, &r), GPUSEG_CANCELLED);
+    assert_empty(&r);
+    ck_assert_uint_eq(l.preps, 2);
+    ck_assert_int_eq(l.decreasing, 0);
+    ck_assert(l.last > 0.0 && l.last < 1.0);
+    gpuseg_ctx_cancel(ctx, 0);
+    gpuseg_ctx_set_progress(ctx, NULL, NULL);
+    gpuseg_segment_result_free(&a);
+    gpuseg_image_free(img);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
 static char *read_text(const char *path) {
     FILE *f = fopen(path, "rb");
     ck_assert_msg(f != NULL, "%s", path);
@@ -400,16 +525,12 @@ START_TEST(cli_segment_shm) {
 END_TEST
 
 /* The issue's scenario from Python (examples/python/shm_consumer.py, numpy + standard library):
- * start `gpuseg segment --shm-only --json`, map the segment, save it, release it. Skipped, and
- * said so, when numpy cannot be imported ($GPUSEG_PYTHON, else python3). */
+ * start `gpuseg segment --shm-only --json`, map the segment, save it, release it. Needs numpy
+ * ($GPUSEG_PYTHON, else python3): ctest runs it as test_segment_numpy, a skip without numpy. */
 START_TEST(python_consumer_segment) {
-    const char *py = getenv("GPUSEG_PYTHON") ? getenv("GPUSEG_PYTHON") : "python3";
+    const char *py = tu_python_with_numpy();
+    ck_assert_msg(py != NULL, "numpy missing: set GPUSEG_PYTHON to a Python that has it");
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' -c 'import numpy' >/dev/null 2>&1", py);
-    if (system(cmd) != 0) {
-        printf("SKIP: numpy missing for %s: python_consumer_segment not run\n", py);
-        return;
-    }
     const char *dir = tu_tmpdir();
     snprintf(cmd, sizeof cmd,
              "cp '%s' '%s/grey.png' && cd '%s' && '%s' '%s/examples/python/shm_consumer.py' "
@@ -571,8 +692,15 @@ int main(void) {
         tcase_add_test(d, cli_segment);
         tcase_add_test(d, cli_segment_shm);
         tcase_add_test(d, cli_segment_concurrent);
-        tcase_add_test(d, python_consumer_segment);
         suite_add_tcase(s, d);
+        TCase *np = tu_tcase_needing("numpy", TU_NEEDS_NUMPY);
+        tcase_set_timeout(np, 600);
+        tcase_add_test(np, python_consumer_segment);
+        suite_add_tcase(s, np);
+        TCase *pc = tcase_create("progress"); /* CK_RUN_CASE=progress runs it alone */
+        tcase_set_timeout(pc, 600);
+        tcase_add_test(pc, progress_and_cancel);
+        suite_add_tcase(s, pc);
     }
     return tu_run(s);
 }

@@ -4,8 +4,9 @@
  * processes with byte-for-byte equal output in every format; a saver that waits for a stalled
  * producer; a producer killed mid-write; every corrupted header field; foreign owners; many
  * concurrent producers; `shm clean` removing dead producers' segments only; the device-buffer
- * path; the Python example (skipped when numpy is missing). Every segment a test makes is named
- * with this run's prefix and removed; main() fails the run if any is left. */
+ * path; the Python example (its own ctest entry, test_shm_numpy: a skip without numpy). Every
+ * segment a test makes is named with this run's prefix and removed; main() fails the run if any is
+ * left. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -1125,15 +1126,10 @@ static int run_sh(const char *cmd, char *out, size_t outn, char *err, size_t err
 }
 
 START_TEST(python_example) {
-    const char *py = getenv("GPUSEG_PYTHON");
-    if (!py || !*py)
-        py = "python3";
+    /* ctest runs this as test_shm_numpy, a skip without numpy (testutil.h) */
+    const char *py = tu_python_with_numpy();
+    ck_assert_msg(py != NULL, "numpy missing: set GPUSEG_PYTHON to a Python that has it");
     char cmd[2048], out[8192], err[8192];
-    snprintf(cmd, sizeof cmd, "'%s' -c 'import numpy'", py);
-    if (run_sh(cmd, out, sizeof out, err, sizeof err) != 0) {
-        printf("SKIP: numpy missing (%s cannot import numpy; set GPUSEG_PYTHON)\n", py);
-        return;
-    }
     const char *dir = tu_tmpdir();
     char in[256], res[256];
     const size_t H = 37, W = 53, N = H * W;
@@ -1203,12 +1199,15 @@ int main(void) {
     tcase_add_test(tc, foreign_owner_refused);
     tcase_add_test(tc, concurrent_producers);
     tcase_add_test(tc, clean_dead_only);
-    tcase_add_test(tc, python_example);
     if (dev == 0)
         tcase_add_test(tc, device_buffer);
     else
         printf("SKIP device_buffer: no usable OpenCL device\n");
     suite_add_tcase(s, tc);
+    TCase *np = tu_tcase_needing("numpy", TU_NEEDS_NUMPY);
+    tcase_set_timeout(np, 120);
+    tcase_add_test(np, python_example);
+    suite_add_tcase(s, np);
     int rc = tu_run(s);
     /* Every test removes what it made; anything with this run's prefix is a leak (or the
      * remains of a failed test): remove it and fail. */

@@ -9,7 +9,59 @@
 
 #include "testutil.h"
 
+/* True when the comma/space separated list names word. */
+static bool names(const char *list, const char *word) {
+    size_t n = strlen(word);
+    for (const char *p = list; p && (p = strstr(p, word)) != NULL; p += n)
+        if ((p == list || p[-1] == ',' || p[-1] == ' ') &&
+            (p[n] == 0 || p[n] == ',' || p[n] == ' '))
+            return true;
+    return false;
+}
+
+static bool is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+const char *tu_shared_data(void) {
+    const char *env = getenv("GPUSEG_SHARED_DATA");
+    return env && *env ? env : GPUSEG_SHARED_DATA;
+}
+
+const char *tu_python_with_numpy(void) {
+    const char *py = getenv("GPUSEG_PYTHON");
+    if (!py || !*py)
+        py = "python3";
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "'%s' -c 'import numpy' >/dev/null 2>&1", py);
+    return system(cmd) == 0 ? py : NULL;
+}
+
+TCase *tu_tcase_needing(const char *name, const char *need) {
+    TCase *tc = tcase_create(name);
+    tcase_set_tags(tc, need);
+    return tc;
+}
+
 int tu_run(Suite *s) {
+    /* A run of the cases that need something (CK_INCLUDE_TAGS, set by tests/CMakeLists.txt) is
+     * a skip, said in one line, when that something is missing. */
+    const char *inc = getenv("CK_INCLUDE_TAGS");
+    if (names(inc, TU_NEEDS_SHARED_DATA) && !is_dir(tu_shared_data())) {
+        printf("SKIP: shared test data not found: %s does not exist (set GPUSEG_SHARED_DATA, in "
+               "the environment or to CMake, to another copy)\n",
+               tu_shared_data());
+        srunner_free(srunner_create(s)); /* frees the suite */
+        return 77;
+    }
+    if (names(inc, TU_NEEDS_NUMPY) && !tu_python_with_numpy()) {
+        const char *py = getenv("GPUSEG_PYTHON");
+        printf("SKIP: %s cannot import numpy (set GPUSEG_PYTHON to a Python that can)\n",
+               py && *py ? py : "python3");
+        srunner_free(srunner_create(s)); /* frees the suite */
+        return 77;
+    }
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
@@ -130,7 +182,12 @@ const char *tu_data(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(rel, sizeof rel, fmt, ap);
     va_end(ap);
-    snprintf(path, sizeof path, "%s/%s", GPUSEG_SHARED_DATA, rel);
+    ck_assert_msg(
+        is_dir(tu_shared_data()),
+        "shared test data not found: %s does not exist (set GPUSEG_SHARED_DATA to another "
+        "copy)",
+        tu_shared_data());
+    snprintf(path, sizeof path, "%s/%s", tu_shared_data(), rel);
     return path;
 }
 

@@ -37,8 +37,24 @@ typedef struct {
  * captures its exit status, stdout and stderr. The result is malloc'd; free() it. */
 tu_cli_result *tu_cli(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Path inside ../shared/data (printf-formatted); returns a static buffer (one at a time). */
+/* The shared test data (dsb2018, usiigaci-phase, stardist-sample): $GPUSEG_SHARED_DATA when set,
+ * else the folder CMake's GPUSEG_SHARED_DATA named (default ../shared/data beside the source). */
+const char *tu_shared_data(void);
+/* Path inside the shared data (printf-formatted); returns a static buffer (one at a time). Fails
+ * the test, naming the folder and the variable, when the shared data is absent. */
 const char *tu_data(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Test cases that need something a fresh clone may lack go in a TCase tagged with what they need
+ * (tu_tcase_needing): TU_NEEDS_SHARED_DATA (the shared data above) or TU_NEEDS_NUMPY (python3, or
+ * $GPUSEG_PYTHON, importing numpy). tests/CMakeLists.txt runs them as their own ctest entry
+ * (<program>_shared_data, <program>_numpy, with CK_INCLUDE_TAGS) and the rest without them
+ * (CK_EXCLUDE_TAGS); tu_run turns a run of such cases whose need is missing into one line naming
+ * it and exit code 77, which ctest counts as skipped. */
+#define TU_NEEDS_SHARED_DATA "shared_data"
+#define TU_NEEDS_NUMPY       "numpy"
+TCase *tu_tcase_needing(const char *name, const char *need);
+/* The Python that has numpy ($GPUSEG_PYTHON, else python3); NULL when it cannot import numpy. */
+const char *tu_python_with_numpy(void);
 
 /* Writes bytes to a file (test setup); fails the test on error. */
 void tu_write_file(const char *path, const void *data, size_t n);

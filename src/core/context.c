@@ -242,6 +242,7 @@ gpuseg_status gpuseg_ctx_create(const gpuseg_ctx_params *params, gpuseg_ctx **ou
         goto fail;
     }
     atomic_init(&ctx->cancel, 0);
+    ctx->progress_hi = 1.0;
     ctx->dev = list[idx];
     ctx->platform = pids[idx];
     ctx->device = dids[idx];
@@ -423,6 +424,31 @@ gpuseg_status gpuseg__buffer(gpuseg_ctx *ctx, cl_mem_flags flags, size_t bytes, 
     return GPUSEG_OK;
 }
 
+gpuseg_status gpuseg__upload(gpuseg_ctx *ctx, const void *data, size_t bytes, const char *what,
+                             cl_mem *out) {
+    gpuseg_status st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, bytes, what, out);
+    if (st != GPUSEG_OK)
+        return st;
+    if (bytes == 0)
+        return GPUSEG_OK;
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, *out, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        gpuseg__release(out);
+        return gpuseg__fail_cl(ctx, err, "%s: upload of %zu bytes", what, bytes);
+    }
+    return GPUSEG_OK;
+}
+
+gpuseg_status gpuseg__read_buf(gpuseg_ctx *ctx, cl_mem buf, size_t bytes, void *dst,
+                               const char *what) {
+    if (bytes == 0)
+        return GPUSEG_OK;
+    cl_int err = clEnqueueReadBuffer(ctx->queue, buf, CL_TRUE, 0, bytes, dst, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
+        return gpuseg__fail_cl(ctx, err, "%s: reading back %zu bytes", what, bytes);
+    return GPUSEG_OK;
+}
+
 void gpuseg__release(cl_mem *m) {
     if (m && *m) {
         clReleaseMemObject(*m);
@@ -456,6 +482,21 @@ void gpuseg__progress(gpuseg_ctx *ctx, const char *stage, uint64_t done, uint64_
                       double fraction) {
     if (!ctx || !ctx->progress)
         return;
-    gpuseg_progress p = {stage, done, total, fraction < 0 ? 0 : fraction > 1 ? 1 : fraction};
+    double f = !(fraction >= 0) ? 0 : fraction > 1 ? 1 : fraction; /* NaN: 0 */
+    gpuseg_progress p = {stage, done, total,
+                         ctx->progress_lo + f * (ctx->progress_hi - ctx->progress_lo)};
     ctx->progress(ctx->progress_user, &p);
+}
+
+gpuseg__progress_span gpuseg__progress_push(gpuseg_ctx *ctx, double lo, double hi) {
+    gpuseg__progress_span saved = {ctx->progress_lo, ctx->progress_hi};
+    double w = saved.hi - saved.lo;
+    ctx->progress_lo = saved.lo + lo * w;
+    ctx->progress_hi = saved.lo + hi * w;
+    return saved;
+}
+
+void gpuseg__progress_pop(gpuseg_ctx *ctx, gpuseg__progress_span saved) {
+    ctx->progress_lo = saved.lo;
+    ctx->progress_hi = saved.hi;
 }

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <nettle/sha2.h>
+
 #include "gpuseg/gpuseg.h"
 #include "gpuseg/gpuseg_cl.h"
 
@@ -61,6 +63,7 @@ struct gpuseg_ctx {
     bool fp64;
     gpuseg_progress_fn progress; /* gpuseg_ctx_set_progress; NULL: none */
     void *progress_user;
+    double progress_lo, progress_hi; /* the span reported fractions map into (progress_push) */
     atomic_int cancel; /* gpuseg_ctx_cancel: lock-free, so a signal handler may set it */
     char errmsg[GPUSEG__ERRMSG_LEN];
 };
@@ -96,9 +99,20 @@ void gpuseg__log(gpuseg_ctx *ctx, gpuseg_log_level level, const char *fmt, ...)
 /* GPUSEG_CANCELLED with the message "<what>: cancelled" when a cancel request stands on ctx
  * (gpuseg_ctx_cancel), else GPUSEG_OK. Long calls call it between device steps. */
 gpuseg_status gpuseg__check_cancel(gpuseg_ctx *ctx, const char *what);
-/* Reports progress to ctx's callback (nothing when none is set). */
+/* Reports progress to ctx's callback (nothing when none is set). `fraction` (clamped to 0..1) is
+ * of the step that reports it: it is mapped into the current span (the whole call unless a
+ * caller narrowed it with gpuseg__progress_push), so a step reports 0..1 of its own work both
+ * when called on its own (gpuseg_flows_to_masks) and nested (the masks stage of gpuseg_segment). */
 void gpuseg__progress(gpuseg_ctx *ctx, const char *stage, uint64_t done, uint64_t total,
                       double fraction);
+/* A progress span: fractions reported inside it land in [lo, hi] of the whole call. */
+typedef struct gpuseg__progress_span {
+    double lo, hi;
+} gpuseg__progress_span;
+/* Narrows ctx's span to [lo, hi] of the current one (0 <= lo <= hi <= 1) and returns the
+ * current one, which the caller restores with gpuseg__progress_pop on every path out. */
+gpuseg__progress_span gpuseg__progress_push(gpuseg_ctx *ctx, double lo, double hi);
+void gpuseg__progress_pop(gpuseg_ctx *ctx, gpuseg__progress_span saved);
 
 /* --- overflow-checked sizes --------------------------------------------------------------- */
 
@@ -147,6 +161,15 @@ gpuseg_status gpuseg__run(gpuseg_ctx *ctx, cl_kernel k, unsigned dims, const siz
 gpuseg_status gpuseg__buffer(gpuseg_ctx *ctx, cl_mem_flags flags, size_t bytes, const char *what,
                              cl_mem *out);
 
+/* A new read-only buffer holding `bytes` of host data (blocking write); on failure *out is NULL
+ * and the message names `what`. */
+gpuseg_status gpuseg__upload(gpuseg_ctx *ctx, const void *data, size_t bytes, const char *what,
+                             cl_mem *out);
+
+/* Blocking read of the first `bytes` of buf into dst; the message names `what`. */
+gpuseg_status gpuseg__read_buf(gpuseg_ctx *ctx, cl_mem buf, size_t bytes, void *dst,
+                               const char *what);
+
 /* Releases a buffer if not NULL and sets it to NULL. */
 void gpuseg__release(cl_mem *m);
 
@@ -181,20 +204,26 @@ void gpuseg__profile_reset(gpuseg_ctx *ctx);
 
 /* --- small utilities ---------------------------------------------------------------------- */
 
-/* SHA-256 of data (one-shot and incremental). */
+/* SHA-256 of data, incremental (nettle's sha256 underneath; final also resets for reuse). */
 typedef struct gpuseg__sha256 {
-    uint32_t h[8];
-    uint64_t len;
-    unsigned char buf[64];
-    size_t nbuf;
+    struct sha256_ctx nettle;
 } gpuseg__sha256;
 void gpuseg__sha256_init(gpuseg__sha256 *s);
 void gpuseg__sha256_update(gpuseg__sha256 *s, const void *data, size_t n);
 void gpuseg__sha256_final(gpuseg__sha256 *s, unsigned char out[32]);
 void gpuseg__sha256_hex(const unsigned char digest[32], char hex[65]);
 
-/* CRC-32 with zlib's parameters (as zlib.crc32): start with crc = 0, or chain the previous
- * result to checksum data in pieces. Used by ZIP entries, PNG chunks and the shm payload. */
+/* Adds str and its NUL (which separates the fields) to s. */
+void gpuseg__sha256_str(gpuseg__sha256 *s, const char *str);
+/* Adds the device's identity to s: platform name and version, vendor, device name and version,
+ * driver version (the program cache and the convolution choice table key on it). */
+void gpuseg__sha256_device(gpuseg__sha256 *s, const gpuseg_ctx *ctx);
+
+/* Monotonic clock in seconds (an arbitrary origin: for differences only). */
+double gpuseg__now_s(void);
+
+/* CRC-32 (zlib's crc32_z, so any length): start with crc = 0, or chain the previous result to
+ * checksum data in pieces. Used by ZIP entries, PNG chunks and the shm payload. */
 uint32_t gpuseg__crc32(uint32_t crc, const void *data, size_t n);
 
 /* --- limits (core/limits.c) ----------------------------------------------------------------- */

@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core/internal.h"
@@ -30,12 +29,6 @@
 #define CACHE_HEADER_SIZE    (8 + 4 + 4 + 32 + 8 + 32)
 #define CACHE_MAX_BINARY     (256u << 20)
 #define BASE_BUILD_OPTIONS   "-cl-std=CL1.2"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 gpuseg_status gpuseg_cache_dir(const gpuseg_ctx_params *params, char *buf, size_t len) {
     const char *dir = params ? params->cache_dir : NULL;
@@ -149,27 +142,18 @@ static void host_defines(char *buf, size_t cap) {
 #undef GPUSEG__DEFINE
 }
 
-static void hash_str(gpuseg__sha256 *s, const char *str) {
-    gpuseg__sha256_update(s, str, strlen(str) + 1); /* the NUL separates the fields */
-}
-
 static void cache_key(const gpuseg_ctx *ctx, const char *name, const char *src, size_t len,
                       const char *options, unsigned char key[32]) {
     gpuseg__sha256 s;
     gpuseg__sha256_init(&s);
     char ver[32];
     snprintf(ver, sizeof ver, "gpuseg-program-cache-%u", CACHE_FORMAT_VERSION);
-    hash_str(&s, ver);
-    hash_str(&s, name);
+    gpuseg__sha256_str(&s, ver);
+    gpuseg__sha256_str(&s, name);
     gpuseg__sha256_update(&s, src, len);
-    hash_str(&s, "");
-    hash_str(&s, options);
-    hash_str(&s, ctx->dev.platform_name);
-    hash_str(&s, ctx->dev.platform_version);
-    hash_str(&s, ctx->dev.vendor);
-    hash_str(&s, ctx->dev.name);
-    hash_str(&s, ctx->dev.device_version);
-    hash_str(&s, ctx->dev.driver_version);
+    gpuseg__sha256_str(&s, "");
+    gpuseg__sha256_str(&s, options);
+    gpuseg__sha256_device(&s, ctx);
     gpuseg__sha256_final(&s, key);
 }
 
@@ -328,7 +312,7 @@ gpuseg_status gpuseg__program(gpuseg_ctx *ctx, const char *name, const char *opt
         strlen(options) >= sizeof ctx->programs[0].options)
         return gpuseg__fail(ctx, GPUSEG_INTERNAL, "program '%s': name or options too long", name);
 
-    double t0 = now_seconds();
+    double t0 = gpuseg__now_s();
     char *owned = NULL;
     size_t len = 0;
     gpuseg_status st = program_source(ctx, name, &owned, &len);
@@ -381,7 +365,7 @@ gpuseg_status gpuseg__program(gpuseg_ctx *ctx, const char *name, const char *opt
     snprintf(e->name, sizeof e->name, "%s", name);
     snprintf(e->options, sizeof e->options, "%s", options);
     e->program = prog;
-    double dt = now_seconds() - t0;
+    double dt = gpuseg__now_s() - t0;
     ctx->stats.build_seconds += dt;
     gpuseg__log(ctx, GPUSEG_LOG_DEBUG, "program %s [%s]: %.3f s", name, options, dt);
     *out = prog;

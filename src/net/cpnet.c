@@ -6,26 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "net/net_internal.h"
 
 #define BN_EPS 1e-5f /* nn.BatchNorm2d(eps=1e-5) in every CPnet layer */
-
-/* A new read-only device buffer holding n floats of host data (blocking upload). */
-static gpuseg_status upload(gpuseg_ctx *ctx, const float *data, size_t n, const char *what,
-                            cl_mem *out) {
-    gpuseg_status st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, n * sizeof(float), what, out);
-    if (st != GPUSEG_OK)
-        return st;
-    cl_int err =
-        clEnqueueWriteBuffer(ctx->queue, *out, CL_TRUE, 0, n * sizeof(float), data, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        gpuseg__release(out);
-        return gpuseg__fail_cl(ctx, err, "uploading %s", what);
-    }
-    return GPUSEG_OK;
-}
 
 static gpuseg_status tensor(const gpuseg_model *m, const char *prefix, const char *suffix,
                             size_t numel, const float **data) {
@@ -67,10 +51,11 @@ static gpuseg_status layer_load(gpuseg_net *net, const gpuseg_model *m, const ch
     if (!sc)
         return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "%s: out of host memory", conv);
     gpuseg__bn_fold(bw, bb, mean, var, cin, BN_EPS, sc, sc + cin);
-    if ((st = upload(ctx, sc, cin, conv, &L->scale)) == GPUSEG_OK &&
-        (st = upload(ctx, sc + cin, cin, conv, &L->shift)) == GPUSEG_OK &&
-        (st = upload(ctx, w, (size_t)cout * cin * k * k, conv, &L->weight)) == GPUSEG_OK)
-        st = upload(ctx, b, cout, conv, &L->bias);
+    if ((st = gpuseg__upload(ctx, sc, cin * sizeof(float), conv, &L->scale)) == GPUSEG_OK &&
+        (st = gpuseg__upload(ctx, sc + cin, cin * sizeof(float), conv, &L->shift)) == GPUSEG_OK &&
+        (st = gpuseg__upload(ctx, w, (size_t)cout * cin * k * k * sizeof(float), conv,
+                             &L->weight)) == GPUSEG_OK)
+        st = gpuseg__upload(ctx, b, cout * sizeof(float), conv, &L->bias);
     free(sc);
     return st;
 }
@@ -131,8 +116,10 @@ static gpuseg_status up_load(gpuseg_net *net, const gpuseg_model *m, int l) {
         snprintf(fp, sizeof fp, "upsample.up.res_up_%d.conv.conv_%d.full", l, k);
         if ((st = tensor(m, fp, ".weight", (size_t)cout * ns, &fw)) != GPUSEG_OK ||
             (st = tensor(m, fp, ".bias", cout, &fb)) != GPUSEG_OK ||
-            (st = upload(net->ctx, fw, (size_t)cout * ns, fp, &B->full_w[k - 1])) != GPUSEG_OK ||
-            (st = upload(net->ctx, fb, cout, fp, &B->full_b[k - 1])) != GPUSEG_OK)
+            (st = gpuseg__upload(net->ctx, fw, (size_t)cout * ns * sizeof(float), fp,
+                                 &B->full_w[k - 1])) != GPUSEG_OK ||
+            (st = gpuseg__upload(net->ctx, fb, cout * sizeof(float), fp, &B->full_b[k - 1])) !=
+                GPUSEG_OK)
             return st;
     }
     return GPUSEG_OK;
@@ -295,19 +282,13 @@ gpuseg_status gpuseg__net_plan(gpuseg_net *net, unsigned batch, unsigned h, unsi
 
 /* --- forward ------------------------------------------------------------------------------- */
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* With net->profile: waits for the op just enqueued and books its time under name. */
 static gpuseg_status prof_end(gpuseg_net *net, gpuseg_status st, const char *name, double t0,
                               double flops) {
     if (!net->profile || st != GPUSEG_OK)
         return st;
     clFinish(net->ctx->queue);
-    double dt = now_s() - t0;
+    double dt = gpuseg__now_s() - t0;
     unsigned i = 0;
     while (i < net->n_prof && strcmp(net->prof[i].name, name) != 0)
         i++;
@@ -341,7 +322,7 @@ static gpuseg_status conv(gpuseg_net *net, const gpuseg__layer *L, unsigned batc
                            .add_in = add_in,
                            .pre_add = pre_add,
                            .residual = residual};
-    double t0 = net->profile ? now_s() : 0;
+    double t0 = net->profile ? gpuseg__now_s() : 0;
     return prof_end(net, gpuseg__conv2d(net->ops, &d, in, out), L->name, t0,
                     2.0 * batch * h * w * (double)L->cin * L->cout * L->ksize * L->ksize);
 }
@@ -383,7 +364,7 @@ gpuseg_status gpuseg__net_forward(gpuseg_net *net, unsigned n) {
         unsigned hl = h >> l, wl = w >> l;
         cl_mem x = net->in;
         if (l > 0) {
-            double t0 = net->profile ? now_s() : 0;
+            double t0 = net->profile ? gpuseg__now_s() : 0;
             st = gpuseg__maxpool2(net->ops, net->xd[l - 1], net->tmp[0], (size_t)n * nb[l], hl * 2,
                                   wl * 2);
             st = prof_end(net, st, "maxpool", t0, 0);
@@ -394,7 +375,7 @@ gpuseg_status gpuseg__net_forward(gpuseg_net *net, unsigned n) {
     }
     /* style of the deepest features; Linear(style) of every resup conv_1..3 */
     unsigned ns = (unsigned)nb[4];
-    double t0 = net->profile ? now_s() : 0;
+    double t0 = net->profile ? gpuseg__now_s() : 0;
     if (st == GPUSEG_OK)
         st = gpuseg__style(net->ops, net->xd[3], net->style, n, ns, (size_t)(h >> 3) * (w >> 3));
     for (int l = 0; l < 4 && st == GPUSEG_OK; l++)
@@ -409,7 +390,7 @@ gpuseg_status gpuseg__net_forward(gpuseg_net *net, unsigned n) {
                net->tmp[1], net->tmp[2]);
     for (int l = 2; l >= 0 && st == GPUSEG_OK; l--) {
         unsigned hl = h >> l, wl = w >> l;
-        t0 = net->profile ? now_s() : 0;
+        t0 = net->profile ? gpuseg__now_s() : 0;
         st = gpuseg__upsample2(net->ops, net->tmp[2], NULL, net->tmp[0],
                                (size_t)n * nbaseup(net, l + 1), hl / 2, wl / 2);
         st = prof_end(net, st, "upsample", t0, 0);

@@ -5,7 +5,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "flow/masks_internal.h"
 #include "gpuseg/flows_cl.h"
@@ -41,17 +40,11 @@ void gpuseg_segment_result_free(gpuseg_segment_result *r) {
     memset(r, 0, sizeof *r);
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static gpuseg_status read_buf(gpuseg_ctx *ctx, cl_mem m, size_t bytes, void *dst,
-                              const char *what) {
-    cl_int err = clEnqueueReadBuffer(ctx->queue, m, CL_TRUE, 0, bytes, dst, 0, NULL, NULL);
-    return err == CL_SUCCESS ? GPUSEG_OK : gpuseg__fail_cl(ctx, err, "reading back %s", what);
-}
+/* Where each stage of one pass ends, as a fraction of the pass (progress reports; a rough
+ * split of the time on GPUs and PoCL alike: the network dominates, the masks come second). */
+#define SPAN_PREP    0.05
+#define SPAN_NETWORK 0.75
+#define SPAN_BLEND   0.80
 
 /* Plans the network for `want` tiles of th x tw, halving the batch while the device runs out of
  * memory; *got receives the batch that fits. */
@@ -103,19 +96,26 @@ static gpuseg_status run_tiles(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg__prep_ou
     if ((st = gpuseg__blend_begin(ctx, g, 3, &b)) != GPUSEG_OK)
         goto fail;
     memset(style_sum, 0, ns * sizeof *style_sum);
+    gpuseg__progress(ctx, "network", 0, ntiles, SPAN_PREP);
     for (uint32_t first = 0; first < ntiles; first += bsz) {
         uint32_t count = ntiles - first < bsz ? ntiles - first : bsz;
-        if ((st = gpuseg__tiles_extract(ctx, in->image, 2, g, first, count, net->in)) !=
+        if ((st = gpuseg__check_cancel(ctx, "network")) != GPUSEG_OK ||
+            (st = gpuseg__tiles_extract(ctx, in->image, 2, g, first, count, net->in)) !=
                 GPUSEG_OK ||
             (st = gpuseg__net_forward(net, count)) != GPUSEG_OK ||
             (st = gpuseg__blend_add(ctx, &b, g, net->out, first, count)) != GPUSEG_OK ||
-            (st = read_buf(ctx, net->style, (size_t)count * ns * sizeof(float), style, "style")) !=
-                GPUSEG_OK)
+            (st = gpuseg__read_buf(ctx, net->style, (size_t)count * ns * sizeof(float), style,
+                                   "style")) != GPUSEG_OK)
             goto fail;
         for (uint32_t t = 0; t < count; t++)
             for (uint32_t c = 0; c < ns; c++)
                 style_sum[c] += style[(size_t)t * ns + c];
+        gpuseg__progress(ctx, "network", first + count, ntiles,
+                         SPAN_PREP + (SPAN_NETWORK - SPAN_PREP) * (first + count) / ntiles);
     }
+    gpuseg__progress(ctx, "blend", 0, 0, SPAN_NETWORK);
+    if ((st = gpuseg__check_cancel(ctx, "blend")) != GPUSEG_OK)
+        goto fail;
     gpuseg__release(&in->image); /* the kernels enqueued on them keep them alive until done */
     gpuseg__release(&in->tiles);
     if ((size_t)g->ly0 * g->lx0 * GPUSEG__MASKS_BYTES_PER_PIXEL >= gpuseg__net_workspace_bytes(net))
@@ -228,9 +228,11 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     cl_mem full = NULL, labels = NULL;
     float *style = NULL;
     gpuseg_status st;
-    double t0 = now_s();
-    if ((st = gpuseg__prep_image(ctx, img, &pp, &in)) != GPUSEG_OK)
-        return st;
+    double t0 = gpuseg__now_s();
+    gpuseg__progress(ctx, "prep", 0, 0, 0.0);
+    if ((st = gpuseg__check_cancel(ctx, "prep")) != GPUSEG_OK ||
+        (st = gpuseg__prep_image(ctx, img, &pp, &in)) != GPUSEG_OK)
+        goto fail;
     uint32_t H = in.geom.ly0, W = in.geom.lx0, ns = (uint32_t)mi->nbase[4];
     size_t fbytes;
     if (!gpuseg__mul4_size(3, H, W, sizeof(float), &fbytes)) {
@@ -247,7 +249,7 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
             GPUSEG_OK)
         goto fail;
     clFinish(ctx->queue);
-    double t1 = now_s();
+    double t1 = gpuseg__now_s();
 
     gpuseg_masks_params mp;
     gpuseg_masks_params_default(&mp);
@@ -264,18 +266,24 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
             st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "flows: out of host memory");
             goto fail;
         }
-        if ((st = read_buf(ctx, full, fbytes, result->flows, "flows")) != GPUSEG_OK)
+        if ((st = gpuseg__read_buf(ctx, full, fbytes, result->flows, "flows")) != GPUSEG_OK)
             goto fail;
     }
     /* The flows are handed over: flows -> masks releases them once its first stage has read them,
-     * so that the rest of it runs without their 12 bytes per pixel. */
+     * so that the rest of it runs without their 12 bytes per pixel. It reports its own progress
+     * (0..1 of the masks step) into the last part of the pass. */
+    gpuseg__progress(ctx, "masks", 0, 0, SPAN_BLEND);
+    if ((st = gpuseg__check_cancel(ctx, "masks")) != GPUSEG_OK)
+        goto fail;
+    gpuseg__progress_span outer = gpuseg__progress_push(ctx, SPAN_BLEND, 1.0);
     st = gpuseg__masks_run(ctx, full, 1, H, W, &mp, NULL, &labels, &dt, &nm);
+    gpuseg__progress_pop(ctx, outer);
     full = NULL;
     if (st != GPUSEG_OK)
         goto fail;
     if ((st = gpuseg_image_create(W, H, 1, 1, dt, &result->labels)) != GPUSEG_OK ||
-        (st = read_buf(ctx, labels, (size_t)H * W * gpuseg_dtype_size(dt), result->labels->data,
-                       "labels")) != GPUSEG_OK)
+        (st = gpuseg__read_buf(ctx, labels, (size_t)H * W * gpuseg_dtype_size(dt),
+                               result->labels->data, "labels")) != GPUSEG_OK)
         goto fail;
     if (p.want_style) {
         result->style = style;
@@ -289,11 +297,13 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     result->niter = niter;
     result->n_tiles = in.geom.ny * in.geom.nx;
     result->seconds_net = t1 - t0;
-    result->seconds_masks = now_s() - t1;
+    result->seconds_masks = gpuseg__now_s() - t1;
     st = GPUSEG_OK;
 fail:
     if (st != GPUSEG_OK) {
         gpuseg_segment_result_free(result);
+        if (st == GPUSEG_CANCELLED)
+            clFinish(ctx->queue); /* the device memory is freed once no kernel uses it */
         if (img && img->width)
             gpuseg__wrap(ctx, st, "segmenting %ux%u image", img->width, img->height);
     }
@@ -335,9 +345,20 @@ gpuseg_status gpuseg_segment(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_imag
         p = *params;
     else
         gpuseg_segment_params_default(&p);
-    gpuseg_status st = segment_once(ctx, net, img, &p, result);
-    if (st != GPUSEG_OK || !p.estimate_diameter)
+    /* Progress: each pass is an equal share of the call, as many shares as passes may run; a
+     * call that stops early (one pass only, or an estimate that agrees) jumps to 1 at its end. */
+    const unsigned shares = p.estimate_diameter ? GPUSEG__DIAMETER_PASSES : 1;
+    gpuseg__progress_span outer = gpuseg__progress_push(ctx, 0.0, 1.0 / shares);
+    gpuseg_status st = gpuseg__check_cancel(ctx, "gpuseg_segment");
+    if (st == GPUSEG_OK)
+        st = segment_once(ctx, net, img, &p, result);
+    gpuseg__progress_pop(ctx, outer);
+    if (st != GPUSEG_OK)
         return st;
+    if (!p.estimate_diameter) {
+        gpuseg__progress(ctx, "done", 1, 1, 1.0);
+        return st;
+    }
     /* Pass 1 is done at the given diameter (or diam_labels); its masks measure the objects.
      * Cellpose's SizeModel refines its style-regression guess once the same way (the median
      * diameter of the masks segmented at the guess). Here the guess is the model's training
@@ -354,20 +375,30 @@ gpuseg_status gpuseg_segment(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_imag
         }
         result->diameter_first_pass = d1;
         result->diameter_estimate = est;
-        if (!(est > 0.0))
+        if (!(est > 0.0)) {
+            gpuseg__progress(ctx, "done", 1, 1, 1.0);
             return GPUSEG_OK; /* no masks: nothing to measure, this pass stands */
+        }
         result->diameter_estimated = 1;
         /* Within 10% the rescale would change by at most ~10%, well inside the size jitter the
          * network is trained with (Cellpose's scale_range 0.5: x0.75..x1.25 around diam_mean),
          * so the masks would change little; keeping this pass saves another network pass. */
-        if (fabs(est - d) <= 0.1 * d || result->passes >= GPUSEG__DIAMETER_PASSES)
+        if (fabs(est - d) <= 0.1 * d || result->passes >= GPUSEG__DIAMETER_PASSES) {
+            gpuseg__progress(ctx, "done", 1, 1, 1.0);
             return GPUSEG_OK;
+        }
         /* The next pass at the estimate. The net keeps its weights and tile buffers (tiles are
          * the same size at any scale), so only the per-image prep and flow buffers are made
          * again. */
         gpuseg_segment_result next;
         p.diameter = est;
-        if ((st = segment_once(ctx, net, img, &p, &next)) != GPUSEG_OK) {
+        outer = gpuseg__progress_push(ctx, (double)result->passes / shares,
+                                      (double)(result->passes + 1) / shares);
+        st = gpuseg__check_cancel(ctx, "diameter estimate");
+        if (st == GPUSEG_OK)
+            st = segment_once(ctx, net, img, &p, &next);
+        gpuseg__progress_pop(ctx, outer);
+        if (st != GPUSEG_OK) {
             gpuseg_segment_result_free(result);
             return gpuseg__wrap(ctx, st, "pass %u at the estimated diameter %.2f",
                                 result->passes + 1, est);

@@ -4,7 +4,6 @@
  * kernel or Winograd (3x3). Under AUTO, the first call per layer shape times each and keeps the
  * fastest (in memory, per ops object, and on disk: conv_choice.c). */
 #include <string.h>
-#include <time.h>
 
 #include "ops/ops_internal.h"
 
@@ -134,12 +133,6 @@ static gpuseg_status run_impl(gpuseg__ops *ops, gpuseg__conv_impl impl, const gp
     return gpuseg__conv_direct(ops, d, &g, src, out);
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* One warm-up run (program builds, CLBlast's own kernel compilation, scratch growth) and one
  * timed run of impl into the trial buffer. */
 static gpuseg_status time_impl(gpuseg__ops *ops, gpuseg__conv_impl impl, const gpuseg__conv_desc *d,
@@ -147,12 +140,12 @@ static gpuseg_status time_impl(gpuseg__ops *ops, gpuseg__conv_impl impl, const g
     gpuseg_status st;
     cl_int err;
     for (int rep = 0; rep < 2; rep++) {
-        double t0 = now_seconds();
+        double t0 = gpuseg__now_s();
         if ((st = run_impl(ops, impl, d, in, trial)) != GPUSEG_OK)
             return st;
         if ((err = clFinish(ops->ctx->queue)) != CL_SUCCESS)
             return gpuseg__fail_cl(ops->ctx, err, "%s: clFinish", layer_name(d));
-        *seconds = now_seconds() - t0;
+        *seconds = gpuseg__now_s() - t0;
     }
     return GPUSEG_OK;
 }

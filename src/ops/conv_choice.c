@@ -19,10 +19,6 @@
 #define CHOICE_MAGIC   "gpuseg-conv-choice"
 #define CHOICE_MAX_LEN (GPUSEG__OPS_CHOICES * 128 + 64)
 
-static void hash_str(gpuseg__sha256 *s, const char *str) {
-    gpuseg__sha256_update(s, str, strlen(str) + 1);
-}
-
 static bool choice_path(const gpuseg__ops *ops, char *path, size_t len) {
     const gpuseg_ctx *ctx = ops->ctx;
     if (!ctx->use_cache || !ctx->cache_dir[0])
@@ -33,17 +29,12 @@ static bool choice_path(const gpuseg__ops *ops, char *path, size_t len) {
     snprintf(buf, sizeof buf, "%s %d tile %u %u %u layout %u 1x1 %u %u", CHOICE_MAGIC,
              CHOICE_FORMAT, ops->tile.rows, ops->tile.couts, ops->tile.xvecs, ops->tile.layout,
              ops->tile.couts1, ops->tile.xvecs1);
-    hash_str(&s, buf);
-    hash_str(&s, ctx->dev.platform_name);
-    hash_str(&s, ctx->dev.platform_version);
-    hash_str(&s, ctx->dev.vendor);
-    hash_str(&s, ctx->dev.name);
-    hash_str(&s, ctx->dev.device_version);
-    hash_str(&s, ctx->dev.driver_version);
+    gpuseg__sha256_str(&s, buf);
+    gpuseg__sha256_device(&s, ctx);
     for (const gpuseg__kernel_source *k = gpuseg__kernel_sources; k->name; k++)
         if (strcmp(k->name, "conv") == 0 || strcmp(k->name, "conv_direct") == 0 ||
             strcmp(k->name, "conv_winograd") == 0)
-            hash_str(&s, k->sha256);
+            gpuseg__sha256_str(&s, k->sha256);
     unsigned char d[32];
     char hex[65];
     gpuseg__sha256_final(&s, d);

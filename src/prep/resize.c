@@ -64,18 +64,6 @@ static int tab_make(axis_tab *t, uint32_t src, uint32_t dst, int clamp_weight,
     return 1;
 }
 
-static gpuseg_status upload(gpuseg_ctx *ctx, const void *data, size_t bytes, cl_mem *out) {
-    gpuseg_status st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, bytes, "resize: table", out);
-    if (st)
-        return st;
-    cl_int err = clEnqueueWriteBuffer(ctx->queue, *out, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        gpuseg__release(out);
-        return gpuseg__fail_cl(ctx, err, "resize: table upload");
-    }
-    return GPUSEG_OK;
-}
-
 gpuseg_status gpuseg__resize(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, uint32_t h, uint32_t w,
                              cl_mem dst, uint32_t dh, uint32_t dw, gpuseg__resize_rule rule) {
     if (nch == 0 || h == 0 || w == 0 || dh == 0 || dw == 0)
@@ -115,14 +103,14 @@ gpuseg_status gpuseg__resize(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, uint32_t
         st = gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "resize: size overflows");
         goto done;
     }
-    if ((st = upload(ctx, tx.i0, dw * sizeof(cl_int), &b[0])) ||
-        (st = upload(ctx, tx.i1, dw * sizeof(cl_int), &b[1])) ||
-        (st = upload(ctx, tx.a0, dw * sizeof(float), &b[2])) ||
-        (st = upload(ctx, tx.a1, dw * sizeof(float), &b[3])) ||
-        (st = upload(ctx, ty.i0, dh * sizeof(cl_int), &b[4])) ||
-        (st = upload(ctx, ty.i1, dh * sizeof(cl_int), &b[5])) ||
-        (st = upload(ctx, ty.a0, dh * sizeof(float), &b[6])) ||
-        (st = upload(ctx, ty.a1, dh * sizeof(float), &b[7])) ||
+    if ((st = gpuseg__upload(ctx, tx.i0, dw * sizeof(cl_int), "resize: table", &b[0])) ||
+        (st = gpuseg__upload(ctx, tx.i1, dw * sizeof(cl_int), "resize: table", &b[1])) ||
+        (st = gpuseg__upload(ctx, tx.a0, dw * sizeof(float), "resize: table", &b[2])) ||
+        (st = gpuseg__upload(ctx, tx.a1, dw * sizeof(float), "resize: table", &b[3])) ||
+        (st = gpuseg__upload(ctx, ty.i0, dh * sizeof(cl_int), "resize: table", &b[4])) ||
+        (st = gpuseg__upload(ctx, ty.i1, dh * sizeof(cl_int), "resize: table", &b[5])) ||
+        (st = gpuseg__upload(ctx, ty.a0, dh * sizeof(float), "resize: table", &b[6])) ||
+        (st = gpuseg__upload(ctx, ty.a1, dh * sizeof(float), "resize: table", &b[7])) ||
         (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, tbytes, "resize: temporary", &tmp)))
         goto done;
     cl_uint rows = nch * h;

@@ -101,19 +101,6 @@ gpuseg_status gpuseg__tile_geometry(gpuseg_ctx *ctx, uint32_t ly0, uint32_t lx0,
     return GPUSEG_OK;
 }
 
-static gpuseg_status upload(gpuseg_ctx *ctx, const void *data, size_t bytes, const char *what,
-                            cl_mem *out) {
-    gpuseg_status st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, bytes, what, out);
-    if (st)
-        return st;
-    cl_int err = clEnqueueWriteBuffer(ctx->queue, *out, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        gpuseg__release(out);
-        return gpuseg__fail_cl(ctx, err, "%s: upload", what);
-    }
-    return GPUSEG_OK;
-}
-
 gpuseg_status gpuseg__tiles_extract(gpuseg_ctx *ctx, cl_mem x, uint32_t nch,
                                     const gpuseg__tile_geom *g, uint32_t first, uint32_t count,
                                     cl_mem tiles) {
@@ -131,8 +118,8 @@ gpuseg_status gpuseg__tiles_extract(gpuseg_ctx *ctx, cl_mem x, uint32_t nch,
     cl_uint nch32 = nch, lyr = g->lyr, lxr = g->lxr, yp = g->ypad1, xp = g->xpad1, th = g->th,
             tw = g->tw, f32 = first, nt = count, nx = g->nx;
     cl_int aug = g->augment;
-    if ((st = upload(ctx, g->ystart, g->ny * sizeof(uint32_t), "tiles: starts", &ys)) ||
-        (st = upload(ctx, g->xstart, g->nx * sizeof(uint32_t), "tiles: starts", &xs)) ||
+    if ((st = gpuseg__upload(ctx, g->ystart, g->ny * sizeof(uint32_t), "tiles: starts", &ys)) ||
+        (st = gpuseg__upload(ctx, g->xstart, g->nx * sizeof(uint32_t), "tiles: starts", &xs)) ||
         (st = gpuseg__kernel(ctx, "tiles", "tiles_extract", &k)) ||
         (st = gpuseg__set_args(ctx, k, 15, sizeof(cl_mem), &x, sizeof nch32, &nch32, sizeof lyr,
                                &lyr, sizeof lxr, &lxr, sizeof yp, &yp, sizeof xp, &xp, sizeof th,
@@ -198,9 +185,10 @@ gpuseg_status gpuseg__blend_begin(gpuseg_ctx *ctx, const gpuseg__tile_geom *g, u
     gpuseg_status st;
     float zero = 0.0f;
     cl_int err;
-    if ((st = upload(ctx, g->ystart, g->ny * sizeof(uint32_t), "blend: starts", &b->ys)) ||
-        (st = upload(ctx, g->xstart, g->nx * sizeof(uint32_t), "blend: starts", &b->xs)) ||
-        (st = upload(ctx, mask, (size_t)g->th * g->tw * sizeof(float), "blend: taper", &b->mask)) ||
+    if ((st = gpuseg__upload(ctx, g->ystart, g->ny * sizeof(uint32_t), "blend: starts", &b->ys)) ||
+        (st = gpuseg__upload(ctx, g->xstart, g->nx * sizeof(uint32_t), "blend: starts", &b->xs)) ||
+        (st = gpuseg__upload(ctx, mask, (size_t)g->th * g->tw * sizeof(float), "blend: taper",
+                             &b->mask)) ||
         (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, bytes, "blend: sums", &b->acc)))
         goto fail;
     err = clEnqueueFillBuffer(ctx->queue, b->acc, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
