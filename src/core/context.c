@@ -429,13 +429,18 @@ gpuseg_status gpuseg__upload(gpuseg_ctx *ctx, const void *data, size_t bytes, co
     gpuseg_status st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, bytes, what, out);
     if (st != GPUSEG_OK)
         return st;
+    if ((st = gpuseg__write_buf(ctx, *out, bytes, data, what)) != GPUSEG_OK)
+        gpuseg__release(out);
+    return st;
+}
+
+gpuseg_status gpuseg__write_buf(gpuseg_ctx *ctx, cl_mem buf, size_t bytes, const void *src,
+                                const char *what) {
     if (bytes == 0)
         return GPUSEG_OK;
-    cl_int err = clEnqueueWriteBuffer(ctx->queue, *out, CL_TRUE, 0, bytes, data, 0, NULL, NULL);
-    if (err != CL_SUCCESS) {
-        gpuseg__release(out);
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, buf, CL_TRUE, 0, bytes, src, 0, NULL, NULL);
+    if (err != CL_SUCCESS)
         return gpuseg__fail_cl(ctx, err, "%s: upload of %zu bytes", what, bytes);
-    }
     return GPUSEG_OK;
 }
 

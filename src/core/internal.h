@@ -166,6 +166,10 @@ gpuseg_status gpuseg__buffer(gpuseg_ctx *ctx, cl_mem_flags flags, size_t bytes, 
 gpuseg_status gpuseg__upload(gpuseg_ctx *ctx, const void *data, size_t bytes, const char *what,
                              cl_mem *out);
 
+/* Blocking write of `bytes` from src into the start of buf; the message names `what`. */
+gpuseg_status gpuseg__write_buf(gpuseg_ctx *ctx, cl_mem buf, size_t bytes, const void *src,
+                                const char *what);
+
 /* Blocking read of the first `bytes` of buf into dst; the message names `what`. */
 gpuseg_status gpuseg__read_buf(gpuseg_ctx *ctx, cl_mem buf, size_t bytes, void *dst,
                                const char *what);

@@ -59,22 +59,6 @@ static gpuseg_status fill_u32(gpuseg_ctx *ctx, cl_mem buf, size_t n, uint32_t va
     return fill_buf(ctx, buf, &value, sizeof value, n, what);
 }
 
-static gpuseg_status read_buf(gpuseg_ctx *ctx, cl_mem buf, size_t bytes, void *dst,
-                              const char *what) {
-    cl_int err = clEnqueueReadBuffer(ctx->queue, buf, CL_TRUE, 0, bytes, dst, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return gpuseg__fail_cl(ctx, err, "flows to masks: reading %s", what);
-    return GPUSEG_OK;
-}
-
-static gpuseg_status write_buf(gpuseg_ctx *ctx, cl_mem buf, size_t bytes, const void *src,
-                               const char *what) {
-    cl_int err = clEnqueueWriteBuffer(ctx->queue, buf, CL_TRUE, 0, bytes, src, 0, NULL, NULL);
-    if (err != CL_SUCCESS)
-        return gpuseg__fail_cl(ctx, err, "flows to masks: writing %s", what);
-    return GPUSEG_OK;
-}
-
 static gpuseg_status buffer(gpuseg_ctx *ctx, size_t n, size_t elem, const char *what, cl_mem *out) {
     size_t bytes = 0;
     if (!gpuseg__mul_size(n ? n : 1, elem, &bytes))
@@ -86,7 +70,8 @@ static gpuseg_status buffer(gpuseg_ctx *ctx, size_t n, size_t elem, const char *
 static gpuseg_status upload(gpuseg_ctx *ctx, size_t n, size_t elem, const void *elems,
                             const char *what, cl_mem *out) {
     gpuseg_status st = buffer(ctx, n, elem, what, out);
-    if (st == GPUSEG_OK && n > 0 && (st = write_buf(ctx, *out, n * elem, elems, what)) != GPUSEG_OK)
+    if (st == GPUSEG_OK && n > 0 &&
+        (st = gpuseg__write_buf(ctx, *out, n * elem, elems, what)) != GPUSEG_OK)
         gpuseg__release(out);
     return st;
 }
@@ -159,11 +144,12 @@ static gpuseg_status label_stats(gpuseg_ctx *ctx, cl_mem labels, uint32_t H, uin
                                sizeof(cl_mem), &d[1], sizeof(cl_mem), box ? &d[2] : NULL)) ==
             GPUSEG_OK &&
         (st = rows ? gpuseg__run(ctx, k, 1, &gh, NULL) : run2(ctx, k, H, W)) == GPUSEG_OK &&
-        (st = read_buf(ctx, d[0], (size_t)n_labels * 4, count + 1, "label counts")) == GPUSEG_OK &&
-        (st = read_buf(ctx, d[1], (size_t)n_labels * 4, first + 1, "label first pixels")) ==
+        (st = gpuseg__read_buf(ctx, d[0], (size_t)n_labels * 4, count + 1, "label counts")) ==
             GPUSEG_OK &&
-        (!box ||
-         (st = read_buf(ctx, d[2], (size_t)n_labels * 16, box + 4, "label boxes")) == GPUSEG_OK)) {
+        (st = gpuseg__read_buf(ctx, d[1], (size_t)n_labels * 4, first + 1, "label first pixels")) ==
+            GPUSEG_OK &&
+        (!box || (st = gpuseg__read_buf(ctx, d[2], (size_t)n_labels * 16, box + 4,
+                                        "label boxes")) == GPUSEG_OK)) {
         uint64_t fg = 0;
         for (uint32_t l = 1; l <= n_labels; l++)
             fg += count[l];
@@ -323,7 +309,7 @@ static gpuseg_status scale_flows(masks_run *r, cl_mem *end) {
                                      sizeof(float), &thr, sizeof(cl_mem), &r->scaled,
                                      sizeof(cl_mem), end, sizeof(cl_mem), &flags)) == GPUSEG_OK &&
         (st = sl.packed ? run2(ctx, k, H + 1, W + 1) : run1(ctx, k, r->n)) == GPUSEG_OK &&
-        (st = read_buf(ctx, flags, sizeof bad, bad, "flags")) == GPUSEG_OK) {
+        (st = gpuseg__read_buf(ctx, flags, sizeof bad, bad, "flags")) == GPUSEG_OK) {
         if (r->take_flows) /* the blocking read above means this stage is done with it */
             gpuseg__release(&r->flows);
         if (bad[0] > 0) {
@@ -354,7 +340,7 @@ static gpuseg_status follow(masks_run *r, cl_mem end, cl_mem *hist) {
         (!want_pos ||
          (st = buffer(ctx, 2 * n, sizeof(float), "debug positions", &pos)) == GPUSEG_OK) &&
         (st = euler(ctx, r->scaled, end, *hist, r->H, r->W, niter, pos)) == GPUSEG_OK && want_pos)
-        st = read_buf(ctx, pos, 2 * n * sizeof(float), r->dbg->pos, "debug positions");
+        st = gpuseg__read_buf(ctx, pos, 2 * n * sizeof(float), r->dbg->pos, "debug positions");
     gpuseg__release(&pos);
     if (st != GPUSEG_OK)
         gpuseg__release(hist);
@@ -385,7 +371,7 @@ static gpuseg_status find_seeds(masks_run *r, cl_mem hist, cl_mem *seeds, cl_uin
                                sizeof(cl_uint), &cw, sizeof(cl_mem), seeds, sizeof(cl_mem), &count,
                                sizeof(cl_uint), &cap)) == GPUSEG_OK &&
         (st = run2(ctx, k, r->H, r->W)) == GPUSEG_OK &&
-        (st = read_buf(ctx, count, sizeof *ns, ns, "seed count")) == GPUSEG_OK && *ns > cap)
+        (st = gpuseg__read_buf(ctx, count, sizeof *ns, ns, "seed count")) == GPUSEG_OK && *ns > cap)
         st = gpuseg__fail(ctx, GPUSEG_INTERNAL, "flows to masks: %u seeds exceed the bound %u", *ns,
                           cap);
     gpuseg__release(&count);
@@ -491,7 +477,7 @@ static gpuseg_status stage_get_masks(masks_run *r) {
     if (r->dbg) {
         r->dbg->n_pre = n1;
         if (r->dbg->pre_labels)
-            st = read_buf(r->ctx, r->labels, r->n * 4, r->dbg->pre_labels, "labels");
+            st = gpuseg__read_buf(r->ctx, r->labels, r->n * 4, r->dbg->pre_labels, "labels");
     }
     return st;
 }
@@ -529,7 +515,7 @@ static gpuseg_status flow_errors(masks_run *r, uint32_t n_labels, const uint32_t
                                &d[BOX], sizeof(cl_uint), &nl, sizeof(cl_mem), &d[SUMS])) ==
             GPUSEG_OK &&
         (st = run_groups(ctx, k, n_labels)) == GPUSEG_OK &&
-        (st = read_buf(ctx, d[SUMS], (size_t)n_labels * 16, sums, "flow-error sums")) ==
+        (st = gpuseg__read_buf(ctx, d[SUMS], (size_t)n_labels * 16, sums, "flow-error sums")) ==
             GPUSEG_OK) {
         for (uint32_t i = 0; i < n_labels; i++) {
             double c = count[i + 1];
@@ -954,7 +940,7 @@ gpuseg_status gpuseg_flows_to_masks(gpuseg_ctx *ctx, const float *flows, uint32_
     gpuseg_image *img = NULL;
     gpuseg_dtype dt;
     if ((st = buffer(ctx, 3 * n, sizeof(float), "flows", &dflows)) != GPUSEG_OK ||
-        (st = write_buf(ctx, dflows, 3 * n * sizeof(float), flows, "flows")) != GPUSEG_OK)
+        (st = gpuseg__write_buf(ctx, dflows, 3 * n * sizeof(float), flows, "flows")) != GPUSEG_OK)
         goto fail;
     /* handed over: released as soon as the first stage has read it */
     st = gpuseg__masks_run(ctx, dflows, 1, H, W, &p, NULL, &dlab, &dt, n_masks);
@@ -965,7 +951,8 @@ gpuseg_status gpuseg_flows_to_masks(gpuseg_ctx *ctx, const float *flows, uint32_
         st = gpuseg__wrap(ctx, st, "flows to masks");
         goto fail;
     }
-    if ((st = read_buf(ctx, dlab, n * gpuseg_dtype_size(dt), img->data, "labels")) != GPUSEG_OK)
+    if ((st = gpuseg__read_buf(ctx, dlab, n * gpuseg_dtype_size(dt), img->data, "labels")) !=
+        GPUSEG_OK)
         goto fail;
     gpuseg__release(&dlab);
     *labels_out = img;
