@@ -351,21 +351,10 @@ json_t *cli_json_str(const char *s) {
     return j;
 }
 
-/* Significant digits for v to read back as the same double (JSON_REAL_PRECISION's n). */
-static int real_digits(double v) {
-    char buf[40];
-    for (int prec = 1; prec < 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v)
-            return prec;
-    }
-    return 17;
-}
-
 static int most_digits(const json_t *v) {
     int most = 1;
     if (json_is_real(v))
-        return real_digits(json_real_value(v));
+        return gpuseg_shortest_digits(json_real_value(v));
     if (json_is_array(v))
         for (size_t i = 0; i < json_array_size(v); i++) {
             int d = most_digits(json_array_get(v, i));

@@ -735,17 +735,6 @@ gpuseg_status gpuseg_shm_labels_view(const gpuseg_shm *seg, gpuseg_image *view) 
     return GPUSEG_OK;
 }
 
-/* Significant digits for v to read back as the same double (JSON_REAL_PRECISION's n). */
-static int shortest_digits(double v) {
-    char buf[40];
-    for (int prec = 1; prec < 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v)
-            return prec;
-    }
-    return 17;
-}
-
 gpuseg_status gpuseg_shm_json(const gpuseg_shm_info *info, char *buf, size_t len) {
     if (!info || !buf || len == 0)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_shm_json: NULL argument");
@@ -763,7 +752,7 @@ gpuseg_status gpuseg_shm_json(const gpuseg_shm_info *info, char *buf, size_t len
                           (json_int_t)info->data_offset, "bytes", (json_int_t)info->data_bytes,
                           "n_masks", (json_int_t)info->n_masks, "diameter", diam);
     size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER |
-                   JSON_REAL_PRECISION(isfinite(d) ? shortest_digits(d) : 17);
+                   JSON_REAL_PRECISION(isfinite(d) ? gpuseg_shortest_digits(d) : 17);
     size_t n = o ? json_dumpb(o, buf, len, flags) : 0;
     json_decref(o);
     if (n == 0)
