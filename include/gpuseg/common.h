@@ -66,6 +66,10 @@ GPUSEG_API const char *gpuseg_version(void);
  * Accepts NULL. */
 GPUSEG_API void gpuseg_free(void *p);
 
+/* The fewest significant digits (1 to 17) with which "%.*g" writes the finite double v so that
+ * it reads back as v: the n of jansson's JSON_REAL_PRECISION(n) for the shortest exact form. */
+GPUSEG_API int gpuseg_shortest_digits(double v);
+
 #ifdef __cplusplus
 }
 #endif

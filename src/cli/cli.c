@@ -103,6 +103,100 @@ int cli_getopt_long(int argc, char *const *argv, const char *shortopts,
     return c;
 }
 
+/* Most options of one table (cli_parse_options). */
+#define CLI_MAX_OPTS 32
+
+static int cli_opt_set(const cli_opt *o, const char *arg) {
+    char name[64];
+    snprintf(name, sizeof name, "--%s", o->name);
+    double d = 0;
+    long l = 0;
+    switch (o->kind) {
+    case CLI_ARG_FLAG:
+        *(bool *)o->dest = true;
+        return CLI_OK;
+    case CLI_ARG_STR:
+        *(const char **)o->dest = arg;
+        return CLI_OK;
+    case CLI_ARG_CALL:
+        return o->call(arg, o->dest);
+    case CLI_ARG_DOUBLE:
+    case CLI_ARG_FLOAT:
+        if (!cli_parse_double(name, arg, o->lo, o->hi, &d))
+            return CLI_USAGE;
+        if (o->kind == CLI_ARG_DOUBLE)
+            *(double *)o->dest = d;
+        else
+            *(float *)o->dest = (float)d;
+        return CLI_OK;
+    default:
+        if (!cli_parse_int(name, arg, (long)o->lo, (long)o->hi, &l))
+            return CLI_USAGE;
+        if (o->kind == CLI_ARG_LONG)
+            *(long *)o->dest = l;
+        else if (o->kind == CLI_ARG_UINT)
+            *(unsigned *)o->dest = (unsigned)l;
+        else if (o->kind == CLI_ARG_U32)
+            *(uint32_t *)o->dest = (uint32_t)l;
+        else
+            *(int32_t *)o->dest = (int32_t)l;
+        return CLI_OK;
+    }
+}
+
+/* The entry of opts that getopt_long's code c stands for (NULL: none). */
+static const cli_opt *cli_opt_find(const cli_opt *opts, size_t n, int c) {
+    if (c >= 256 && c < 256 + (int)n)
+        return &opts[c - 256];
+    for (size_t i = 0; i < n; i++)
+        if (opts[i].letter && opts[i].letter == c)
+            return &opts[i];
+    return NULL;
+}
+
+int cli_parse_options(int argc, char **argv, const cli_opt *opts, unsigned what, void (*help)(void),
+                      const char *usage) {
+    static const struct option limit_opts[] = {CLI_LIMITS_LONG_OPTIONS};
+    const size_t nlim = sizeof limit_opts / sizeof *limit_opts;
+    struct option longopts[CLI_MAX_OPTS + sizeof limit_opts / sizeof *limit_opts + 2];
+    char shortopts[2 * CLI_MAX_OPTS + 2];
+    size_t n = 0, m = 0, ns = 0;
+    for (; opts[n].name && n < CLI_MAX_OPTS; n++) {
+        /* a long-only option's code is 256 + its index: no character, no limit option */
+        const int has_arg = opts[n].kind == CLI_ARG_FLAG ? no_argument : required_argument;
+        longopts[m++] = (struct option){opts[n].name, has_arg, NULL,
+                                        opts[n].letter ? opts[n].letter : 256 + (int)n};
+        if (opts[n].letter) {
+            shortopts[ns++] = opts[n].letter;
+            if (has_arg == required_argument)
+                shortopts[ns++] = ':';
+        }
+    }
+    for (size_t i = 0; (what & CLI_PARSE_LIMITS) && i < nlim; i++)
+        longopts[m++] = limit_opts[i];
+    if (what & CLI_PARSE_HELP) {
+        longopts[m++] = (struct option){"help", no_argument, NULL, 'h'};
+        shortopts[ns++] = 'h';
+    }
+    longopts[m] = (struct option){NULL, 0, NULL, 0};
+    shortopts[ns] = '\0';
+    optind = 1;
+    int c;
+    while ((c = cli_getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+        if (c == 'h' && (what & CLI_PARSE_HELP)) {
+            help();
+            return CLI_OK;
+        }
+        const cli_opt *o = cli_opt_find(opts, n, c);
+        int rc = o                           ? cli_opt_set(o, optarg)
+                 : (what & CLI_PARSE_LIMITS) ? cli_other_option(0, c, optarg, usage)
+                                             : cli_usage(usage);
+        if (rc != CLI_OK)
+            return rc;
+    }
+    return -1;
+}
+
 bool cli_parse_double(const char *opt, const char *s, double lo, double hi, double *out) {
     char *end = NULL;
     errno = 0;
@@ -151,32 +245,10 @@ gpuseg_status cli_ctx_create(const char *device, gpuseg_ctx **out) {
 
 int cli_masks_option(int c, const char *arg, float *cellprob_threshold, float *flow_threshold,
                      uint32_t *niter, int32_t *min_size) {
-    double d;
-    long l;
-    switch (c) {
-    case CLI_OPT_CELLPROB_THRESHOLD:
-        if (!cli_parse_double("--cellprob-threshold", arg, -1e30, 1e30, &d))
-            return -1;
-        *cellprob_threshold = (float)d;
-        return 1;
-    case CLI_OPT_FLOW_THRESHOLD:
-        if (!cli_parse_double("--flow-threshold", arg, -1e30, 1e30, &d))
-            return -1;
-        *flow_threshold = (float)d;
-        return 1;
-    case CLI_OPT_NITER:
-        if (!cli_parse_int("--niter", arg, 0, 1000000, &l))
-            return -1;
-        *niter = (uint32_t)l;
-        return 1;
-    case CLI_OPT_MIN_SIZE:
-        if (!cli_parse_int("--min-size", arg, -1, INT32_MAX, &l))
-            return -1;
-        *min_size = (int32_t)l;
-        return 1;
-    default:
+    const cli_opt opts[] = {CLI_MASKS_OPTS(cellprob_threshold, flow_threshold, niter, min_size)};
+    if (c < CLI_OPT_CELLPROB_THRESHOLD || c > CLI_OPT_MIN_SIZE)
         return 0;
-    }
+    return cli_opt_set(&opts[c - CLI_OPT_CELLPROB_THRESHOLD], arg) == CLI_OK ? 1 : -1;
 }
 
 int cli_other_option(int r, int c, const char *arg, const char *usage) {
@@ -279,21 +351,10 @@ json_t *cli_json_str(const char *s) {
     return j;
 }
 
-/* Significant digits for v to read back as the same double (JSON_REAL_PRECISION's n). */
-static int real_digits(double v) {
-    char buf[40];
-    for (int prec = 1; prec < 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v)
-            return prec;
-    }
-    return 17;
-}
-
 static int most_digits(const json_t *v) {
     int most = 1;
     if (json_is_real(v))
-        return real_digits(json_real_value(v));
+        return gpuseg_shortest_digits(json_real_value(v));
     if (json_is_array(v))
         for (size_t i = 0; i < json_array_size(v); i++) {
             int d = most_digits(json_array_get(v, i));

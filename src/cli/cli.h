@@ -103,6 +103,66 @@ void cli_limits_args(char **argv, int *n, char buf[3][24]);
  * (already reported) or an option the command does not take (the usage line is printed). */
 int cli_other_option(int r, int c, const char *arg, const char *usage);
 
+/* ---- option tables ---- */
+
+/* What an option of a table does with its value. */
+typedef enum cli_opt_kind {
+    CLI_ARG_FLAG,   /* no value: *(bool *)dest = true */
+    CLI_ARG_STR,    /* *(const char **)dest = the value */
+    CLI_ARG_DOUBLE, /* a number in [lo, hi] into *(double *)dest */
+    CLI_ARG_FLOAT,  /* ... into *(float *)dest */
+    CLI_ARG_LONG,   /* an integer in [lo, hi] into *(long *)dest */
+    CLI_ARG_UINT,   /* ... into *(unsigned *)dest */
+    CLI_ARG_U32,    /* ... into *(uint32_t *)dest */
+    CLI_ARG_I32,    /* ... into *(int32_t *)dest */
+    CLI_ARG_CALL    /* call(value, dest): 0, or the exit code (message printed) */
+} cli_opt_kind;
+
+/* One option of a command: --name (and -letter when letter is not 0). A table ends with an
+ * entry whose name is NULL. */
+typedef struct cli_opt {
+    const char *name;
+    char letter;
+    cli_opt_kind kind;
+    void *dest;
+    double lo, hi;
+    int (*call)(const char *arg, void *dest);
+} cli_opt;
+
+/* Table entries: a flag, a string, a number of kind CLI_ARG_DOUBLE...CLI_ARG_I32 in [lo, hi],
+ * an option parsed by fn(value, dest), and the end of the table. */
+#define CLI_OPT_FLAG(name, letter, dest)                                                           \
+    { name, letter, CLI_ARG_FLAG, dest, 0, 0, NULL }
+#define CLI_OPT_STR(name, letter, dest)                                                            \
+    { name, letter, CLI_ARG_STR, dest, 0, 0, NULL }
+#define CLI_OPT_NUM(name, kind, dest, lo, hi)                                                      \
+    { name, 0, kind, dest, lo, hi, NULL }
+#define CLI_OPT_CALL(name, letter, fn, dest)                                                       \
+    { name, letter, CLI_ARG_CALL, dest, 0, 0, fn }
+#define CLI_OPT_END                                                                                \
+    { NULL, 0, CLI_ARG_FLAG, NULL, 0, 0, NULL }
+
+/* The table entries of the flows -> masks options (CLI_MASKS_LONG_OPTIONS) into the given
+ * fields; cli_masks_option parses them with the same entries. */
+#define CLI_MASKS_OPTS(cellprob_threshold, flow_threshold, niter, min_size)                        \
+    CLI_OPT_NUM("cellprob-threshold", CLI_ARG_FLOAT, cellprob_threshold, -1e30, 1e30),             \
+        CLI_OPT_NUM("flow-threshold", CLI_ARG_FLOAT, flow_threshold, -1e30, 1e30),                 \
+        CLI_OPT_NUM("niter", CLI_ARG_U32, niter, 0, 1000000),                                      \
+        CLI_OPT_NUM("min-size", CLI_ARG_I32, min_size, -1, INT32_MAX)
+
+/* What a command's option parse takes besides its table: CLI_PARSE_LIMITS, the limit options
+ * (CLI_LIMITS_LONG_OPTIONS); CLI_PARSE_HELP, -h/--help, which calls help and ends the command
+ * with CLI_OK. */
+enum { CLI_PARSE_LIMITS = 1, CLI_PARSE_HELP = 2 };
+
+/* Parses the options of argv[1...] by the table opts with getopt_long (so every long option is
+ * also accepted with '_' for '-', and a refused option gives cli_usage's one line). Returns -1
+ * when the command goes on (its operands start at optind), else its exit code: CLI_OK after
+ * the help, CLI_USAGE after a bad value (reported) or an option it does not take (the usage
+ * line printed). */
+int cli_parse_options(int argc, char **argv, const cli_opt *opts, unsigned what, void (*help)(void),
+                      const char *usage);
+
 /* Records a one-line message of the CLI's own (what the library's gpuseg_last_error() is for
  * library calls) for the next cli_fail, and returns st. */
 gpuseg_status cli_set_error(gpuseg_status st, const char *fmt, ...)

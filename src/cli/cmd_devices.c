@@ -33,39 +33,26 @@ static json_t *device_json(const gpuseg_device_info *d, bool chosen) {
         d->fp16, "fp64", d->fp64, "chosen", chosen);
 }
 
+#define USAGE "devices [--device SPEC] [--json] [--build]"
+
+static void help(void) {
+    printf("usage: gpuseg " USAGE "\n"
+           "  --device SPEC  auto|gpu|cpu|N|P:D|name substring (default: $GPUSEG_DEVICE "
+           "or auto)\n"
+           "  --json         machine-readable output\n"
+           "  --build        also build every OpenCL program on the chosen device\n");
+}
+
 int gpuseg_cmd_devices(int argc, char **argv) {
-    static const struct option opts[] = {{"device", required_argument, 0, 'd'},
-                                         {"json", no_argument, 0, 'j'},
-                                         {"build", no_argument, 0, 'b'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
     const char *device = NULL;
-    int json = 0, build = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "d:jbh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            device = optarg;
-            break;
-        case 'j':
-            json = 1;
-            break;
-        case 'b':
-            build = 1;
-            break;
-        case 'h':
-            printf("usage: gpuseg devices [--device SPEC] [--json] [--build]\n"
-                   "  --device SPEC  auto|gpu|cpu|N|P:D|name substring (default: $GPUSEG_DEVICE "
-                   "or auto)\n"
-                   "  --json         machine-readable output\n"
-                   "  --build        also build every OpenCL program on the chosen device\n");
-            return CLI_OK;
-        default:
-            return cli_usage("devices [--device SPEC] [--json] [--build]");
-        }
-    }
+    bool json = false, build = false;
+    const cli_opt opts[] = {CLI_OPT_STR("device", 'd', &device), CLI_OPT_FLAG("json", 'j', &json),
+                            CLI_OPT_FLAG("build", 'b', &build), CLI_OPT_END};
+    int rc = cli_parse_options(argc, argv, opts, CLI_PARSE_HELP, help, USAGE);
+    if (rc >= 0)
+        return rc;
     if (optind < argc)
-        return cli_usage("devices [--device SPEC] [--json] [--build]");
+        return cli_usage(USAGE);
     gpuseg_device_info *list = NULL;
     size_t n = 0, chosen = 0;
     gpuseg_status st = gpuseg_device_list(&list, &n);

@@ -149,22 +149,31 @@ static json_t *json_list(const double *d, const uint64_t *u, size_t n) {
     return a;
 }
 
-static int parse_thresholds(const char *s, double *t, size_t *n) {
+/* The IoU thresholds of --thresholds. */
+typedef struct thresholds {
+    double t[MAX_T];
+    size_t n;
+} thresholds;
+
+/* --thresholds T1,T2,...: 0, or CLI_USAGE (message printed). */
+static int parse_thresholds(const char *s, void *dest) {
+    double *t = ((thresholds *)dest)->t;
+    size_t *n = &((thresholds *)dest)->n;
     *n = 0;
     char buf[512];
     snprintf(buf, sizeof buf, "%s", s);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         if (*n == MAX_T) {
             cli_error("--thresholds: at most %d values", MAX_T);
-            return -1;
+            return CLI_USAGE;
         }
         if (!cli_parse_double("--thresholds", tok, 0.5, 1.0, &t[*n]))
-            return -1;
+            return CLI_USAGE;
         (*n)++;
     }
     if (*n == 0) {
         cli_error("--thresholds: no value in '%s'", s);
-        return -1;
+        return CLI_USAGE;
     }
     return 0;
 }
@@ -273,44 +282,28 @@ static const char *base_name(const char *p) {
     return s ? s + 1 : p;
 }
 
+static void help(void) {
+    printf("usage: gpuseg " USAGE "\n"
+           "Average precision AP = TP / (TP + FP + FN) at IoU thresholds (Cellpose\n"
+           "metrics.average_precision; objects counted as the largest label).\n"
+           "GT and PRED: two label files, or two folders. In folders, files (.png .tif\n"
+           ".tiff .npy .bin) are paired by stem, after removing a trailing _segmentation,\n"
+           "_cp_masks or _masks; where a folder has both X.ext and X_<suffix>.ext, the\n"
+           "suffixed file is the labels. Every truth file needs its prediction.\n"
+           "  --thresholds T,...  IoU thresholds in [0.5, 1] (default 0.5,0.75,0.9)\n"
+           "  --json              machine-readable output\n" CLI_LIMITS_HELP);
+}
+
 int gpuseg_cmd_eval(int argc, char **argv) {
-    static const struct option opts[] = {{"thresholds", required_argument, 0, 't'},
-                                         {"json", no_argument, 0, 'j'},
-                                         CLI_LIMITS_LONG_OPTIONS,
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    double t[MAX_T] = {0.5, 0.75, 0.9};
-    size_t nt = 3;
-    int json = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "t:jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 't':
-            if (parse_thresholds(optarg, t, &nt) != 0)
-                return CLI_USAGE;
-            break;
-        case 'j':
-            json = 1;
-            break;
-        case 'h':
-            printf("usage: gpuseg " USAGE "\n"
-                   "Average precision AP = TP / (TP + FP + FN) at IoU thresholds (Cellpose\n"
-                   "metrics.average_precision; objects counted as the largest label).\n"
-                   "GT and PRED: two label files, or two folders. In folders, files (.png .tif\n"
-                   ".tiff .npy .bin) are paired by stem, after removing a trailing _segmentation,\n"
-                   "_cp_masks or _masks; where a folder has both X.ext and X_<suffix>.ext, the\n"
-                   "suffixed file is the labels. Every truth file needs its prediction.\n"
-                   "  --thresholds T,...  IoU thresholds in [0.5, 1] (default 0.5,0.75,0.9)\n"
-                   "  --json              machine-readable output\n" CLI_LIMITS_HELP);
-            return CLI_OK;
-        default: {
-            const int rc = cli_other_option(0, c, optarg, USAGE);
-            if (rc != CLI_OK)
-                return rc;
-            break;
-        }
-        }
-    }
+    thresholds th = {{0.5, 0.75, 0.9}, 3};
+    bool json = false;
+    const cli_opt opts[] = {CLI_OPT_CALL("thresholds", 't', parse_thresholds, &th),
+                            CLI_OPT_FLAG("json", 'j', &json), CLI_OPT_END};
+    int prc = cli_parse_options(argc, argv, opts, CLI_PARSE_LIMITS | CLI_PARSE_HELP, help, USAGE);
+    if (prc >= 0)
+        return prc;
+    const double *t = th.t;
+    const size_t nt = th.n;
     if (optind + 2 != argc)
         return cli_usage(USAGE);
     const char *gt = argv[optind], *pr = argv[optind + 1];

@@ -18,53 +18,29 @@
 #define FLOW_SCALE     5.0f
 #define CELLPROB_LOGIT 5.0f
 
+static void help(void) {
+    printf("usage: gpuseg " USAGE "\n"
+           "Ideal flows of a label image (Cellpose masks_to_flows, CPU path), computed on\n"
+           "the OpenCL device. LABELS: PNG/TIFF/.npy/... or a .bin with its .json sidecar;\n"
+           "one channel, integer labels, 0 = background.\n"
+           "  -o, --output FLOWS.npy  float32 [3,H,W]: 5*dY, 5*dX, cellprob (+5 inside\n"
+           "                          masks, -5 outside): the input of `gpuseg masks`\n"
+           "  --unit                  write float32 [2,H,W] unit flows dY, dX instead\n"
+           "                          (exactly what Cellpose masks_to_flows returns)\n"
+           "  --device SPEC           OpenCL device (see `gpuseg devices`)\n"
+           "  --json                  print a JSON summary instead of a line of "
+           "text\n" CLI_LIMITS_HELP);
+}
+
 int gpuseg_cmd_flows(int argc, char **argv) {
-    static const struct option opts[] = {{"output", required_argument, 0, 'o'},
-                                         {"unit", no_argument, 0, 'u'},
-                                         {"device", required_argument, 0, 'd'},
-                                         {"json", no_argument, 0, 'j'},
-                                         CLI_LIMITS_LONG_OPTIONS,
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
     const char *out = NULL, *device = NULL;
-    int unit = 0, json = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:ud:jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o':
-            out = optarg;
-            break;
-        case 'u':
-            unit = 1;
-            break;
-        case 'd':
-            device = optarg;
-            break;
-        case 'j':
-            json = 1;
-            break;
-        case 'h':
-            printf(
-                "usage: gpuseg " USAGE "\n"
-                "Ideal flows of a label image (Cellpose masks_to_flows, CPU path), computed on\n"
-                "the OpenCL device. LABELS: PNG/TIFF/.npy/... or a .bin with its .json sidecar;\n"
-                "one channel, integer labels, 0 = background.\n"
-                "  -o, --output FLOWS.npy  float32 [3,H,W]: 5*dY, 5*dX, cellprob (+5 inside\n"
-                "                          masks, -5 outside): the input of `gpuseg masks`\n"
-                "  --unit                  write float32 [2,H,W] unit flows dY, dX instead\n"
-                "                          (exactly what Cellpose masks_to_flows returns)\n"
-                "  --device SPEC           OpenCL device (see `gpuseg devices`)\n"
-                "  --json                  print a JSON summary instead of a line of "
-                "text\n" CLI_LIMITS_HELP);
-            return CLI_OK;
-        default: {
-            const int rc = cli_other_option(0, c, optarg, USAGE);
-            if (rc != CLI_OK)
-                return rc;
-            break;
-        }
-        }
-    }
+    bool unit = false, json = false;
+    const cli_opt opts[] = {CLI_OPT_STR("output", 'o', &out), CLI_OPT_FLAG("unit", 'u', &unit),
+                            CLI_OPT_STR("device", 'd', &device), CLI_OPT_FLAG("json", 'j', &json),
+                            CLI_OPT_END};
+    int prc = cli_parse_options(argc, argv, opts, CLI_PARSE_LIMITS | CLI_PARSE_HELP, help, USAGE);
+    if (prc >= 0)
+        return prc;
     if (optind + 1 != argc || !out)
         return cli_usage(USAGE);
     const char *in = argv[optind];

@@ -26,55 +26,33 @@ static bool known_extension(const char *path) {
     return false;
 }
 
+#define USAGE                                                                                      \
+    "masks FLOWS.npy -o OUT [--cellprob-threshold 0.0] [--flow-threshold 0.4] [--niter 200] "      \
+    "[--min-size 15] [--max-size-fraction 0.4] [--device SPEC]"
+
+static void help(void) {
+    printf("usage: gpuseg %s\n"
+           "FLOWS.npy: float32 array [3, H, W] holding dY, dX (network scale) and the "
+           "cellprob logit.\nWrites labels (uint16, or uint32 above 65535 masks) to OUT: "
+           ".tif .png .npy or .bin (+ .json); prints one JSON line.\n"
+           "--flow-threshold 0 turns the flow-error check off; --min-size -1 (or 0) the "
+           "size filter; --niter 0 means 200.\n" CLI_LIMITS_HELP,
+           USAGE);
+}
+
 int gpuseg_cmd_masks(int argc, char **argv) {
-    const char *use = "masks FLOWS.npy -o OUT [--cellprob-threshold 0.0] [--flow-threshold 0.4] "
-                      "[--niter 200] [--min-size 15] [--max-size-fraction 0.4] [--device SPEC]";
-    enum { O_MAXF = 256, O_DEV };
-    static const struct option opts[] = {{"output", required_argument, NULL, 'o'},
-                                         CLI_MASKS_LONG_OPTIONS,
-                                         {"max-size-fraction", required_argument, NULL, O_MAXF},
-                                         {"device", required_argument, NULL, O_DEV},
-                                         CLI_LIMITS_LONG_OPTIONS,
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    const char *use = USAGE;
     gpuseg_masks_params p;
     gpuseg_masks_params_default(&p);
     const char *out = NULL, *device = NULL;
-    double d;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o':
-            out = optarg;
-            break;
-        case O_MAXF:
-            if (!cli_parse_double("--max-size-fraction", optarg, 0, 1e30, &d))
-                return CLI_USAGE;
-            p.max_size_fraction = d;
-            break;
-        case O_DEV:
-            device = optarg;
-            break;
-        case 'h':
-            printf("usage: gpuseg %s\n"
-                   "FLOWS.npy: float32 array [3, H, W] holding dY, dX (network scale) and the "
-                   "cellprob logit.\nWrites labels (uint16, or uint32 above 65535 masks) to OUT: "
-                   ".tif .png .npy or .bin (+ .json); prints one JSON line.\n"
-                   "--flow-threshold 0 turns the flow-error check off; --min-size -1 (or 0) the "
-                   "size filter; --niter 0 means 200.\n" CLI_LIMITS_HELP,
-                   use);
-            return CLI_OK;
-        default: {
-            int r = cli_masks_option(c, optarg, &p.cellprob_threshold, &p.flow_threshold, &p.niter,
-                                     &p.min_size);
-            const int rc = cli_other_option(r, c, optarg, use); /* + --max-pixels ... */
-            if (rc != CLI_OK)
-                return rc;
-            break;
-        }
-        }
-    }
+    const cli_opt opts[] = {
+        CLI_OPT_STR("output", 'o', &out),
+        CLI_MASKS_OPTS(&p.cellprob_threshold, &p.flow_threshold, &p.niter, &p.min_size),
+        CLI_OPT_NUM("max-size-fraction", CLI_ARG_DOUBLE, &p.max_size_fraction, 0, 1e30),
+        CLI_OPT_STR("device", 0, &device), CLI_OPT_END};
+    int prc = cli_parse_options(argc, argv, opts, CLI_PARSE_LIMITS | CLI_PARSE_HELP, help, use);
+    if (prc >= 0)
+        return prc;
     if (optind != argc - 1 || !out)
         return cli_usage(use);
     const char *in = argv[optind];

@@ -39,41 +39,33 @@ static json_t *model_json(const char *path, const gpuseg_model *m, bool tensors)
     return o;
 }
 
+#define USAGE "model info [--tensors] FILE"
+
+static void help(void) {
+    printf("usage: gpuseg %s\n"
+           "Loads a Cellpose 3 (CPnet) model file (torch.save of the state dict) and "
+           "prints {\"path\", \"nbase\", \"nout\", \"style_channels\", \"diam_mean\", "
+           "\"diam_labels\", \"has_diam_labels\", \"n_tensors\", \"parameters\", "
+           "\"weight_dtype\"} as JSON.\n"
+           "  --tensors  also list every tensor (name, dtype, shape) in file "
+           "order\n" CLI_LIMITS_HELP,
+           USAGE);
+}
+
 int gpuseg_cmd_model(int argc, char **argv) {
-    const char *use = "model info [--tensors] FILE";
-    static const struct option opts[] = {{"tensors", no_argument, NULL, 't'},
-                                         CLI_LIMITS_LONG_OPTIONS,
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    int tensors = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "th", opts, NULL)) != -1) {
-        if (c == 't') {
-            tensors = 1;
-        } else if (c == 'h') {
-            printf("usage: gpuseg %s\n"
-                   "Loads a Cellpose 3 (CPnet) model file (torch.save of the state dict) and "
-                   "prints {\"path\", \"nbase\", \"nout\", \"style_channels\", \"diam_mean\", "
-                   "\"diam_labels\", \"has_diam_labels\", \"n_tensors\", \"parameters\", "
-                   "\"weight_dtype\"} as JSON.\n"
-                   "  --tensors  also list every tensor (name, dtype, shape) in file "
-                   "order\n" CLI_LIMITS_HELP,
-                   use);
-            return CLI_OK;
-        } else {
-            const int rc = cli_other_option(0, c, optarg, use);
-            if (rc != CLI_OK)
-                return rc;
-        }
-    }
+    bool tensors = false;
+    const cli_opt opts[] = {CLI_OPT_FLAG("tensors", 't', &tensors), CLI_OPT_END};
+    int rc = cli_parse_options(argc, argv, opts, CLI_PARSE_LIMITS | CLI_PARSE_HELP, help, USAGE);
+    if (rc >= 0)
+        return rc;
     if (argc - optind != 2 || strcmp(argv[optind], "info") != 0)
-        return cli_usage(use);
+        return cli_usage(USAGE);
     const char *path = argv[optind + 1];
     gpuseg_model *m = NULL;
     gpuseg_status st = gpuseg_model_load_ex(path, &cli_limits, &m);
     if (st != GPUSEG_OK)
         return cli_fail(st);
-    int rc = cli_json_print(model_json(path, m, tensors), 0) == 0 ? CLI_OK : CLI_FAIL;
+    rc = cli_json_print(model_json(path, m, tensors), 0) == 0 ? CLI_OK : CLI_FAIL;
     gpuseg_model_free(m);
     return rc;
 }

@@ -45,57 +45,34 @@ static char *sidecar_extra(const gpuseg_shm_info *info, const json_t *meta) {
     return text;
 }
 
+/* --meta JSON: the object replaces an earlier one; 0, or CLI_USAGE (message printed). */
+static int parse_meta(const char *arg, void *dest) {
+    json_t **meta = dest;
+    json_decref(*meta);
+    if (!(*meta = cli_json_object("--meta", arg))) {
+        cli_fail(GPUSEG_INVALID_ARGUMENT);
+        return CLI_USAGE;
+    }
+    return CLI_OK;
+}
+
 int gpuseg_cmd_save(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"shm", required_argument, NULL, 's'},  {"output", required_argument, NULL, 'o'},
-        {"unlink", no_argument, NULL, 'u'},     {"timeout", required_argument, NULL, 't'},
-        {"meta", required_argument, NULL, 'm'}, CLI_LIMITS_LONG_OPTIONS,
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0}};
     const char *name = NULL, *out = NULL;
     json_t *meta = NULL;
     bool unlink_after = false;
     double timeout = 10.0;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 's':
-            name = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'u':
-            unlink_after = true;
-            break;
-        case 't':
-            if (!cli_parse_double("--timeout", optarg, 0, 86400, &timeout))
-                return CLI_USAGE;
-            break;
-        case 'm':
-            json_decref(meta);
-            if (!(meta = cli_json_object("--meta", optarg))) {
-                cli_fail(GPUSEG_INVALID_ARGUMENT);
-                return CLI_USAGE;
-            }
-            break;
-        case 'h':
-            json_decref(meta);
-            help();
-            return CLI_OK;
-        default: {
-            const int rc = cli_other_option(0, c, optarg, USE);
-            if (rc != CLI_OK) {
-                json_decref(meta);
-                return rc;
-            }
-            break;
-        }
-        }
-    }
-    if (optind != argc || !name || !out) {
+    const cli_opt opts[] = {CLI_OPT_STR("shm", 0, &name),
+                            CLI_OPT_STR("output", 'o', &out),
+                            CLI_OPT_FLAG("unlink", 0, &unlink_after),
+                            CLI_OPT_NUM("timeout", CLI_ARG_DOUBLE, &timeout, 0, 86400),
+                            CLI_OPT_CALL("meta", 0, parse_meta, &meta),
+                            CLI_OPT_END};
+    int prc = cli_parse_options(argc, argv, opts, CLI_PARSE_LIMITS | CLI_PARSE_HELP, help, USE);
+    if (prc < 0 && (optind != argc || !name || !out))
+        prc = cli_usage(USE);
+    if (prc >= 0) {
         json_decref(meta);
-        return cli_usage(USE);
+        return prc;
     }
     int rc = save(name, out, timeout, meta, unlink_after);
     json_decref(meta);

@@ -66,18 +66,11 @@ static void human_bytes(uint64_t b, char *buf, size_t len) {
         snprintf(buf, len, "%lluB", (unsigned long long)b);
 }
 
-/* Parses `--prefix P` (the only option of list and clean). */
-static bool parse_prefix(int argc, char **argv, const char **prefix) {
-    static const struct option opts[] = {{"prefix", required_argument, NULL, 'p'},
-                                         {NULL, 0, NULL, 0}};
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c != 'p')
-            return false;
-        *prefix = optarg;
-    }
-    return optind == argc;
+/* Parses `--prefix P` (the only option of list and clean): -1 to go on, else the exit code. */
+static int parse_prefix(int argc, char **argv, const char **prefix) {
+    const cli_opt opts[] = {CLI_OPT_STR("prefix", 0, prefix), CLI_OPT_END};
+    int rc = cli_parse_options(argc, argv, opts, 0, NULL, USE);
+    return rc < 0 && optind != argc ? cli_usage(USE) : rc;
 }
 
 /* A refused --prefix is a bad option value: exit 2 like every other one (the library's one line
@@ -91,8 +84,9 @@ static int bad_prefix_or_fail(gpuseg_status st) {
 
 static int cmd_list(int argc, char **argv) {
     const char *prefix = NULL;
-    if (!parse_prefix(argc, argv, &prefix))
-        return cli_usage(USE);
+    int rc = parse_prefix(argc, argv, &prefix);
+    if (rc >= 0)
+        return rc;
     gpuseg_shm_entry *e = NULL;
     size_t n = 0;
     gpuseg_status st = gpuseg_shm_list(prefix, &e, &n);
@@ -142,8 +136,9 @@ static int cmd_rm(int argc, char **argv) {
 
 static int cmd_clean(int argc, char **argv) {
     const char *prefix = NULL;
-    if (!parse_prefix(argc, argv, &prefix))
-        return cli_usage(USE);
+    int rc = parse_prefix(argc, argv, &prefix);
+    if (rc >= 0)
+        return rc;
     size_t removed = 0;
     gpuseg_status st = gpuseg_shm_clean(prefix, &removed);
     if (st != GPUSEG_OK)
@@ -399,80 +394,41 @@ done:
     return ok;
 }
 
+/* --format F: 0, or CLI_USAGE (message printed). */
+static int parse_format(const char *arg, void *dest) {
+    if (strcmp(arg, "bin") && strcmp(arg, "tif") && strcmp(arg, "png") && strcmp(arg, "npy")) {
+        cli_error("--format: '%s' is not bin, tif, png or npy", arg);
+        return CLI_USAGE;
+    }
+    *(const char **)dest = arg;
+    return CLI_OK;
+}
+
 static int cmd_batch(int argc, char **argv) {
-    static const struct option opts[] = {{"save-dir", required_argument, NULL, 'd'},
-                                         {"format", required_argument, NULL, 'f'},
-                                         {"max-in-flight", required_argument, NULL, 'm'},
-                                         {"shm-only", no_argument, NULL, 's'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {"host", no_argument, NULL, 'H'},
-                                         {"device", required_argument, NULL, 'D'},
-                                         {"name-prefix", required_argument, NULL, 'p'},
-                                         {"saver", required_argument, NULL, 'x'},
-                                         {"timeout", required_argument, NULL, 't'},
-                                         {"busy-ms", required_argument, NULL, 'b'},
-                                         CLI_LIMITS_LONG_OPTIONS,
-                                         {NULL, 0, NULL, 0}};
     segment_output_opts so = SEGMENT_OUTPUT_OPTS_INIT;
     so.name_prefix = getenv("GPUSEG_SHM_PREFIX"); /* as `gpuseg segment`; --name-prefix wins */
     so.test_stall_ms = cli_test_stall_ms();
     const char *dir = NULL, *fmt = "bin", *device = NULL;
-    bool host = false;
-    long v = 0, busy_ms = 0;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            dir = optarg;
-            break;
-        case 'f':
-            fmt = optarg;
-            if (strcmp(fmt, "bin") && strcmp(fmt, "tif") && strcmp(fmt, "png") &&
-                strcmp(fmt, "npy")) {
-                cli_error("--format: '%s' is not bin, tif, png or npy", fmt);
-                return CLI_USAGE;
-            }
-            break;
-        case 'm':
-            if (!cli_parse_int("--max-in-flight", optarg, 0, SEGMENT_OUTPUT_MAX_IN_FLIGHT, &v))
-                return CLI_USAGE;
-            so.max_in_flight = (unsigned)v;
-            break;
-        case 's':
-            so.shm_only = 1;
-            break;
-        case 'j':
-            so.json = 1;
-            break;
-        case 'H':
-            host = true;
-            break;
-        case 'D':
-            device = optarg;
-            break;
-        case 'p':
-            so.name_prefix = optarg;
-            break;
-        case 'x':
-            so.gpuseg_exe = optarg;
-            break;
-        case 't':
-            if (!cli_parse_double("--timeout", optarg, 0, 86400, &so.save_timeout_s))
-                return CLI_USAGE;
-            break;
-        case 'b':
-            if (!cli_parse_int("--busy-ms", optarg, 0, 600000, &busy_ms))
-                return CLI_USAGE;
-            break;
-        default: {
-            const int rc = cli_other_option(0, c, optarg, USE);
-            if (rc != CLI_OK)
-                return rc;
-            break;
-        }
-        }
-    }
+    bool host = false, shm_only = false, json = false;
+    long busy_ms = 0;
+    const cli_opt opts[] = {CLI_OPT_STR("save-dir", 0, &dir),
+                            CLI_OPT_CALL("format", 0, parse_format, &fmt),
+                            CLI_OPT_NUM("max-in-flight", CLI_ARG_UINT, &so.max_in_flight, 0,
+                                        SEGMENT_OUTPUT_MAX_IN_FLIGHT),
+                            CLI_OPT_FLAG("shm-only", 0, &shm_only),
+                            CLI_OPT_FLAG("json", 0, &json),
+                            CLI_OPT_FLAG("host", 0, &host),
+                            CLI_OPT_STR("device", 0, &device),
+                            CLI_OPT_STR("name-prefix", 0, &so.name_prefix),
+                            CLI_OPT_STR("saver", 0, &so.gpuseg_exe),
+                            CLI_OPT_NUM("timeout", CLI_ARG_DOUBLE, &so.save_timeout_s, 0, 86400),
+                            CLI_OPT_NUM("busy-ms", CLI_ARG_LONG, &busy_ms, 0, 600000),
+                            CLI_OPT_END};
+    int rc = cli_parse_options(argc, argv, opts, CLI_PARSE_LIMITS, NULL, USE);
+    if (rc >= 0)
+        return rc;
+    so.shm_only = shm_only;
+    so.json = json;
     if (optind >= argc || (!dir && !so.shm_only) || (dir && so.shm_only) ||
         (so.json && !so.shm_only) || (host && device))
         return cli_usage(USE);

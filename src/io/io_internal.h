@@ -54,11 +54,38 @@ gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *labels, 
 gpuseg_status gpuseg__labels_dense_ids(const gpuseg_image *lab, size_t npix, uint32_t **ids,
                                        uint32_t *n);
 
+/* The label at pixel i of a U8/U16/U32 label image. (io/outlines.c) */
+uint32_t gpuseg__label_at(const gpuseg_image *lab, size_t i);
+
+/* Checks that lab is one channel, one page of uint8/16/32 and of a usable size; messages start
+ * with what ("outlines", "polygons"). (io/outlines.c) */
+gpuseg_status gpuseg__labels_check(const char *what, const gpuseg_image *lab);
+
+/* The masks of a checked label image for per-mask work (outlines, polygons): dense ids, each
+ * mask's bounding box, and work buffers for the largest box with a one-pixel frame. */
+typedef struct gpuseg__mask_boxes {
+    uint32_t *id;    /* width x height dense ids (gpuseg__labels_dense_ids) */
+    uint32_t n;      /* masks */
+    uint32_t *box;   /* y0, x0, y1, x1 per mask */
+    uint8_t *crop;   /* gpuseg__mask_crop's cells */
+    uint32_t *stack; /* as many entries as crop */
+} gpuseg__mask_boxes;
+/* Fills *mb (zeroed on failure; out of memory: "<what>: out of memory for N masks"). */
+gpuseg_status gpuseg__mask_boxes_make(const char *what, const gpuseg_image *lab,
+                                      gpuseg__mask_boxes *mb);
+void gpuseg__mask_boxes_free(gpuseg__mask_boxes *mb);
+/* Fills mb->crop with mask m's box and its frame, *bh x *bw cells: 1 mask, 2 background
+ * 4-connected to the frame (the outside; the frame is 2), 0 other background (holes). */
+void gpuseg__mask_crop(gpuseg__mask_boxes *mb, size_t W, uint32_t m, size_t *bh, size_t *bw);
+
 /* Checks that p is a usable gpuseg_polygons (non-NULL arrays, start[] from 0 and increasing);
  * messages name path. (io/polygons.c) */
 struct gpuseg_polygons;
 gpuseg_status gpuseg__polygons_check(const char *path, const struct gpuseg_polygons *p);
 /* Writes len bytes to path through the atomic writer (flags from the environment). */
 gpuseg_status gpuseg__write_whole(const char *path, const void *data, size_t len);
+/* The same with the writer flags (GPUSEG_WRITE_*). */
+gpuseg_status gpuseg__write_whole_ex(const char *path, unsigned flags, const void *data,
+                                     size_t len);
 
 #endif

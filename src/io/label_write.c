@@ -92,15 +92,7 @@ gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab, uns
     m.buf[30] = (unsigned char)(crc >> 16);
     m.buf[31] = (unsigned char)(crc >> 8);
     m.buf[32] = (unsigned char)crc;
-    gpuseg__afile af;
-    gpuseg_status st = gpuseg__afile_open_ex(NULL, path, flags, &af);
-    if (st == GPUSEG_OK) {
-        st = gpuseg__afile_write(&af, m.buf, m.len);
-        if (st == GPUSEG_OK)
-            st = gpuseg__afile_commit(&af);
-        else
-            gpuseg__afile_abort(&af);
-    }
+    gpuseg_status st = gpuseg__write_whole_ex(path, flags, m.buf, m.len);
     free(m.buf);
     return st;
 }

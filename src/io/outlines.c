@@ -18,7 +18,7 @@ void gpuseg_outlines_params_default(gpuseg_outlines_params *p) {
     p->stretch = 1;
 }
 
-static uint32_t label_at(const gpuseg_image *lab, size_t i) {
+uint32_t gpuseg__label_at(const gpuseg_image *lab, size_t i) {
     switch (lab->dtype) {
     case GPUSEG_DTYPE_U8:
         return ((const uint8_t *)lab->data)[i];
@@ -44,7 +44,7 @@ gpuseg_status gpuseg__labels_dense_ids(const gpuseg_image *lab, size_t npix, uin
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "outlines: out of memory");
     uint32_t maxl = 0;
     for (size_t i = 0; i < npix; i++) {
-        uint32_t v = label_at(lab, i);
+        uint32_t v = gpuseg__label_at(lab, i);
         id[i] = v;
         if (v > maxl)
             maxl = v;
@@ -89,36 +89,44 @@ gpuseg_status gpuseg__labels_dense_ids(const gpuseg_image *lab, size_t npix, uin
     return GPUSEG_OK;
 }
 
-gpuseg_status gpuseg_labels_outlines(const gpuseg_image *lab, uint8_t *outline) {
-    gpuseg__clear_error(NULL);
-    if (!lab || !outline || !lab->data)
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "outlines: NULL argument");
+gpuseg_status gpuseg__labels_check(const char *what, const gpuseg_image *lab) {
     if (lab->channels != 1 || lab->pages != 1 ||
         (lab->dtype != GPUSEG_DTYPE_U8 && lab->dtype != GPUSEG_DTYPE_U16 &&
          lab->dtype != GPUSEG_DTYPE_U32))
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "outlines: labels must be one channel, one page of uint8/16/32");
+                            "%s: labels must be one channel, one page of uint8/16/32", what);
     const size_t W = lab->width, H = lab->height, npix = W * H;
     if (npix == 0 || npix > GPUSEG_MAX_IMAGE_PIXELS)
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "outlines: %zu x %zu labels", W, H);
-    memset(outline, 0, npix);
-    uint32_t *id = NULL, n = 0;
-    gpuseg_status st = gpuseg__labels_dense_ids(lab, npix, &id, &n);
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "%s: %zu x %zu labels", what, W, H);
+    return GPUSEG_OK;
+}
+
+void gpuseg__mask_boxes_free(gpuseg__mask_boxes *mb) {
+    free(mb->id);
+    free(mb->box);
+    free(mb->crop);
+    free(mb->stack);
+    memset(mb, 0, sizeof *mb);
+}
+
+gpuseg_status gpuseg__mask_boxes_make(const char *what, const gpuseg_image *lab,
+                                      gpuseg__mask_boxes *mb) {
+    memset(mb, 0, sizeof *mb);
+    const size_t W = lab->width, H = lab->height;
+    gpuseg_status st = gpuseg__labels_dense_ids(lab, W * H, &mb->id, &mb->n);
     if (st != GPUSEG_OK)
         return st;
-    uint32_t *box = NULL, *stack = NULL;
-    uint8_t *out = NULL;
-    st = GPUSEG_OUT_OF_MEMORY;
-    box = malloc((size_t)n * 4 * sizeof *box); /* y0, x0, y1, x1 per mask */
-    if (!box && n)
-        goto fail;
+    const uint32_t n = mb->n;
+    uint32_t *box = mb->box = malloc((n ? n : 1) * 4 * sizeof *box); /* y0, x0, y1, x1 */
+    if (!box)
+        goto oom;
     for (uint32_t m = 0; m < n; m++) {
         box[4 * m] = box[4 * m + 1] = UINT32_MAX;
         box[4 * m + 2] = box[4 * m + 3] = 0;
     }
     for (size_t y = 0; y < H; y++)
         for (size_t x = 0; x < W; x++) {
-            uint32_t m = id[y * W + x];
+            uint32_t m = mb->id[y * W + x];
             if (m == UINT32_MAX)
                 continue;
             uint32_t *b = box + 4 * (size_t)m;
@@ -128,66 +136,88 @@ gpuseg_status gpuseg_labels_outlines(const gpuseg_image *lab, uint8_t *outline) 
             b[3] = b[3] > x ? b[3] : (uint32_t)x;
         }
     /* The largest padded box sizes the work buffers, allocated once. */
-    size_t most = 0;
+    size_t most = 1;
     for (uint32_t m = 0; m < n; m++) {
         size_t a =
             (size_t)(box[4 * m + 2] - box[4 * m] + 3) * (box[4 * m + 3] - box[4 * m + 1] + 3);
         most = a > most ? a : most;
     }
-    out = malloc(most ? most : 1);
-    stack = malloc((most ? most : 1) * sizeof *stack);
-    if (!out || !stack)
-        goto fail;
-    for (uint32_t m = 0; m < n; m++) {
-        /* The mask's bounding box with a one-pixel frame (what findContours sees: the crop,
-         * with everything outside it, and outside the image, as background). out[] marks the
-         * cells of that box not in the mask and 4-connected to the frame: the space around. */
-        const size_t y0 = box[4 * m], x0 = box[4 * m + 1];
-        const size_t bh = box[4 * m + 2] - y0 + 3, bw = box[4 * m + 3] - x0 + 3;
-        memset(out, 0, bh * bw);
-        size_t top = 0;
-        for (size_t j = 0; j < bw; j++) {
-            out[j] = out[(bh - 1) * bw + j] = 1;
-            stack[top++] = (uint32_t)j;
-            stack[top++] = (uint32_t)((bh - 1) * bw + j);
-        }
-        for (size_t i = 1; i + 1 < bh; i++) {
-            out[i * bw] = out[i * bw + bw - 1] = 1;
-            stack[top++] = (uint32_t)(i * bw);
-            stack[top++] = (uint32_t)(i * bw + bw - 1);
-        }
-        while (top) {
-            size_t c = stack[--top], cy = c / bw, cx = c % bw;
-            const size_t nb[4] = {c - bw, c + bw, c - 1, c + 1};
-            const int ok[4] = {cy > 0, cy + 1 < bh, cx > 0, cx + 1 < bw};
-            for (int k = 0; k < 4; k++) {
-                if (!ok[k] || out[nb[k]])
-                    continue;
-                size_t ny = nb[k] / bw, nx = nb[k] % bw;
-                if (ny == 0 || nx == 0 || ny == bh - 1 || nx == bw - 1)
-                    continue; /* frame cells are seeded already */
-                if (id[(y0 + ny - 1) * W + (x0 + nx - 1)] == m)
-                    continue;
-                out[nb[k]] = 1;
+    mb->crop = malloc(most);
+    mb->stack = malloc(most * sizeof *mb->stack);
+    if (mb->crop && mb->stack)
+        return GPUSEG_OK;
+oom:
+    gpuseg__mask_boxes_free(mb);
+    return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory for %u masks", what, n);
+}
+
+void gpuseg__mask_crop(gpuseg__mask_boxes *mb, size_t W, uint32_t m, size_t *bh_out,
+                       size_t *bw_out) {
+    /* The mask's bounding box with a one-pixel frame (what findContours sees: the crop, with
+     * everything outside it, and outside the image, as background). */
+    const uint32_t *box = mb->box + 4 * (size_t)m;
+    const size_t y0 = box[0], x0 = box[1], bh = box[2] - y0 + 3, bw = box[3] - x0 + 3;
+    uint8_t *crop = mb->crop;
+    uint32_t *stack = mb->stack;
+    memset(crop, 0, bh * bw);
+    for (size_t i = 1; i + 1 < bh; i++)
+        for (size_t j = 1; j + 1 < bw; j++)
+            crop[i * bw + j] = mb->id[(y0 + i - 1) * W + (x0 + j - 1)] == m;
+    /* The outside: 4-connected background from the frame. */
+    size_t top = 0;
+    for (size_t j = 0; j < bw; j++) {
+        crop[j] = crop[(bh - 1) * bw + j] = 2;
+        stack[top++] = (uint32_t)j;
+        stack[top++] = (uint32_t)((bh - 1) * bw + j);
+    }
+    for (size_t i = 1; i + 1 < bh; i++) {
+        crop[i * bw] = crop[i * bw + bw - 1] = 2;
+        stack[top++] = (uint32_t)(i * bw);
+        stack[top++] = (uint32_t)(i * bw + bw - 1);
+    }
+    while (top) {
+        size_t c = stack[--top], cy = c / bw, cx = c % bw;
+        const size_t nb[4] = {c - bw, c + bw, c - 1, c + 1};
+        const int ok[4] = {cy > 0, cy + 1 < bh, cx > 0, cx + 1 < bw};
+        for (int k = 0; k < 4; k++)
+            if (ok[k] && crop[nb[k]] == 0) {
+                crop[nb[k]] = 2;
                 stack[top++] = (uint32_t)nb[k];
             }
-        }
+    }
+    *bh_out = bh;
+    *bw_out = bw;
+}
+
+gpuseg_status gpuseg_labels_outlines(const gpuseg_image *lab, uint8_t *outline) {
+    gpuseg__clear_error(NULL);
+    if (!lab || !outline || !lab->data)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "outlines: NULL argument");
+    gpuseg_status st = gpuseg__labels_check("outlines", lab);
+    if (st != GPUSEG_OK)
+        return st;
+    const size_t W = lab->width;
+    memset(outline, 0, W * lab->height);
+    gpuseg__mask_boxes mb;
+    if ((st = gpuseg__mask_boxes_make("outlines", lab, &mb)) != GPUSEG_OK)
+        return st;
+    /* A mask pixel is on the outline when one of its 4 neighbours is outside the mask and
+     * 4-connected to the frame (the space around it, not a hole). */
+    for (uint32_t m = 0; m < mb.n; m++) {
+        size_t bh, bw;
+        gpuseg__mask_crop(&mb, W, m, &bh, &bw);
+        const uint8_t *crop = mb.crop;
+        const size_t y0 = mb.box[4 * m], x0 = mb.box[4 * m + 1];
         for (size_t i = 1; i + 1 < bh; i++)
             for (size_t j = 1; j + 1 < bw; j++) {
-                size_t p = (y0 + i - 1) * W + (x0 + j - 1), c = i * bw + j;
-                if (id[p] == m && (out[c - bw] | out[c + bw] | out[c - 1] | out[c + 1]))
-                    outline[p] = 1;
+                size_t c = i * bw + j;
+                if (crop[c] == 1 && (crop[c - bw] == 2 || crop[c + bw] == 2 || crop[c - 1] == 2 ||
+                                     crop[c + 1] == 2))
+                    outline[(y0 + i - 1) * W + (x0 + j - 1)] = 1;
             }
     }
-    st = GPUSEG_OK;
-fail:
-    if (st != GPUSEG_OK)
-        gpuseg__fail(NULL, st, "outlines: out of memory for %u masks", n);
-    free(id);
-    free(box);
-    free(out);
-    free(stack);
-    return st;
+    gpuseg__mask_boxes_free(&mb);
+    return GPUSEG_OK;
 }
 
 static double sample_at(const gpuseg_image *img, size_t i) {
@@ -333,15 +363,7 @@ gpuseg_status gpuseg_image_write_png_ex(const char *path, const gpuseg_image *im
         return gpuseg__fail(NULL, m.failed ? GPUSEG_OUT_OF_MEMORY : GPUSEG_INTERNAL,
                             "%s: PNG encoding failed", path);
     }
-    gpuseg__afile af;
-    gpuseg_status st = gpuseg__afile_open_ex(NULL, path, flags, &af);
-    if (st == GPUSEG_OK) {
-        st = gpuseg__afile_write(&af, m.buf, m.len);
-        if (st == GPUSEG_OK)
-            st = gpuseg__afile_commit(&af);
-        else
-            gpuseg__afile_abort(&af);
-    }
+    gpuseg_status st = gpuseg__write_whole_ex(path, flags, m.buf, m.len);
     free(m.buf);
     return st;
 }

@@ -25,17 +25,6 @@ void gpuseg_polygons_free(gpuseg_polygons *p) {
     free(p);
 }
 
-static uint32_t label_value(const gpuseg_image *lab, size_t i) {
-    switch (lab->dtype) {
-    case GPUSEG_DTYPE_U8:
-        return ((const uint8_t *)lab->data)[i];
-    case GPUSEG_DTYPE_U16:
-        return ((const uint16_t *)lab->data)[i];
-    default:
-        return ((const uint32_t *)lab->data)[i];
-    }
-}
-
 /* Chain-code directions as OpenCV numbers them: 0 = right, then counter-clockwise on screen
  * (y grows downwards): 1 = up-right, 2 = up, ..., 7 = down-right. */
 static const int DX[8] = {1, 1, 0, -1, -1, -1, 0, 1};
@@ -105,89 +94,35 @@ gpuseg_status gpuseg_labels_polygons(const gpuseg_image *lab, gpuseg_polygons **
     if (!lab || !out || !lab->data)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "polygons: NULL argument");
     *out = NULL;
-    if (lab->channels != 1 || lab->pages != 1 ||
-        (lab->dtype != GPUSEG_DTYPE_U8 && lab->dtype != GPUSEG_DTYPE_U16 &&
-         lab->dtype != GPUSEG_DTYPE_U32))
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
-                            "polygons: labels must be one channel, one page of uint8/16/32");
-    const size_t W = lab->width, H = lab->height, npix = W * H;
-    if (npix == 0 || npix > GPUSEG_MAX_IMAGE_PIXELS)
-        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "polygons: %zu x %zu labels", W, H);
-    uint32_t *id = NULL, n = 0;
-    gpuseg_status st = gpuseg__labels_dense_ids(lab, npix, &id, &n);
+    gpuseg_status st = gpuseg__labels_check("polygons", lab);
     if (st != GPUSEG_OK)
         return st;
+    const size_t W = lab->width, npix = W * lab->height;
+    gpuseg__mask_boxes mb;
+    if ((st = gpuseg__mask_boxes_make("polygons", lab, &mb)) != GPUSEG_OK)
+        return st;
+    const uint32_t n = mb.n;
     gpuseg_polygons *P = calloc(1, sizeof *P);
-    uint32_t *box = NULL, *stack = NULL;
-    uint8_t *crop = NULL;
     pts cur = {0}, best = {0}, all = {0};
     st = GPUSEG_OUT_OF_MEMORY;
     if (!P)
         goto done;
     P->n = n;
-    P->label = malloc((n ? n : 1) * sizeof *P->label);
+    P->label = calloc(n ? n : 1, sizeof *P->label);
     P->start = malloc(((size_t)n + 1) * sizeof *P->start);
-    box = malloc((n ? n : 1) * 4 * sizeof *box); /* y0, x0, y1, x1 per mask */
-    if (!P->label || !P->start || !box)
+    if (!P->label || !P->start)
         goto done;
+    for (size_t i = 0; i < npix; i++) /* mask labels are not 0: 0 is one not yet seen */
+        if (mb.id[i] != UINT32_MAX && !P->label[mb.id[i]])
+            P->label[mb.id[i]] = gpuseg__label_at(lab, i);
+    uint8_t *crop = mb.crop;
+    uint32_t *stack = mb.stack;
+    /* crop cells (gpuseg__mask_crop): 0 background, 1 mask, 2 background connected to the frame
+     * (outside), 3 mask cell already given to a component. */
     for (uint32_t m = 0; m < n; m++) {
-        box[4 * m] = box[4 * m + 1] = UINT32_MAX;
-        box[4 * m + 2] = box[4 * m + 3] = 0;
-    }
-    for (size_t y = 0; y < H; y++)
-        for (size_t x = 0; x < W; x++) {
-            uint32_t m = id[y * W + x];
-            if (m == UINT32_MAX)
-                continue;
-            uint32_t *b = box + 4 * (size_t)m;
-            if (b[0] == UINT32_MAX)
-                P->label[m] = label_value(lab, y * W + x);
-            b[0] = b[0] < y ? b[0] : (uint32_t)y;
-            b[1] = b[1] < x ? b[1] : (uint32_t)x;
-            b[2] = b[2] > y ? b[2] : (uint32_t)y;
-            b[3] = b[3] > x ? b[3] : (uint32_t)x;
-        }
-    size_t most = 1;
-    for (uint32_t m = 0; m < n; m++) {
-        size_t a =
-            (size_t)(box[4 * m + 2] - box[4 * m] + 3) * (box[4 * m + 3] - box[4 * m + 1] + 3);
-        most = a > most ? a : most;
-    }
-    crop = malloc(most);
-    stack = malloc(most * sizeof *stack);
-    if (!crop || !stack)
-        goto done;
-    /* crop cells: 0 background, 1 mask, 2 background connected to the frame (outside),
-     * 3 mask cell already given to a component. */
-    for (uint32_t m = 0; m < n; m++) {
-        const size_t y0 = box[4 * m], x0 = box[4 * m + 1];
-        const size_t bh = box[4 * m + 2] - y0 + 3, bw = box[4 * m + 3] - x0 + 3;
-        memset(crop, 0, bh * bw);
-        for (size_t i = 1; i + 1 < bh; i++)
-            for (size_t j = 1; j + 1 < bw; j++)
-                crop[i * bw + j] = id[(y0 + i - 1) * W + (x0 + j - 1)] == m;
-        /* The outside: 4-connected background from the frame. */
-        size_t top = 0;
-        for (size_t j = 0; j < bw; j++) {
-            crop[j] = crop[(bh - 1) * bw + j] = 2;
-            stack[top++] = (uint32_t)j;
-            stack[top++] = (uint32_t)((bh - 1) * bw + j);
-        }
-        for (size_t i = 1; i + 1 < bh; i++) {
-            crop[i * bw] = crop[i * bw + bw - 1] = 2;
-            stack[top++] = (uint32_t)(i * bw);
-            stack[top++] = (uint32_t)(i * bw + bw - 1);
-        }
-        while (top) {
-            size_t c = stack[--top], cy = c / bw, cx = c % bw;
-            const size_t nb[4] = {c - bw, c + bw, c - 1, c + 1};
-            const int ok[4] = {cy > 0, cy + 1 < bh, cx > 0, cx + 1 < bw};
-            for (int k = 0; k < 4; k++)
-                if (ok[k] && crop[nb[k]] == 0) {
-                    crop[nb[k]] = 2;
-                    stack[top++] = (uint32_t)nb[k];
-                }
-        }
+        const size_t y0 = mb.box[4 * m], x0 = mb.box[4 * m + 1];
+        size_t bh, bw, top = 0;
+        gpuseg__mask_crop(&mb, W, m, &bh, &bw);
         /* 8-connected components in raster order of their first pixel; those touching the
          * outside are RETR_EXTERNAL's contours. OpenCV lists contours in the reverse order of
          * discovery and Cellpose keeps the first longest of that list: on a tie in length the
@@ -244,10 +179,7 @@ done:
     } else {
         *out = P;
     }
-    free(id);
-    free(box);
-    free(crop);
-    free(stack);
+    gpuseg__mask_boxes_free(&mb);
     free(cur.v);
     free(best.v);
     free(all.v);
@@ -269,8 +201,13 @@ gpuseg_status gpuseg__polygons_check(const char *path, const gpuseg_polygons *p)
 }
 
 gpuseg_status gpuseg__write_whole(const char *path, const void *data, size_t len) {
+    return gpuseg__write_whole_ex(path, 0, data, len);
+}
+
+gpuseg_status gpuseg__write_whole_ex(const char *path, unsigned flags, const void *data,
+                                     size_t len) {
     gpuseg__afile af = {.fd = -1};
-    gpuseg_status st = gpuseg__afile_open(path, &af);
+    gpuseg_status st = gpuseg__afile_open_ex(NULL, path, flags, &af);
     if (st != GPUSEG_OK)
         return st;
     if ((st = gpuseg__afile_write(&af, data, len)) != GPUSEG_OK) {

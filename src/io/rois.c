@@ -90,6 +90,17 @@ static void roi_bytes(const gpuseg_polygons *p, uint32_t i, const char *name, un
         be16(q + 64 + 2 * k, (unsigned char)name[k]);
 }
 
+/* The fields that a ZIP local header (from offset 10) and a central directory entry (from 12)
+ * share: time 0, DOS_DATE, CRC-32, both sizes (stored), the name's length. */
+static void zip_entry_fields(unsigned char *p, uint32_t crc, uint32_t size, uint32_t name_len) {
+    le16(p, 0);
+    le16(p + 2, DOS_DATE);
+    le32(p + 4, crc);
+    le32(p + 8, size);
+    le32(p + 12, size);
+    le16(p + 16, name_len);
+}
+
 gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons *p) {
     gpuseg__clear_error(NULL);
     gpuseg_status st = gpuseg__polygons_check(path, p);
@@ -142,12 +153,7 @@ gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons
         memset(h, 0, sizeof h);
         le32(h, 0x04034b50);
         le16(h + 4, 20); /* version needed: 2.0 */
-        le16(h + 10, 0);
-        le16(h + 12, DOS_DATE);
-        le32(h + 14, crc);
-        le32(h + 18, (uint32_t)rlen);
-        le32(h + 22, (uint32_t)rlen);
-        le16(h + 26, (uint32_t)elen);
+        zip_entry_fields(h + 10, crc, (uint32_t)rlen, (uint32_t)elen);
         const uint32_t local = (uint32_t)z.len;
         gpuseg__membuf_put(&z, h, 30);
         gpuseg__membuf_put(&z, entry, elen);
@@ -156,11 +162,7 @@ gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons
         le32(h, 0x02014b50);
         le16(h + 4, 20); /* made by: 2.0, MS-DOS attributes */
         le16(h + 6, 20);
-        le16(h + 14, DOS_DATE);
-        le32(h + 16, crc);
-        le32(h + 20, (uint32_t)rlen);
-        le32(h + 24, (uint32_t)rlen);
-        le16(h + 28, (uint32_t)elen);
+        zip_entry_fields(h + 12, crc, (uint32_t)rlen, (uint32_t)elen);
         le32(h + 42, local);
         gpuseg__membuf_put(&cd, h, 46);
         gpuseg__membuf_put(&cd, entry, elen);

@@ -538,6 +538,153 @@ static gpuseg_status open_fail_errno(const char *nm, const char *what) {
                         "shm %s: %s: %s", nm, what, e == ENOENT ? "no such segment" : strerror(e));
 }
 
+/* Opens segment nm read-only and checks that this user owns it and that nobody else may write
+ * it. *fd: the open descriptor (GPUSEG_OK), else -1. */
+static gpuseg_status open_owned(const char *nm, int *fd) {
+    *fd = shm_open(nm, O_RDONLY | O_CLOEXEC, 0);
+    if (*fd < 0)
+        return open_fail_errno(nm, "cannot open");
+    struct stat sb;
+    gpuseg_status st = GPUSEG_OK;
+    if (fstat(*fd, &sb) != 0)
+        st = open_fail_errno(nm, "fstat");
+    /* Only the user who made a segment may consume it: the name is not a secret once it has
+     * been printed, and another user's segment could be shaped to mislead the reader. */
+    else if (sb.st_uid != geteuid())
+        st = gpuseg__fail(NULL, GPUSEG_PERMISSION,
+                          "shm %s: owned by uid %u, not by this user (uid %u); refusing to read it",
+                          nm, (unsigned)sb.st_uid, (unsigned)geteuid());
+    else if (sb.st_mode & 0022)
+        st = gpuseg__fail(NULL, GPUSEG_PERMISSION,
+                          "shm %s: writable by group or others (mode %04o); refusing to read it",
+                          nm, (unsigned)(sb.st_mode & 07777));
+    if (st != GPUSEG_OK) {
+        close(*fd);
+        *fd = -1;
+    }
+    return st;
+}
+
+/* One look at the header page hp of segment nm: GPUSEG_OK with *ready set when it is READY,
+ * GPUSEG_OK with *waiting saying why when it may still become ready, else the failure. */
+static gpuseg_status look_header(const char *nm, const unsigned char *hp, bool *ready,
+                                 const char **waiting) {
+    static const unsigned char zero[8];
+    uint32_t state = load_state(hp);
+    *ready = false;
+    if (memcmp(hp, GPUSEG_SHM_MAGIC, 8) != 0) {
+        if (memcmp(hp, zero, 8) != 0)
+            return gpuseg__fail(NULL, GPUSEG_FORMAT,
+                                "shm %s: bad magic (not a gpuseg label segment)", nm);
+        *waiting = "header not yet written";
+        return GPUSEG_OK;
+    }
+    int64_t pid = (int64_t)gpuseg__ld64(hp + GPUSEG__SHM_OFF_PID);
+    if (state == GPUSEG_SHM_READY) {
+        *ready = true;
+        return GPUSEG_OK;
+    }
+    if (state == GPUSEG_SHM_FAILED)
+        return gpuseg__fail(NULL, GPUSEG_NOT_READY,
+                            "shm %s: its producer (pid %lld) marked it failed", nm, (long long)pid);
+    if (state != GPUSEG_SHM_WRITING)
+        return gpuseg__fail(NULL, GPUSEG_FORMAT, "shm %s: invalid state word %u", nm, state);
+    if (gpuseg__shm_producer_alive(pid, gpuseg__ld64(hp + GPUSEG__SHM_OFF_START)) == 0)
+        return gpuseg__fail(NULL, GPUSEG_NOT_READY,
+                            "shm %s: not ready (state writing) and its producer "
+                            "(pid %lld) is gone: it will never be ready",
+                            nm, (long long)pid);
+    *waiting = "state writing";
+    return GPUSEG_OK;
+}
+
+/* Waits up to timeout_s for segment nm (open as fd) to be READY and copies its header to hdr.
+ * The producer creates the segment, sizes it, writes the header (magic last), fills the array,
+ * then stores READY; a reader may arrive at any point of that. */
+static gpuseg_status wait_ready(const char *nm, int fd, double timeout_s,
+                                unsigned char hdr[GPUSEG_SHM_HEADER_SIZE]) {
+    double deadline = now_s() + timeout_s, nap = 1.0;
+    unsigned char *hp = NULL;
+    gpuseg_status st = GPUSEG_OK;
+    for (;;) {
+        struct stat sb;
+        if (!hp && fstat(fd, &sb) != 0) {
+            st = open_fail_errno(nm, "fstat");
+            break;
+        }
+        if (!hp && sb.st_size >= (off_t)GPUSEG__SHM_PAGE) {
+            void *m = mmap(NULL, GPUSEG__SHM_PAGE, PROT_READ, MAP_SHARED, fd, 0);
+            if (m == MAP_FAILED) {
+                st = open_fail_errno(nm, "mmap");
+                break;
+            }
+            hp = m;
+        }
+        const char *waiting = "not yet sized by its producer";
+        bool ready = false;
+        if (hp && (st = look_header(nm, hp, &ready, &waiting)) != GPUSEG_OK)
+            break;
+        if (ready) {
+            memcpy(hdr, hp, GPUSEG_SHM_HEADER_SIZE); /* after the acquire load that saw READY */
+            break;
+        }
+        double left = deadline - now_s();
+        if (left <= 0) {
+            st = gpuseg__fail(NULL, GPUSEG_NOT_READY, "shm %s: not ready after %g s (%s)", nm,
+                              timeout_s, waiting);
+            break;
+        }
+        /* Short sleeps first (publication is usually imminent), then up to 20 ms. */
+        sleep_ms(nap < left * 1000.0 ? nap : left * 1000.0);
+        nap = nap * 2 < 20.0 ? nap * 2 : 20.0;
+    }
+    if (hp)
+        munmap(hp, GPUSEG__SHM_PAGE);
+    return st;
+}
+
+/* Maps the whole of ready segment nm (open as fd, header hdr), checks header and checksum and
+ * makes the handle. */
+static gpuseg_status map_segment(const char *nm, int fd, const unsigned char *hdr,
+                                 gpuseg_shm **out) {
+    struct stat sb;
+    if (fstat(fd, &sb) != 0)
+        return open_fail_errno(nm, "fstat");
+    gpuseg_shm_info info;
+    gpuseg_status st = gpuseg__shm_decode(nm, hdr, (uint64_t)sb.st_size, &info);
+    if (st != GPUSEG_OK)
+        return st;
+    snprintf(info.name, sizeof info.name, "%s", nm);
+    /* decode bounded data_offset + data_bytes by the size; the size itself must be mappable */
+    if ((uint64_t)sb.st_size > SIZE_MAX ||
+        (uint64_t)sb.st_size > GPUSEG__SHM_MAX_DATA_OFFSET + GPUSEG_SHM_MAX_BYTES)
+        return gpuseg__fail(NULL, GPUSEG_TOO_LARGE, "shm %s: segment of %lld bytes is too large",
+                            nm, (long long)sb.st_size);
+    size_t map_bytes = (size_t)sb.st_size;
+    void *m = mmap(NULL, map_bytes, PROT_READ, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED)
+        return open_fail_errno(nm, "mmap");
+    unsigned char *map = m;
+    uint32_t crc = gpuseg_shm_checksum(0, map + info.data_offset, (size_t)info.data_bytes);
+    gpuseg_shm *seg = NULL;
+    if (crc != info.checksum)
+        st = gpuseg__fail(NULL, GPUSEG_CHECKSUM,
+                          "shm %s: payload checksum 0x%08x does not match the header's 0x%08x "
+                          "(corrupt or modified after publication)",
+                          nm, crc, info.checksum);
+    else if (!(seg = calloc(1, sizeof *seg)))
+        st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "shm %s: out of memory", nm);
+    if (st != GPUSEG_OK) {
+        munmap(map, map_bytes);
+        return st;
+    }
+    seg->info = info;
+    seg->map = map;
+    seg->map_bytes = map_bytes;
+    *out = seg;
+    return GPUSEG_OK;
+}
+
 gpuseg_status gpuseg_shm_open(const char *name, double timeout_s, gpuseg_shm **out) {
     gpuseg__clear_error(NULL);
     if (!out)
@@ -550,153 +697,14 @@ gpuseg_status gpuseg_shm_open(const char *name, double timeout_s, gpuseg_shm **o
     if (!(timeout_s >= 0) || timeout_s > 1e7)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "shm %s: timeout %g s is not valid", nm,
                             timeout_s);
-    int fd = shm_open(nm, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0)
-        return open_fail_errno(nm, "cannot open");
-    unsigned char *hp = NULL, *map = NULL;
-    size_t map_bytes = 0;
-    gpuseg_shm *seg = NULL;
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = open_fail_errno(nm, "fstat");
-        goto fail;
-    }
-    /* Only the user who made a segment may consume it: the name is not a secret once it has
-     * been printed, and another user's segment could be shaped to mislead the reader. */
-    if (sb.st_uid != geteuid()) {
-        st = gpuseg__fail(NULL, GPUSEG_PERMISSION,
-                          "shm %s: owned by uid %u, not by this user (uid %u); refusing to read it",
-                          nm, (unsigned)sb.st_uid, (unsigned)geteuid());
-        goto fail;
-    }
-    if (sb.st_mode & 0022) {
-        st = gpuseg__fail(NULL, GPUSEG_PERMISSION,
-                          "shm %s: writable by group or others (mode %04o); refusing to read it",
-                          nm, (unsigned)(sb.st_mode & 07777));
-        goto fail;
-    }
-
-    /* Wait for READY. The producer creates the segment, sizes it, writes the header (magic
-     * last), fills the array, then stores READY; a reader may arrive at any point of that. */
-    double deadline = now_s() + timeout_s, nap = 1.0;
-    uint32_t state = 0;
-    for (;;) {
-        if (!hp) {
-            if (fstat(fd, &sb) != 0) {
-                st = open_fail_errno(nm, "fstat");
-                goto fail;
-            }
-            if (sb.st_size >= (off_t)GPUSEG__SHM_PAGE) {
-                void *m = mmap(NULL, GPUSEG__SHM_PAGE, PROT_READ, MAP_SHARED, fd, 0);
-                if (m == MAP_FAILED) {
-                    st = open_fail_errno(nm, "mmap");
-                    goto fail;
-                }
-                hp = m;
-            }
-        }
-        const char *waiting = "not yet sized by its producer";
-        if (hp) {
-            state = load_state(hp);
-            static const unsigned char zero[8];
-            if (memcmp(hp, GPUSEG_SHM_MAGIC, 8) == 0) {
-                int64_t pid = (int64_t)gpuseg__ld64(hp + GPUSEG__SHM_OFF_PID);
-                if (state == GPUSEG_SHM_READY)
-                    break;
-                if (state == GPUSEG_SHM_FAILED) {
-                    st = gpuseg__fail(NULL, GPUSEG_NOT_READY,
-                                      "shm %s: its producer (pid %lld) marked it failed", nm,
-                                      (long long)pid);
-                    goto fail;
-                }
-                if (state != GPUSEG_SHM_WRITING) {
-                    st = gpuseg__fail(NULL, GPUSEG_FORMAT, "shm %s: invalid state word %u", nm,
-                                      state);
-                    goto fail;
-                }
-                if (gpuseg__shm_producer_alive(pid, gpuseg__ld64(hp + GPUSEG__SHM_OFF_START)) ==
-                    0) {
-                    st = gpuseg__fail(NULL, GPUSEG_NOT_READY,
-                                      "shm %s: not ready (state writing) and its producer "
-                                      "(pid %lld) is gone: it will never be ready",
-                                      nm, (long long)pid);
-                    goto fail;
-                }
-                waiting = "state writing";
-            } else if (memcmp(hp, zero, 8) != 0) {
-                st = gpuseg__fail(NULL, GPUSEG_FORMAT,
-                                  "shm %s: bad magic (not a gpuseg label segment)", nm);
-                goto fail;
-            } else {
-                waiting = "header not yet written";
-            }
-        }
-        double left = deadline - now_s();
-        if (left <= 0) {
-            st = gpuseg__fail(NULL, GPUSEG_NOT_READY, "shm %s: not ready after %g s (%s)", nm,
-                              timeout_s, waiting);
-            goto fail;
-        }
-        /* Short sleeps first (publication is usually imminent), then up to 20 ms. */
-        sleep_ms(nap < left * 1000.0 ? nap : left * 1000.0);
-        nap = nap * 2 < 20.0 ? nap * 2 : 20.0;
-    }
-
+    int fd = -1;
+    if ((st = open_owned(nm, &fd)) != GPUSEG_OK)
+        return st;
     unsigned char hdr[GPUSEG_SHM_HEADER_SIZE];
-    memcpy(hdr, hp, sizeof hdr); /* after the acquire load that saw READY */
-    munmap(hp, GPUSEG__SHM_PAGE);
-    hp = NULL;
-    if (fstat(fd, &sb) != 0) {
-        st = open_fail_errno(nm, "fstat");
-        goto fail;
-    }
-    gpuseg_shm_info info;
-    st = gpuseg__shm_decode(nm, hdr, (uint64_t)sb.st_size, &info);
-    if (st != GPUSEG_OK)
-        goto fail;
-    snprintf(info.name, sizeof info.name, "%s", nm);
-    /* decode bounded data_offset + data_bytes by the size; the size itself must be mappable */
-    if ((uint64_t)sb.st_size > SIZE_MAX ||
-        (uint64_t)sb.st_size > GPUSEG__SHM_MAX_DATA_OFFSET + GPUSEG_SHM_MAX_BYTES) {
-        st = gpuseg__fail(NULL, GPUSEG_TOO_LARGE, "shm %s: segment of %lld bytes is too large", nm,
-                          (long long)sb.st_size);
-        goto fail;
-    }
-    map_bytes = (size_t)sb.st_size;
-    void *m = mmap(NULL, map_bytes, PROT_READ, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) {
-        st = open_fail_errno(nm, "mmap");
-        goto fail;
-    }
-    map = m;
+    st = wait_ready(nm, fd, timeout_s, hdr);
+    if (st == GPUSEG_OK)
+        st = map_segment(nm, fd, hdr, out);
     close(fd);
-    fd = -1;
-    uint32_t crc = gpuseg_shm_checksum(0, map + info.data_offset, (size_t)info.data_bytes);
-    if (crc != info.checksum) {
-        st = gpuseg__fail(NULL, GPUSEG_CHECKSUM,
-                          "shm %s: payload checksum 0x%08x does not match the header's 0x%08x "
-                          "(corrupt or modified after publication)",
-                          nm, crc, info.checksum);
-        goto fail;
-    }
-    seg = calloc(1, sizeof *seg);
-    if (!seg) {
-        st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "shm %s: out of memory", nm);
-        goto fail;
-    }
-    seg->info = info;
-    seg->map = map;
-    seg->map_bytes = map_bytes;
-    *out = seg;
-    return GPUSEG_OK;
-
-fail:
-    if (map)
-        munmap(map, map_bytes);
-    if (hp)
-        munmap(hp, GPUSEG__SHM_PAGE);
-    if (fd >= 0)
-        close(fd);
     return st;
 }
 
@@ -727,17 +735,6 @@ gpuseg_status gpuseg_shm_labels_view(const gpuseg_shm *seg, gpuseg_image *view) 
     return GPUSEG_OK;
 }
 
-/* Significant digits for v to read back as the same double (JSON_REAL_PRECISION's n). */
-static int shortest_digits(double v) {
-    char buf[40];
-    for (int prec = 1; prec < 17; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v)
-            return prec;
-    }
-    return 17;
-}
-
 gpuseg_status gpuseg_shm_json(const gpuseg_shm_info *info, char *buf, size_t len) {
     if (!info || !buf || len == 0)
         return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "gpuseg_shm_json: NULL argument");
@@ -755,7 +752,7 @@ gpuseg_status gpuseg_shm_json(const gpuseg_shm_info *info, char *buf, size_t len
                           (json_int_t)info->data_offset, "bytes", (json_int_t)info->data_bytes,
                           "n_masks", (json_int_t)info->n_masks, "diameter", diam);
     size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER |
-                   JSON_REAL_PRECISION(isfinite(d) ? shortest_digits(d) : 17);
+                   JSON_REAL_PRECISION(isfinite(d) ? gpuseg_shortest_digits(d) : 17);
     size_t n = o ? json_dumpb(o, buf, len, flags) : 0;
     json_decref(o);
     if (n == 0)
