@@ -288,6 +288,9 @@ gpuseg_status gpuseg__fail_write(gpuseg_ctx *ctx, const char *path, const char *
  * Either the complete file exists afterwards or the previous state is kept. */
 gpuseg_status gpuseg__write_file_atomic(gpuseg_ctx *ctx, const char *path, const void *data,
                                         size_t n);
+/* The same with the writer's flags (GPUSEG_WRITE_ALLOW_SPECIAL: gpuseg__afile_open_ex). */
+gpuseg_status gpuseg__write_file_atomic_ex(gpuseg_ctx *ctx, const char *path, unsigned flags,
+                                           const void *data, size_t n);
 
 /* Reads a whole file (at most max_bytes) into a new buffer (free with free()). */
 gpuseg_status gpuseg__read_file(gpuseg_ctx *ctx, const char *path, size_t max_bytes, void **data,

@@ -108,9 +108,14 @@ gpuseg_status gpuseg__read_file(gpuseg_ctx *ctx, const char *path, size_t max_by
 
 gpuseg_status gpuseg__write_file_atomic(gpuseg_ctx *ctx, const char *path, const void *data,
                                         size_t n) {
-    /* The one atomic path (core/afile.c); cache files never need special targets. */
-    gpuseg__afile af;
-    gpuseg_status st = gpuseg__afile_open_ex(ctx, path, 0, &af);
+    return gpuseg__write_file_atomic_ex(ctx, path, 0, data, n);
+}
+
+gpuseg_status gpuseg__write_file_atomic_ex(gpuseg_ctx *ctx, const char *path, unsigned flags,
+                                           const void *data, size_t n) {
+    /* The one atomic path (core/afile.c). */
+    gpuseg__afile af = {.fd = -1};
+    gpuseg_status st = gpuseg__afile_open_ex(ctx, path, flags, &af);
     if (st != GPUSEG_OK)
         return st;
     if ((st = gpuseg__afile_write(&af, data, n)) != GPUSEG_OK) {

@@ -79,7 +79,7 @@ gpuseg_status gpuseg_polygons_write_geojson(const char *path, const gpuseg_polyg
         free(m.buf);
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
     }
-    st = gpuseg__write_whole(path, m.buf, m.len);
+    st = gpuseg__write_file_atomic(NULL, path, m.buf, m.len);
     free(m.buf);
     return st;
 }

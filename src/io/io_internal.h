@@ -82,10 +82,5 @@ void gpuseg__mask_crop(gpuseg__mask_boxes *mb, size_t W, uint32_t m, size_t *bh,
  * messages name path. (io/polygons.c) */
 struct gpuseg_polygons;
 gpuseg_status gpuseg__polygons_check(const char *path, const struct gpuseg_polygons *p);
-/* Writes len bytes to path through the atomic writer (flags from the environment). */
-gpuseg_status gpuseg__write_whole(const char *path, const void *data, size_t len);
-/* The same with the writer flags (GPUSEG_WRITE_*). */
-gpuseg_status gpuseg__write_whole_ex(const char *path, unsigned flags, const void *data,
-                                     size_t len);
 
 #endif

@@ -92,7 +92,7 @@ gpuseg_status gpuseg__png16_write(const char *path, const gpuseg_image *lab, uns
     m.buf[30] = (unsigned char)(crc >> 16);
     m.buf[31] = (unsigned char)(crc >> 8);
     m.buf[32] = (unsigned char)crc;
-    gpuseg_status st = gpuseg__write_whole_ex(path, flags, m.buf, m.len);
+    gpuseg_status st = gpuseg__write_file_atomic_ex(NULL, path, flags, m.buf, m.len);
     free(m.buf);
     return st;
 }

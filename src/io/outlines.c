@@ -363,7 +363,7 @@ gpuseg_status gpuseg_image_write_png_ex(const char *path, const gpuseg_image *im
         return gpuseg__fail(NULL, m.failed ? GPUSEG_OUT_OF_MEMORY : GPUSEG_INTERNAL,
                             "%s: PNG encoding failed", path);
     }
-    gpuseg_status st = gpuseg__write_whole_ex(path, flags, m.buf, m.len);
+    gpuseg_status st = gpuseg__write_file_atomic_ex(NULL, path, flags, m.buf, m.len);
     free(m.buf);
     return st;
 }

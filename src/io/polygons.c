@@ -200,23 +200,6 @@ gpuseg_status gpuseg__polygons_check(const char *path, const gpuseg_polygons *p)
     return GPUSEG_OK;
 }
 
-gpuseg_status gpuseg__write_whole(const char *path, const void *data, size_t len) {
-    return gpuseg__write_whole_ex(path, 0, data, len);
-}
-
-gpuseg_status gpuseg__write_whole_ex(const char *path, unsigned flags, const void *data,
-                                     size_t len) {
-    gpuseg__afile af = {.fd = -1};
-    gpuseg_status st = gpuseg__afile_open_ex(NULL, path, flags, &af);
-    if (st != GPUSEG_OK)
-        return st;
-    if ((st = gpuseg__afile_write(&af, data, len)) != GPUSEG_OK) {
-        gpuseg__afile_abort(&af);
-        return st;
-    }
-    return gpuseg__afile_commit(&af);
-}
-
 gpuseg_status gpuseg_polygons_write_txt(const char *path, const gpuseg_polygons *p) {
     gpuseg__clear_error(NULL);
     gpuseg_status st = gpuseg__polygons_check(path, p);
@@ -236,7 +219,7 @@ gpuseg_status gpuseg_polygons_write_txt(const char *path, const gpuseg_polygons 
         free(m.buf);
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
     }
-    st = gpuseg__write_whole(path, m.buf ? (const void *)m.buf : "", m.len);
+    st = gpuseg__write_file_atomic(NULL, path, m.buf ? (const void *)m.buf : "", m.len);
     free(m.buf);
     return st;
 }

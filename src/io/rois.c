@@ -205,7 +205,7 @@ gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons
         st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
         goto done;
     }
-    st = gpuseg__write_whole(path, z.buf, z.len);
+    st = gpuseg__write_file_atomic(NULL, path, z.buf, z.len);
 done:
     free(roi);
     free(z.buf);
