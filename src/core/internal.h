@@ -135,6 +135,23 @@ static inline bool gpuseg__add_size(size_t a, size_t b, size_t *out) {
     return true;
 }
 
+/* --- sorted label values --------------------------------------------------------------------- */
+
+/* qsort comparison of uint32_t values. */
+int gpuseg__cmp_u32(const void *a, const void *b);
+/* Index of v in the sorted distinct values vals[0..n) (v is known to be among them). */
+static inline size_t gpuseg__find_u32(const uint32_t *vals, size_t n, uint32_t v) {
+    size_t lo = 0, hi = n;
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (vals[mid] <= v)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* --- OpenCL programs, kernels, buffers ---------------------------------------------------- */
 
 /* Returns the program built from kernels/<name>.cl with the given extra build options (may be

@@ -86,23 +86,26 @@ gpuseg_status gpuseg__profile_read(gpuseg_ctx *ctx, const gpuseg__kernel_time **
     return st;
 }
 
-void gpuseg__profile_reset(gpuseg_ctx *ctx) {
-    gpuseg__profile *p = ctx->prof;
-    if (!p)
-        return;
+/* Waits for and releases the events not yet booked (their times are dropped). */
+static void drop_pending(gpuseg__profile *p) {
     if (p->n_pending)
         clWaitForEvents(p->n_pending, p->pending);
     for (unsigned i = 0; i < p->n_pending; i++)
         clReleaseEvent(p->pending[i]);
+    p->n_pending = 0;
+}
+
+void gpuseg__profile_reset(gpuseg_ctx *ctx) {
+    gpuseg__profile *p = ctx->prof;
+    if (!p)
+        return;
+    drop_pending(p);
     memset(p, 0, sizeof *p);
 }
 
 void gpuseg__profile_free(gpuseg__profile *p) {
     if (!p)
         return;
-    if (p->n_pending)
-        clWaitForEvents(p->n_pending, p->pending);
-    for (unsigned i = 0; i < p->n_pending; i++)
-        clReleaseEvent(p->pending[i]);
+    drop_pending(p);
     free(p);
 }

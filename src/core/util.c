@@ -124,3 +124,8 @@ gpuseg_status gpuseg__write_file_atomic_ex(gpuseg_ctx *ctx, const char *path, un
     }
     return gpuseg__afile_commit(&af);
 }
+
+int gpuseg__cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}

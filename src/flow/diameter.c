@@ -7,11 +7,6 @@
 #include "core/internal.h"
 #include "gpuseg/flows.h"
 
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
@@ -49,7 +44,7 @@ static gpuseg_status value_counts(const uint32_t *labels, size_t npix, uint64_t 
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "diameter: %zu pixels", npix);
     }
     memcpy(u, labels, npix * sizeof *u);
-    qsort(u, npix, sizeof *u, cmp_u32);
+    qsort(u, npix, sizeof *u, gpuseg__cmp_u32);
     size_t k = 0;
     for (size_t i = 0; i < npix; i++) {
         if (i == 0 || u[i] != u[i - 1])

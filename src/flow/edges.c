@@ -7,11 +7,6 @@
 #include "core/internal.h"
 #include "gpuseg/flows.h"
 
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* The distinct label values (0 included when present) in increasing order: a table indexed by
  * value when the largest is small, else a sorted copy. *vals: malloc'd. */
 static gpuseg_status distinct_labels(const uint32_t *labels, size_t npix, uint32_t **vals,
@@ -37,7 +32,7 @@ static gpuseg_status distinct_labels(const uint32_t *labels, size_t npix, uint32
         v = malloc(npix * sizeof *v);
         if (v) {
             memcpy(v, labels, npix * sizeof *v);
-            qsort(v, npix, sizeof *v, cmp_u32);
+            qsort(v, npix, sizeof *v, gpuseg__cmp_u32);
             for (size_t i = 0; i < npix; i++)
                 if (k == 0 || v[k - 1] != v[i])
                     v[k++] = v[i];
@@ -48,18 +43,6 @@ static gpuseg_status distinct_labels(const uint32_t *labels, size_t npix, uint32
     *vals = v;
     *n = k;
     return GPUSEG_OK;
-}
-
-static size_t index_of(const uint32_t *vals, size_t n, uint32_t l) {
-    size_t lo = 0, hi = n; /* l is among vals */
-    while (hi - lo > 1) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (vals[mid] <= l)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
 }
 
 gpuseg_status gpuseg_labels_remove_edge_masks(uint32_t *labels, uint32_t H, uint32_t W,
@@ -86,18 +69,18 @@ gpuseg_status gpuseg_labels_remove_edge_masks(uint32_t *labels, uint32_t H, uint
     }
     const uint32_t EDGE = UINT32_MAX;
     for (uint32_t x = 0; x < W; x++) {
-        map[index_of(vals, nv, labels[x])] = EDGE;
-        map[index_of(vals, nv, labels[(size_t)(H - 1) * W + x])] = EDGE;
+        map[gpuseg__find_u32(vals, nv, labels[x])] = EDGE;
+        map[gpuseg__find_u32(vals, nv, labels[(size_t)(H - 1) * W + x])] = EDGE;
     }
     for (uint32_t y = 0; y < H; y++) {
-        map[index_of(vals, nv, labels[(size_t)y * W])] = EDGE;
-        map[index_of(vals, nv, labels[(size_t)y * W + W - 1])] = EDGE;
+        map[gpuseg__find_u32(vals, nv, labels[(size_t)y * W])] = EDGE;
+        map[gpuseg__find_u32(vals, nv, labels[(size_t)y * W + W - 1])] = EDGE;
     }
     uint32_t next = 0;
     for (size_t j = 0; j < nv; j++)
         map[j] = vals[j] != 0 && map[j] != EDGE ? ++next : 0;
     for (size_t i = 0; i < npix; i++)
-        labels[i] = map[index_of(vals, nv, labels[i])];
+        labels[i] = map[gpuseg__find_u32(vals, nv, labels[i])];
     free(map);
     free(vals);
     if (n_masks)

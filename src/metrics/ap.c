@@ -31,19 +31,6 @@ static void radix_sort_u64(uint64_t *a, uint64_t *tmp, size_t n) {
     }
 }
 
-/* Index of value v in the sorted distinct array vals[0..n) (v is known to be present). */
-static size_t find_u32(const uint32_t *vals, size_t n, uint32_t v) {
-    size_t lo = 0, hi = n;
-    while (hi - lo > 1) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (vals[mid] <= v)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
 gpuseg_status gpuseg_metrics_ap(const uint32_t *truth, const uint32_t *pred, uint32_t H, uint32_t W,
                                 const double *thresholds, size_t n_thresholds,
                                 gpuseg_ap_result *out) {
@@ -139,7 +126,7 @@ gpuseg_status gpuseg_metrics_ap(const uint32_t *truth, const uint32_t *pred, uin
                     const uint32_t b = (uint32_t)keys[r];
                     if (b != 0) {
                         const uint64_t ov = s - r;
-                        const size_t bi = find_u32(pvals, np, b);
+                        const size_t bi = gpuseg__find_u32(pvals, np, b);
                         /* The same float64 division as numpy's overlap / union. */
                         const double iou = (double)ov / (double)(area_a + pareas[bi] - ov);
                         /* For thresholds >= 0.5 the pairs above the threshold form stars (a
