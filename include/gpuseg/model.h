@@ -144,15 +144,37 @@ typedef struct gpuseg_size_model {
     const double *smean; /* mean training style [n] */
     double ymean;        /* mean log-size offset of the training set */
     double diam_mean;    /* the size model's diam_mean (replaces the network's, as in Cellpose) */
+    /* 1 when smean is float32 in the file (what train_size writes): numpy then subtracts it
+     * from the float32 style in float32, and so does gpuseg_size_model_style_diameter; 0:
+     * in double. */
+    int smean_f32;
 } gpuseg_size_model;
 
-/* Step 1 of SizeModel.eval, the diameter from a style vector (gpuseg_segment_result.style,
- * computed at the model's own scale, i.e. resample off and no rescale):
+/* Reads Cellpose's size model file (size_cyto3.npy, MODEL_size.npy, ...: what np.save writes
+ * for SizeModel's dict {'A', 'smean', 'diam_mean', 'ymean'}, an object .npy whose payload is a
+ * pickle). The pickle is read by a restricted, non-executing reader that resolves only numpy's
+ * _reconstruct, ndarray, dtype and scalar; A and smean may be float32 or float64 vectors of the
+ * same length, diam_mean and ymean Python or numpy numbers. The library allocates *out (arrays
+ * included); free it with gpuseg_size_model_free. Errors name the file, in one line:
+ * GPUSEG_NOT_FOUND / GPUSEG_IO (cannot read), GPUSEG_TOO_LARGE (over 16 MiB), GPUSEG_FORMAT
+ * (not a .npy, a numeric .npy, truncated or corrupt pickle, a key missing, lengths differing,
+ * values not finite, diam_mean <= 0), GPUSEG_UNSUPPORTED (a pickle global or opcode outside
+ * what numpy writes for such a dict: message names it). */
+GPUSEG_API gpuseg_status gpuseg_size_model_load(const char *path, gpuseg_size_model **out);
+
+/* Releases a size model from gpuseg_size_model_load (not one the caller filled in); accepts
+ * NULL. */
+GPUSEG_API void gpuseg_size_model_free(gpuseg_size_model *sm);
+
+/* Step 1 of SizeModel.eval, the diameter from a style vector (gpuseg_segment_result.style of
+ * the pass Cellpose runs for it: CellposeModel.eval with diameter None, i.e. at rescale
+ * diam_mean / diam_labels of the network, which is gpuseg_segment at diameter 0):
  *   d = max(5, exp(A . (style - smean) + log(diam_mean) + ymean)),
- * in double precision (numpy's float64); d = diam_mean when the result is 0 or NaN, as Cellpose
- * does. Step 2 (segment at rescale diam_mean / d, then utils.diameters of the masks, diam_mean
- * when there are none) is a segmentation at diameter d followed by gpuseg_labels_diameter.
- * GPUSEG_INVALID_ARGUMENT for NULL arrays, n != sm->n, or diam_mean <= 0. */
+ * in double precision (numpy's float64) but for style - smean, float32 when smean_f32 is set; d =
+ * diam_mean when the result is 0 or NaN, as Cellpose does. Step 2 (segment at rescale diam_mean /
+ * d, then utils.diameters of the masks, diam_mean when there are none) and the final segmentation
+ * at that diameter are what gpuseg_segment does with gpuseg_segment_params.size_model
+ * (gpuseg/segment.h). GPUSEG_INVALID_ARGUMENT for NULL arrays, n != sm->n, or diam_mean <= 0. */
 GPUSEG_API gpuseg_status gpuseg_size_model_style_diameter(const gpuseg_size_model *sm,
                                                           const float *style, uint32_t n,
                                                           double *diameter);

@@ -64,6 +64,19 @@ typedef struct gpuseg_segment_params {
      * style-regression guess once the same way; here the first guess is the model's training
      * diameter, which can be 2-3x off. result->diameter_estimated says which. */
     int estimate_diameter;
+    /* NULL (default), or Cellpose's size model for this net (gpuseg_size_model_load of the file
+     * gpuseg_size_model_find gives; kept by the caller). With diameter 0 it estimates the
+     * diameter as Cellpose 3.1's models.Cellpose.eval does (diameter 0 / None with a size
+     * model): pass 1 at diameter 0 (rescale diam_mean / diam_labels) gives the style vector and
+     * from it the style diameter d_s (gpuseg_size_model_style_diameter); pass 2 at d_s (rescale
+     * size-model diam_mean / d_s) gives masks whose median diameter (gpuseg_labels_diameter) is
+     * the estimate d, or the size model's diam_mean when there are none; pass 3, the result,
+     * is the segmentation at d. Cellpose's pass 2 runs resample=False, interp=False; gpuseg's
+     * runs its one pipeline (resample=True, interpolated steps), so d can differ slightly from
+     * Cellpose's (0.2-1.1% on tests/fixtures/size; docs/net.md). Pass 1's masks are computed
+     * but unused. estimate_diameter is ignored when a size model is used. With a diameter > 0
+     * the size model is not used. */
+    const gpuseg_size_model *size_model;
 } gpuseg_segment_params;
 
 GPUSEG_API void gpuseg_segment_params_default(gpuseg_segment_params *p);
@@ -92,6 +105,12 @@ typedef struct gpuseg_segment_result {
     double diameter_estimate;   /* with estimate_diameter: median equivalent diameter of the
                                  * last pass's masks (0 when none), else 0 */
     unsigned passes;            /* network passes run: 1 to 3 */
+    /* With a size model (params.size_model, diameter 0), 3 passes and: diameter_style = the
+     * style-regression diameter (SizeModel's diam_style), diameter_first_pass = pass 1's
+     * diameter (diam_labels), diameter_estimate = the median diameter of pass 2's masks (0 when
+     * none), diameter_estimated = 1 when it is > 0, diameter = pass 3's (the estimate, or the
+     * size model's diam_mean when pass 2 found no masks: SizeModel's diam). Else 0. */
+    double diameter_style;
 } gpuseg_segment_result;
 
 /* Segments one 2-D image (page params->page) as CellposeModel.eval(resample=True) does.

@@ -1,8 +1,12 @@
 /* model/pickle.c: the restricted pickle reader behind model loading. It interprets only the
  * opcodes torch.save emits for a state dict, resolves only collections.OrderedDict,
  * torch._utils._rebuild_tensor_v2 / _rebuild_parameter and torch.<X>Storage, and turns
- * persistent ids ('storage', type, key, location, numel) into storage objects. Nothing is ever
- * executed or imported; containers refer to objects by index, so no step recurses. */
+ * persistent ids ('storage', type, key, location, numel) into storage objects. In numpy mode
+ * (Cellpose's size model, an object array saved by np.save) it reads instead the opcodes numpy's
+ * pickles use (protocols 2-5: FRAME, MEMOIZE, STACK_GLOBAL, BINFLOAT, BINBYTES) and resolves only
+ * numpy's _reconstruct, ndarray, dtype and scalar, which it turns into array, dtype and float
+ * objects. Nothing is ever executed or imported; containers refer to objects by index, so no
+ * step recurses. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,10 +27,13 @@ typedef struct {
     size_t n_marks;
     uint32_t *memo;
     size_t cap_memo;
+    size_t n_memo; /* memo slots written (MEMOIZE's next key, as Python's len(memo)) */
+    gpuseg__pickle_mode mode;
+    const char *what; /* names the stream in messages */
 } reader;
 
 static gpuseg_status fail(reader *r, gpuseg_status st, const char *what) {
-    return gpuseg__fail(NULL, st, "%s: data.pkl: %s at offset %zu", r->path, what, r->op_pos);
+    return gpuseg__fail(NULL, st, "%s: %s: %s at offset %zu", r->path, r->what, what, r->op_pos);
 }
 
 static gpuseg_status need(reader *r, size_t k, const unsigned char **out) {
@@ -149,6 +156,8 @@ static gpuseg_status memo_put(reader *r, uint64_t key, uint32_t obj) {
         r->memo = m;
         r->cap_memo = cap;
     }
+    if (r->memo[key] == NO_OBJ)
+        r->n_memo++;
     r->memo[key] = obj;
     return GPUSEG_OK;
 }
@@ -202,7 +211,18 @@ static int span_eq(const char *s, size_t n, const char *lit) {
 static gpuseg_status push_global(reader *r, const char *mod, size_t mlen, const char *name,
                                  size_t nlen) {
     int which = -1, dtype = 0;
-    if (span_eq(mod, mlen, "collections") && span_eq(name, nlen, "OrderedDict"))
+    if (r->mode == GPUSEG__PICKLE_NUMPY) {
+        int core = span_eq(mod, mlen, "numpy.core.multiarray") ||
+                   span_eq(mod, mlen, "numpy._core.multiarray");
+        if (core && span_eq(name, nlen, "_reconstruct"))
+            which = GPUSEG__PKG_NP_RECONSTRUCT;
+        else if (core && span_eq(name, nlen, "scalar"))
+            which = GPUSEG__PKG_NP_SCALAR;
+        else if (span_eq(mod, mlen, "numpy") && span_eq(name, nlen, "ndarray"))
+            which = GPUSEG__PKG_NP_NDARRAY;
+        else if (span_eq(mod, mlen, "numpy") && span_eq(name, nlen, "dtype"))
+            which = GPUSEG__PKG_NP_DTYPE;
+    } else if (span_eq(mod, mlen, "collections") && span_eq(name, nlen, "OrderedDict"))
         which = GPUSEG__PKG_ORDERED_DICT;
     else if (span_eq(mod, mlen, "torch._utils") && span_eq(name, nlen, "_rebuild_tensor_v2"))
         which = GPUSEG__PKG_REBUILD_TENSOR_V2;
@@ -224,8 +244,8 @@ static gpuseg_status push_global(reader *r, const char *mod, size_t mlen, const 
         for (k = 0; k < nlen && k < 100; k++)
             nn[k] = name[k] >= 0x20 && name[k] < 0x7f ? name[k] : '?';
         nn[k] = 0;
-        snprintf(msg, sizeof msg,
-                 "pickle refers to '%s.%s', which a Cellpose state dict never contains", mm, nn);
+        snprintf(msg, sizeof msg, "pickle refers to '%s.%s', which a Cellpose %s never contains",
+                 mm, nn, r->mode == GPUSEG__PICKLE_NUMPY ? "size model" : "state dict");
         return fail(r, GPUSEG_UNSUPPORTED, msg);
     }
     uint32_t o;
@@ -337,6 +357,278 @@ static gpuseg_status rebuild_tensor(reader *r, uint32_t args) {
     return push(r, o);
 }
 
+/* ---- numpy mode: arrays, dtypes and scalars as numpy pickles them ---- */
+
+/* STACK_GLOBAL: module and name strings from the stack. */
+static gpuseg_status op_stack_global(reader *r) {
+    uint32_t nm = 0, md = 0;
+    gpuseg_status st = pop(r, &nm);
+    if (st == GPUSEG_OK)
+        st = pop(r, &md);
+    if (st != GPUSEG_OK)
+        return st;
+    const gpuseg__pk_obj *m = &r->p->objs[md], *n = &r->p->objs[nm];
+    if (m->type != GPUSEG__PK_STR || n->type != GPUSEG__PK_STR)
+        return fail(r, GPUSEG_FORMAT, "pickle STACK_GLOBAL without a module and a name");
+    return push_global(r, m->u.str.s, m->u.str.n, n->u.str.s, n->u.str.n);
+}
+
+/* numpy.dtype(descr, align, copy): descr is numpy's type character and size ('f8', 'O8'),
+ * optionally after a byte-order character. */
+static gpuseg_status np_dtype(reader *r, uint32_t args) {
+    const gpuseg__pk_obj *a = &r->p->objs[args];
+    if (a->u.seq.n != 3 || r->p->objs[a->u.seq.items[0]].type != GPUSEG__PK_STR)
+        return fail(r, GPUSEG_FORMAT, "pickle calls numpy.dtype with the wrong arguments");
+    const gpuseg__pk_obj *d = &r->p->objs[a->u.seq.items[0]];
+    const char *s = d->u.str.s;
+    size_t n = d->u.str.n, i = 0;
+    char order = '=';
+    if (n && (s[0] == '<' || s[0] == '>' || s[0] == '|' || s[0] == '='))
+        order = s[i++];
+    if (i >= n || !strchr("fiubO", s[i]) || s[i] == 0)
+        return fail(r, GPUSEG_UNSUPPORTED,
+                    "pickle makes a numpy dtype other than float, integer, bool or object");
+    char kind = s[i++];
+    uint32_t size = 0;
+    if (i == n || n - i > 2)
+        return fail(r, GPUSEG_FORMAT, "pickle makes a numpy dtype with a bad size");
+    for (; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return fail(r, GPUSEG_FORMAT, "pickle makes a numpy dtype with a bad size");
+        size = size * 10 + (uint32_t)(s[i] - '0');
+    }
+    if (size == 0 || size > 16)
+        return fail(r, GPUSEG_FORMAT, "pickle makes a numpy dtype with a bad size");
+    uint32_t o = 0;
+    gpuseg_status st = new_obj(r, GPUSEG__PK_DTYPE, &o);
+    if (st != GPUSEG_OK)
+        return st;
+    r->p->objs[o].u.dtype.kind = kind;
+    r->p->objs[o].u.dtype.order = order;
+    r->p->objs[o].u.dtype.size = size;
+    return push(r, o);
+}
+
+/* Little-endian value of k <= 8 bytes (byte-swapped first for a big-endian dtype). */
+static uint64_t np_bytes_u64(const unsigned char *b, uint32_t k, int big) {
+    uint64_t u = 0;
+    for (uint32_t i = 0; i < k; i++)
+        u |= (uint64_t)b[big ? k - 1 - i : i] << (8 * i);
+    return u;
+}
+
+/* numpy.core.multiarray.scalar(dtype, bytes): a float (or integer) scalar such as np.float32. */
+static gpuseg_status np_scalar(reader *r, uint32_t args) {
+    const gpuseg__pk_obj *a = &r->p->objs[args];
+    if (a->u.seq.n != 2)
+        return fail(r, GPUSEG_FORMAT, "pickle calls numpy scalar with the wrong arguments");
+    const gpuseg__pk_obj *dt = &r->p->objs[a->u.seq.items[0]], *b = &r->p->objs[a->u.seq.items[1]];
+    if (dt->type != GPUSEG__PK_DTYPE || b->type != GPUSEG__PK_BYTES ||
+        b->u.str.n != dt->u.dtype.size)
+        return fail(r, GPUSEG_FORMAT, "pickle calls numpy scalar with the wrong arguments");
+    const unsigned char *v = (const unsigned char *)b->u.str.s;
+    int big = dt->u.dtype.order == '>';
+    uint32_t k = dt->u.dtype.size;
+    if (dt->u.dtype.kind == 'f' && (k == 4 || k == 8)) {
+        uint64_t u = np_bytes_u64(v, k, big);
+        double x;
+        if (k == 4) {
+            uint32_t u32 = (uint32_t)u;
+            float f;
+            memcpy(&f, &u32, sizeof f);
+            x = (double)f;
+        } else {
+            memcpy(&x, &u, sizeof x);
+        }
+        uint32_t o = 0;
+        gpuseg_status st = new_obj(r, GPUSEG__PK_FLOAT, &o);
+        if (st != GPUSEG_OK)
+            return st;
+        r->p->objs[o].u.f = x;
+        return push(r, o);
+    }
+    if ((dt->u.dtype.kind == 'i' || dt->u.dtype.kind == 'u') && k <= 8 && (k & (k - 1)) == 0) {
+        uint64_t u = np_bytes_u64(v, k, big);
+        if (dt->u.dtype.kind == 'i' && k < 8 && (u >> (8 * k - 1)) & 1)
+            u |= ~(uint64_t)0 << (8 * k); /* sign-extend */
+        if (dt->u.dtype.kind == 'u' && k == 8 && u > INT64_MAX)
+            return fail(r, GPUSEG_UNSUPPORTED, "pickle holds an integer wider than 63 bits");
+        int64_t iv;
+        memcpy(&iv, &u, sizeof iv);
+        return push_int(r, GPUSEG__PK_INT, iv);
+    }
+    return fail(r, GPUSEG_UNSUPPORTED, "pickle makes a numpy scalar that is not a number");
+}
+
+/* numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b'): an empty array that BUILD
+ * fills in. */
+static gpuseg_status np_reconstruct(reader *r, uint32_t args) {
+    const gpuseg__pk_obj *a = &r->p->objs[args];
+    if (a->u.seq.n != 3)
+        return fail(r, GPUSEG_FORMAT, "pickle calls numpy _reconstruct with the wrong arguments");
+    const gpuseg__pk_obj *cls = &r->p->objs[a->u.seq.items[0]];
+    if (cls->type != GPUSEG__PK_GLOBAL || cls->u.global.which != GPUSEG__PKG_NP_NDARRAY)
+        return fail(r, GPUSEG_UNSUPPORTED,
+                    "pickle reconstructs a numpy array subclass (only numpy.ndarray is read)");
+    uint32_t o = 0;
+    gpuseg_status st = new_obj(r, GPUSEG__PK_ARRAY, &o);
+    if (st != GPUSEG_OK)
+        return st;
+    return push(r, o);
+}
+
+/* BUILD on a numpy array: state (version, shape, dtype, is_fortran, data) as
+ * ndarray.__reduce__ writes it (data: bytes, or a list for object arrays). */
+static gpuseg_status np_build_array(reader *r, uint32_t arr, uint32_t state) {
+    gpuseg__pickle *p = r->p;
+    const gpuseg__pk_obj *t = &p->objs[state];
+    if (t->type != GPUSEG__PK_TUPLE || (t->u.seq.n != 5 && t->u.seq.n != 4))
+        return fail(r, GPUSEG_FORMAT, "pickle sets a numpy array from a bad state");
+    const uint32_t *it = t->u.seq.items + (t->u.seq.n == 5);
+    if (t->u.seq.n == 5 && p->objs[t->u.seq.items[0]].type != GPUSEG__PK_INT)
+        return fail(r, GPUSEG_FORMAT, "pickle sets a numpy array from a bad state");
+    if (p->objs[arr].u.array.built)
+        return fail(r, GPUSEG_FORMAT, "pickle sets a numpy array twice");
+    int64_t shape[GPUSEG_TENSOR_MAX_DIMS];
+    int nd = int_tuple(p, it[0], shape);
+    const gpuseg__pk_obj *dt = &p->objs[it[1]], *fo = &p->objs[it[2]], *data = &p->objs[it[3]];
+    if (nd < 0 || dt->type != GPUSEG__PK_DTYPE ||
+        (fo->type != GPUSEG__PK_BOOL && fo->type != GPUSEG__PK_INT))
+        return fail(r, GPUSEG_FORMAT, "pickle sets a numpy array from a bad state");
+    uint64_t count = 1;
+    for (int i = 0; i < nd; i++) {
+        if (shape[i] < 0 || (uint64_t)shape[i] > GPUSEG__PK_MAX_ITEMS)
+            return fail(r, GPUSEG_FORMAT, "pickle sets a numpy array with a bad shape");
+        count *= (uint64_t)shape[i];
+        if (count > GPUSEG__PK_MAX_ITEMS)
+            return fail(r, GPUSEG_TOO_LARGE, "pickle sets a numpy array with too many elements");
+    }
+    if (dt->u.dtype.kind == 'O') {
+        if (data->type != GPUSEG__PK_LIST || data->u.seq.n != count)
+            return fail(r, GPUSEG_FORMAT,
+                        "pickle sets a numpy object array whose items do not match its shape");
+    } else if (data->type != GPUSEG__PK_BYTES || data->u.str.n != count * dt->u.dtype.size) {
+        return fail(r, GPUSEG_FORMAT,
+                    "pickle sets a numpy array whose data size does not match its shape");
+    }
+    gpuseg__pk_obj *o = &p->objs[arr];
+    o->u.array.shape = it[0];
+    o->u.array.dtype = it[1];
+    o->u.array.data = it[3];
+    o->u.array.fortran = fo->u.i != 0;
+    o->u.array.built = 1;
+    return GPUSEG_OK;
+}
+
+/* BUILD on a numpy dtype: state (version, byteorder, subarray, names, fields, elsize,
+ * alignment[, flags]); only plain dtypes (no subarray, names or fields) are read. */
+static gpuseg_status np_build_dtype(reader *r, uint32_t dt, uint32_t state) {
+    gpuseg__pickle *p = r->p;
+    const gpuseg__pk_obj *t = &p->objs[state];
+    if (t->type != GPUSEG__PK_TUPLE || t->u.seq.n < 5)
+        return fail(r, GPUSEG_FORMAT, "pickle sets a numpy dtype from a bad state");
+    const gpuseg__pk_obj *bo = &p->objs[t->u.seq.items[1]];
+    if (bo->type != GPUSEG__PK_STR || bo->u.str.n != 1 || !strchr("<>|=", bo->u.str.s[0]) ||
+        bo->u.str.s[0] == 0)
+        return fail(r, GPUSEG_FORMAT, "pickle sets a numpy dtype with a bad byte order");
+    for (int k = 2; k <= 4; k++)
+        if (p->objs[t->u.seq.items[k]].type != GPUSEG__PK_NONE)
+            return fail(r, GPUSEG_UNSUPPORTED,
+                        "pickle makes a structured or sub-array numpy dtype");
+    p->objs[dt].u.dtype.order = bo->u.str.s[0];
+    return GPUSEG_OK;
+}
+
+static gpuseg_status push_bytes(reader *r, const unsigned char *s, size_t n) {
+    uint32_t o = 0;
+    gpuseg_status st = new_obj(r, GPUSEG__PK_BYTES, &o);
+    if (st != GPUSEG_OK)
+        return st;
+    r->p->objs[o].u.str.s = (const char *)s;
+    r->p->objs[o].u.str.n = n;
+    return push(r, o);
+}
+
+static uint64_t le_u64(const unsigned char *a, size_t k) {
+    uint64_t u = 0;
+    for (size_t i = 0; i < k; i++)
+        u |= (uint64_t)a[i] << (8 * i);
+    return u;
+}
+
+/* The opcodes only numpy mode reads; *handled = 0 for any other. */
+static gpuseg_status numpy_op(reader *r, unsigned char op, int *handled) {
+    const unsigned char *a = NULL;
+    gpuseg_status st = GPUSEG_OK;
+    *handled = 1;
+    switch (op) {
+    case 0x95: /* FRAME: an 8-byte length; the frame's opcodes follow inline */
+        return need(r, 8, &a);
+    case 0x94: /* MEMOIZE */ {
+        uint32_t o = 0;
+        if ((st = top(r, &o)) != GPUSEG_OK)
+            return st;
+        return memo_put(r, r->n_memo, o);
+    }
+    case 0x93: /* STACK_GLOBAL */
+        return op_stack_global(r);
+    case 0x8c: /* SHORT_BINUNICODE */
+        if ((st = need(r, 1, &a)) != GPUSEG_OK)
+            return st;
+        {
+            size_t k = a[0];
+            if ((st = need(r, k, &a)) == GPUSEG_OK)
+                st = push_str(r, a, k);
+        }
+        return st;
+    case 0x8d:   /* BINUNICODE8 */
+    case 0x8e: { /* BINBYTES8 */
+        if ((st = need(r, 8, &a)) != GPUSEG_OK)
+            return st;
+        uint64_t k = le_u64(a, 8);
+        if (k > r->n - r->pos)
+            return fail(r, GPUSEG_FORMAT, "pickle data ends inside an opcode (truncated)");
+        if ((st = need(r, (size_t)k, &a)) != GPUSEG_OK)
+            return st;
+        return op == 0x8d ? push_str(r, a, (size_t)k) : push_bytes(r, a, (size_t)k);
+    }
+    case 'C': /* SHORT_BINBYTES */
+        if ((st = need(r, 1, &a)) != GPUSEG_OK)
+            return st;
+        {
+            size_t k = a[0];
+            if ((st = need(r, k, &a)) == GPUSEG_OK)
+                st = push_bytes(r, a, k);
+        }
+        return st;
+    case 'B': { /* BINBYTES: 4-byte length */
+        if ((st = need(r, 4, &a)) != GPUSEG_OK)
+            return st;
+        size_t k = (size_t)le_u64(a, 4);
+        if ((st = need(r, k, &a)) == GPUSEG_OK)
+            st = push_bytes(r, a, k);
+        return st;
+    }
+    case 'G': { /* BINFLOAT: big-endian IEEE double */
+        if ((st = need(r, 8, &a)) != GPUSEG_OK)
+            return st;
+        uint64_t u = 0;
+        for (int i = 0; i < 8; i++)
+            u = u << 8 | a[i];
+        double x;
+        memcpy(&x, &u, sizeof x);
+        uint32_t o = 0;
+        if ((st = new_obj(r, GPUSEG__PK_FLOAT, &o)) != GPUSEG_OK)
+            return st;
+        r->p->objs[o].u.f = x;
+        return push(r, o);
+    }
+    default:
+        *handled = 0;
+        return GPUSEG_OK;
+    }
+}
+
 static gpuseg_status op_reduce(reader *r) {
     uint32_t fn = 0, args = 0;
     gpuseg_status st = pop(r, &args);
@@ -359,6 +651,14 @@ static gpuseg_status op_reduce(reader *r) {
     }
     case GPUSEG__PKG_REBUILD_TENSOR_V2:
         return rebuild_tensor(r, args);
+    case GPUSEG__PKG_NP_RECONSTRUCT:
+        return np_reconstruct(r, args);
+    case GPUSEG__PKG_NP_DTYPE:
+        return np_dtype(r, args);
+    case GPUSEG__PKG_NP_SCALAR:
+        return np_scalar(r, args);
+    case GPUSEG__PKG_NP_NDARRAY:
+        return fail(r, GPUSEG_UNSUPPORTED, "pickle calls numpy.ndarray directly");
     case GPUSEG__PKG_REBUILD_PARAMETER:
         /* Parameter(data, requires_grad, hooks): for reading weights it is just `data`. */
         if (a->u.seq.n != 3 || p->objs[a->u.seq.items[0]].type != GPUSEG__PK_TENSOR)
@@ -404,6 +704,12 @@ static gpuseg_status run(reader *r) {
             return fail(r, GPUSEG_FORMAT, "pickle ends without STOP (truncated)");
         r->op_pos = r->pos;
         unsigned char op = r->d[r->pos++];
+        if (r->mode == GPUSEG__PICKLE_NUMPY) {
+            int handled = 0;
+            st = numpy_op(r, op, &handled);
+            if (handled)
+                continue;
+        }
         switch (op) {
         case 0x80: /* PROTO */
             if ((st = need(r, 1, &a)) == GPUSEG_OK && (a[0] < 2 || a[0] > 5))
@@ -515,7 +821,11 @@ static gpuseg_status run(reader *r) {
         case 'b': /* BUILD: sets attributes; for a dict only the _metadata attribute */
             if ((st = pop(r, &o2)) != GPUSEG_OK || (st = top(r, &o)) != GPUSEG_OK)
                 break;
-            if (r->p->objs[o].type != GPUSEG__PK_DICT)
+            if (r->p->objs[o].type == GPUSEG__PK_ARRAY)
+                st = np_build_array(r, o, o2);
+            else if (r->p->objs[o].type == GPUSEG__PK_DTYPE)
+                st = np_build_dtype(r, o, o2);
+            else if (r->p->objs[o].type != GPUSEG__PK_DICT)
                 st = fail(r, GPUSEG_UNSUPPORTED, "pickle BUILD on something that is not a dict");
             break;
         case 's': /* SETITEM */
@@ -574,6 +884,12 @@ static gpuseg_status run(reader *r) {
 
 gpuseg_status gpuseg__pickle_parse(gpuseg__pickle *p, const unsigned char *data, size_t n,
                                    const char *path) {
+    return gpuseg__pickle_parse_mode(p, data, n, path, "data.pkl", GPUSEG__PICKLE_TORCH);
+}
+
+gpuseg_status gpuseg__pickle_parse_mode(gpuseg__pickle *p, const unsigned char *data, size_t n,
+                                        const char *path, const char *what,
+                                        gpuseg__pickle_mode mode) {
     memset(p, 0, sizeof *p);
     reader r;
     memset(&r, 0, sizeof r);
@@ -581,6 +897,8 @@ gpuseg_status gpuseg__pickle_parse(gpuseg__pickle *p, const unsigned char *data,
     r.d = data;
     r.n = n;
     r.path = path;
+    r.what = what;
+    r.mode = mode;
     gpuseg_status st = run(&r);
     free(r.stack);
     free(r.memo);

@@ -30,7 +30,12 @@ typedef enum {
     GPUSEG__PK_DICT, /* items: key, value, key, value, ... */
     GPUSEG__PK_GLOBAL,
     GPUSEG__PK_STORAGE,
-    GPUSEG__PK_TENSOR
+    GPUSEG__PK_TENSOR,
+    /* numpy mode only (GPUSEG__PICKLE_NUMPY) */
+    GPUSEG__PK_FLOAT, /* BINFLOAT, or a numpy float scalar (u.f) */
+    GPUSEG__PK_BYTES, /* SHORT_BINBYTES / BINBYTES / BINBYTES8 (u.str) */
+    GPUSEG__PK_DTYPE, /* numpy.dtype(descr, False, True) [+ BUILD state] (u.dtype) */
+    GPUSEG__PK_ARRAY  /* numpy _reconstruct(ndarray, (0,), b'b') [+ BUILD state] (u.array) */
 } gpuseg__pk_type;
 
 /* The only globals the reader resolves. */
@@ -38,8 +43,21 @@ typedef enum {
     GPUSEG__PKG_ORDERED_DICT,
     GPUSEG__PKG_REBUILD_TENSOR_V2,
     GPUSEG__PKG_REBUILD_PARAMETER,
-    GPUSEG__PKG_STORAGE_TYPE /* torch.<X>Storage; dtype in the object */
+    GPUSEG__PKG_STORAGE_TYPE, /* torch.<X>Storage; dtype in the object */
+    /* numpy mode only */
+    GPUSEG__PKG_NP_RECONSTRUCT, /* numpy.core.multiarray._reconstruct (or numpy._core...) */
+    GPUSEG__PKG_NP_NDARRAY,     /* numpy.ndarray */
+    GPUSEG__PKG_NP_DTYPE,       /* numpy.dtype */
+    GPUSEG__PKG_NP_SCALAR       /* numpy.core.multiarray.scalar (or numpy._core...) */
 } gpuseg__pk_global;
+
+/* What a stream may contain. */
+typedef enum {
+    GPUSEG__PICKLE_TORCH = 0, /* a torch.save state dict (data.pkl): protocol 2, torch globals */
+    /* a numpy object array pickled by np.save (Cellpose's size_<model>.npy): protocols 2-5
+     * (FRAME, MEMOIZE, STACK_GLOBAL, BINFLOAT, BINBYTES), numpy's array/dtype/scalar globals */
+    GPUSEG__PICKLE_NUMPY = 1
+} gpuseg__pickle_mode;
 
 typedef struct gpuseg__pk_tensor {
     uint32_t storage; /* object index of a GPUSEG__PK_STORAGE */
@@ -72,6 +90,19 @@ typedef struct gpuseg__pk_obj {
             int64_t numel;
         } storage;
         uint32_t tensor; /* index into gpuseg__pickle.tensors */
+        double f;        /* FLOAT */
+        struct {
+            char kind;     /* 'f', 'i', 'u', 'b', 'O', ... (numpy's type character) */
+            char order;    /* '<', '>', '|' or '=' (from BUILD; '=' native until then) */
+            uint32_t size; /* bytes per element (the number in the descr: 'f8' -> 8) */
+        } dtype;
+        struct {
+            uint32_t dtype; /* object index of a DTYPE (valid once built) */
+            uint32_t shape; /* object index of the shape tuple (ints) */
+            uint32_t data;  /* BYTES (numeric) or LIST (object arrays) */
+            uint8_t built;  /* BUILD has set the fields above */
+            uint8_t fortran;
+        } array;
     } u;
 } gpuseg__pk_obj;
 
@@ -89,6 +120,10 @@ typedef struct gpuseg__pickle {
  * the result point into data, which must outlive *p. */
 gpuseg_status gpuseg__pickle_parse(gpuseg__pickle *p, const unsigned char *data, size_t n,
                                    const char *path);
+/* The same for a stream of the given mode; what names the stream in messages ("data.pkl"). */
+gpuseg_status gpuseg__pickle_parse_mode(gpuseg__pickle *p, const unsigned char *data, size_t n,
+                                        const char *path, const char *what,
+                                        gpuseg__pickle_mode mode);
 void gpuseg__pickle_free(gpuseg__pickle *p);
 
 #endif

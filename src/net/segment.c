@@ -334,6 +334,82 @@ static gpuseg_status labels_diameter(gpuseg_ctx *ctx, const gpuseg_image *lab, d
     return st;
 }
 
+/* Diameter 0 with a size model, as Cellpose 3.1's models.Cellpose.eval: SizeModel.eval (pass 1
+ * for the style, pass 2 at the style diameter whose masks measure the objects), then the
+ * segmentation at that measure (gpuseg_segment_params.size_model). */
+static gpuseg_status segment_size_model(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img,
+                                        const gpuseg_segment_params *p,
+                                        gpuseg_segment_result *result) {
+    const gpuseg_size_model *sm = p->size_model;
+    const gpuseg_model_info *mi = &net->info;
+    if ((uint32_t)mi->nbase[4] != sm->n)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "size model of %u style values for a model of %d (%s): not its size "
+                            "model",
+                            sm->n, mi->nbase[4], net->model_path);
+    gpuseg_segment_params q = *p;
+    q.want_style = 1;
+    q.want_flows = 0;
+    q.estimate_diameter = 0;
+    q.size_model = NULL;
+    gpuseg_segment_result r1, r2;
+    memset(&r2, 0, sizeof r2);
+    /* Pass 1: CellposeModel.eval(diameter=None) -> rescale diam_mean / diam_labels. Each pass
+     * is a third of the call's progress. */
+    gpuseg__progress_span outer = gpuseg__progress_push(ctx, 0.0, 1.0 / 3);
+    gpuseg_status st = segment_once(ctx, net, img, &q, &r1);
+    gpuseg__progress_pop(ctx, outer);
+    if (st != GPUSEG_OK)
+        return gpuseg__wrap(ctx, st, "size model: style pass");
+    double ds = 0.0, d = 0.0, est = 0.0;
+    st = gpuseg_size_model_style_diameter(sm, r1.style, r1.style_len, &ds);
+    if (st != GPUSEG_OK) {
+        gpuseg__wrap(ctx, st, "size model");
+        goto done;
+    }
+    /* Pass 2 at rescale = size-model diam_mean / ds; segment_once divides the net's diam_mean
+     * (float32) by the diameter, so the diameter is scaled when the two diam_means differ. */
+    q.want_style = 0;
+    q.diameter =
+        sm->diam_mean == (double)mi->diam_mean ? ds : ds * (double)mi->diam_mean / sm->diam_mean;
+    outer = gpuseg__progress_push(ctx, 1.0 / 3, 2.0 / 3);
+    st = segment_once(ctx, net, img, &q, &r2);
+    gpuseg__progress_pop(ctx, outer);
+    if (st != GPUSEG_OK) {
+        gpuseg__wrap(ctx, st, "size model: pass at the style diameter %.2f", ds);
+        goto done;
+    }
+    if ((st = labels_diameter(ctx, r2.labels, &est)) != GPUSEG_OK) {
+        gpuseg__wrap(ctx, st, "size model: measuring the masks");
+        goto done;
+    }
+    d = (est == 0.0 || isnan(est)) ? sm->diam_mean : est; /* SizeModel.eval's fallback */
+    /* Pass 3: models.Cellpose.eval's cp.eval(diameter=diam), with the caller's parameters. */
+    q = *p;
+    q.estimate_diameter = 0;
+    q.size_model = NULL;
+    q.diameter = d;
+    outer = gpuseg__progress_push(ctx, 2.0 / 3, 1.0);
+    st = segment_once(ctx, net, img, &q, result);
+    gpuseg__progress_pop(ctx, outer);
+    if (st != GPUSEG_OK) {
+        gpuseg__wrap(ctx, st, "size model: pass at the estimated diameter %.2f", d);
+        goto done;
+    }
+    result->passes = 3;
+    result->diameter_style = ds;
+    result->diameter_first_pass = r1.diameter;
+    result->diameter_estimate = est > 0.0 ? est : 0.0;
+    result->diameter_estimated = est > 0.0;
+    result->seconds_net += r1.seconds_net + r2.seconds_net;
+    result->seconds_masks += r1.seconds_masks + r2.seconds_masks;
+    gpuseg__progress(ctx, "done", 1, 1, 1.0);
+done:
+    gpuseg_segment_result_free(&r1);
+    gpuseg_segment_result_free(&r2);
+    return st;
+}
+
 gpuseg_status gpuseg_segment(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img,
                              const gpuseg_segment_params *params, gpuseg_segment_result *result) {
     gpuseg__clear_error(ctx);
@@ -345,6 +421,8 @@ gpuseg_status gpuseg_segment(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_imag
         p = *params;
     else
         gpuseg_segment_params_default(&p);
+    if (p.size_model && p.diameter == 0.0)
+        return segment_size_model(ctx, net, img, &p, result);
     /* Progress: each pass is an equal share of the call, as many shares as passes may run; a
      * call that stops early (one pass only, or an estimate that agrees) jumps to 1 at its end. */
     const unsigned shares = p.estimate_diameter ? GPUSEG__DIAMETER_PASSES : 1;

@@ -153,6 +153,16 @@ put("pickle", "broken-empty.pkl", b"")
 put("pickle", "broken-reduce-os-system.pkl", b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.")
 put("pickle", "broken-no-stop.pkl", b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01u")
 put("pickle", "broken-deep-marks.pkl", b"\x80\x02" + b"(" * 2000 + b".")
+# Cellpose size models (object .npy, numpy-mode pickle): the one train_size wrote
+# (tests/fixtures/size), cut short, and a protocol-2 one whose _reconstruct is os.system
+with open(os.path.join(ROOT, "..", "fixtures", "size", "size_nuclei.npy"), "rb") as f:
+    _size = f.read()
+put("pickle", "size_nuclei.npy", _size)
+put("pickle", "broken-size-truncated.npy", _size[:700])
+_hdr = b"{'descr': '|O', 'fortran_order': False, 'shape': (), }"
+_hdr += b" " * (63 - (10 + len(_hdr)) % 64) + b"\n"
+put("pickle", "broken-size-os-system.npy", b"\x93NUMPY\x01\x00" + bytes([len(_hdr), 0]) + _hdr +
+    b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.")
 
 
 # ---- shm headers: 8 bytes segment size, then the 128-byte version-1 header ----
