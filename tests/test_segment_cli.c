@@ -290,11 +290,13 @@ START_TEST(folder_input_and_progress) {
     tu_cli_result *r = tu_cli("segment '%s' --save-dir '%s' --diameter 10", sub, out);
     ck_assert_msg(r->status == 0, "%s", r->err);
     /* One summary line per image, in name order (a.PNG before b.png), no progress line (not a
-     * terminal): "IMAGE: N masks, diameter D (given), T s ...". */
-    ck_assert_int_eq(tu_count_lines(r->err), 2);
+     * terminal): "IMAGE: N masks, diameter D (given), T s ...", then the run's summary. */
+    ck_assert_int_eq(tu_count_lines(r->err), 3);
     ck_assert_ptr_null(strchr(r->err, '\r'));
     char *a = strstr(r->err, "/in/a.PNG: "), *b = strstr(r->err, "/in/b.png: ");
-    ck_assert(a && b && a < b);
+    char *sum =
+        strstr(r->err, "segment: 2 images: 2 done, 0 skipped (outputs complete), 0 failed; ");
+    ck_assert(a && b && sum && a < b && b < sum);
     ck_assert_ptr_nonnull(strstr(a, "masks, diameter 10.00 (given), "));
     free(r);
     const char *want[] = {"a_segmentation.bin", "a_segmentation.json", "b_segmentation.bin"};
