@@ -421,8 +421,12 @@ static const char *const USE =
     "segment IMAGE|FOLDER... [--model FILE|NAME] [--diameter 0|D|model] "
     "[--chan C --chan2 C2] [--invert] [--flow-threshold 0.4] [--cellprob-threshold 0.0] "
     "[--niter N] [--min-size 15] [--augment] [--tile-overlap 0.1] [--batch-size 8] "
+    "[--no-norm | --norm-percentile 1 99] [--exclude-on-edges] [--page N] "
     "[--device SPEC] [-o OUT | --save-dir DIR] [--format bin|tif|png|npy] [--save-flows] "
-    "[--save-outlines] [--shm-only [--json]] [--max-in-flight 2] [--quiet]";
+    "[--save-outlines] [--save-png] [--save-tif] [--output-name _cp_masks] [--save-txt] "
+    "[--save-rois] [--save-geojson] [--img-filter S] [--mask-filter _masks] "
+    "[--look-one-level-down | --recursive] [--skip-existing] "
+    "[--shm-only [--json]] [--max-in-flight 2] [--quiet | --verbose]";
 
 /* The progress line (stderr is a terminal and not --quiet): one line redrawn in place from the
  * library's progress callback, "[i/n] NAME ... stage done/total  NN%". */
@@ -478,7 +482,9 @@ static void print_help(void) {
            "Segments each image (each image file of a FOLDER, sorted by name) as "
            "Cellpose 3.1 CellposeModel.eval (2-D, resample).\n"
            "Model: --model FILE (any Cellpose 3 model file) or NAME (looked up in %s, "
-           "then %s); without it, $GPUSEG_MODEL, else the bundled model %s (%s).\n"
+           "then %s, then Cellpose's model folder ($CELLPOSE_LOCAL_MODELS_PATH or "
+           "~/.cellpose/models) under Cellpose's file name: --model cyto3, --model nuclei); "
+           "without it, $GPUSEG_MODEL, else the bundled model %s (%s).\n"
            "Diameter: 0 (default) estimates it: a first pass at the model's diameter, "
            "then, while the median equivalent diameter of a pass's masks differs from "
            "its own by more than 10%%, another pass at that diameter (3 at most). D: "
@@ -503,8 +509,25 @@ static void print_help(void) {
            "Ctrl-C (SIGINT) or SIGTERM stops at the next step: the images done stay, "
            "nothing of the unfinished one is left, exit 130 (SIGINT) or 143 (SIGTERM); a "
            "second signal ends it at once.\n"
-           "Options are also accepted with '_' for '-' (--flow_threshold, as "
-           "Cellpose).\n" CLI_LIMITS_HELP,
+           "Cellpose users: options are also accepted with '_' for '-' (--flow_threshold), "
+           "and Cellpose's names: --pretrained_model (= --model), --dir DIR and --image_path "
+           "FILE (inputs), --savedir (= --save-dir, created when missing), --use_gpu (= "
+           "--device gpu), --no_npy (gpuseg writes no _seg.npy); --save_png / --save_tif write "
+           "STEM_cp_masks.png / .tif (--output_name: another suffix), --save_txt "
+           "STEM_cp_outlines.txt, --save_rois STEM_rois.zip (ImageJ), --save-geojson "
+           "STEM.geojson (QuPath). A Cellpose flag gpuseg lacks (--do_3D, ...) is refused with "
+           "one line saying why (docs/segment.md has the table).\n"
+           "Refused before any device work, with one line: images of several pages (a Z stack, "
+           "or channels stored as pages; --page N segments one), --chan/--chan2 beyond the "
+           "image's channels, --chan2 with a model trained without a second channel, -o whose "
+           "extension disagrees with --format, a missing or unwritable output folder, two "
+           "images that would write one output file.\n"
+           "Folders: images sorted by name; label and output files (*_masks, *_cp_masks, "
+           "*_seg, *_flows, *_outlines, *_segmentation, ... and --mask-filter's suffix) are "
+           "skipped; --img-filter S keeps stems ending in S; --look-one-level-down adds each "
+           "subfolder's images, --recursive every level's. --skip-existing skips an image whose "
+           "every output is complete. A run of several images ends with a summary "
+           "line.\n" CLI_LIMITS_HELP,
            USE, dirs[0], nd > 1 ? dirs[1] : "-", GPUSEG_DEFAULT_MODEL,
            env && *env ? "overridden by $GPUSEG_MODEL"
            : found[0]  ? found
