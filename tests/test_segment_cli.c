@@ -429,14 +429,22 @@ START_TEST(cellpose_command_translated) {
     ck_assert_ptr_nonnull(strstr(r->err, "segment: compiled "));
     ck_assert_ptr_nonnull(strstr(r->err, "OpenCL programs for this device"));
     free(r);
-    /* the next run loads them from the cache: no compilation said */
+    snprintf(q, sizeof q, "%s/m.json", dir);
+    js = read_text(q);
+    ck_assert_ptr_nonnull(strstr(js, "\"normalize\":true"));
+    free(js);
+    /* the next run loads them from the cache: no compilation said; --no_norm */
     r = tu_cli("segment --help >/dev/null ; } ; { CELLPOSE_LOCAL_MODELS_PATH='%s' "
-               "GPUSEG_CACHE_DIR='%s' '%s' segment '%s' --model nuclei --diameter 10 -o '%s/m.bin'",
+               "GPUSEG_CACHE_DIR='%s' '%s' segment '%s' --model nuclei --diameter 10 --no_norm "
+               "-o '%s/m.bin'",
                models, cache, GPUSEG_CLI, EXAMPLE, dir);
     ck_assert_msg(r->status == 0, "%s", r->err);
     ck_assert_int_eq(tu_count_lines(r->err), 1);
     ck_assert_ptr_null(strstr(r->err, "compil"));
     free(r);
+    js = read_text(q);
+    ck_assert_ptr_nonnull(strstr(js, "\"normalize\":false"));
+    free(js);
     snprintf(q, sizeof q, "%s/m.json", dir);
     js = read_text(q);
     char model[1024];
