@@ -65,7 +65,7 @@ typedef struct {
  *  one.png (1x1)                flat.npy (16x16 constant 200)  lab.bin + lab.json (valid 4x4)
  *  nojson.bin (no sidecar)      badsize.bin/.json (size mismatch) badjson.bin/.json (no shape)
  *  labf.npy (float32 labels)    neg.npy (int32 with -1)        trunc.pth (zip cut)
- *  foreign.pth (a zip, not torch) adir/ and adir.png/ (folders)
+ *  foreign.pth (a zip, not torch) adir/ and adir.png/ (folders)  stack3.tif (3 pages of 16x16)
  * plus, for the cases naming @S, a segment /gpuseg-cat<pid>-<case>-bad whose header is garbage. */
 static const cat_case CASES[] = {
     /* --- images: PNG, JPEG, TIFF, PNM --- */
@@ -113,6 +113,9 @@ static const cat_case CASES[] = {
      0, 0},
     {"label sidecar without shape", "eval badjson.bin lab.bin", 1, "badjson.json", "shape", 0, 0, 0,
      0, 0},
+    {"info label .bin size mismatch", "info badsize.bin", 1, "badsize.bin", "size", 0, 0, 0, 0, 0},
+    {"shm put label .bin without sidecar", "shm put nojson.bin", 1, "nojson.bin", "sidecar", 0, 0,
+     0, 0, 0},
     {"float labels", "flows labf.npy -o out.npy", 1, "labf.npy", "integers", 0, 0, 0, 0, 0},
     {"negative labels", "eval neg.npy neg.npy", 1, "neg.npy", "negative", 0, 0, 0, 0, 0},
     {"eval size mismatch", "eval lab.bin blank.npy", 1, "blank.npy", "16 x 16", 0, 0, 0, 0, 0},
@@ -161,6 +164,31 @@ static const cat_case CASES[] = {
     {"-o with two images", "segment blank.npy one.png --model @M -o out.bin", 2, "-o", "one output",
      0, 0, 0, 0, 0},
     {"devices: no such device", "devices --device 99", 1, "99", "no OpenCL device", 1, 0, 0, 0, 0},
+    /* --- silently wrong results, refused before any device work (issue #21) --- */
+    {"segment a multi-page TIFF", "segment stack3.tif --model @M -o out.bin", 1, "stack3.tif",
+     "3 pages", 0, 0, 0, 0, 0},
+    {"segment --page beyond the pages", "segment stack3.tif --page 3 --model @M -o out.bin", 1,
+     "stack3.tif", "--page 3", 0, 0, 0, 0, 0},
+    {"segment --chan beyond the channels", "segment blank.png --chan 2 --model @M -o out.bin", 1,
+     "blank.png", "1 channel", 0, 0, 0, 0, 0},
+    {"segment --chan2, one-channel model", "segment blank.png --chan 1 --chan2 2 --model @B", 2,
+     "--chan2 2", "without a second channel", 0, 0, 0, 0, 0},
+    {"segment -o disagrees with --format", "segment blank.png --model @M -o out.tif --format png",
+     2, "out.tif", "disagree", 0, 0, 0, 0, 0},
+    {"segment -o unknown extension", "segment blank.png --model @M -o out.jpg", 2, "out.jpg",
+     "extension", 0, 0, 0, 0, 0},
+    {"segment output in a missing folder", "segment blank.png --model @M -o nodir/out.bin", 1,
+     "nodir/out.bin", "no such folder", 0, 0, 0, 0, 0},
+    {"segment two images, one output", "segment blank.png blank.npy --model @M", 2,
+     "blank_segmentation.bin", "both", 0, 0, 0, 0, 0},
+    {"segment Cellpose flag not supported", "segment blank.png --do_3D", 2, "--do_3D",
+     "not supported", 0, 0, 0, 0, 0},
+    {"segment Cellpose training flag", "segment blank.png --train --n_epochs 10", 2, "--train",
+     "does not train", 0, 0, 0, 0, 0},
+    {"segment --norm_percentile one value", "segment blank.png --model @M --norm_percentile 1", 2,
+     "--norm-percentile", "two values", 0, 0, 0, 0, 0},
+    {"segment --save-dir is a file", "segment blank.png --model @M --save-dir blank.npy", 1,
+     "blank.npy", "not a folder", 0, 0, 0, 0, 0},
     /* --- degenerate but valid --- */
     {"segment blank image", "segment blank.npy --model @M -o out.bin --quiet", 0, NULL, NULL, 1,
      CHECK_LABELS_EMPTY, "out.bin out.json", 16, 16},
@@ -179,6 +207,9 @@ static const cat_case CASES[] = {
     {"info 1x1 image", "info one.png", 0, NULL, NULL, 0, CHECK_INFO_1X1, "", 1, 1},
     {"shm clean, nothing to clean", "shm clean --prefix @P", 0, NULL, NULL, 0, CHECK_NONE, "", 0,
      0},
+    {"info label .bin", "info lab.bin", 0, NULL, NULL, 0, CHECK_NONE, "", 4, 4},
+    {"shm put label .bin", "shm put lab.bin --json --name @P", 0, NULL, NULL, 0, CHECK_SHM_PUT, "",
+     4, 4},
     {"shm put no objects", "shm put blank.png --json --name @P", 0, NULL, NULL, 0, CHECK_SHM_PUT,
      "", 16, 16},
 };
@@ -391,6 +422,12 @@ static void make_inputs(const char *dir) {
     ck_assert_int_eq(mkdir(path, 0700), 0);
     snprintf(path, sizeof path, "%s/adir.png", dir);
     ck_assert_int_eq(mkdir(path, 0700), 0);
+    /* stack3.tif: 3 pages of 16x16 (a Z stack, or channels stored as pages) */
+    gpuseg_image *stack = NULL;
+    ck_assert(gpuseg_image_create(16, 16, 1, 3, GPUSEG_DTYPE_U16, &stack) == GPUSEG_OK);
+    snprintf(path, sizeof path, "%s/stack3.tif", dir);
+    ck_assert(gpuseg_labels_write(path, stack, NULL) == GPUSEG_OK);
+    gpuseg_image_free(stack);
 }
 
 /* ---- running and checking ---------------------------------------------------------------- */
@@ -656,10 +693,12 @@ START_TEST(catalogue_case) {
                           c->name, r->out);
             break;
         case CHECK_SHM_PUT: {
-            char want[64];
+            /* blank.png (16 x 16) has no object, lab.bin (4 x 4) two */
+            char want[64], shape[64];
             snprintf(want, sizeof want, "{\"shm\":\"/%s", prefix);
-            ck_assert_msg(strstr(r->out, want) && strstr(r->out, "\"shape\":[16,16]") &&
-                              strstr(r->out, "\"n_masks\":0"),
+            snprintf(shape, sizeof shape, "\"shape\":[%u,%u]", c->h, c->w);
+            ck_assert_msg(strstr(r->out, want) && strstr(r->out, shape) &&
+                              strstr(r->out, c->h == 4 ? "\"n_masks\":2" : "\"n_masks\":0"),
                           "%s: %s", c->name, r->out);
             ck_assert_msg(remove_shm(shm_after) == 1, "%s: segments [%s]", c->name, shm_after);
             shm_after[0] = 0;

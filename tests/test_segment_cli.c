@@ -267,6 +267,192 @@ START_TEST(default_model_outlines_quiet) {
 }
 END_TEST
 
+/* The number of lines of a text file. */
+static int file_lines(const char *path) {
+    char *t = read_text(path);
+    int n = tu_count_lines(t);
+    free(t);
+    return n;
+}
+
+START_TEST(cellpose_command_translated) {
+    /* Issue #21: a Cellpose command line as a Cellpose user types it, on a folder holding an
+     * image, a label file (skipped), and subfolders (searched with --look_one_level_down and
+     * --recursive); its outputs under Cellpose's names; --skip-existing and the run summary;
+     * info and shm put of the .bin written; --page of a stack; --model NAME found in
+     * CELLPOSE_LOCAL_MODELS_PATH; the program compilation reported apart. */
+    if (g_dev)
+        return;
+    char dir[64], in[128], sub[160], sub2[192], out[192], p[512], q[512];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    snprintf(in, sizeof in, "%s/in", dir);
+    snprintf(sub, sizeof sub, "%s/sub", in);
+    snprintf(sub2, sizeof sub2, "%s/deeper", sub);
+    snprintf(out, sizeof out, "%s/new/out", dir); /* does not exist: created, as Cellpose */
+    ck_assert_int_eq(mkdir(in, 0755), 0);
+    ck_assert_int_eq(mkdir(sub, 0755), 0);
+    ck_assert_int_eq(mkdir(sub2, 0755), 0);
+    snprintf(p, sizeof p, "%s/a.png", in);
+    copy_file(EXAMPLE, p);
+    snprintf(p, sizeof p, "%s/a_masks.png", in); /* a label file: not an image to segment */
+    copy_file(EXAMPLE, p);
+    snprintf(p, sizeof p, "%s/c.png", sub);
+    copy_file(EXAMPLE, p);
+    snprintf(p, sizeof p, "%s/d.png", sub2);
+    copy_file(EXAMPLE, p);
+    tu_cli_result *r = tu_cli(
+        "segment --dir '%s' --savedir '%s' --pretrained_model nuclei_gpuseg_v2 --diameter 10 "
+        "--chan 0 --chan2 0 --flow_threshold 0.4 --cellprob_threshold 0 --norm_percentile 2 98 "
+        "--exclude_on_edges --save_png --save_tif --save_txt --save_rois --save_geojson --no_npy",
+        in, out);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_int_eq(tu_count_lines(r->err), 1); /* one image: its line, no summary */
+    ck_assert_ptr_nonnull(strstr(r->err, "/in/a.png: "));
+    free(r);
+    const char *names[] = {"a_segmentation.bin", "a_cp_masks.png", "a_cp_masks.tif",
+                           "a_cp_outlines.txt",  "a_rois.zip",     "a.geojson"};
+    for (int i = 0; i < 6; i++) {
+        snprintf(p, sizeof p, "%s/%s", out, names[i]);
+        ck_assert_msg(tu_exists(p), "%s missing", p);
+    }
+    snprintf(p, sizeof p, "%s/a_masks_segmentation.bin", out);
+    ck_assert(!tu_exists(p));
+    snprintf(p, sizeof p, "%s/a_segmentation.json", out);
+    char *js = read_text(p);
+    ck_assert_ptr_nonnull(strstr(js, "\"exclude_on_edges\":true"));
+    ck_assert_ptr_nonnull(strstr(js, "\"norm_lo\":2,\"norm_hi\":98"));
+    int n_masks = (int)json_number(js, "n_masks");
+    ck_assert_int_gt(n_masks, 10);
+    /* the PNG and TIFF masks are the .bin's labels; none touches the image's edge */
+    snprintf(q, sizeof q, "%s/a_segmentation.bin", out);
+    gpuseg_image *lab = read_bin_labels(q, js), *png = NULL, *tif = NULL;
+    free(js);
+    snprintf(p, sizeof p, "%s/a_cp_masks.png", out);
+    ck_assert_int_eq(gpuseg_image_read(p, &png), GPUSEG_OK);
+    snprintf(p, sizeof p, "%s/a_cp_masks.tif", out);
+    ck_assert_int_eq(gpuseg_image_read(p, &tif), GPUSEG_OK);
+    size_t npix = (size_t)lab->width * lab->height;
+    ck_assert_int_eq(memcmp(png->data, lab->data, npix * 2), 0);
+    ck_assert_int_eq(memcmp(tif->data, lab->data, npix * 2), 0);
+    const uint16_t *v = lab->data;
+    for (uint32_t y = 0; y < lab->height; y++)
+        for (uint32_t x = 0; x < lab->width; x++)
+            if (y == 0 || x == 0 || y + 1 == lab->height || x + 1 == lab->width)
+                ck_assert_uint_eq(v[(size_t)y * lab->width + x], 0);
+    gpuseg_image_free(png);
+    gpuseg_image_free(tif);
+    gpuseg_image_free(lab);
+    /* one outline line per mask (Cellpose's _cp_outlines.txt) */
+    snprintf(p, sizeof p, "%s/a_cp_outlines.txt", out);
+    ck_assert_int_eq(file_lines(p), n_masks);
+
+    /* info and shm put read the .bin + .json */
+    r = tu_cli("info '%s'", q);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_ptr_nonnull(strstr(r->out, "\"format\":\"bin\""));
+    ck_assert_ptr_nonnull(strstr(r->out, "\"dtype\":\"uint16\""));
+    free(r);
+    char shm[64];
+    snprintf(shm, sizeof shm, "/gpuseg-t21-%d", (int)getpid());
+    r = tu_cli("shm put '%s' --json --name %s", q, shm);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    char want[64];
+    snprintf(want, sizeof want, "\"n_masks\":%d", n_masks);
+    ck_assert_ptr_nonnull(strstr(r->out, want));
+    free(r);
+    r = tu_cli("shm rm %s", shm);
+    ck_assert_int_eq(r->status, 0);
+    free(r);
+
+    /* A rerun one level down with --skip-existing: a.png's outputs are complete (skipped),
+     * sub/c.png is done; the summary counts both. Then --recursive adds sub/deeper/d.png. */
+    r = tu_cli("segment '%s' --save-dir '%s' --diameter 10 --skip-existing --look-one-level-down",
+               in, out);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_ptr_nonnull(strstr(r->err, "/in/sub/c.png: "));
+    ck_assert_ptr_null(strstr(r->err, "/in/a.png: "));
+    ck_assert_ptr_nonnull(strstr(r->err, "segment: 2 images: 1 done, 1 skipped"));
+    free(r);
+    r = tu_cli("segment '%s' --save-dir '%s' --diameter 10 --skip-existing --recursive", in, out);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_ptr_nonnull(strstr(r->err, "/deeper/d.png: "));
+    ck_assert_ptr_nonnull(strstr(r->err, "segment: 3 images: 1 done, 2 skipped"));
+    free(r);
+    /* a truncated .bin is not complete: segmented again (--img-filter d: stems ending in d) */
+    snprintf(p, sizeof p, "%s/d_segmentation.bin", out);
+    ck_assert_int_eq(truncate(p, 10), 0);
+    r = tu_cli(
+        "segment '%s' --save-dir '%s' --diameter 10 --skip-existing --recursive --img-filter "
+        "d",
+        in, out);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_ptr_nonnull(strstr(r->err, "/deeper/d.png: "));
+    ck_assert_int_eq(tu_count_lines(r->err), 1); /* one image, done: no summary line */
+    free(r);
+
+    /* A two-page stack: refused without --page (catalogue), page 1 segmented with it. */
+    gpuseg_image *img = NULL, *stack = NULL;
+    ck_assert_int_eq(gpuseg_image_read(EXAMPLE, &img), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg_image_create(img->width, img->height, 1, 2, GPUSEG_DTYPE_U16, &stack),
+                     GPUSEG_OK);
+    size_t n = (size_t)img->width * img->height;
+    const uint8_t *src = img->data;
+    for (size_t i = 0; i < n; i++) /* page 0 empty, page 1 the example's first channel */
+        ((uint16_t *)stack->data)[n + i] = src[i * img->channels];
+    snprintf(p, sizeof p, "%s/stack.tif", dir);
+    ck_assert_int_eq(gpuseg_labels_write(p, stack, NULL), GPUSEG_OK);
+    gpuseg_image_free(stack);
+    gpuseg_image_free(img);
+    r = tu_cli("segment '%s' --page 1 --diameter 10 -o '%s/stack_p1.bin' --quiet", p, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    snprintf(q, sizeof q, "%s/stack_p1.json", dir);
+    js = read_text(q);
+    ck_assert_ptr_nonnull(strstr(js, "\"page\":1"));
+    ck_assert(json_number(js, "n_masks") > 10);
+    free(js);
+
+    /* --model nuclei finds Cellpose's file name (nucleitorch_0) in CELLPOSE_LOCAL_MODELS_PATH;
+     * with an empty program cache the compilation is said on its own line. */
+    char models[256], cache[256];
+    snprintf(models, sizeof models, "%s/cpmodels", dir);
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    ck_assert_int_eq(mkdir(models, 0755), 0);
+    snprintf(p, sizeof p, "%s/nucleitorch_0", models);
+    copy_file(GPUSEG_SOURCE_DIR "/models/nuclei_gpuseg_v2", p);
+    r = tu_cli("segment --help >/dev/null ; } ; { CELLPOSE_LOCAL_MODELS_PATH='%s' "
+               "GPUSEG_CACHE_DIR='%s' '%s' segment '%s' --model nuclei --diameter 10 -o '%s/m.bin'",
+               models, cache, GPUSEG_CLI, EXAMPLE, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_ptr_nonnull(strstr(r->err, "segment: compiled "));
+    ck_assert_ptr_nonnull(strstr(r->err, "OpenCL programs for this device"));
+    free(r);
+    snprintf(q, sizeof q, "%s/m.json", dir);
+    js = read_text(q);
+    ck_assert_ptr_nonnull(strstr(js, "\"normalize\":true"));
+    free(js);
+    /* the next run loads them from the cache: no compilation said; --no_norm */
+    r = tu_cli("segment --help >/dev/null ; } ; { CELLPOSE_LOCAL_MODELS_PATH='%s' "
+               "GPUSEG_CACHE_DIR='%s' '%s' segment '%s' --model nuclei --diameter 10 --no_norm "
+               "-o '%s/m.bin'",
+               models, cache, GPUSEG_CLI, EXAMPLE, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    ck_assert_ptr_null(strstr(r->err, "compil"));
+    free(r);
+    js = read_text(q);
+    ck_assert_ptr_nonnull(strstr(js, "\"normalize\":false"));
+    free(js);
+    snprintf(q, sizeof q, "%s/m.json", dir);
+    js = read_text(q);
+    char model[1024];
+    json_string(js, "model", model, sizeof model);
+    ck_assert_str_eq(model, p);
+    free(js);
+    tu_rmtree(dir);
+}
+END_TEST
+
 START_TEST(folder_input_and_progress) {
     if (g_dev)
         return;
@@ -288,11 +474,13 @@ START_TEST(folder_input_and_progress) {
     tu_cli_result *r = tu_cli("segment '%s' --save-dir '%s' --diameter 10", sub, out);
     ck_assert_msg(r->status == 0, "%s", r->err);
     /* One summary line per image, in name order (a.PNG before b.png), no progress line (not a
-     * terminal): "IMAGE: N masks, diameter D (given), T s ...". */
-    ck_assert_int_eq(tu_count_lines(r->err), 2);
+     * terminal): "IMAGE: N masks, diameter D (given), T s ...", then the run's summary. */
+    ck_assert_int_eq(tu_count_lines(r->err), 3);
     ck_assert_ptr_null(strchr(r->err, '\r'));
     char *a = strstr(r->err, "/in/a.PNG: "), *b = strstr(r->err, "/in/b.png: ");
-    ck_assert(a && b && a < b);
+    char *sum =
+        strstr(r->err, "segment: 2 images: 2 done, 0 skipped (outputs complete), 0 failed; ");
+    ck_assert(a && b && sum && a < b && b < sum);
     ck_assert_ptr_nonnull(strstr(a, "masks, diameter 10.00 (given), "));
     free(r);
     const char *want[] = {"a_segmentation.bin", "a_segmentation.json", "b_segmentation.bin"};
@@ -544,6 +732,7 @@ int main(void) {
     tcase_add_test(tc, env_model_missing);
     tcase_add_test(tc, default_model_outlines_quiet);
     tcase_add_test(tc, folder_input_and_progress);
+    tcase_add_test(tc, cellpose_command_translated);
     tcase_add_test(tc, sigint_cancels_run);
     tcase_add_test(tc, estimate_api);
     suite_add_tcase(s, tc);

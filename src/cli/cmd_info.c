@@ -1,12 +1,14 @@
 /* cli/cmd_info.c: `gpuseg info IMAGE...` prints one JSON object per readable image (path,
  * format, width, height, channels, dtype, pages) on stdout; an unreadable file gets one error
- * line on stderr, the other files are still reported, and the exit code is then 1. */
+ * line on stderr, the other files are still reported, and the exit code is then 1. A raw label
+ * file (.bin, as `gpuseg segment` writes) is described from its .json sidecar: format "bin". */
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
 #include "commands.h"
+#include "labels_load.h"
 
 int gpuseg_cmd_info(int argc, char **argv) {
     const char *use = "info IMAGE...";
@@ -20,7 +22,9 @@ int gpuseg_cmd_info(int argc, char **argv) {
                    "Prints one JSON object per image: {\"path\", \"format\", \"width\", "
                    "\"height\", \"channels\", \"dtype\", \"pages\"}.\n"
                    "Formats: PNG, JPEG, BMP, PNM, GIF, TIFF, NumPy .npy (found from the file's "
-                   "first bytes). Exit 1 if any file cannot be read.\n" CLI_LIMITS_HELP,
+                   "first bytes), and the raw .bin labels of `gpuseg segment` (shape and dtype "
+                   "from the .json sidecar beside it). Exit 1 if any file cannot be "
+                   "read.\n" CLI_LIMITS_HELP,
                    use);
             return CLI_OK;
         }
@@ -33,10 +37,13 @@ int gpuseg_cmd_info(int argc, char **argv) {
     int rc = CLI_OK;
     for (int i = optind; i < argc; i++) {
         gpuseg_image_info info;
-        gpuseg_status st = gpuseg_image_info_read_ex(argv[i], &cli_limits, &info);
+        gpuseg_status st;
+        if (cli_labels_is_bin(argv[i])) {
+            st = cli_labels_bin_info(argv[i], &info); /* prints its own error */
+        } else if ((st = gpuseg_image_info_read_ex(argv[i], &cli_limits, &info)) != GPUSEG_OK) {
+            cli_fail(st); /* the library's message already names the file */
+        }
         if (st != GPUSEG_OK) {
-            /* The library's message already names the file. */
-            cli_fail(st);
             rc = CLI_FAIL;
             continue;
         }

@@ -20,100 +20,19 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "labels_load.h"
 #include "segment_output.h"
 
 #define PATH_MAX_LEN 4096
 
-/* Where one image's results go (paths empty when not written). */
-typedef struct seg_outputs {
-    char labels[PATH_MAX_LEN];
-    char flows[PATH_MAX_LEN];
-    char style[PATH_MAX_LEN];
-    char outlines[PATH_MAX_LEN];
-} seg_outputs;
-
-/* The output paths of one image: -o OUT (labels; flows/style beside it), else
- * DIR/STEM_segmentation.FMT with DIR = --save-dir or the image's folder. */
-static bool output_paths(const char *image, const char *out, const char *save_dir,
-                         const char *format, bool save_flows, bool save_outlines, seg_outputs *o) {
-    char dir[PATH_MAX_LEN], stem[PATH_MAX_LEN];
-    const char *base = out ? out : image;
-    const char *slash = strrchr(base, '/');
-    if (save_dir && !out)
-        snprintf(dir, sizeof dir, "%s", save_dir);
-    else if (slash)
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - base), base);
-    else
-        snprintf(dir, sizeof dir, ".");
-    const char *name = strrchr(image, '/') ? strrchr(image, '/') + 1 : image;
-    if (out)
-        name = slash ? slash + 1 : out;
-    snprintf(stem, sizeof stem, "%s", name);
-    char *dot = strrchr(stem, '.');
-    if (dot && dot != stem)
-        *dot = 0;
-    int n = out ? snprintf(o->labels, sizeof o->labels, "%s", out)
-                : snprintf(o->labels, sizeof o->labels, "%s/%s_segmentation.%s", dir, stem, format);
-    if (n < 0 || (size_t)n >= sizeof o->labels)
-        return false;
-    o->flows[0] = o->style[0] = o->outlines[0] = 0;
-    if (save_outlines) {
-        n = snprintf(o->outlines, sizeof o->outlines, "%s/%s_outlines.png", dir, stem);
-        if (n < 0 || (size_t)n >= sizeof o->outlines)
-            return false;
-    }
-    if (save_flows) {
-        n = snprintf(o->flows, sizeof o->flows, "%s/%s_flows.npy", dir, stem);
-        if (n < 0 || (size_t)n >= sizeof o->flows)
-            return false;
-        n = snprintf(o->style, sizeof o->style, "%s/%s_style.npy", dir, stem);
-        if (n < 0 || (size_t)n >= sizeof o->style)
-            return false;
-    }
-    return true;
-}
-
-/* Hands one image's results over: the labels to the output pipeline (a segment and a saver
- * process, or a segment left for the caller), the flows, style and outline picture, when asked,
- * to files. */
-static gpuseg_status write_outputs(segment_output *pipe, gpuseg_ctx *ctx, const char *image,
-                                   const gpuseg_image *img, uint32_t page, const seg_outputs *o,
-                                   const gpuseg_segment_result *r, const char *json_extra) {
-    const gpuseg_image *lab = r->labels;
-    gpuseg_status st =
-        segment_output_submit(pipe, ctx, image, o->labels, NULL, lab, lab->height, lab->width,
-                              lab->dtype, r->n_masks, r->diameter, json_extra);
-    if (st != GPUSEG_OK)
-        return st;
-    if (o->flows[0] && r->flows) {
-        uint64_t shape[3] = {3, r->labels->height, r->labels->width};
-        if ((st = gpuseg_npy_write_ex(o->flows, GPUSEG_DTYPE_F32, 3, shape, r->flows,
-                                      cli_write_flags)) != GPUSEG_OK)
-            return st;
-    }
-    if (o->style[0] && r->style) {
-        uint64_t shape[1] = {r->style_len};
-        if ((st = gpuseg_npy_write_ex(o->style, GPUSEG_DTYPE_F32, 1, shape, r->style,
-                                      cli_write_flags)) != GPUSEG_OK)
-            return st;
-    }
-    if (o->outlines[0]) {
-        gpuseg_outlines_params op;
-        gpuseg_outlines_params_default(&op);
-        op.page = page;
-        gpuseg_image *rgb = NULL;
-        if ((st = gpuseg_outlines_draw(img, lab, &op, &rgb)) == GPUSEG_OK)
-            st = gpuseg_image_write_png_ex(o->outlines, rgb, cli_write_flags);
-        gpuseg_image_free(rgb);
-        if (st != GPUSEG_OK)
-            return st;
-    }
-    return GPUSEG_OK;
-}
-
 static bool is_dir(const char *path) {
     struct stat s;
     return stat(path, &s) == 0 && S_ISDIR(s.st_mode);
+}
+
+static bool is_file(const char *path) {
+    struct stat s;
+    return stat(path, &s) == 0 && S_ISREG(s.st_mode);
 }
 
 static double now_s(void) {
@@ -122,70 +41,7 @@ static double now_s(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static bool is_file(const char *path) {
-    struct stat s;
-    return stat(path, &s) == 0 && S_ISREG(s.st_mode);
-}
-
-/* The folders where a model named without a folder is looked for, in order: the installed
- * DATADIR/gpuseg/models found relative to this program (so an installed tree can be moved),
- * then the source tree's models/ (for the build tree). Canonical where they exist. */
-static int model_dirs(char dirs[2][PATH_MAX_LEN]) {
-    int n = 0;
-    char exe[PATH_MAX_LEN], tmp[PATH_MAX_LEN];
-    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (k > 0) {
-        exe[k] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = 0;
-            snprintf(tmp, sizeof tmp, "%s/%s", exe, GPUSEG_MODELS_REL);
-            if (!realpath(tmp, dirs[n]))
-                snprintf(dirs[n], PATH_MAX_LEN, "%s", tmp);
-            n++;
-        }
-    }
-    snprintf(dirs[n++], PATH_MAX_LEN, "%s", GPUSEG_SOURCE_MODELS);
-    return n;
-}
-
-/* Finds the model file: `arg` (--model) or, when NULL, $GPUSEG_MODEL, else the bundled
- * GPUSEG_DEFAULT_MODEL. A value naming an existing file, or holding a '/', is used as is (the
- * loader then judges the file); a bare name is looked up in model_dirs(). False, with one
- * line naming the value and every place tried, when nothing is found. */
-static bool resolve_model(const char *arg, char *path, size_t len) {
-    const char *env = arg ? NULL : getenv("GPUSEG_MODEL");
-    const char *want = arg ? arg : (env && *env) ? env : NULL;
-    if (want && (strchr(want, '/') || is_file(want))) {
-        snprintf(path, len, "%s", want);
-        if (is_file(path) || is_dir(path)) /* the loader judges what the file holds */
-            return true;
-        /* said before any device work, so a typo costs no start-up */
-        cli_error("%s%s: no such file", arg ? "--model " : "GPUSEG_MODEL=", want);
-        return false;
-    }
-    const char *name = want ? want : GPUSEG_DEFAULT_MODEL;
-    char dirs[2][PATH_MAX_LEN], tried[2 * PATH_MAX_LEN + 64] = "";
-    int nd = model_dirs(dirs);
-    for (int i = 0; i < nd; i++) {
-        int n = snprintf(path, len, "%s/%s", dirs[i], name);
-        if (n > 0 && (size_t)n < len && is_file(path))
-            return true;
-        size_t k = strlen(tried);
-        snprintf(tried + k, sizeof tried - k, "%s%s", i ? ", " : "", dirs[i]);
-    }
-    if (arg)
-        cli_error("--model %s: no such file here, nor in %s", name, tried);
-    else if (want)
-        cli_error("GPUSEG_MODEL=%s: no such file here, nor in %s", name, tried);
-    else
-        cli_error("the bundled model %s is in none of: $GPUSEG_MODEL (unset), %s; give --model "
-                  "FILE (a Cellpose 3 model file)",
-                  name, tried);
-    return false;
-}
-
-/* A growable list of input paths. */
+/* A growable list of paths. */
 typedef struct path_list {
     char **v;
     size_t n, cap;
@@ -218,13 +74,266 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Whether a file in an input folder is an image to segment: a known extension, not hidden,
- * and not one of segment's own outputs (so a second run over the folder does not segment its
- * labels, outlines or flows). */
-static bool is_input_image(const char *name) {
+/* What the command line asks for. */
+typedef struct seg_job {
+    gpuseg_segment_params p;
+    const char *model_arg, *device, *out, *save_dir, *format;
+    bool format_given, page_given, save_flows, save_outlines, quiet, verbose;
+    /* Cellpose's outputs: --save_png / --save_tif (masks as STEM<output_name>.png / .tif),
+     * --save_txt (STEM_cp_outlines.txt), --save_rois (STEM_rois.zip), and --save-geojson. */
+    bool save_png, save_tif, save_txt, save_rois, save_geojson;
+    bool exclude_edges, skip_existing;
+    const char *output_name;              /* "_cp_masks" */
+    const char *img_filter, *mask_filter; /* NULL, "_masks" */
+    int depth; /* subfolder levels searched: 0, 1 (--look-one-level-down), -1 (--recursive) */
+    segment_output_opts so;
+    char model[PATH_MAX_LEN]; /* resolved */
+    path_list args;           /* the inputs as given: --dir, --image_path, positional */
+    path_list inputs;         /* the images */
+    unsigned char *skip;      /* per image: its outputs are complete (--skip-existing) */
+} seg_job;
+
+/* Where one image's results go (paths empty when not written). */
+typedef struct seg_outputs {
+    char labels[PATH_MAX_LEN];
+    char masks_png[PATH_MAX_LEN], masks_tif[PATH_MAX_LEN];
+    char flows[PATH_MAX_LEN];
+    char style[PATH_MAX_LEN];
+    char outlines[PATH_MAX_LEN];
+    char txt[PATH_MAX_LEN], rois[PATH_MAX_LEN], geojson[PATH_MAX_LEN];
+} seg_outputs;
+
+/* buf = DIR/STEM + suffix when `on`, else ""; false when it does not fit. */
+static bool out_path(char *buf, bool on, const char *dir, const char *stem, const char *suffix) {
+    buf[0] = 0;
+    if (!on)
+        return true;
+    int n = snprintf(buf, PATH_MAX_LEN, "%s/%s%s", dir, stem, suffix);
+    return n >= 0 && n < PATH_MAX_LEN;
+}
+
+/* The folder and stem that the outputs of one image are named from: -o OUT's, else the image's
+ * stem in --save-dir or in the image's folder. */
+static void output_base(const seg_job *j, const char *image, char *dir, char *stem) {
+    const char *base = j->out ? j->out : image;
+    const char *slash = strrchr(base, '/');
+    if (j->save_dir && !j->out)
+        snprintf(dir, PATH_MAX_LEN, "%s", j->save_dir);
+    else if (slash)
+        snprintf(dir, PATH_MAX_LEN, "%.*s", (int)(slash - base), base);
+    else
+        snprintf(dir, PATH_MAX_LEN, ".");
+    snprintf(stem, PATH_MAX_LEN, "%s", slash ? slash + 1 : base);
+    char *dot = strrchr(stem, '.');
+    if (dot && dot != stem)
+        *dot = 0;
+}
+
+/* The output paths of one image: -o OUT (labels; the others beside it), else
+ * DIR/STEM_segmentation.FMT and the others with DIR = --save-dir or the image's folder. */
+static bool output_paths(const seg_job *j, const char *image, seg_outputs *o) {
+    char dir[PATH_MAX_LEN], stem[PATH_MAX_LEN], sfx[PATH_MAX_LEN];
+    output_base(j, image, dir, stem);
+    if (j->out) {
+        if ((size_t)snprintf(o->labels, sizeof o->labels, "%s", j->out) >= sizeof o->labels)
+            return false;
+    } else {
+        snprintf(sfx, sizeof sfx, "_segmentation.%s", j->format);
+        if (!out_path(o->labels, true, dir, stem, sfx))
+            return false;
+    }
+    char png[PATH_MAX_LEN], tif[PATH_MAX_LEN];
+    snprintf(png, sizeof png, "%s.png", j->output_name);
+    snprintf(tif, sizeof tif, "%s.tif", j->output_name);
+    return out_path(o->masks_png, j->save_png, dir, stem, png) &&
+           out_path(o->masks_tif, j->save_tif, dir, stem, tif) &&
+           out_path(o->outlines, j->save_outlines, dir, stem, "_outlines.png") &&
+           out_path(o->flows, j->save_flows, dir, stem, "_flows.npy") &&
+           out_path(o->style, j->save_flows, dir, stem, "_style.npy") &&
+           out_path(o->txt, j->save_txt, dir, stem, "_cp_outlines.txt") &&
+           out_path(o->rois, j->save_rois, dir, stem, "_rois.zip") &&
+           out_path(o->geojson, j->save_geojson, dir, stem, ".geojson");
+}
+
+/* Whether every output of o exists and is complete. Each file is written atomically (whole or
+ * absent); a .bin is complete when its .json sidecar is there and gives its size. */
+static bool outputs_complete(const seg_outputs *o) {
+    const char *const all[] = {o->labels,   o->masks_png, o->masks_tif, o->flows,  o->style,
+                               o->outlines, o->txt,       o->rois,      o->geojson};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
+        size_t n = strlen(all[i]);
+        if (!n)
+            continue;
+        if (!is_file(all[i]))
+            return false;
+        if (n > 4 && strcmp(all[i] + n - 4, ".bin") == 0 && !cli_labels_bin_complete(all[i]))
+            return false;
+    }
+    return true;
+}
+
+/* The k-th extra labels file (0: --save_png's, 1: --save_tif's); NULL when not asked. */
+static const char *extra_labels(const seg_outputs *o, int k) {
+    const char *v[2] = {o->masks_png, o->masks_tif};
+    return k < 2 && v[k][0] ? v[k] : NULL;
+}
+
+/* Hands one image's results over: the labels to the output pipeline (a segment and a saver
+ * process, or a segment left for the caller), the other files, when asked, written here. */
+static gpuseg_status write_outputs(segment_output *pipe, gpuseg_ctx *ctx, const char *image,
+                                   const gpuseg_image *img, uint32_t page, const seg_outputs *o,
+                                   const gpuseg_segment_result *r, const char *json_extra) {
+    const gpuseg_image *lab = r->labels;
+    gpuseg_status st =
+        segment_output_submit(pipe, ctx, image, o->labels, NULL, lab, lab->height, lab->width,
+                              lab->dtype, r->n_masks, r->diameter, json_extra);
+    for (int k = 0; st == GPUSEG_OK && k < 2; k++)
+        if (extra_labels(o, k))
+            st = segment_output_submit(pipe, ctx, image, extra_labels(o, k), NULL, lab, lab->height,
+                                       lab->width, lab->dtype, r->n_masks, r->diameter, NULL);
+    if (st != GPUSEG_OK)
+        return st;
+    if (o->flows[0] && r->flows) {
+        uint64_t shape[3] = {3, r->labels->height, r->labels->width};
+        if ((st = gpuseg_npy_write_ex(o->flows, GPUSEG_DTYPE_F32, 3, shape, r->flows,
+                                      cli_write_flags)) != GPUSEG_OK)
+            return st;
+    }
+    if (o->style[0] && r->style) {
+        uint64_t shape[1] = {r->style_len};
+        if ((st = gpuseg_npy_write_ex(o->style, GPUSEG_DTYPE_F32, 1, shape, r->style,
+                                      cli_write_flags)) != GPUSEG_OK)
+            return st;
+    }
+    if (o->outlines[0]) {
+        gpuseg_outlines_params op;
+        gpuseg_outlines_params_default(&op);
+        op.page = page;
+        gpuseg_image *rgb = NULL;
+        if ((st = gpuseg_outlines_draw(img, lab, &op, &rgb)) == GPUSEG_OK)
+            st = gpuseg_image_write_png_ex(o->outlines, rgb, cli_write_flags);
+        gpuseg_image_free(rgb);
+        if (st != GPUSEG_OK)
+            return st;
+    }
+    if (o->txt[0] || o->rois[0] || o->geojson[0]) {
+        gpuseg_polygons *poly = NULL;
+        st = gpuseg_labels_polygons(lab, &poly);
+        if (st == GPUSEG_OK && o->txt[0])
+            st = gpuseg_polygons_write_txt(o->txt, poly);
+        if (st == GPUSEG_OK && o->rois[0])
+            st = gpuseg_polygons_write_rois(o->rois, poly);
+        if (st == GPUSEG_OK && o->geojson[0])
+            st = gpuseg_polygons_write_geojson(o->geojson, poly, NULL);
+        gpuseg_polygons_free(poly);
+    }
+    return st;
+}
+
+/* Cellpose's --exclude_on_edges: the masks touching the image border removed, the others
+ * renumbered (gpuseg_labels_remove_edge_masks), in r->labels and r->n_masks. */
+static gpuseg_status exclude_edge_masks(gpuseg_segment_result *r) {
+    gpuseg_image *lab = r->labels;
+    size_t n = (size_t)lab->width * lab->height;
+    uint32_t *v = lab->dtype == GPUSEG_DTYPE_U32 ? lab->data : malloc(n * sizeof *v);
+    if (!v)
+        return cli_set_error(GPUSEG_OUT_OF_MEMORY, "--exclude-on-edges: out of memory");
+    if (lab->dtype == GPUSEG_DTYPE_U16)
+        for (size_t i = 0; i < n; i++)
+            v[i] = ((const uint16_t *)lab->data)[i];
+    uint32_t nm = 0;
+    gpuseg_status st = gpuseg_labels_remove_edge_masks(v, lab->height, lab->width, &nm);
+    if (st == GPUSEG_OK && lab->dtype == GPUSEG_DTYPE_U16)
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)lab->data)[i] = (uint16_t)v[i]; /* renumbered: never above before */
+    if (v != lab->data)
+        free(v);
+    if (st == GPUSEG_OK)
+        r->n_masks = nm;
+    return st;
+}
+
+/* The folders where a model named without a folder is looked for, in order: the installed
+ * DATADIR/gpuseg/models found relative to this program (so an installed tree can be moved),
+ * then the source tree's models/ (for the build tree); gpuseg_model_find then tries Cellpose's
+ * model folder. Canonical where they exist. */
+static int model_dirs(char dirs[2][PATH_MAX_LEN]) {
+    int n = 0;
+    char exe[PATH_MAX_LEN], tmp[PATH_MAX_LEN];
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (k > 0) {
+        exe[k] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(tmp, sizeof tmp, "%s/%s", exe, GPUSEG_MODELS_REL);
+            if (!realpath(tmp, dirs[n]))
+                snprintf(dirs[n], PATH_MAX_LEN, "%s", tmp);
+            n++;
+        }
+    }
+    snprintf(dirs[n++], PATH_MAX_LEN, "%s", GPUSEG_SOURCE_MODELS);
+    return n;
+}
+
+/* Finds the model file: `arg` (--model, --pretrained_model) or, when NULL, $GPUSEG_MODEL, else
+ * the bundled GPUSEG_DEFAULT_MODEL, with gpuseg_model_find: a path as is, a bare name in
+ * model_dirs() and then in Cellpose's model folder under Cellpose's file name (cyto3,
+ * nucleitorch_0, ...). False, with one line naming the value and every place tried, when
+ * nothing is found (before any device work, so a typo costs no start-up). */
+static bool resolve_model(const char *arg, char *path, size_t len) {
+    const char *env = arg ? NULL : getenv("GPUSEG_MODEL");
+    const char *want = arg ? arg : (env && *env) ? env : GPUSEG_DEFAULT_MODEL;
+    char dirs[2][PATH_MAX_LEN];
+    int nd = model_dirs(dirs);
+    const char *const dp[2] = {dirs[0], dirs[1]};
+    if (gpuseg_model_find(want, dp, (size_t)nd, path, len) == GPUSEG_OK)
+        return true;
+    if (arg)
+        cli_error("--model: %s", gpuseg_last_error());
+    else if (env && *env)
+        cli_error("GPUSEG_MODEL=%s: %s", env, gpuseg_last_error());
+    else
+        cli_error("the bundled model is missing ($GPUSEG_MODEL unset): %s; give --model FILE (a "
+                  "Cellpose 3 model file)",
+                  gpuseg_last_error());
+    return false;
+}
+
+/* The channels a model was trained with, from its sidecar (MODEL.json beside the model file,
+ * as the bundled models have: "input": {"channels": [c, c2]}): c2, or -1 when unknown. */
+static int model_sidecar_chan2(const char *model) {
+    char path[PATH_MAX_LEN + 8];
+    snprintf(path, sizeof path, "%s.json", model);
+    if (!is_file(path))
+        return -1;
+    json_t *j = json_load_file(path, 0, NULL);
+    json_int_t c0 = 0, c2 = -1;
+    if (!j || json_unpack(j, "{s:{s:[II]}}", "input", "channels", &c0, &c2) != 0)
+        c2 = -1;
+    json_decref(j);
+    return (int)c2;
+}
+
+/* Whether stem (name without its extension, n bytes) ends with suffix, with something before
+ * it (Cellpose's rule: "_masks" itself is an image). */
+static bool stem_ends(const char *name, size_t n, const char *suffix) {
+    size_t k = suffix ? strlen(suffix) : 0;
+    return k && n > k && strncmp(name + n - k, suffix, k) == 0;
+}
+
+/* Whether a file in an input folder is an image to segment: a known extension, not hidden, not
+ * a label or output file -- Cellpose's get_image_files skips stems ending in _masks,
+ * _cp_output, _flows(_0|_1|_2), _cellprob and --mask_filter; gpuseg also skips its own and
+ * Cellpose's other outputs (_cp_masks, _outlines, _cp_outlines, _seg, _segmentation, _style,
+ * the --output_name suffix) so that a second run over a folder does not segment its results --
+ * and, with --img_filter S, only stems ending in S. */
+static bool is_input_image(const seg_job *j, const char *name) {
     static const char *const exts[] = {"png", "jpg", "jpeg", "tif", "tiff",
                                        "bmp", "pgm", "ppm",  "npy"};
-    static const char *const ours[] = {"_segmentation", "_outlines", "_flows", "_style"};
+    static const char *const labels[] = {
+        "_masks",    "_cp_masks", "_cp_output",   "_flows", "_flows_0",      "_flows_1", "_flows_2",
+        "_cellprob", "_outlines", "_cp_outlines", "_seg",   "_segmentation", "_style"};
     const char *dot = strrchr(name, '.');
     if (name[0] == '.' || !dot)
         return false;
@@ -233,56 +342,77 @@ static bool is_input_image(const char *name) {
         known |= strcasecmp(dot + 1, exts[i]) == 0;
     if (!known)
         return false;
-    for (size_t i = 0; i < sizeof ours / sizeof *ours; i++) {
-        size_t k = strlen(ours[i]), stem = (size_t)(dot - name);
-        if (stem >= k && strncmp(dot - k, ours[i], k) == 0)
+    size_t n = (size_t)(dot - name);
+    for (size_t i = 0; i < sizeof labels / sizeof *labels; i++)
+        if (stem_ends(name, n, labels[i]))
             return false;
+    if (stem_ends(name, n, j->mask_filter) || stem_ends(name, n, j->output_name))
+        return false;
+    if (j->img_filter && *j->img_filter) {
+        size_t k = strlen(j->img_filter);
+        return n >= k && strncmp(name + n - k, j->img_filter, k) == 0;
     }
     return true;
 }
 
-/* Adds one command-line input: a file as given, or a folder's image files sorted by name.
- * False (message printed) when a folder cannot be read or holds no image. */
-static bool collect_inputs(path_list *l, const char *arg) {
-    if (!is_dir(arg))
-        return list_push(l, arg) || (cli_error("out of memory"), false);
-    DIR *d = opendir(arg);
+/* Adds the images of folder `dir` (sorted by name), then those of its subfolders (sorted, not
+ * hidden) down to `depth` more levels (-1: all). False (message printed) on an error. */
+static bool collect_folder(const seg_job *j, path_list *l, const char *dir, int depth) {
+    DIR *d = opendir(dir);
     if (!d) {
-        cli_error("%s: cannot read the folder: %s", arg, strerror(errno));
+        cli_error("%s: cannot read the folder: %s", dir, strerror(errno));
         return false;
     }
-    path_list names = {0};
+    path_list files = {0}, subs = {0};
+    size_t dlen = strlen(dir);
+    const char *sep = dlen && dir[dlen - 1] == '/' ? "" : "/";
     bool ok = true;
     struct dirent *e;
-    while (ok && (e = readdir(d)) != NULL)
-        if (is_input_image(e->d_name))
-            ok = list_push(&names, e->d_name);
-    closedir(d);
-    if (!ok) {
-        list_free(&names);
-        cli_error("out of memory");
-        return false;
-    }
-    if (names.n) /* qsort's base must not be NULL, even for 0 elements */
-        qsort(names.v, names.n, sizeof *names.v, cmp_str);
-    size_t before = l->n, alen = strlen(arg);
-    const char *sep = alen && arg[alen - 1] == '/' ? "" : "/";
-    for (size_t i = 0; ok && i < names.n; i++) {
+    while (ok && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
         char path[PATH_MAX_LEN];
-        int n = snprintf(path, sizeof path, "%s%s%s", arg, sep, names.v[i]);
+        int n = snprintf(path, sizeof path, "%s%s%s", dir, sep, e->d_name);
         if (n < 0 || (size_t)n >= sizeof path) {
-            cli_error("%s%s%s: path too long", arg, sep, names.v[i]);
+            cli_error("%s%s%s: path too long", dir, sep, e->d_name);
             ok = false;
-        } else if (is_file(path)) {
-            ok = list_push(l, path) || (cli_error("out of memory"), false);
+        } else if (is_dir(path)) {
+            if (depth != 0)
+                ok = list_push(&subs, path) || (cli_error("out of memory"), false);
+        } else if (is_input_image(j, e->d_name) && is_file(path)) {
+            ok = list_push(&files, path) || (cli_error("out of memory"), false);
         }
     }
-    list_free(&names);
-    if (ok && l->n == before) {
-        cli_error("%s: no image files in this folder (png, jpg, tif, bmp, pgm, ppm, npy)", arg);
-        ok = false;
-    }
+    closedir(d);
+    if (files.n) /* qsort's base must not be NULL, even for 0 elements */
+        qsort(files.v, files.n, sizeof *files.v, cmp_str);
+    if (subs.n)
+        qsort(subs.v, subs.n, sizeof *subs.v, cmp_str);
+    for (size_t i = 0; ok && i < files.n; i++)
+        ok = list_push(l, files.v[i]) || (cli_error("out of memory"), false);
+    for (size_t i = 0; ok && i < subs.n; i++)
+        ok = collect_folder(j, l, subs.v[i], depth < 0 ? -1 : depth - 1);
+    list_free(&files);
+    list_free(&subs);
     return ok;
+}
+
+/* Adds one input as given: a file as is, or a folder's images. False (message printed) when a
+ * folder cannot be read or holds no image. */
+static bool collect_inputs(seg_job *j, const char *arg) {
+    if (!is_dir(arg))
+        return list_push(&j->inputs, arg) || (cli_error("out of memory"), false);
+    size_t before = j->inputs.n;
+    if (!collect_folder(j, &j->inputs, arg, j->depth))
+        return false;
+    if (j->inputs.n == before) {
+        cli_error("%s: no image files in this folder%s (png, jpg, tif, bmp, pgm, ppm, npy; label "
+                  "files such as *_masks.* are skipped%s%s)",
+                  arg, j->depth ? " or its subfolders" : "", j->img_filter ? "; --img-filter " : "",
+                  j->img_filter ? j->img_filter : "");
+        return false;
+    }
+    return true;
 }
 
 /* ---- the job: options, inputs, the run ----------------------------------------------------- */
@@ -291,18 +421,12 @@ static const char *const USE =
     "segment IMAGE|FOLDER... [--model FILE|NAME] [--diameter 0|D|model] "
     "[--chan C --chan2 C2] [--invert] [--flow-threshold 0.4] [--cellprob-threshold 0.0] "
     "[--niter N] [--min-size 15] [--augment] [--tile-overlap 0.1] [--batch-size 8] "
+    "[--no-norm | --norm-percentile 1 99] [--exclude-on-edges] [--page N] "
     "[--device SPEC] [-o OUT | --save-dir DIR] [--format bin|tif|png|npy] [--save-flows] "
-    "[--save-outlines] [--shm-only [--json]] [--max-in-flight 2] [--quiet]";
-
-/* What the command line asks for. */
-typedef struct seg_job {
-    gpuseg_segment_params p;
-    const char *model_arg, *device, *out, *save_dir, *format;
-    bool save_flows, save_outlines, quiet;
-    segment_output_opts so;
-    char model[PATH_MAX_LEN]; /* resolved */
-    path_list inputs;
-} seg_job;
+    "[--save-outlines] [--save-png] [--save-tif] [--output-name _cp_masks] [--save-txt] "
+    "[--save-rois] [--save-geojson] [--img-filter S] [--mask-filter _masks] "
+    "[--look-one-level-down | --recursive] [--skip-existing] "
+    "[--shm-only [--json]] [--max-in-flight 2] [--quiet | --verbose]";
 
 /* The progress line (stderr is a terminal and not --quiet): one line redrawn in place from the
  * library's progress callback, "[i/n] NAME ... stage done/total  NN%". */
@@ -358,7 +482,9 @@ static void print_help(void) {
            "Segments each image (each image file of a FOLDER, sorted by name) as "
            "Cellpose 3.1 CellposeModel.eval (2-D, resample).\n"
            "Model: --model FILE (any Cellpose 3 model file) or NAME (looked up in %s, "
-           "then %s); without it, $GPUSEG_MODEL, else the bundled model %s (%s).\n"
+           "then %s, then Cellpose's model folder ($CELLPOSE_LOCAL_MODELS_PATH or "
+           "~/.cellpose/models) under Cellpose's file name: --model cyto3, --model nuclei); "
+           "without it, $GPUSEG_MODEL, else the bundled model %s (%s).\n"
            "Diameter: 0 (default) estimates it: a first pass at the model's diameter, "
            "then, while the median equivalent diameter of a pass's masks differs from "
            "its own by more than 10%%, another pass at that diameter (3 at most). D: "
@@ -383,8 +509,25 @@ static void print_help(void) {
            "Ctrl-C (SIGINT) or SIGTERM stops at the next step: the images done stay, "
            "nothing of the unfinished one is left, exit 130 (SIGINT) or 143 (SIGTERM); a "
            "second signal ends it at once.\n"
-           "Options are also accepted with '_' for '-' (--flow_threshold, as "
-           "Cellpose).\n" CLI_LIMITS_HELP,
+           "Cellpose users: options are also accepted with '_' for '-' (--flow_threshold), "
+           "and Cellpose's names: --pretrained_model (= --model), --dir DIR and --image_path "
+           "FILE (inputs), --savedir (= --save-dir, created when missing), --use_gpu (= "
+           "--device gpu), --no_npy (gpuseg writes no _seg.npy); --save_png / --save_tif write "
+           "STEM_cp_masks.png / .tif (--output_name: another suffix), --save_txt "
+           "STEM_cp_outlines.txt, --save_rois STEM_rois.zip (ImageJ), --save-geojson "
+           "STEM.geojson (QuPath). A Cellpose flag gpuseg lacks (--do_3D, ...) is refused with "
+           "one line saying why (docs/segment.md has the table).\n"
+           "Refused before any device work, with one line: images of several pages (a Z stack, "
+           "or channels stored as pages; --page N segments one), --chan/--chan2 beyond the "
+           "image's channels, --chan2 with a model trained without a second channel, -o whose "
+           "extension disagrees with --format, a missing or unwritable output folder, two "
+           "images that would write one output file.\n"
+           "Folders: images sorted by name; label and output files (*_masks, *_cp_masks, "
+           "*_seg, *_flows, *_outlines, *_segmentation, ... and --mask-filter's suffix) are "
+           "skipped; --img-filter S keeps stems ending in S; --look-one-level-down adds each "
+           "subfolder's images, --recursive every level's. --skip-existing skips an image whose "
+           "every output is complete. A run of several images ends with a summary "
+           "line.\n" CLI_LIMITS_HELP,
            USE, dirs[0], nd > 1 ? dirs[1] : "-", GPUSEG_DEFAULT_MODEL,
            env && *env ? "overridden by $GPUSEG_MODEL"
            : found[0]  ? found
@@ -408,8 +551,79 @@ enum {
     O_QUIET,
     O_SHM_ONLY,
     O_JSON,
-    O_IN_FLIGHT
+    O_IN_FLIGHT,
+    O_PAGE,
+    O_INPUT, /* --dir DIR, --image_path FILE: an input, as the positional ones */
+    O_USE_GPU,
+    O_VERBOSE,
+    O_VERSION,
+    O_SAVE_PNG,
+    O_SAVE_TIF,
+    O_SAVE_TXT,
+    O_SAVE_ROIS,
+    O_SAVE_GEOJSON,
+    O_OUTPUT_NAME,
+    O_NO_NPY,
+    O_NO_NORM,
+    O_NORM_PCT,
+    O_EXCLUDE_EDGES,
+    O_IMG_FILTER,
+    O_MASK_FILTER,
+    O_ONE_LEVEL,
+    O_RECURSIVE,
+    O_SKIP_EXISTING,
+    O_UNSUPPORTED /* a Cellpose flag gpuseg lacks: the table index says which */
 };
+
+/* Cellpose 3.1.1.3's flags that gpuseg does not have, with what to do instead (docs/segment.md
+ * has the whole table). Parsed (optional value) only to refuse them with this line. */
+static const struct {
+    const char *name; /* gpuseg spelling: '_' read as '-' */
+    const char *cellpose;
+    const char *why;
+} UNSUPPORTED[] = {
+    {"Zstack", "--Zstack",
+     "3-D stacks are not supported yet (gpuseg segments 2-D images; --page N "
+     "picks one page)"},
+    {"do-3D", "--do_3D", "3-D segmentation is not supported yet; --page N segments one page"},
+    {"stitch-threshold", "--stitch_threshold",
+     "3-D stitching is not supported yet; --page N segments one page"},
+    {"flow3D-smooth", "--flow3D_smooth", "3-D segmentation is not supported yet"},
+    {"anisotropy", "--anisotropy", "3-D segmentation is not supported yet"},
+    {"pretrained-model-ortho", "--pretrained_model_ortho", "3-D segmentation is not supported yet"},
+    {"z-axis", "--z_axis", "3-D stacks are not supported yet; --page N picks one page"},
+    {"channel-axis", "--channel_axis",
+     "gpuseg reads channels as stored (last axis; a TIFF's samples per pixel); store the image "
+     "channel-last"},
+    {"all-channels", "--all_channels", "use --chan and --chan2 (at most two channels)"},
+    {"gpu-device", "--gpu_device", "use --device (an index or name from `gpuseg devices`)"},
+    {"check-mkl", "--check_mkl", "gpuseg does not use MKL; drop the flag"},
+    {"restore-type", "--restore_type", "Cellpose 3's image restoration models are not supported"},
+    {"chan2-restore", "--chan2_restore", "Cellpose 3's image restoration models are not supported"},
+    {"add-model", "--add_model", "no model folder to add to: give --model FILE"},
+    {"transformer", "--transformer", "only CPnet models are supported"},
+    {"no-resample", "--no_resample",
+     "gpuseg always computes the masks at the image's size (Cellpose's default)"},
+    {"no-interp", "--no_interp", "gpuseg always interpolates the flows (Cellpose's default)"},
+    {"dir-above", "--dir_above", "use --save-dir"},
+    {"in-folders", "--in_folders", "use --save-dir"},
+    {"save-mpl", "--save_mpl", "use --save-outlines for a picture of the outlines"},
+    {"train", "--train", "gpuseg does not train: train with Cellpose, then --model FILE"},
+    {"train-size", "--train_size", "gpuseg has no size model training"},
+    {"test-dir", "--test_dir", "gpuseg does not train (gpuseg eval scores predictions)"},
+    {"file-list", "--file_list", "gpuseg does not train"},
+    {"diam-mean", "--diam_mean", "gpuseg does not train (the model file gives diam_mean)"},
+    {"learning-rate", "--learning_rate", "gpuseg does not train"},
+    {"weight-decay", "--weight_decay", "gpuseg does not train"},
+    {"n-epochs", "--n_epochs", "gpuseg does not train"},
+    {"nimg-per-epoch", "--nimg_per_epoch", "gpuseg does not train"},
+    {"nimg-test-per-epoch", "--nimg_test_per_epoch", "gpuseg does not train"},
+    {"min-train-masks", "--min_train_masks", "gpuseg does not train"},
+    {"SGD", "--SGD", "gpuseg does not train"},
+    {"save-every", "--save_every", "gpuseg does not train"},
+    {"model-name-out", "--model_name_out", "gpuseg does not train"},
+};
+#define N_UNSUPPORTED (sizeof UNSUPPORTED / sizeof *UNSUPPORTED)
 
 /* One option of the table below with its argument. CLI_OK to go on, else the exit code. */
 static int job_option(seg_job *j, int c, const char *arg) {
@@ -428,6 +642,10 @@ static int job_option(seg_job *j, int c, const char *arg) {
         if (!cli_parse_double("--diameter", arg, 0, 1e6, &d))
             return CLI_USAGE;
         j->p.diameter = d;
+        /* --diameter 0 estimates from a first pass at the model's diameter. Hook for the size
+         * model (docs/model.md "Size model"): when gpuseg_size_model_find(j->model) finds one,
+         * its regression (gpuseg_size_model_style_diameter) gives the first pass's diameter
+         * instead; the .npy loader is not done yet. */
         j->p.estimate_diameter = d == 0;
         return CLI_OK;
     case O_CHAN:
@@ -435,6 +653,12 @@ static int job_option(seg_job *j, int c, const char *arg) {
         if (!cli_parse_int(c == O_CHAN ? "--chan" : "--chan2", arg, 0, 4, &l))
             return CLI_USAGE;
         *(c == O_CHAN ? &j->p.chan : &j->p.chan2) = (int)l;
+        return CLI_OK;
+    case O_PAGE:
+        if (!cli_parse_int("--page", arg, 0, 0x7fffffffL, &l))
+            return CLI_USAGE;
+        j->p.page = (uint32_t)l;
+        j->page_given = true;
         return CLI_OK;
     case O_OVL:
         if (!cli_parse_double("--tile-overlap", arg, 0, 1, &d))
@@ -448,6 +672,7 @@ static int job_option(seg_job *j, int c, const char *arg) {
         return CLI_OK;
     case O_FMT:
         j->format = arg;
+        j->format_given = true;
         if (strcmp(arg, "bin") && strcmp(arg, "tif") && strcmp(arg, "png") && strcmp(arg, "npy")) {
             cli_error("--format %s: use bin, tif, png or npy", arg);
             return CLI_USAGE;
@@ -461,12 +686,17 @@ static int job_option(seg_job *j, int c, const char *arg) {
     case O_DEV:
         j->device = arg;
         return CLI_OK;
+    case O_USE_GPU:
+        j->device = "gpu";
+        return CLI_OK;
     case 'o':
         j->out = arg;
         return CLI_OK;
     case O_SAVEDIR:
         j->save_dir = arg;
         return CLI_OK;
+    case O_INPUT:
+        return list_push(&j->args, arg) ? CLI_OK : (cli_error("out of memory"), CLI_FAIL);
     case O_INVERT:
         j->p.invert = 1;
         return CLI_OK;
@@ -479,8 +709,62 @@ static int job_option(seg_job *j, int c, const char *arg) {
     case O_OUTLINES:
         j->save_outlines = true;
         return CLI_OK;
+    case O_SAVE_PNG:
+        j->save_png = true;
+        return CLI_OK;
+    case O_SAVE_TIF:
+        j->save_tif = true;
+        return CLI_OK;
+    case O_SAVE_TXT:
+        j->save_txt = true;
+        return CLI_OK;
+    case O_SAVE_ROIS:
+        j->save_rois = true;
+        return CLI_OK;
+    case O_SAVE_GEOJSON:
+        j->save_geojson = true;
+        return CLI_OK;
+    case O_OUTPUT_NAME:
+        if (!*arg || strchr(arg, '/')) {
+            cli_error("--output-name '%s': a file name suffix, not empty, without '/'", arg);
+            return CLI_USAGE;
+        }
+        j->output_name = arg;
+        return CLI_OK;
+    case O_NO_NPY: /* gpuseg never writes Cellpose's _seg.npy */
+        return CLI_OK;
+    case O_NO_NORM:
+        j->p.normalize = 0;
+        return CLI_OK;
+    case O_NORM_PCT: /* two values: LO here, HI the next argument (Cellpose's nargs=2) */
+        if (!cli_parse_double("--norm-percentile", arg, 0, 100, &d))
+            return CLI_USAGE;
+        j->p.norm_lo = (float)d;
+        return CLI_OK; /* HI: parse_options */
+    case O_EXCLUDE_EDGES:
+        j->exclude_edges = true;
+        return CLI_OK;
+    case O_IMG_FILTER:
+        j->img_filter = arg;
+        return CLI_OK;
+    case O_MASK_FILTER:
+        j->mask_filter = arg;
+        return CLI_OK;
+    case O_ONE_LEVEL:
+        if (j->depth == 0)
+            j->depth = 1;
+        return CLI_OK;
+    case O_RECURSIVE:
+        j->depth = -1;
+        return CLI_OK;
+    case O_SKIP_EXISTING:
+        j->skip_existing = true;
+        return CLI_OK;
     case O_QUIET:
         j->quiet = true;
+        return CLI_OK;
+    case O_VERBOSE:
+        j->verbose = true;
         return CLI_OK;
     case O_SHM_ONLY:
         j->so.shm_only = 1;
@@ -496,44 +780,113 @@ static int job_option(seg_job *j, int c, const char *arg) {
     }
 }
 
-/* Parses the command line into *j. -1 to go on; otherwise the exit code (--help: CLI_OK). A
- * long option is also accepted with '_' for '-' (cli_getopt_long), so Cellpose's spellings of
- * an option need no entry of their own; an alias of another name is one more table entry. */
+/* The option table: gpuseg's names, Cellpose 3.1's other names for the same options, and
+ * Cellpose's flags that gpuseg lacks (refused by name, from UNSUPPORTED). A long option is also
+ * accepted with '_' for '-' (cli_getopt_long), so Cellpose's spellings of an option need no
+ * entry of their own. */
+#define N_OPTS (72 + N_UNSUPPORTED)
+static struct option g_opts[N_OPTS];
+
+static void build_options(void) {
+    static const struct option own[] = {{"model", required_argument, NULL, O_MODEL},
+                                        {"pretrained-model", required_argument, NULL, O_MODEL},
+                                        {"diameter", required_argument, NULL, O_DIAM},
+                                        {"chan", required_argument, NULL, O_CHAN},
+                                        {"chan2", required_argument, NULL, O_CHAN2},
+                                        {"page", required_argument, NULL, O_PAGE},
+                                        {"invert", no_argument, NULL, O_INVERT},
+                                        CLI_MASKS_LONG_OPTIONS,
+                                        {"augment", no_argument, NULL, O_AUG},
+                                        {"tile-overlap", required_argument, NULL, O_OVL},
+                                        {"batch-size", required_argument, NULL, O_BATCH},
+                                        {"device", required_argument, NULL, O_DEV},
+                                        {"use-gpu", no_argument, NULL, O_USE_GPU},
+                                        {"output", required_argument, NULL, 'o'},
+                                        {"save-dir", required_argument, NULL, O_SAVEDIR},
+                                        {"savedir", required_argument, NULL, O_SAVEDIR},
+                                        {"dir", required_argument, NULL, O_INPUT},
+                                        {"image-path", required_argument, NULL, O_INPUT},
+                                        {"format", required_argument, NULL, O_FMT},
+                                        {"save-flows", no_argument, NULL, O_FLOWS},
+                                        {"save-outlines", no_argument, NULL, O_OUTLINES},
+                                        {"save-png", no_argument, NULL, O_SAVE_PNG},
+                                        {"save-tif", no_argument, NULL, O_SAVE_TIF},
+                                        {"save-txt", no_argument, NULL, O_SAVE_TXT},
+                                        {"save-rois", no_argument, NULL, O_SAVE_ROIS},
+                                        {"save-geojson", no_argument, NULL, O_SAVE_GEOJSON},
+                                        {"output-name", required_argument, NULL, O_OUTPUT_NAME},
+                                        {"no-npy", no_argument, NULL, O_NO_NPY},
+                                        {"no-norm", no_argument, NULL, O_NO_NORM},
+                                        {"norm-percentile", required_argument, NULL, O_NORM_PCT},
+                                        {"exclude-on-edges", no_argument, NULL, O_EXCLUDE_EDGES},
+                                        {"img-filter", required_argument, NULL, O_IMG_FILTER},
+                                        {"mask-filter", required_argument, NULL, O_MASK_FILTER},
+                                        {"look-one-level-down", no_argument, NULL, O_ONE_LEVEL},
+                                        {"recursive", no_argument, NULL, O_RECURSIVE},
+                                        {"skip-existing", no_argument, NULL, O_SKIP_EXISTING},
+                                        {"quiet", no_argument, NULL, O_QUIET},
+                                        {"verbose", no_argument, NULL, O_VERBOSE},
+                                        {"version", no_argument, NULL, O_VERSION},
+                                        {"shm-only", no_argument, NULL, O_SHM_ONLY},
+                                        {"json", no_argument, NULL, O_JSON},
+                                        {"max-in-flight", required_argument, NULL, O_IN_FLIGHT},
+                                        CLI_LIMITS_LONG_OPTIONS,
+                                        {"help", no_argument, NULL, 'h'}};
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof own / sizeof *own && n + 1 < N_OPTS; i++)
+        g_opts[n++] = own[i];
+    for (size_t i = 0; i < N_UNSUPPORTED && n + 1 < N_OPTS; i++)
+        g_opts[n++] = (struct option){UNSUPPORTED[i].name, optional_argument, NULL, O_UNSUPPORTED};
+    g_opts[n] = (struct option){NULL, 0, NULL, 0};
+}
+
+/* Parses the command line into *j. -1 to go on; otherwise the exit code (--help: CLI_OK). */
 static int parse_options(int argc, char **argv, seg_job *j) {
-    static const struct option opts[] = {{"model", required_argument, NULL, O_MODEL},
-                                         {"diameter", required_argument, NULL, O_DIAM},
-                                         {"chan", required_argument, NULL, O_CHAN},
-                                         {"chan2", required_argument, NULL, O_CHAN2},
-                                         {"invert", no_argument, NULL, O_INVERT},
-                                         CLI_MASKS_LONG_OPTIONS,
-                                         {"augment", no_argument, NULL, O_AUG},
-                                         {"tile-overlap", required_argument, NULL, O_OVL},
-                                         {"batch-size", required_argument, NULL, O_BATCH},
-                                         {"device", required_argument, NULL, O_DEV},
-                                         {"output", required_argument, NULL, 'o'},
-                                         {"save-dir", required_argument, NULL, O_SAVEDIR},
-                                         {"format", required_argument, NULL, O_FMT},
-                                         {"save-flows", no_argument, NULL, O_FLOWS},
-                                         {"save-outlines", no_argument, NULL, O_OUTLINES},
-                                         {"quiet", no_argument, NULL, O_QUIET},
-                                         {"shm-only", no_argument, NULL, O_SHM_ONLY},
-                                         {"json", no_argument, NULL, O_JSON},
-                                         {"max-in-flight", required_argument, NULL, O_IN_FLIGHT},
-                                         CLI_LIMITS_LONG_OPTIONS,
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    build_options();
     optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+    int c, li = -1;
+    while ((c = getopt_long(argc, argv, "o:h", g_opts, &li)) != -1) {
         if (c == 'h') {
             print_help();
             return CLI_OK;
         }
+        if (c == O_VERSION) {
+            printf("gpuseg %s\n", gpuseg_version());
+            return CLI_OK;
+        }
+        if (c == O_UNSUPPORTED) {
+            for (size_t i = 0; i < N_UNSUPPORTED; i++)
+                if (li >= 0 && strcmp(g_opts[li].name, UNSUPPORTED[i].name) == 0)
+                    cli_error("segment: %s is not supported: %s", UNSUPPORTED[i].cellpose,
+                              UNSUPPORTED[i].why);
+            return CLI_USAGE;
+        }
         int rc = job_option(j, c, optarg);
         if (rc != CLI_OK)
             return rc;
+        if (c == O_NORM_PCT) { /* the second value */
+            double hi;
+            if (optind >= argc) {
+                cli_error("--norm-percentile needs two values: LO HI (Cellpose's 1 99)");
+                return CLI_USAGE;
+            }
+            if (!cli_parse_double("--norm-percentile", argv[optind], 0, 100, &hi))
+                return CLI_USAGE;
+            optind++;
+            if (!(j->p.norm_lo < hi)) {
+                cli_error("--norm-percentile %g %g: LO must be below HI", (double)j->p.norm_lo, hi);
+                return CLI_USAGE;
+            }
+            j->p.norm_hi = (float)hi;
+        }
+        li = -1;
     }
-    if (optind >= argc)
+    for (int i = optind; i < argc; i++)
+        if (!list_push(&j->args, argv[i])) {
+            cli_error("out of memory");
+            return CLI_FAIL;
+        }
+    if (j->args.n == 0)
         return cli_usage(USE);
     if (j->out && j->save_dir) {
         cli_error("-o and --save-dir exclude each other");
@@ -543,26 +896,186 @@ static int parse_options(int argc, char **argv, seg_job *j) {
         cli_error("--json goes with --shm-only");
         return CLI_USAGE;
     }
+    if (j->so.shm_only && (j->save_png || j->save_tif || j->save_txt || j->save_rois ||
+                           j->save_geojson || j->skip_existing)) {
+        cli_error("--shm-only writes no file: it excludes --save-png, --save-tif, --save-txt, "
+                  "--save-rois, --save-geojson and --skip-existing");
+        return CLI_USAGE;
+    }
+    if (j->out) { /* -o's extension says the format; --format, when given, must agree */
+        const char *dot = strrchr(j->out, '.'), *slash = strrchr(j->out, '/');
+        const char *ext = dot && (!slash || dot > slash) ? dot + 1 : "";
+        const char *fmt = strcasecmp(ext, "tiff") == 0 ? "tif" : ext;
+        if (strcasecmp(fmt, "bin") && strcasecmp(fmt, "tif") && strcasecmp(fmt, "png") &&
+            strcasecmp(fmt, "npy")) {
+            cli_error("-o %s: the extension says the format: use .bin, .tif, .png or .npy", j->out);
+            return CLI_USAGE;
+        }
+        if (j->format_given && strcasecmp(fmt, j->format) != 0) {
+            cli_error("-o %s and --format %s disagree: the file would not be %s; drop --format "
+                      "or name the file .%s",
+                      j->out, j->format, j->format, j->format);
+            return CLI_USAGE;
+        }
+    }
+    if (j->verbose && !getenv("GPUSEG_LOG"))
+        setenv("GPUSEG_LOG", "info", 1); /* cli_ctx_create's level */
     return -1;
 }
 
-/* The checks that look at files: --save-dir, the model, the inputs. -1 to go on, else the exit
- * code (the message printed). */
-static int find_inputs(int argc, char **argv, seg_job *j) {
-    if (j->save_dir && !is_dir(j->save_dir)) {
-        cli_error("%s: --save-dir is not an existing folder", j->save_dir);
+/* Whether the folder of path (its parent; "." without '/') is writable. */
+static bool parent_writable(const char *path, char *dir, size_t len) {
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, len, ".");
+    else if (slash == path)
+        snprintf(dir, len, "/");
+    else
+        snprintf(dir, len, "%.*s", (int)(slash - path), path);
+    return is_dir(dir) && access(dir, W_OK | X_OK) == 0;
+}
+
+/* Creates the folder path and its missing parents (mkdir -p), as Cellpose's --savedir. */
+static bool make_dirs(const char *path) {
+    char tmp[PATH_MAX_LEN];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s", path) >= sizeof tmp)
+        return false;
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+                return false;
+            *p = '/';
+        }
+    return mkdir(tmp, 0777) == 0 || (errno == EEXIST && is_dir(tmp));
+}
+
+/* One image's checks before any device work: a single page (or --page within its pages), the
+ * channels asked of it, its output folder. CLI_OK, or the exit code (message printed). When the
+ * header cannot be read, the run reports it (as every other read error). */
+static int check_image(const seg_job *j, const char *image, const seg_outputs *o) {
+    gpuseg_image_info info;
+    if (gpuseg_image_info_read_ex(image, &cli_limits, &info) == GPUSEG_OK) {
+        if (info.pages > 1 && !j->page_given) {
+            cli_error("%s: %u pages (a Z stack, or channels stored as pages); gpuseg segments 2-D "
+                      "images: 3-D (--do_3D, --stitch_threshold) is not supported yet; --page N "
+                      "segments one page",
+                      image, info.pages);
+            return CLI_FAIL;
+        }
+        if (j->p.page >= info.pages) {
+            cli_error("%s: --page %u, but the image has %u page%s (0..%u)", image, j->p.page,
+                      info.pages, info.pages == 1 ? "" : "s", info.pages - 1);
+            return CLI_FAIL;
+        }
+        /* chan 1..4 picks a channel (1 = the first), chan2 the second one; a one-channel image
+         * has only channel 1 (the library would ignore the choice, as Cellpose does). */
+        unsigned nc = info.channels;
+        if ((unsigned)j->p.chan > nc || (unsigned)j->p.chan2 > nc || (nc == 1 && j->p.chan2)) {
+            cli_error("%s: --chan %d --chan2 %d asked of an image with %u channel%s", image,
+                      j->p.chan, j->p.chan2, nc, nc == 1 ? " (grey: --chan 0 --chan2 0)" : "s");
+            return CLI_FAIL;
+        }
+    }
+    char dir[PATH_MAX_LEN];
+    const char *const all[] = {o->labels,   o->masks_png, o->masks_tif, o->flows,
+                               o->outlines, o->txt,       o->rois,      o->geojson};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        if (all[i][0] && !parent_writable(all[i], dir, sizeof dir)) {
+            cli_error("%s: %s", all[i],
+                      is_dir(dir) ? "the output folder is not writable"
+                                  : "no such folder for the output (create it first)");
+            return CLI_FAIL;
+        }
+    return CLI_OK;
+}
+
+/* Orders indices of the labels paths, for finding two images that would write one file. */
+static const path_list *g_sort_paths;
+static int cmp_index(const void *a, const void *b) {
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(g_sort_paths->v[x], g_sort_paths->v[y]);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* The checks that look at files, all before any device work: the model, the inputs, every
+ * image's pages and channels, every output folder, two images writing one file, --save-dir
+ * (created when missing, as Cellpose does), --skip-existing. -1 to go on, else the exit code
+ * (the message printed). */
+static int find_inputs(seg_job *j) {
+    if (j->save_dir && is_file(j->save_dir)) {
+        cli_error("%s: --save-dir is a file, not a folder", j->save_dir);
         return CLI_FAIL;
     }
     if (!resolve_model(j->model_arg, j->model, sizeof j->model))
         return CLI_FAIL;
-    for (int i = optind; i < argc; i++)
-        if (!collect_inputs(&j->inputs, argv[i]))
+    int c2 = model_sidecar_chan2(j->model);
+    if (j->p.chan2 != 0 && c2 == 0) {
+        cli_error("%s: --chan2 %d, but this model was trained without a second channel (its "
+                  "sidecar %s.json says channels [c, 0]): its masks would be wrong; drop --chan2",
+                  j->model, j->p.chan2, j->model);
+        return CLI_USAGE;
+    }
+    for (size_t i = 0; i < j->args.n; i++)
+        if (!collect_inputs(j, j->args.v[i]))
             return CLI_FAIL;
     if (j->out && j->inputs.n > 1) {
         cli_error("-o names one output: use --save-dir with %zu images", j->inputs.n);
         return CLI_USAGE;
     }
-    return -1;
+    bool save_dir_missing = j->save_dir && !is_dir(j->save_dir);
+    if (j->save_dir && !save_dir_missing && access(j->save_dir, W_OK | X_OK) != 0) {
+        cli_error("%s: --save-dir is not writable", j->save_dir);
+        return CLI_FAIL;
+    }
+    j->skip = calloc(j->inputs.n ? j->inputs.n : 1, 1);
+    path_list outs = {0};
+    size_t *idx = malloc((j->inputs.n ? j->inputs.n : 1) * sizeof *idx);
+    seg_outputs *o = malloc(sizeof *o);
+    int rc = -1;
+    if (!j->skip || !idx || !o) {
+        cli_error("out of memory");
+        rc = CLI_FAIL;
+    }
+    for (size_t i = 0; rc < 0 && i < j->inputs.n; i++) {
+        const char *image = j->inputs.v[i];
+        if (!output_paths(j, image, o)) {
+            cli_error("%s: output path too long", image);
+            rc = CLI_FAIL;
+        } else if (!list_push(&outs, o->labels)) {
+            cli_error("out of memory");
+            rc = CLI_FAIL;
+        } else if (!save_dir_missing && !j->so.shm_only && check_image(j, image, o) != CLI_OK) {
+            rc = CLI_FAIL;
+        } else if (save_dir_missing || j->so.shm_only) {
+            seg_outputs none; /* no folder to check: only the image */
+            memset(&none, 0, sizeof none);
+            if (check_image(j, image, &none) != CLI_OK)
+                rc = CLI_FAIL;
+        }
+        if (rc < 0 && j->skip_existing && !save_dir_missing)
+            j->skip[i] = outputs_complete(o);
+        idx[i] = i;
+    }
+    if (rc < 0 && !j->so.shm_only && outs.n > 1) { /* two images, one output file */
+        g_sort_paths = &outs;
+        qsort(idx, outs.n, sizeof *idx, cmp_index);
+        for (size_t k = 1; rc < 0 && k < outs.n; k++)
+            if (strcmp(outs.v[idx[k - 1]], outs.v[idx[k]]) == 0) {
+                cli_error("%s and %s would both be written to %s (and their other outputs): "
+                          "rename one, or segment them into different --save-dir folders",
+                          j->inputs.v[idx[k - 1]], j->inputs.v[idx[k]], outs.v[idx[k]]);
+                rc = CLI_USAGE;
+            }
+    }
+    if (rc < 0 && save_dir_missing && !make_dirs(j->save_dir)) {
+        cli_error("%s: cannot create the --save-dir folder: %s", j->save_dir, strerror(errno));
+        rc = CLI_FAIL;
+    }
+    list_free(&outs);
+    free(idx);
+    free(o);
+    return rc;
 }
 
 /* The members that `segment` adds to each .bin sidecar (n_masks, diameter and source come from
@@ -570,12 +1083,14 @@ static int find_inputs(int argc, char **argv, seg_job *j) {
 static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_segment_result *r) {
     const gpuseg_segment_params *p = &j->p;
     json_t *params = json_pack(
-        "{s:o,s:b,s:i,s:i,s:b,s:o,s:o,s:i,s:i,s:b,s:o,s:i}", "diameter", cli_json_num(p->diameter),
-        "estimate_diameter", p->estimate_diameter, "chan", p->chan, "chan2", p->chan2, "invert",
-        p->invert, "flow_threshold", cli_json_num(p->flow_threshold), "cellprob_threshold",
-        cli_json_num(p->cellprob_threshold), "niter", (int)p->niter, "min_size", (int)p->min_size,
-        "augment", p->augment, "tile_overlap", cli_json_num(p->tile_overlap), "batch_size",
-        (int)p->batch_size);
+        "{s:o,s:b,s:i,s:i,s:b,s:o,s:o,s:i,s:i,s:b,s:o,s:i,s:b,s:o,s:o,s:i,s:b}", "diameter",
+        cli_json_num(p->diameter), "estimate_diameter", p->estimate_diameter, "chan", p->chan,
+        "chan2", p->chan2, "invert", p->invert, "flow_threshold", cli_json_num(p->flow_threshold),
+        "cellprob_threshold", cli_json_num(p->cellprob_threshold), "niter", (int)p->niter,
+        "min_size", (int)p->min_size, "augment", p->augment, "tile_overlap",
+        cli_json_num(p->tile_overlap), "batch_size", (int)p->batch_size, "normalize", p->normalize,
+        "norm_lo", cli_json_num(p->norm_lo), "norm_hi", cli_json_num(p->norm_hi), "page",
+        (int)p->page, "exclude_on_edges", j->exclude_edges);
     json_t *o = json_pack(
         "{s:s,s:o,s:o,s:o,s:s,s:b,s:o,s:o,s:i,s:o,s:i,s:i,s:o}", "producer", "gpuseg segment",
         "gpuseg_version", cli_json_str(gpuseg_version()), "image", cli_json_str(image), "model",
@@ -590,10 +1105,11 @@ static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_seg
     return text;
 }
 
-/* The summary line of one image on stderr. */
+/* The summary line of one image on stderr; compile_s: the OpenCL program compilation that this
+ * image waited for (a first run on a device; cached afterwards), shown apart. */
 static void report_image(const seg_job *j, const char *image, const gpuseg_segment_result *r,
-                         double seconds) {
-    char how[128];
+                         double seconds, double compile_s) {
+    char how[128], comp[128] = "";
     if (r->diameter_estimated && r->passes >= 2)
         snprintf(how, sizeof how, "estimated in %u passes; first at %.2f", r->passes,
                  r->diameter_first_pass);
@@ -604,8 +1120,11 @@ static void report_image(const seg_job *j, const char *image, const gpuseg_segme
         snprintf(how, sizeof how, "model; no masks to estimate from");
     else
         snprintf(how, sizeof how, "%s", diameter_mode(&j->p, r));
-    fprintf(stderr, "%s: %u masks, diameter %.2f (%s), %.2f s (network %.2f s, masks %.2f s)\n",
-            image, r->n_masks, r->diameter, how, seconds, r->seconds_net, r->seconds_masks);
+    if (compile_s >= 0.05)
+        snprintf(comp, sizeof comp, "; first run: %.2f s of it compiling the OpenCL programs",
+                 compile_s);
+    fprintf(stderr, "%s: %u masks, diameter %.2f (%s), %.2f s (network %.2f s, masks %.2f s%s)\n",
+            image, r->n_masks, r->diameter, how, seconds, r->seconds_net, r->seconds_masks, comp);
 }
 
 /* What the run of a job holds. */
@@ -614,15 +1133,32 @@ typedef struct seg_run {
     gpuseg_net *net;
     segment_output *pipe;
     progress_line progress;
+    size_t done, skipped, failed; /* images */
+    uint64_t masks;               /* over the images done */
 } seg_run;
+
+/* Seconds spent compiling OpenCL programs so far (not loading them from the cache), and how
+ * many were compiled. */
+static double compile_seconds(gpuseg_ctx *ctx, unsigned *compiled) {
+    gpuseg_program_stats ps;
+    gpuseg_ctx_program_stats(ctx, &ps);
+    *compiled = ps.compiled;
+    return ps.build_seconds;
+}
 
 /* Segments image i and hands its outputs over. CLI_OK, CLI_FAIL (reported; the batch goes on),
  * or -1 when a signal cancelled it (nothing of this image is written). */
 static int run_image(const seg_job *j, seg_run *run, size_t i) {
     const char *image = j->inputs.v[i];
-    double t0 = now_s();
-    seg_outputs o;
-    if (!output_paths(image, j->out, j->save_dir, j->format, j->save_flows, j->save_outlines, &o)) {
+    unsigned n0, n1;
+    double t0 = now_s(), b0 = compile_seconds(run->ctx, &n0);
+    seg_outputs *o = malloc(sizeof *o);
+    if (!o) {
+        cli_error("%s: out of memory", image);
+        return CLI_FAIL;
+    }
+    if (!output_paths(j, image, o)) {
+        free(o);
         cli_error("%s: output path too long", image);
         return CLI_FAIL;
     }
@@ -633,6 +1169,7 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
     gpuseg_image *img = NULL;
     gpuseg_status st = gpuseg_image_read_ex(image, &cli_limits, &img);
     if (st != GPUSEG_OK) {
+        free(o);
         progress_clear(&run->progress);
         return cli_fail(st);
     }
@@ -647,32 +1184,53 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
     } else if (st != GPUSEG_OK) {
         cli_error("%s: %s", image, gpuseg_last_error());
         rc = CLI_FAIL;
+    } else if (j->exclude_edges && (st = exclude_edge_masks(&r)) != GPUSEG_OK) {
+        rc = cli_fail(st);
     } else if (!(extra = sidecar_extra(j, image, &r))) {
         cli_error("%s: out of memory", image);
         rc = CLI_FAIL;
-    } else if ((st = write_outputs(run->pipe, run->ctx, image, img, j->p.page, &o, &r, extra)) !=
+    } else if ((st = write_outputs(run->pipe, run->ctx, image, img, j->p.page, o, &r, extra)) !=
                GPUSEG_OK) {
         rc = cli_fail(st); /* the message names the image or the file */
-    } else if (!j->quiet) {
-        report_image(j, image, &r, now_s() - t0);
+    } else {
+        run->masks += r.n_masks;
+        double b1 = compile_seconds(run->ctx, &n1);
+        if (!j->quiet)
+            report_image(j, image, &r, now_s() - t0, n1 > n0 ? b1 - b0 : 0);
     }
     free(extra);
+    free(o);
     gpuseg_segment_result_free(&r);
     gpuseg_image_free(img);
     return rc;
 }
 
-/* Opens the device, the pipeline (which turns SIGINT / SIGTERM into a cancel of ctx) and the
- * model. */
-static gpuseg_status run_open(seg_job *j, seg_run *run) {
+/* Opens the device, the pipeline (which turns SIGINT / SIGTERM into a cancel of ctx), the
+ * OpenCL programs (compiled on a first run on this device, else loaded from the program cache;
+ * said apart, so that the first image's time is its own) and the model. */
+static gpuseg_status run_open(const seg_job *j, seg_run *run, segment_output_opts *so) {
     gpuseg_status st = cli_ctx_create(j->device, &run->ctx);
     if (st != GPUSEG_OK)
         return st;
     gpuseg_ctx_set_progress(run->ctx, progress_draw, &run->progress);
-    j->so.cancel_on_signal = 1;
-    j->so.cancel_ctx = run->ctx;
-    if ((st = segment_output_create(&j->so, &run->pipe)) != GPUSEG_OK)
+    so->cancel_on_signal = 1;
+    so->cancel_ctx = run->ctx;
+    if ((st = segment_output_create(so, &run->pipe)) != GPUSEG_OK)
         return st;
+    run->progress.name = "OpenCL programs";
+    progress_draw(&run->progress, &(gpuseg_progress){"compiling (first run) or loading", 0, 0, 0});
+    double t0 = now_s();
+    st = gpuseg_ctx_build_all(run->ctx, NULL);
+    progress_clear(&run->progress);
+    if (st != GPUSEG_OK)
+        return st;
+    gpuseg_program_stats ps;
+    gpuseg_ctx_program_stats(run->ctx, &ps);
+    if (ps.compiled && !j->quiet)
+        fprintf(stderr,
+                "segment: compiled %u OpenCL programs for this device in %.1f s (a first run; "
+                "cached for the next runs)\n",
+                ps.compiled, now_s() - t0);
     return gpuseg_net_load(run->ctx, j->model, &run->net); /* ctx limits: --max-model-bytes */
 }
 
@@ -682,15 +1240,20 @@ int gpuseg_cmd_segment(int argc, char **argv) {
     gpuseg_segment_params_default(&j.p);
     j.p.estimate_diameter = 1; /* the command's default: --diameter 0 = estimate */
     j.format = "bin";
+    j.output_name = "_cp_masks";
+    j.mask_filter = "_masks";
     j.so = (segment_output_opts)SEGMENT_OUTPUT_OPTS_INIT;
     /* Keeps the segments of one job apart from others' (gpuseg shm list/clean --prefix). */
     j.so.name_prefix = getenv("GPUSEG_SHM_PREFIX");
     j.so.test_stall_ms = cli_test_stall_ms();
+    double t0 = now_s();
     int rc = parse_options(argc, argv, &j);
     if (rc < 0)
-        rc = find_inputs(argc, argv, &j);
+        rc = find_inputs(&j);
     if (rc >= 0) {
+        list_free(&j.args);
         list_free(&j.inputs);
+        free(j.skip);
         return rc;
     }
     j.p.want_flows = j.save_flows;
@@ -700,28 +1263,51 @@ int gpuseg_cmd_segment(int argc, char **argv) {
     run.progress.on = !j.quiet && isatty(STDERR_FILENO);
     run.progress.n = j.inputs.n;
     cli_notices = run.progress.on; /* the device used, and why a first run is slow */
-    gpuseg_status st = run_open(&j, &run);
+    size_t todo = 0;
+    for (size_t i = 0; i < j.inputs.n; i++)
+        todo += !j.skip[i];
+    gpuseg_status st = GPUSEG_OK;
+    if (todo) /* nothing to do: no device work at all */
+        st = run_open(&j, &run, &j.so);
     rc = st == GPUSEG_OK ? CLI_OK : cli_fail(st); /* the loader's message names the model */
-    size_t done = 0;
-    for (; st == GPUSEG_OK && done < j.inputs.n && !segment_output_signal(run.pipe); done++) {
-        int r = run_image(&j, &run, done);
+    size_t i = 0;
+    for (; st == GPUSEG_OK && i < j.inputs.n && !segment_output_signal(run.pipe); i++) {
+        if (j.skip[i]) {
+            run.skipped++;
+            continue;
+        }
+        int r = run_image(&j, &run, i);
         if (r < 0)
             break;
-        if (r != CLI_OK)
+        if (r != CLI_OK) {
             rc = r;
+            run.failed++;
+        } else {
+            run.done++;
+        }
     }
-    if (run.pipe && segment_output_finish(run.pipe) > 0)
+    unsigned failed_saves = run.pipe ? segment_output_finish(run.pipe) : 0;
+    if (failed_saves)
         rc = CLI_FAIL; /* each failed save was reported by name */
     int sig = segment_output_signal(run.pipe);
     if (sig) {
         cli_error("segment: cancelled by %s after %zu of %zu images; nothing of the unfinished "
                   "one was written",
-                  sig == SIGINT ? "SIGINT" : "SIGTERM", done, j.inputs.n);
+                  sig == SIGINT ? "SIGINT" : "SIGTERM", i, j.inputs.n);
         rc = 128 + sig;
+    } else if (!j.quiet && st == GPUSEG_OK && (j.inputs.n > 1 || run.skipped)) {
+        fprintf(stderr,
+                "segment: %zu images: %zu done, %zu skipped (outputs complete), %zu failed%s; "
+                "%llu masks; %.1f s\n",
+                j.inputs.n, run.done, run.skipped, run.failed,
+                failed_saves ? " (and saves failed)" : "", (unsigned long long)run.masks,
+                now_s() - t0);
     }
     segment_output_free(run.pipe);
     gpuseg_net_free(run.net);
     gpuseg_ctx_free(run.ctx);
+    list_free(&j.args);
     list_free(&j.inputs);
+    free(j.skip);
     return rc;
 }

@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "labels_load.h"
 #include "segment_output.h"
 
 static const char *USE = "shm list [--prefix P] | rm NAME... | clean [--prefix P] | "
@@ -269,10 +270,10 @@ static int cmd_put(int argc, char **argv) {
         name = gen;
     }
     const char *path = argv[optind];
-    gpuseg_image *img = NULL;
-    gpuseg_status st = gpuseg_image_read_ex(path, &cli_limits, &img);
+    gpuseg_image *img = NULL; /* .bin + .json too: the labels `gpuseg segment` writes */
+    gpuseg_status st = cli_labels_read_image(path, &img);
     if (st != GPUSEG_OK)
-        return cli_fail(st);
+        return CLI_FAIL; /* reported */
     if (to_label_dtype(path, img) != GPUSEG_OK) {
         gpuseg_image_free(img);
         return CLI_FAIL;

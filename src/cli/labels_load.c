@@ -56,7 +56,10 @@ static gpuseg_status read_sidecar(const char *jpath, json_int_t *h, json_int_t *
     return st;
 }
 
-static gpuseg_status load_bin(const char *path, uint32_t **labels, uint32_t *H, uint32_t *W) {
+/* The shape (h x w) and sample size (es: 2 or 4) of a raw label file from its sidecar, its size
+ * checked against them. Errors printed. */
+static gpuseg_status bin_header(const char *path, unsigned long *hp, unsigned long *wp,
+                                size_t *esp) {
     char jpath[4096];
     size_t plen = strlen(path);
     if (plen + 2 > sizeof jpath)
@@ -93,6 +96,18 @@ static gpuseg_status load_bin(const char *path, uint32_t **labels, uint32_t *H, 
         return fail(GPUSEG_IO, path, "cannot open");
     if ((unsigned long long)stt.st_size != (unsigned long long)h * w * es)
         return fail(GPUSEG_FORMAT, path, "file size does not match its sidecar's shape");
+    *hp = h;
+    *wp = w;
+    *esp = es;
+    return GPUSEG_OK;
+}
+
+static gpuseg_status load_bin(const char *path, uint32_t **labels, uint32_t *H, uint32_t *W) {
+    unsigned long h = 0, w = 0;
+    size_t es = 0;
+    gpuseg_status st = bin_header(path, &h, &w, &es);
+    if (st != GPUSEG_OK)
+        return st;
     FILE *f = fopen(path, "rb");
     if (!f)
         return fail(GPUSEG_IO, path, "cannot open");
@@ -118,9 +133,82 @@ static gpuseg_status load_bin(const char *path, uint32_t **labels, uint32_t *H, 
     return GPUSEG_OK;
 }
 
+bool cli_labels_is_bin(const char *path) {
+    return ends_with(path, ".bin") || ends_with(path, ".BIN");
+}
+
+bool cli_labels_bin_complete(const char *path) {
+    char jpath[4096];
+    size_t plen = strlen(path);
+    if (plen < 4 || plen + 2 > sizeof jpath)
+        return false;
+    memcpy(jpath, path, plen - 4);
+    memcpy(jpath + plen - 4, ".json", 6);
+    json_t *j = json_load_file(jpath, JSON_REJECT_DUPLICATES, NULL);
+    json_int_t h = 0, w = 0;
+    const char *dtype = NULL;
+    bool ok = j && json_unpack(j, "{s:[II],s:s}", "shape", &h, &w, "dtype", &dtype) == 0 && h > 0 &&
+              w > 0 && (strcmp(dtype, "uint16") == 0 || strcmp(dtype, "uint32") == 0);
+    struct stat st;
+    ok = ok && stat(path, &st) == 0 && S_ISREG(st.st_mode) &&
+         (unsigned long long)st.st_size ==
+             (unsigned long long)h * (unsigned long long)w * (strcmp(dtype, "uint16") ? 4 : 2);
+    json_decref(j);
+    return ok;
+}
+
+gpuseg_status cli_labels_bin_info(const char *path, gpuseg_image_info *info) {
+    unsigned long h = 0, w = 0;
+    size_t es = 0;
+    gpuseg_status st = bin_header(path, &h, &w, &es);
+    if (st != GPUSEG_OK)
+        return st;
+    memset(info, 0, sizeof *info);
+    info->width = (uint32_t)w;
+    info->height = (uint32_t)h;
+    info->channels = 1;
+    info->pages = 1;
+    info->dtype = es == 2 ? GPUSEG_DTYPE_U16 : GPUSEG_DTYPE_U32;
+    snprintf(info->format, sizeof info->format, "bin");
+    return GPUSEG_OK;
+}
+
+gpuseg_status cli_labels_read_image(const char *path, gpuseg_image **out) {
+    *out = NULL;
+    if (!cli_labels_is_bin(path)) {
+        gpuseg_status st = gpuseg_image_read_ex(path, &cli_limits, out);
+        if (st != GPUSEG_OK)
+            cli_fail(st);
+        return st;
+    }
+    uint32_t *v = NULL, H = 0, W = 0;
+    gpuseg_image_info info;
+    gpuseg_status st = cli_labels_bin_info(path, &info);
+    if (st == GPUSEG_OK)
+        st = cli_labels_load(path, &v, &H, &W);
+    if (st != GPUSEG_OK)
+        return st;
+    gpuseg_image *img = NULL;
+    if ((st = gpuseg_image_create(W, H, 1, 1, info.dtype, &img)) != GPUSEG_OK) {
+        free(v);
+        cli_fail(st);
+        return st;
+    }
+    size_t n = (size_t)W * H;
+    for (size_t i = 0; i < n; i++) {
+        if (info.dtype == GPUSEG_DTYPE_U16)
+            ((uint16_t *)img->data)[i] = (uint16_t)v[i];
+        else
+            ((uint32_t *)img->data)[i] = v[i];
+    }
+    free(v);
+    *out = img;
+    return GPUSEG_OK;
+}
+
 gpuseg_status cli_labels_load(const char *path, uint32_t **labels, uint32_t *H, uint32_t *W) {
     *labels = NULL;
-    if (ends_with(path, ".bin") || ends_with(path, ".BIN"))
+    if (cli_labels_is_bin(path))
         return load_bin(path, labels, H, W);
     gpuseg_image *img = NULL;
     gpuseg_status st = gpuseg_image_read_ex(path, &cli_limits, &img);
