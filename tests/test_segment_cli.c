@@ -267,6 +267,42 @@ START_TEST(default_model_outlines_quiet) {
 }
 END_TEST
 
+/* --diameter 0 with Cellpose's size model beside the model file (MODEL_size.npy, the fixture
+ * made by Cellpose's own train_size, tools/fixtures/make_size_fixtures.py): the diameters are
+ * SizeModel.eval's (style regression, then the median diameter of the masks at it), as
+ * test_size_model checks through the API; here the command finds, loads and reports it. */
+START_TEST(size_model_beside_model) {
+    if (g_dev)
+        return;
+    char dir[64], model[256], p[320], mode[64];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    snprintf(model, sizeof model, "%s/nuclei_copy", dir);
+    copy_file(GPUSEG_BUNDLED_MODEL, model);
+    snprintf(p, sizeof p, "%s_size.npy", model);
+    copy_file(GPUSEG_SOURCE_DIR "/tests/fixtures/size/size_nuclei.npy", p);
+    tu_cli_result *r = tu_cli("segment '%s' --model '%s' --save-dir '%s'", EXAMPLE, model, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(strstr(r->err, "(size model: 12.69 from the style"), "%s", r->err);
+    free(r);
+    snprintf(p, sizeof p, "%s/nuclei_segmentation.json", dir);
+    char *js = read_text(p);
+    ck_assert_str_eq(json_string(js, "diameter_mode", mode, sizeof mode), "size model");
+    /* Cellpose: style diameter 12.687756 (manifest.json); 1e-4 relative as test_size_model */
+    ck_assert_double_eq_tol(json_number(js, "diameter_style"), 12.687756, 12.687756 * 1e-4);
+    ck_assert_double_eq_tol(json_number(js, "diameter"), 9.406859, 9.406859 * 5e-3);
+    free(js);
+    /* An unreadable size model is an error, not a silent fall-back. */
+    snprintf(p, sizeof p, "%s_size.npy", model);
+    tu_write_file(p, "\x93NUMPY", 6);
+    r = tu_cli("segment '%s' --model '%s' --save-dir '%s/o2'", EXAMPLE, model, dir);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    ck_assert_msg(strstr(r->err, "_size.npy"), "%s", r->err);
+    free(r);
+    tu_rmtree(dir);
+}
+END_TEST
+
 /* The number of lines of a text file. */
 static int file_lines(const char *path) {
     char *t = read_text(path);
@@ -734,6 +770,7 @@ int main(void) {
     tcase_add_test(tc, folder_input_and_progress);
     tcase_add_test(tc, cellpose_command_translated);
     tcase_add_test(tc, sigint_cancels_run);
+    tcase_add_test(tc, size_model_beside_model);
     tcase_add_test(tc, estimate_api);
     suite_add_tcase(s, tc);
     TCase *sd = tu_tcase_needing("shared_data", TU_NEEDS_SHARED_DATA);

@@ -463,6 +463,8 @@ static void progress_clear(const progress_line *pl) {
 
 /* How the diameter of a result came about, for the summary line and the sidecar. */
 static const char *diameter_mode(const gpuseg_segment_params *p, const gpuseg_segment_result *r) {
+    if (r->diameter_style > 0)
+        return "size model";
     if (r->diameter_estimated)
         return "estimated";
     return p->diameter > 0 ? "given" : "model";
@@ -642,10 +644,9 @@ static int job_option(seg_job *j, int c, const char *arg) {
         if (!cli_parse_double("--diameter", arg, 0, 1e6, &d))
             return CLI_USAGE;
         j->p.diameter = d;
-        /* --diameter 0 estimates from a first pass at the model's diameter. Hook for the size
-         * model (docs/model.md "Size model"): when gpuseg_size_model_find(j->model) finds one,
-         * its regression (gpuseg_size_model_style_diameter) gives the first pass's diameter
-         * instead; the .npy loader is not done yet. */
+        /* --diameter 0 estimates: with Cellpose's size model beside the model file
+         * (size_cyto3.npy, ...: run_open loads it) as SizeModel.eval does, else from a first pass
+         * at the model's diameter (gpuseg_segment_params.estimate_diameter). */
         j->p.estimate_diameter = d == 0;
         return CLI_OK;
     case O_CHAN:
@@ -1092,13 +1093,14 @@ static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_seg
         "norm_lo", cli_json_num(p->norm_lo), "norm_hi", cli_json_num(p->norm_hi), "page",
         (int)p->page, "exclude_on_edges", j->exclude_edges);
     json_t *o = json_pack(
-        "{s:s,s:o,s:o,s:o,s:s,s:b,s:o,s:o,s:i,s:o,s:i,s:i,s:o}", "producer", "gpuseg segment",
+        "{s:s,s:o,s:o,s:o,s:s,s:b,s:o,s:o,s:o,s:i,s:o,s:i,s:i,s:o}", "producer", "gpuseg segment",
         "gpuseg_version", cli_json_str(gpuseg_version()), "image", cli_json_str(image), "model",
         cli_json_str(j->model), "diameter_mode", diameter_mode(p, r), "diameter_estimated",
         r->diameter_estimated, "diameter_first_pass", cli_json_num(r->diameter_first_pass),
-        "diameter_estimate", cli_json_num(r->diameter_estimate), "passes", (int)r->passes,
-        "rescale", cli_json_num(r->rescale), "niter", (int)r->niter, "n_tiles", (int)r->n_tiles,
-        "parameters", params);
+        "diameter_estimate", cli_json_num(r->diameter_estimate), "diameter_style",
+        cli_json_num(r->diameter_style), "passes", (int)r->passes, "rescale",
+        cli_json_num(r->rescale), "niter", (int)r->niter, "n_tiles", (int)r->n_tiles, "parameters",
+        params);
     /* 9 significant digits, as the sidecar always had: every float parameter reads back */
     char *text = cli_json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
@@ -1110,7 +1112,10 @@ static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_seg
 static void report_image(const seg_job *j, const char *image, const gpuseg_segment_result *r,
                          double seconds, double compile_s) {
     char how[128], comp[128] = "";
-    if (r->diameter_estimated && r->passes >= 2)
+    if (r->diameter_style > 0)
+        snprintf(how, sizeof how, "size model: %.2f from the style, then measured on its masks",
+                 r->diameter_style);
+    else if (r->diameter_estimated && r->passes >= 2)
         snprintf(how, sizeof how, "estimated in %u passes; first at %.2f", r->passes,
                  r->diameter_first_pass);
     else if (r->diameter_estimated)
@@ -1131,6 +1136,7 @@ static void report_image(const seg_job *j, const char *image, const gpuseg_segme
 typedef struct seg_run {
     gpuseg_ctx *ctx;
     gpuseg_net *net;
+    gpuseg_size_model *size_model; /* --diameter 0 with Cellpose's size model beside the model */
     segment_output *pipe;
     progress_line progress;
     size_t done, skipped, failed; /* images */
@@ -1175,7 +1181,9 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
     }
     gpuseg_segment_result r;
     memset(&r, 0, sizeof r);
-    st = gpuseg_segment(run->ctx, run->net, img, &j->p, &r);
+    gpuseg_segment_params p = j->p;
+    p.size_model = run->size_model;
+    st = gpuseg_segment(run->ctx, run->net, img, &p, &r);
     progress_clear(&run->progress);
     int rc = CLI_OK;
     char *extra = NULL;
@@ -1205,6 +1213,23 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
     return rc;
 }
 
+/* --diameter 0 and a size model beside the model file (Cellpose's size_<model>.npy): loaded,
+ * and used for every image; a size model that is there but unreadable is an error, not a silent
+ * fall-back to gpuseg's own estimate. */
+static gpuseg_status open_size_model(const seg_job *j, seg_run *run) {
+    if (!j->p.estimate_diameter || j->p.diameter != 0)
+        return GPUSEG_OK;
+    char path[PATH_MAX_LEN];
+    gpuseg_status st = gpuseg_size_model_find(j->model, path, sizeof path);
+    if (st == GPUSEG_NOT_FOUND)
+        return GPUSEG_OK;
+    if (st == GPUSEG_OK)
+        st = gpuseg_size_model_load(path, &run->size_model);
+    if (st == GPUSEG_OK && !j->quiet && cli_notices)
+        fprintf(stderr, "segment: diameters from the size model %s\n", path);
+    return st;
+}
+
 /* Opens the device, the pipeline (which turns SIGINT / SIGTERM into a cancel of ctx), the
  * OpenCL programs (compiled on a first run on this device, else loaded from the program cache;
  * said apart, so that the first image's time is its own) and the model. */
@@ -1231,7 +1256,9 @@ static gpuseg_status run_open(const seg_job *j, seg_run *run, segment_output_opt
                 "segment: compiled %u OpenCL programs for this device in %.1f s (a first run; "
                 "cached for the next runs)\n",
                 ps.compiled, now_s() - t0);
-    return gpuseg_net_load(run->ctx, j->model, &run->net); /* ctx limits: --max-model-bytes */
+    if ((st = gpuseg_net_load(run->ctx, j->model, &run->net)) != GPUSEG_OK)
+        return st; /* ctx limits: --max-model-bytes */
+    return open_size_model(j, run);
 }
 
 int gpuseg_cmd_segment(int argc, char **argv) {
@@ -1304,6 +1331,7 @@ int gpuseg_cmd_segment(int argc, char **argv) {
                 now_s() - t0);
     }
     segment_output_free(run.pipe);
+    gpuseg_size_model_free(run.size_model);
     gpuseg_net_free(run.net);
     gpuseg_ctx_free(run.ctx);
     list_free(&j.args);
