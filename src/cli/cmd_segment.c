@@ -628,9 +628,79 @@ static const struct {
 #define N_UNSUPPORTED (sizeof UNSUPPORTED / sizeof *UNSUPPORTED)
 
 /* One option of the table below with its argument. CLI_OK to go on, else the exit code. */
+/* The options without a value (switches). Returns 1 when c is one of them. */
+static int switch_option(seg_job *j, int c) {
+    switch (c) {
+    case O_USE_GPU:
+        j->device = "gpu";
+        return 1;
+    case O_INVERT:
+        j->p.invert = 1;
+        return 1;
+    case O_AUG:
+        j->p.augment = 1;
+        return 1;
+    case O_FLOWS:
+        j->save_flows = true;
+        return 1;
+    case O_OUTLINES:
+        j->save_outlines = true;
+        return 1;
+    case O_SAVE_PNG:
+        j->save_png = true;
+        return 1;
+    case O_SAVE_TIF:
+        j->save_tif = true;
+        return 1;
+    case O_SAVE_TXT:
+        j->save_txt = true;
+        return 1;
+    case O_SAVE_ROIS:
+        j->save_rois = true;
+        return 1;
+    case O_SAVE_GEOJSON:
+        j->save_geojson = true;
+        return 1;
+    case O_NO_NPY: /* gpuseg never writes Cellpose's _seg.npy */
+        return 1;
+    case O_NO_NORM:
+        j->p.normalize = 0;
+        return 1;
+    case O_EXCLUDE_EDGES:
+        j->exclude_edges = true;
+        return 1;
+    case O_ONE_LEVEL:
+        if (j->depth == 0)
+            j->depth = 1;
+        return 1;
+    case O_RECURSIVE:
+        j->depth = -1;
+        return 1;
+    case O_SKIP_EXISTING:
+        j->skip_existing = true;
+        return 1;
+    case O_QUIET:
+        j->quiet = true;
+        return 1;
+    case O_VERBOSE:
+        j->verbose = true;
+        return 1;
+    case O_SHM_ONLY:
+        j->so.shm_only = 1;
+        return 1;
+    case O_JSON:
+        j->so.json = 1;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static int job_option(seg_job *j, int c, const char *arg) {
     double d;
     long l;
+    if (switch_option(j, c))
+        return CLI_OK;
     switch (c) {
     case O_MODEL:
         j->model_arg = arg;
@@ -687,9 +757,6 @@ static int job_option(seg_job *j, int c, const char *arg) {
     case O_DEV:
         j->device = arg;
         return CLI_OK;
-    case O_USE_GPU:
-        j->device = "gpu";
-        return CLI_OK;
     case 'o':
         j->out = arg;
         return CLI_OK;
@@ -698,33 +765,6 @@ static int job_option(seg_job *j, int c, const char *arg) {
         return CLI_OK;
     case O_INPUT:
         return list_push(&j->args, arg) ? CLI_OK : (cli_error("out of memory"), CLI_FAIL);
-    case O_INVERT:
-        j->p.invert = 1;
-        return CLI_OK;
-    case O_AUG:
-        j->p.augment = 1;
-        return CLI_OK;
-    case O_FLOWS:
-        j->save_flows = true;
-        return CLI_OK;
-    case O_OUTLINES:
-        j->save_outlines = true;
-        return CLI_OK;
-    case O_SAVE_PNG:
-        j->save_png = true;
-        return CLI_OK;
-    case O_SAVE_TIF:
-        j->save_tif = true;
-        return CLI_OK;
-    case O_SAVE_TXT:
-        j->save_txt = true;
-        return CLI_OK;
-    case O_SAVE_ROIS:
-        j->save_rois = true;
-        return CLI_OK;
-    case O_SAVE_GEOJSON:
-        j->save_geojson = true;
-        return CLI_OK;
     case O_OUTPUT_NAME:
         if (!*arg || strchr(arg, '/')) {
             cli_error("--output-name '%s': a file name suffix, not empty, without '/'", arg);
@@ -732,46 +772,16 @@ static int job_option(seg_job *j, int c, const char *arg) {
         }
         j->output_name = arg;
         return CLI_OK;
-    case O_NO_NPY: /* gpuseg never writes Cellpose's _seg.npy */
-        return CLI_OK;
-    case O_NO_NORM:
-        j->p.normalize = 0;
-        return CLI_OK;
     case O_NORM_PCT: /* two values: LO here, HI the next argument (Cellpose's nargs=2) */
         if (!cli_parse_double("--norm-percentile", arg, 0, 100, &d))
             return CLI_USAGE;
         j->p.norm_lo = (float)d;
         return CLI_OK; /* HI: parse_options */
-    case O_EXCLUDE_EDGES:
-        j->exclude_edges = true;
-        return CLI_OK;
     case O_IMG_FILTER:
         j->img_filter = arg;
         return CLI_OK;
     case O_MASK_FILTER:
         j->mask_filter = arg;
-        return CLI_OK;
-    case O_ONE_LEVEL:
-        if (j->depth == 0)
-            j->depth = 1;
-        return CLI_OK;
-    case O_RECURSIVE:
-        j->depth = -1;
-        return CLI_OK;
-    case O_SKIP_EXISTING:
-        j->skip_existing = true;
-        return CLI_OK;
-    case O_QUIET:
-        j->quiet = true;
-        return CLI_OK;
-    case O_VERBOSE:
-        j->verbose = true;
-        return CLI_OK;
-    case O_SHM_ONLY:
-        j->so.shm_only = 1;
-        return CLI_OK;
-    case O_JSON:
-        j->so.json = 1;
         return CLI_OK;
     default: {
         int r = cli_masks_option(c, arg, &j->p.cellprob_threshold, &j->p.flow_threshold,

@@ -694,6 +694,113 @@ static gpuseg_status op_appends(reader *r, size_t from) {
     return st;
 }
 
+/* The opcodes that push a literal: None, booleans, integers and strings. Sets *handled when op is
+ * one of them. */
+static gpuseg_status op_literal(reader *r, unsigned char op, int *handled) {
+    gpuseg_status st = GPUSEG_OK;
+    const unsigned char *a = NULL;
+    uint32_t o = 0;
+    *handled = 1;
+    switch (op) {
+    case 'N': /* NONE */
+        if ((st = new_obj(r, GPUSEG__PK_NONE, &o)) == GPUSEG_OK)
+            st = push(r, o);
+        break;
+    case 0x88: /* NEWTRUE */
+    case 0x89: /* NEWFALSE */
+        st = push_int(r, GPUSEG__PK_BOOL, op == 0x88);
+        break;
+    case 'K': /* BININT1 */
+        if ((st = need(r, 1, &a)) == GPUSEG_OK)
+            st = push_int(r, GPUSEG__PK_INT, a[0]);
+        break;
+    case 'M': /* BININT2 */
+        if ((st = need(r, 2, &a)) == GPUSEG_OK)
+            st = push_int(r, GPUSEG__PK_INT, a[0] | a[1] << 8);
+        break;
+    case 'J': /* BININT: signed 32-bit */
+        if ((st = need(r, 4, &a)) == GPUSEG_OK) {
+            uint32_t u =
+                (uint32_t)a[0] | (uint32_t)a[1] << 8 | (uint32_t)a[2] << 16 | (uint32_t)a[3] << 24;
+            st = push_int(r, GPUSEG__PK_INT,
+                          u >= 0x80000000u ? (int64_t)u - 0x100000000LL : (int64_t)u);
+        }
+        break;
+    case 0x8a: { /* LONG1: little-endian two's complement of n bytes */
+        if ((st = need(r, 1, &a)) != GPUSEG_OK)
+            break;
+        size_t k = a[0];
+        if (k > 8)
+            return fail(r, GPUSEG_UNSUPPORTED, "pickle integer wider than 64 bits");
+        if ((st = need(r, k, &a)) != GPUSEG_OK)
+            break;
+        uint64_t u = 0;
+        for (size_t i = 0; i < k; i++)
+            u |= (uint64_t)a[i] << (8 * i);
+        if (k && k < 8 && (a[k - 1] & 0x80))
+            u |= ~(uint64_t)0 << (8 * k); /* sign-extend */
+        int64_t v;
+        memcpy(&v, &u, sizeof v);
+        st = push_int(r, GPUSEG__PK_INT, v);
+        break;
+    }
+    case 'X':   /* BINUNICODE: 4-byte length */
+    case 'T': { /* BINSTRING (Python 2 str): same layout */
+        if ((st = need(r, 4, &a)) != GPUSEG_OK)
+            break;
+        size_t k = (size_t)a[0] | (size_t)a[1] << 8 | (size_t)a[2] << 16 | (size_t)a[3] << 24;
+        if ((st = need(r, k, &a)) == GPUSEG_OK)
+            st = push_str(r, a, k);
+        break;
+    }
+    case 'U': { /* SHORT_BINSTRING */
+        if ((st = need(r, 1, &a)) != GPUSEG_OK)
+            break;
+        size_t k = a[0];
+        if ((st = need(r, k, &a)) == GPUSEG_OK)
+            st = push_str(r, a, k);
+        break;
+    }
+    default:
+        *handled = 0;
+    }
+    return st;
+}
+
+/* The memo opcodes (BINPUT, LONG_BINPUT, BINGET, LONG_BINGET). Sets *handled when op is one of
+ * them. */
+static gpuseg_status op_memo(reader *r, unsigned char op, int *handled) {
+    gpuseg_status st = GPUSEG_OK;
+    const unsigned char *a = NULL;
+    uint32_t o = 0;
+    *handled = 1;
+    switch (op) {
+    case 'q': /* BINPUT */
+        if ((st = need(r, 1, &a)) == GPUSEG_OK && (st = top(r, &o)) == GPUSEG_OK)
+            st = memo_put(r, a[0], o);
+        break;
+    case 'r': /* LONG_BINPUT */
+        if ((st = need(r, 4, &a)) == GPUSEG_OK && (st = top(r, &o)) == GPUSEG_OK)
+            st = memo_put(r,
+                          (uint64_t)a[0] | (uint64_t)a[1] << 8 | (uint64_t)a[2] << 16 |
+                              (uint64_t)a[3] << 24,
+                          o);
+        break;
+    case 'h': /* BINGET */
+        if ((st = need(r, 1, &a)) == GPUSEG_OK)
+            st = memo_get(r, a[0]);
+        break;
+    case 'j': /* LONG_BINGET */
+        if ((st = need(r, 4, &a)) == GPUSEG_OK)
+            st = memo_get(r, (uint64_t)a[0] | (uint64_t)a[1] << 8 | (uint64_t)a[2] << 16 |
+                                 (uint64_t)a[3] << 24);
+        break;
+    default:
+        *handled = 0;
+    }
+    return st;
+}
+
 static gpuseg_status run(reader *r) {
     gpuseg_status st = GPUSEG_OK;
     const unsigned char *a = NULL;
@@ -710,6 +817,10 @@ static gpuseg_status run(reader *r) {
             if (handled)
                 continue;
         }
+        int handled = 0;
+        if ((st = op_literal(r, op, &handled)) != GPUSEG_OK || handled ||
+            (st = op_memo(r, op, &handled)) != GPUSEG_OK || handled)
+            continue;
         switch (op) {
         case 0x80: /* PROTO */
             if ((st = need(r, 1, &a)) == GPUSEG_OK && (a[0] < 2 || a[0] > 5))
@@ -750,65 +861,6 @@ static gpuseg_status run(reader *r) {
             st = make_tuple(r, r->sp - k);
             break;
         }
-        case 'N': /* NONE */
-            if ((st = new_obj(r, GPUSEG__PK_NONE, &o)) == GPUSEG_OK)
-                st = push(r, o);
-            break;
-        case 0x88: /* NEWTRUE */
-        case 0x89: /* NEWFALSE */
-            st = push_int(r, GPUSEG__PK_BOOL, op == 0x88);
-            break;
-        case 'K': /* BININT1 */
-            if ((st = need(r, 1, &a)) == GPUSEG_OK)
-                st = push_int(r, GPUSEG__PK_INT, a[0]);
-            break;
-        case 'M': /* BININT2 */
-            if ((st = need(r, 2, &a)) == GPUSEG_OK)
-                st = push_int(r, GPUSEG__PK_INT, a[0] | a[1] << 8);
-            break;
-        case 'J': /* BININT: signed 32-bit */
-            if ((st = need(r, 4, &a)) == GPUSEG_OK) {
-                uint32_t u = (uint32_t)a[0] | (uint32_t)a[1] << 8 | (uint32_t)a[2] << 16 |
-                             (uint32_t)a[3] << 24;
-                st = push_int(r, GPUSEG__PK_INT,
-                              u >= 0x80000000u ? (int64_t)u - 0x100000000LL : (int64_t)u);
-            }
-            break;
-        case 0x8a: { /* LONG1: little-endian two's complement of n bytes */
-            if ((st = need(r, 1, &a)) != GPUSEG_OK)
-                break;
-            size_t k = a[0];
-            if (k > 8)
-                return fail(r, GPUSEG_UNSUPPORTED, "pickle integer wider than 64 bits");
-            if ((st = need(r, k, &a)) != GPUSEG_OK)
-                break;
-            uint64_t u = 0;
-            for (size_t i = 0; i < k; i++)
-                u |= (uint64_t)a[i] << (8 * i);
-            if (k && k < 8 && (a[k - 1] & 0x80))
-                u |= ~(uint64_t)0 << (8 * k); /* sign-extend */
-            int64_t v;
-            memcpy(&v, &u, sizeof v);
-            st = push_int(r, GPUSEG__PK_INT, v);
-            break;
-        }
-        case 'X':   /* BINUNICODE: 4-byte length */
-        case 'T': { /* BINSTRING (Python 2 str): same layout */
-            if ((st = need(r, 4, &a)) != GPUSEG_OK)
-                break;
-            size_t k = (size_t)a[0] | (size_t)a[1] << 8 | (size_t)a[2] << 16 | (size_t)a[3] << 24;
-            if ((st = need(r, k, &a)) == GPUSEG_OK)
-                st = push_str(r, a, k);
-            break;
-        }
-        case 'U': { /* SHORT_BINSTRING */
-            if ((st = need(r, 1, &a)) != GPUSEG_OK)
-                break;
-            size_t k = a[0];
-            if ((st = need(r, k, &a)) == GPUSEG_OK)
-                st = push_str(r, a, k);
-            break;
-        }
         case 'c': /* GLOBAL */
             st = op_global(r);
             break;
@@ -845,26 +897,6 @@ static gpuseg_status run(reader *r) {
         case 'e': /* APPENDS */
             if ((st = pop_mark(r, &from)) == GPUSEG_OK)
                 st = op_appends(r, from);
-            break;
-        case 'q': /* BINPUT */
-            if ((st = need(r, 1, &a)) == GPUSEG_OK && (st = top(r, &o)) == GPUSEG_OK)
-                st = memo_put(r, a[0], o);
-            break;
-        case 'r': /* LONG_BINPUT */
-            if ((st = need(r, 4, &a)) == GPUSEG_OK && (st = top(r, &o)) == GPUSEG_OK)
-                st = memo_put(r,
-                              (uint64_t)a[0] | (uint64_t)a[1] << 8 | (uint64_t)a[2] << 16 |
-                                  (uint64_t)a[3] << 24,
-                              o);
-            break;
-        case 'h': /* BINGET */
-            if ((st = need(r, 1, &a)) == GPUSEG_OK)
-                st = memo_get(r, a[0]);
-            break;
-        case 'j': /* LONG_BINGET */
-            if ((st = need(r, 4, &a)) == GPUSEG_OK)
-                st = memo_get(r, (uint64_t)a[0] | (uint64_t)a[1] << 8 | (uint64_t)a[2] << 16 |
-                                     (uint64_t)a[3] << 24);
             break;
         default: {
             char msg[120];
