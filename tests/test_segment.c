@@ -463,7 +463,15 @@ START_TEST(cli_segment) {
     ck_assert_int_eq(r->status, 1);
     ck_assert(strstr(r->err, "grey.png") && strstr(r->err, "absurd"));
     free(r);
-    r = tu_cli("segment '%s/grey.png' --model '%s' --save-dir '%s/nope'", dir,
+    /* A --save-dir that does not exist is created, as Cellpose does (issue #21); one that
+     * cannot be (its parent is a file) is refused in one line before any work. */
+    r = tu_cli("segment '%s/grey.png' --model '%s' --save-dir '%s/nope' --quiet", dir,
+               FIX "small_cpnet.pth", dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    snprintf(path, sizeof path, "%s/nope/grey_segmentation.bin", dir);
+    ck_assert(tu_exists(path));
+    r = tu_cli("segment '%s/grey.png' --model '%s' --save-dir '%s/grey.png/nope'", dir,
                FIX "small_cpnet.pth", dir);
     ck_assert_int_eq(r->status, 1);
     ck_assert(strstr(r->err, "nope") != NULL);

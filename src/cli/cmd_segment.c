@@ -290,7 +290,7 @@ static bool resolve_model(const char *arg, char *path, size_t len) {
     if (gpuseg_model_find(want, dp, (size_t)nd, path, len) == GPUSEG_OK)
         return true;
     if (arg)
-        cli_error("--model: %s", gpuseg_last_error());
+        cli_error("--model %s: %s", arg, gpuseg_last_error());
     else if (env && *env)
         cli_error("GPUSEG_MODEL=%s: %s", env, gpuseg_last_error());
     else
