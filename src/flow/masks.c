@@ -30,9 +30,7 @@ static void stage(gpuseg_ctx *ctx, double *t, const char *what) {
     if (!ctx->log || ctx->log_level < GPUSEG_LOG_DEBUG)
         return;
     clFinish(ctx->queue);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    double now = gpuseg__now_s();
     if (*t > 0)
         gpuseg__log(ctx, GPUSEG_LOG_DEBUG, "flows to masks: %s %.1f ms", what, (now - *t) * 1e3);
     *t = now;

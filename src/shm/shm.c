@@ -52,12 +52,6 @@ static void store_state(unsigned char *map, gpuseg_shm_state s) {
     atomic_store_explicit(state_word(map), le32((uint32_t)s), memory_order_release);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void sleep_ms(double ms) {
     struct timespec ts = {(time_t)(ms / 1000.0), (long)(fmod(ms, 1000.0) * 1e6)};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
@@ -603,7 +597,7 @@ static gpuseg_status look_header(const char *nm, const unsigned char *hp, bool *
  * then stores READY; a reader may arrive at any point of that. */
 static gpuseg_status wait_ready(const char *nm, int fd, double timeout_s,
                                 unsigned char hdr[GPUSEG_SHM_HEADER_SIZE]) {
-    double deadline = now_s() + timeout_s, nap = 1.0;
+    double deadline = gpuseg__now_s() + timeout_s, nap = 1.0;
     unsigned char *hp = NULL;
     gpuseg_status st = GPUSEG_OK;
     for (;;) {
@@ -628,7 +622,7 @@ static gpuseg_status wait_ready(const char *nm, int fd, double timeout_s,
             memcpy(hdr, hp, GPUSEG_SHM_HEADER_SIZE); /* after the acquire load that saw READY */
             break;
         }
-        double left = deadline - now_s();
+        double left = deadline - gpuseg__now_s();
         if (left <= 0) {
             st = gpuseg__fail(NULL, GPUSEG_NOT_READY, "shm %s: not ready after %g s (%s)", nm,
                               timeout_s, waiting);
