@@ -13,5 +13,6 @@
 #include "gpuseg/metrics.h"
 #include "gpuseg/segment.h"
 #include "gpuseg/outlines.h"
+#include "gpuseg/volume.h"
 
 #endif
