@@ -124,6 +124,141 @@ START_TEST(stitch_bad_arguments) {
 }
 END_TEST
 
+/* Labels as uint32 (any page count). */
+static uint32_t *image_u32(const gpuseg_image *im) {
+    size_t n = (size_t)im->width * im->height * im->pages;
+    uint32_t *v = malloc(n * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_uint_eq(im->channels, 1);
+    for (size_t i = 0; i < n; i++)
+        v[i] = im->dtype == GPUSEG_DTYPE_U16 ? ((const uint16_t *)im->data)[i]
+                                             : ((const uint32_t *)im->data)[i];
+    return v;
+}
+
+START_TEST(cli_stitch_matches_cellpose) {
+    if (g_dev)
+        return;
+    const char *dir = tu_tmpdir();
+    static const char *const exts[] = {"tif", "npy", "bin"};
+    gpuseg_image *ref = NULL;
+    ck_assert_int_eq(gpuseg_image_read(FIXTURES "/cellpose_stitch.tif", &ref), GPUSEG_OK);
+    ck_assert_uint_eq(ref->pages, 12);
+    uint32_t *want = image_u32(ref);
+    const size_t n = (size_t)ref->pages * ref->height * ref->width;
+    for (size_t e = 0; e < 3; e++) {
+        char out[1024];
+        snprintf(out, sizeof out, "%s/s.%s", dir, exts[e]);
+        /* the fixture: Cellpose eval(channels=[0,0], diameter=11, stitch_threshold=0.5) */
+        tu_cli_result *r = tu_cli("segment " FIXTURES "/img3d_crop.tif --model '%s' --diameter 11 "
+                                  "--stitch_threshold 0.5 --quiet -o '%s'",
+                                  GPUSEG_BUNDLED_MODEL, out);
+        ck_assert_msg(r->status == 0, "%s", r->err);
+        free(r);
+        gpuseg_image *got = NULL;
+        if (e < 2) {
+            ck_assert_msg(gpuseg_image_read(out, &got) == GPUSEG_OK, "%s", gpuseg_last_error());
+        } else {
+            char js[1024];
+            snprintf(js, sizeof js, "%s/s.json", dir);
+            size_t sn;
+            char *side = tu_read_file(js, &sn);
+            ck_assert_msg(strstr(side, "\"shape\":[12,61,57]") != NULL, "%s", side);
+            ck_assert_ptr_nonnull(strstr(side, "\"stitch_threshold\":0.5"));
+            free(side);
+            ck_assert_int_eq(gpuseg_image_create(57, 61, 1, 12, GPUSEG_DTYPE_U16, &got), GPUSEG_OK);
+            size_t nb;
+            char *raw = tu_read_file(out, &nb);
+            ck_assert_uint_eq(nb, n * 2);
+            memcpy(got->data, raw, nb);
+            free(raw);
+        }
+        ck_assert(got->pages == 12 && got->height == 61 && got->width == 57);
+        uint32_t *have = image_u32(got);
+        gpuseg_ap_result res[1];
+        const double thr[1] = {0.5};
+        /* a volume scored as one 2-D image of Z*H rows: IoU counts voxels by label */
+        ck_assert_int_eq(gpuseg_metrics_ap(want, have, 12 * 61, 57, thr, 1, res), GPUSEG_OK);
+        size_t same = 0;
+        for (size_t i = 0; i < n; i++)
+            same += want[i] == have[i];
+        ck_assert_msg(res[0].ap >= 0.99, "%s: AP@0.5 %.4f vs Cellpose (%u/%u masks)", exts[e],
+                      res[0].ap, res[0].n_pred, res[0].n_true);
+        if (e == 0)
+            fprintf(stderr,
+                    "--stitch-threshold 0.5 vs Cellpose: AP@0.5 %.4f, %u/%u masks, "
+                    "%zu of %zu voxels identical\n",
+                    res[0].ap, res[0].n_pred, res[0].n_true, same, n);
+        free(have);
+        gpuseg_image_free(got);
+    }
+    /* --shm-only --json carries the stack's shape */
+    tu_cli_result *r = tu_cli("segment " FIXTURES "/img3d_crop.tif --model '%s' --diameter 11 "
+                              "--stitch-threshold 0.5 --quiet --shm-only --json",
+                              GPUSEG_BUNDLED_MODEL);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(strstr(r->out, "\"shape\":[12,61,57]") != NULL, "%s", r->out);
+    const char *nm = strstr(r->out, "\"shm\":\"");
+    ck_assert_ptr_nonnull(nm);
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(strchr(nm + 7, '"') - (nm + 7)), nm + 7);
+    free(r);
+    r = tu_cli("shm rm '%s'", name);
+    ck_assert_int_eq(r->status, 0);
+    free(r);
+    free(want);
+    gpuseg_image_free(ref);
+    tu_rmtree(dir);
+}
+END_TEST
+
+START_TEST(cli_stack_refusals) {
+    if (g_dev)
+        return;
+    tu_cli_result *r = tu_cli("segment " FIXTURES "/img3d_crop.tif --quiet -o /tmp/x.tif");
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_ptr_nonnull(strstr(r->err, "12 pages"));
+    ck_assert_ptr_nonnull(strstr(r->err, "--stitch-threshold"));
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    free(r);
+    r = tu_cli("segment " FIXTURES "/img3d_crop.tif --stitch-threshold 0.5 --save-png");
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_ptr_nonnull(strstr(r->err, "--save-png"));
+    free(r);
+    r = tu_cli("segment " FIXTURES "/img3d_crop.tif --stitch-threshold 0.5 -o /tmp/x.png");
+    ck_assert_int_eq(r->status, 2);
+    free(r);
+    r = tu_cli("segment " FIXTURES "/img3d_crop.tif --do_3D");
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_ptr_nonnull(strstr(r->err, "--stitch-threshold"));
+    free(r);
+}
+END_TEST
+
+START_TEST(library_stack_progress_and_errors) {
+    if (g_dev)
+        return;
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert_int_eq(gpuseg_net_load(ctx, GPUSEG_BUNDLED_MODEL, &net), GPUSEG_OK);
+    gpuseg_image *img = NULL;
+    ck_assert_int_eq(gpuseg_image_read(FIXTURES "/img3d_crop.tif", &img), GPUSEG_OK);
+    gpuseg_segment_params p;
+    gpuseg_segment_params_default(&p);
+    p.diameter = 11;
+    gpuseg_segment_result r;
+    ck_assert_int_eq(gpuseg_segment_stack(ctx, net, img, &p, 0.0, &r), GPUSEG_INVALID_ARGUMENT);
+    ck_assert_ptr_null(r.labels);
+    /* a cancel request stands: nothing is returned */
+    gpuseg_ctx_cancel(ctx, 1);
+    ck_assert_int_eq(gpuseg_segment_stack(ctx, net, img, &p, 0.5, &r), GPUSEG_CANCELLED);
+    ck_assert_ptr_null(r.labels);
+    gpuseg_net_free(net);
+    gpuseg_image_free(img);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     g_dev = tu_require_device();
     if (g_dev == 1)
@@ -135,5 +270,11 @@ int main(void) {
     tcase_add_test(t, stitch_hand_made);
     tcase_add_test(t, stitch_bad_arguments);
     suite_add_tcase(s, t);
+    TCase *d = tcase_create("device"); /* each case returns at once without a device */
+    tcase_set_timeout(d, 600);
+    tcase_add_test(d, cli_stitch_matches_cellpose);
+    tcase_add_test(d, cli_stack_refusals);
+    tcase_add_test(d, library_stack_progress_and_errors);
+    suite_add_tcase(s, d);
     return tu_run(s);
 }

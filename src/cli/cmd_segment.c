@@ -83,6 +83,7 @@ typedef struct seg_job {
      * --save_txt (STEM_cp_outlines.txt), --save_rois (STEM_rois.zip), and --save-geojson. */
     bool save_png, save_tif, save_txt, save_rois, save_geojson;
     bool exclude_edges, skip_existing;
+    double stitch; /* --stitch-threshold T: pages are a Z stack, stitched (0: 2-D images) */
     const char *output_name;              /* "_cp_masks" */
     const char *img_filter, *mask_filter; /* NULL, "_masks" */
     int depth; /* subfolder levels searched: 0, 1 (--look-one-level-down), -1 (--recursive) */
@@ -193,16 +194,19 @@ static gpuseg_status write_outputs(segment_output *pipe, gpuseg_ctx *ctx, const 
                                        lab->width, lab->dtype, r->n_masks, r->diameter, NULL);
     if (st != GPUSEG_OK)
         return st;
+    const uint32_t Z = lab->pages; /* a stack: flows [Z,3,H,W], styles [Z,len] */
     if (o->flows[0] && r->flows) {
-        uint64_t shape[3] = {3, r->labels->height, r->labels->width};
-        if ((st = gpuseg_npy_write_ex(o->flows, GPUSEG_DTYPE_F32, 3, shape, r->flows,
-                                      cli_write_flags)) != GPUSEG_OK)
+        uint64_t shape[4] = {Z, 3, r->labels->height, r->labels->width};
+        if ((st = gpuseg_npy_write_ex(o->flows, GPUSEG_DTYPE_F32, Z > 1 ? 4 : 3,
+                                      Z > 1 ? shape : shape + 1, r->flows, cli_write_flags)) !=
+            GPUSEG_OK)
             return st;
     }
     if (o->style[0] && r->style) {
-        uint64_t shape[1] = {r->style_len};
-        if ((st = gpuseg_npy_write_ex(o->style, GPUSEG_DTYPE_F32, 1, shape, r->style,
-                                      cli_write_flags)) != GPUSEG_OK)
+        uint64_t shape[2] = {Z, r->style_len};
+        if ((st = gpuseg_npy_write_ex(o->style, GPUSEG_DTYPE_F32, Z > 1 ? 2 : 1,
+                                      Z > 1 ? shape : shape + 1, r->style, cli_write_flags)) !=
+            GPUSEG_OK)
             return st;
     }
     if (o->outlines[0]) {
@@ -421,7 +425,7 @@ static const char *const USE =
     "segment IMAGE|FOLDER... [--model FILE|NAME] [--diameter 0|D|model] "
     "[--chan C --chan2 C2] [--invert] [--flow-threshold 0.4] [--cellprob-threshold 0.0] "
     "[--niter N] [--min-size 15] [--augment] [--tile-overlap 0.1] [--batch-size 8] "
-    "[--no-norm | --norm-percentile 1 99] [--exclude-on-edges] [--page N] "
+    "[--no-norm | --norm-percentile 1 99] [--exclude-on-edges] [--page N | --stitch-threshold T] "
     "[--device SPEC] [-o OUT | --save-dir DIR] [--format bin|tif|png|npy] [--save-flows] "
     "[--save-outlines] [--save-png] [--save-tif] [--output-name _cp_masks] [--save-txt] "
     "[--save-rois] [--save-geojson] [--img-filter S] [--mask-filter _masks] "
@@ -519,8 +523,13 @@ static void print_help(void) {
            "STEM_cp_outlines.txt, --save_rois STEM_rois.zip (ImageJ), --save-geojson "
            "STEM.geojson (QuPath). A Cellpose flag gpuseg lacks (--do_3D, ...) is refused with "
            "one line saying why (docs/segment.md has the table).\n"
-           "Refused before any device work, with one line: images of several pages (a Z stack, "
-           "or channels stored as pages; --page N segments one), --chan/--chan2 beyond the "
+           "Z stacks (a multi-page TIFF, a [Z,Y,X] or [Z,Y,X,C] .npy): --stitch-threshold T "
+           "segments each plane (the stack normalised as a whole) and links the masks across Z "
+           "as Cellpose's --stitch_threshold; the labels are written as a 3-D .tif, .npy or "
+           ".bin [Z,Y,X].\n"
+           "Refused before any device work, with one line: images of several pages without "
+           "--stitch-threshold (a Z stack, or channels stored as pages; --page N segments one), "
+           "--chan/--chan2 beyond the "
            "image's channels, --chan2 with a model trained without a second channel, -o whose "
            "extension disagrees with --format, a missing or unwritable output folder, two "
            "images that would write one output file.\n"
@@ -574,6 +583,7 @@ enum {
     O_ONE_LEVEL,
     O_RECURSIVE,
     O_SKIP_EXISTING,
+    O_STITCH,
     O_UNSUPPORTED /* a Cellpose flag gpuseg lacks: the table index says which */
 };
 
@@ -585,15 +595,18 @@ static const struct {
     const char *why;
 } UNSUPPORTED[] = {
     {"Zstack", "--Zstack",
-     "3-D stacks are not supported yet (gpuseg segments 2-D images; --page N "
-     "picks one page)"},
-    {"do-3D", "--do_3D", "3-D segmentation is not supported yet; --page N segments one page"},
-    {"stitch-threshold", "--stitch_threshold",
-     "3-D stitching is not supported yet; --page N segments one page"},
-    {"flow3D-smooth", "--flow3D_smooth", "3-D segmentation is not supported yet"},
-    {"anisotropy", "--anisotropy", "3-D segmentation is not supported yet"},
-    {"pretrained-model-ortho", "--pretrained_model_ortho", "3-D segmentation is not supported yet"},
-    {"z-axis", "--z_axis", "3-D stacks are not supported yet; --page N picks one page"},
+     "a stack's pages are its Z planes: --stitch-threshold T segments them plane by plane and "
+     "stitches the masks; --page N segments one page"},
+    {"do-3D", "--do_3D",
+     "3-D flows are not supported yet; --stitch-threshold T segments a Z stack plane by plane "
+     "and stitches the masks"},
+    {"flow3D-smooth", "--flow3D_smooth", "3-D flows (--do_3D) are not supported yet"},
+    {"anisotropy", "--anisotropy", "3-D flows (--do_3D) are not supported yet"},
+    {"pretrained-model-ortho", "--pretrained_model_ortho",
+     "3-D flows (--do_3D) are not supported yet"},
+    {"z-axis", "--z_axis",
+     "gpuseg reads Z as stored: a TIFF's pages, a .npy's first axis ([Z,Y,X], [Z,Y,X,C]); store "
+     "the stack Z-first"},
     {"channel-axis", "--channel_axis",
      "gpuseg reads channels as stored (last axis; a TIFF's samples per pixel); store the image "
      "channel-last"},
@@ -777,6 +790,11 @@ static int job_option(seg_job *j, int c, const char *arg) {
             return CLI_USAGE;
         j->p.norm_lo = (float)d;
         return CLI_OK; /* HI: parse_options */
+    case O_STITCH:     /* Cellpose's --stitch_threshold: 0 = 2-D (its default) */
+        if (!cli_parse_double("--stitch-threshold", arg, 0, 1e6, &d))
+            return CLI_USAGE;
+        j->stitch = d;
+        return CLI_OK;
     case O_IMG_FILTER:
         j->img_filter = arg;
         return CLI_OK;
@@ -795,7 +813,7 @@ static int job_option(seg_job *j, int c, const char *arg) {
  * Cellpose's flags that gpuseg lacks (refused by name, from UNSUPPORTED). A long option is also
  * accepted with '_' for '-' (cli_getopt_long), so Cellpose's spellings of an option need no
  * entry of their own. */
-#define N_OPTS (72 + N_UNSUPPORTED)
+#define N_OPTS (73 + N_UNSUPPORTED)
 static struct option g_opts[N_OPTS];
 
 static void build_options(void) {
@@ -805,6 +823,7 @@ static void build_options(void) {
                                         {"chan", required_argument, NULL, O_CHAN},
                                         {"chan2", required_argument, NULL, O_CHAN2},
                                         {"page", required_argument, NULL, O_PAGE},
+                                        {"stitch-threshold", required_argument, NULL, O_STITCH},
                                         {"invert", no_argument, NULL, O_INVERT},
                                         CLI_MASKS_LONG_OPTIONS,
                                         {"augment", no_argument, NULL, O_AUG},
@@ -849,6 +868,32 @@ static void build_options(void) {
     for (size_t i = 0; i < N_UNSUPPORTED && n + 1 < N_OPTS; i++)
         g_opts[n++] = (struct option){UNSUPPORTED[i].name, optional_argument, NULL, O_UNSUPPORTED};
     g_opts[n] = (struct option){NULL, 0, NULL, 0};
+}
+
+/* --stitch-threshold's conflicts: the outputs that hold one 2-D page (PNG labels, outlines,
+ * polygons), --exclude-on-edges (2-D), --page. CLI_OK or CLI_USAGE (message printed). */
+static int stack_conflicts(const seg_job *j) {
+    const char *what = j->page_given      ? "--page (a stack is segmented whole)"
+                       : j->exclude_edges ? "--exclude-on-edges (2-D only)"
+                       : j->save_png      ? "--save-png (one page; use --save-tif)"
+                       : j->save_outlines ? "--save-outlines (2-D pictures)"
+                       : j->save_txt      ? "--save-txt (2-D outlines)"
+                       : j->save_rois     ? "--save-rois (2-D ROIs)"
+                       : j->save_geojson  ? "--save-geojson (2-D polygons)"
+                       : strcmp(j->format, "png") == 0
+                           ? "--format png (one page; use tif, npy or bin)"
+                           : NULL;
+    char o[PATH_MAX_LEN + 64];
+    if (j->out && !what) {
+        const char *dot = strrchr(j->out, '.');
+        snprintf(o, sizeof o, "-o %s (one page; use .tif, .npy or .bin)", j->out);
+        if (dot && strcasecmp(dot, ".png") == 0)
+            what = o;
+    }
+    if (!what)
+        return CLI_OK;
+    cli_error("--stitch-threshold %g segments Z stacks: it excludes %s", j->stitch, what);
+    return CLI_USAGE;
 }
 
 /* Parses the command line into *j. -1 to go on; otherwise the exit code (--help: CLI_OK). */
@@ -913,6 +958,8 @@ static int parse_options(int argc, char **argv, seg_job *j) {
                   "--save-rois, --save-geojson and --skip-existing");
         return CLI_USAGE;
     }
+    if (j->stitch > 0 && stack_conflicts(j) != CLI_OK)
+        return CLI_USAGE;
     if (j->out) { /* -o's extension says the format; --format, when given, must agree */
         const char *dot = strrchr(j->out, '.'), *slash = strrchr(j->out, '/');
         const char *ext = dot && (!slash || dot > slash) ? dot + 1 : "";
@@ -967,14 +1014,15 @@ static bool make_dirs(const char *path) {
 static int check_image(const seg_job *j, const char *image, const seg_outputs *o) {
     gpuseg_image_info info;
     if (gpuseg_image_info_read_ex(image, &cli_limits, &info) == GPUSEG_OK) {
-        if (info.pages > 1 && !j->page_given) {
+        if (info.pages > 1 && !j->page_given && !(j->stitch > 0)) {
             cli_error("%s: %u pages (a Z stack, or channels stored as pages); gpuseg segments 2-D "
-                      "images: 3-D (--do_3D, --stitch_threshold) is not supported yet; --page N "
-                      "segments one page",
+                      "images unless asked for 3-D: --stitch-threshold T (Cellpose's "
+                      "--stitch_threshold, e.g. 0.5) segments the pages as Z planes and stitches "
+                      "the masks; --page N segments one page",
                       image, info.pages);
             return CLI_FAIL;
         }
-        if (j->p.page >= info.pages) {
+        if (!(j->stitch > 0) && j->p.page >= info.pages) {
             cli_error("%s: --page %u, but the image has %u page%s (0..%u)", image, j->p.page,
                       info.pages, info.pages == 1 ? "" : "s", info.pages - 1);
             return CLI_FAIL;
@@ -1102,6 +1150,8 @@ static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_seg
         cli_json_num(p->tile_overlap), "batch_size", (int)p->batch_size, "normalize", p->normalize,
         "norm_lo", cli_json_num(p->norm_lo), "norm_hi", cli_json_num(p->norm_hi), "page",
         (int)p->page, "exclude_on_edges", j->exclude_edges);
+    if (params && j->stitch > 0)
+        json_object_set_new(params, "stitch_threshold", cli_json_num(j->stitch));
     json_t *o = json_pack(
         "{s:s,s:o,s:o,s:o,s:s,s:b,s:o,s:o,s:o,s:i,s:o,s:i,s:i,s:o}", "producer", "gpuseg segment",
         "gpuseg_version", cli_json_str(gpuseg_version()), "image", cli_json_str(image), "model",
@@ -1193,7 +1243,10 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
     memset(&r, 0, sizeof r);
     gpuseg_segment_params p = j->p;
     p.size_model = run->size_model;
-    st = gpuseg_segment(run->ctx, run->net, img, &p, &r);
+    if (j->stitch > 0)
+        st = gpuseg_segment_stack(run->ctx, run->net, img, &p, j->stitch, &r);
+    else
+        st = gpuseg_segment(run->ctx, run->net, img, &p, &r);
     progress_clear(&run->progress);
     int rc = CLI_OK;
     char *extra = NULL;

@@ -417,9 +417,9 @@ static gpuseg_status check_submit(const segment_output *o, gpuseg_ctx *ctx, cons
                              image_path);
     if (!labels &&
         (host_labels->height != H || host_labels->width != W || host_labels->dtype != dtype ||
-         host_labels->pages != 1 || host_labels->channels != 1))
+         host_labels->pages < 1 || host_labels->channels != 1))
         return cli_set_error(GPUSEG_INVALID_ARGUMENT,
-                             "%s: the host labels are not one %s page of %u x %u", image_path,
+                             "%s: the host labels are not %s pages of %u x %u", image_path,
                              gpuseg_dtype_name(dtype), H, W);
     if (!json_extra)
         return GPUSEG_OK;

@@ -56,9 +56,10 @@ gpuseg_status segment_output_create(const segment_output_opts *opts, segment_out
 
 /* Hands one image's labels to the pipeline. Labels come from the device buffer `labels` (ctx
  * required; read straight into the segment with gpuseg_shm_create_from_buffer) or, when labels
- * is NULL, from host_labels (one channel, one page, U16/U32, H x W; ctx may be NULL). dtype and
- * H, W describe the array; n_masks and diameter go into the segment header. json_extra (NULL or
- * a JSON object "{...}", at most 64 KiB) is added to the .bin sidecar (through the saver's
+ * is NULL, from host_labels (one channel, U16/U32, H x W, one page or a Z stack of pages: shape [Z,
+ * H, W]; ctx may be NULL). dtype and H, W describe the array; n_masks and diameter go into the
+ * segment header. json_extra (NULL or a JSON object "{...}", at most 64 KiB) is added to the .bin
+ * sidecar (through the saver's
  * --meta) and to the shm_only JSON line; image_path is used in messages and in that line.
  * Blocks first while max_in_flight savers run (reaping finished ones; each failure is printed as
  * it is found, see segment_output_finish). Returns non-OK only when the labels could not be
