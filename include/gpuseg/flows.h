@@ -25,6 +25,18 @@ extern "C" {
 GPUSEG_API gpuseg_status gpuseg_labels_to_flows(gpuseg_ctx *ctx, const uint32_t *labels, uint32_t H,
                                                 uint32_t W, float *flows_out);
 
+/* Ideal flows of a label volume, as Cellpose 3.1 masks_to_flows on a 3-D array (CPU path): not
+ * a 3-D diffusion, but the 2-D flows (gpuseg_labels_to_flows) of every Z slice (H x W: dY, dX),
+ * every Y slice (Z x W: dZ, dX) and every X slice (Z x H: dZ, dY), summed per component in that
+ * order (float32 + float64 as numpy does) and NOT renormalised, so a component lies in [-2, 2].
+ * labels: Z*H*W, 0 = background, any other value = one mask (per slice: its pieces in one slice
+ * are one 2-D mask with one centre, as Cellpose's find_objects on the slice gives).
+ * flows_out: caller-allocated float[3*Z*H*W]: dZ, dY, dX planes. A volume without masks gives
+ * zeros (Cellpose returns a [2, Z, H, W] zero array there). docs/flows.md, "Volumes". */
+GPUSEG_API gpuseg_status gpuseg_labels_to_flows3d(gpuseg_ctx *ctx, const uint32_t *labels,
+                                                  uint32_t Z, uint32_t H, uint32_t W,
+                                                  float *flows_out);
+
 /* Cellpose utils.remove_edge_masks (`cellpose --exclude_on_edges`), in place: masks touching the
  * image border are set to 0 and the others renumbered 1..n keeping their order; *n_masks (may be
  * NULL) receives n. Host-only. */
@@ -65,6 +77,25 @@ GPUSEG_API void gpuseg_masks_params_default(gpuseg_masks_params *p);
 GPUSEG_API gpuseg_status gpuseg_flows_to_masks(gpuseg_ctx *ctx, const float *flows, uint32_t H,
                                                uint32_t W, const gpuseg_masks_params *params,
                                                gpuseg_image **labels_out, uint32_t *n_masks);
+
+/* Labels of a volume from 3-D network outputs, as Cellpose 3.1.1.3 resize_and_compute_masks with
+ * do_3D=True on the CPU (docs/masks.md, "Volumes"): threshold, Euler integration with Cellpose's
+ * 3-D sampling (PyTorch grid_sample, trilinear, zeros padding, align_corners=False, on positions
+ * normalised by L-1: Cellpose's own offset of up to half a voxel is reproduced), end-point
+ * histogram, 5x5x5 seeds, 11x11x11 growth, big-mask removal (max_size_fraction of the volume),
+ * then fill_holes_and_remove_small_masks with 3-D hole filling (6-connected background) and the
+ * min_size filter, renumbered 1..N by first appearance (z, y, x order). No flow-error QC
+ * (Cellpose skips it in 3-D): params->flow_threshold is ignored.
+ * flows: host float32 [4, Z, H, W]: dZ, dY, dX (network scale), cellprob logit. Every side must
+ * be >= 2. params may be NULL (defaults). labels_out: caller-allocated uint32 [Z*H*W] (Cellpose
+ * returns uint16 below 65536 masks; the values are the same). *n_masks (may be NULL): the
+ * largest label. Non-finite input: GPUSEG_FORMAT naming the channel, z, y and x. Progress stage
+ * "masks"; cancellable between stages (GPUSEG_CANCELLED, labels_out zeroed). Device work: the
+ * Euler integration, histogram and seed search; the rest runs on the host. */
+GPUSEG_API gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *flows, uint32_t Z,
+                                                 uint32_t H, uint32_t W,
+                                                 const gpuseg_masks_params *params,
+                                                 uint32_t *labels_out, uint32_t *n_masks);
 
 /* ---- end of flows -> masks section ---------------------------------------------------------- */
 

@@ -761,3 +761,168 @@ fail:
     gpuseg__release(&df);
     return st;
 }
+
+/* ---- 3-D: Cellpose 3.1 masks_to_flows on a volume (docs/flows.md, "Volumes") ------------- */
+
+/* One orientation of the volume: nsl slices of sh x sw voxels, voxel (s, r, c) at
+ * dense[s*ss + r*rs + c*cs]. The slices are stacked into one 2-D label image with an empty row
+ * between consecutive slices (so no mask touches another slice's), batch by batch, each (slice,
+ * label) pair becoming its own label, exactly as Cellpose's per-slice masks_to_flows_cpu sees
+ * it. The two flow components of each slice (along its rows, along its columns) are added into
+ * planes pa and pb of out as Cellpose does: the first pass to write a plane stores the float32
+ * value, later ones add in float64 and round once (numpy: float32 += float64). */
+typedef struct l2f3_pass {
+    uint32_t nsl, sh, sw;
+    size_t ss, rs, cs;
+    int pa, pb;           /* planes of out (0 dZ, 1 dY, 2 dX) */
+    int first_a, first_b; /* this pass is the first to write the plane */
+} l2f3_pass;
+
+static gpuseg_status l2f3_run_pass(gpuseg_ctx *ctx, const uint32_t *dense, uint32_t n_dense,
+                                   const l2f3_pass *ps, size_t nvox, float *out) {
+    const size_t rows_per = (size_t)ps->sh + 1;
+    size_t nb = (GPUSEG_MAX_IMAGE_SIDE + 1) / rows_per;
+    const size_t pix_cap = ((size_t)1 << 26) / ps->sw; /* rows of one batch: 256 MiB of flows */
+    if (nb * rows_per > pix_cap)
+        nb = pix_cap / rows_per;
+    if (nb < 1)
+        nb = 1;
+    if (nb > ps->nsl)
+        nb = ps->nsl;
+    const size_t Hs_max = nb * rows_per - 1;
+    uint32_t *stack = malloc(Hs_max * ps->sw * sizeof *stack);
+    float *fl = malloc(2 * Hs_max * ps->sw * sizeof *fl);
+    uint32_t *stamp = calloc((size_t)n_dense + 1, sizeof *stamp);
+    uint32_t *newid = calloc((size_t)n_dense + 1, sizeof *newid);
+    cl_mem dl = NULL, df = NULL;
+    gpuseg_status st = GPUSEG_OK;
+    if (!stack || !fl || !stamp || !newid) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                          "labels to flows (3-D): no host memory for %zu stacked slices of %u x %u",
+                          nb, ps->sh, ps->sw);
+        goto done;
+    }
+    if ((st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, Hs_max * ps->sw * sizeof(uint32_t),
+                             "3-D labels slices", &dl)) != GPUSEG_OK ||
+        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, 2 * Hs_max * ps->sw * sizeof(float),
+                             "3-D slice flows", &df)) != GPUSEG_OK)
+        goto done;
+    for (uint32_t s0 = 0; s0 < ps->nsl; s0 += (uint32_t)nb) {
+        const uint32_t n = (uint32_t)((ps->nsl - s0 < nb) ? ps->nsl - s0 : nb);
+        const size_t Hs = (size_t)n * rows_per - 1;
+        uint32_t next = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const uint32_t s = s0 + i;
+            for (uint32_t r = 0; r < ps->sh; r++) {
+                uint32_t *row = stack + ((size_t)i * rows_per + r) * ps->sw;
+                const uint32_t *src = dense + s * ps->ss + r * ps->rs;
+                for (uint32_t c = 0; c < ps->sw; c++) {
+                    const uint32_t d = src[c * ps->cs];
+                    if (d == 0) {
+                        row[c] = 0;
+                        continue;
+                    }
+                    if (stamp[d] != s + 1) {
+                        stamp[d] = s + 1;
+                        newid[d] = ++next;
+                    }
+                    row[c] = newid[d];
+                }
+            }
+            if (i + 1 < n)
+                memset(stack + ((size_t)i * rows_per + ps->sh) * ps->sw, 0, ps->sw * sizeof *stack);
+        }
+        cl_int err = clEnqueueWriteBuffer(ctx->queue, dl, CL_TRUE, 0, Hs * ps->sw * sizeof *stack,
+                                          stack, 0, NULL, NULL);
+        if (err != CL_SUCCESS) {
+            st = gpuseg__fail_cl(ctx, err, "labels to flows (3-D): uploading slices");
+            goto done;
+        }
+        if ((st = run(ctx, stack, NULL, dl, (uint32_t)Hs, ps->sw, df)) != GPUSEG_OK)
+            goto done;
+        err = clEnqueueReadBuffer(ctx->queue, df, CL_TRUE, 0, 2 * Hs * ps->sw * sizeof *fl, fl, 0,
+                                  NULL, NULL);
+        if (err != CL_SUCCESS) {
+            st = gpuseg__fail_cl(ctx, err, "labels to flows (3-D): reading slice flows");
+            goto done;
+        }
+        const size_t plane = Hs * ps->sw;
+        for (uint32_t i = 0; i < n; i++) {
+            const uint32_t s = s0 + i;
+            for (uint32_t r = 0; r < ps->sh; r++) {
+                const size_t k0 = ((size_t)i * rows_per + r) * ps->sw;
+                for (uint32_t c = 0; c < ps->sw; c++) {
+                    const size_t v = s * ps->ss + r * ps->rs + c * ps->cs;
+                    float *a = out + (size_t)ps->pa * nvox + v,
+                          *b = out + (size_t)ps->pb * nvox + v;
+                    const float fa = fl[k0 + c], fb = fl[plane + k0 + c];
+                    *a = ps->first_a ? fa : (float)((double)*a + (double)fa);
+                    *b = ps->first_b ? fb : (float)((double)*b + (double)fb);
+                }
+            }
+        }
+    }
+done:
+    gpuseg__release(&dl);
+    gpuseg__release(&df);
+    free(stack);
+    free(fl);
+    free(stamp);
+    free(newid);
+    return st;
+}
+
+gpuseg_status gpuseg_labels_to_flows3d(gpuseg_ctx *ctx, const uint32_t *labels, uint32_t Z,
+                                       uint32_t H, uint32_t W, float *flows_out) {
+    gpuseg__clear_error(ctx);
+    if (!ctx || !labels || !flows_out)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "labels to flows (3-D): NULL argument");
+    if (Z == 0 || H == 0 || W == 0)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "labels to flows (3-D): empty volume (%u x %u x %u)", Z, H, W);
+    if (Z > GPUSEG_MAX_IMAGE_SIDE || H > GPUSEG_MAX_IMAGE_SIDE || W > GPUSEG_MAX_IMAGE_SIDE ||
+        (uint64_t)Z * H * W > GPUSEG_MAX_IMAGE_PIXELS)
+        return gpuseg__fail(ctx, GPUSEG_TOO_LARGE,
+                            "labels to flows (3-D): %u x %u x %u voxels exceed the limit (%llu)", Z,
+                            H, W, (unsigned long long)GPUSEG_MAX_IMAGE_PIXELS);
+    const size_t nvox = (size_t)Z * H * W;
+    /* dense numbering of the label values (1..n_dense), so the per-slice tables stay small */
+    uint32_t *dense = malloc(nvox * sizeof *dense);
+    uint32_t *vals = malloc(nvox * sizeof *vals);
+    gpuseg_status st = GPUSEG_OK;
+    if (!dense || !vals) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                          "labels to flows (3-D): no host memory for %zu voxels", nvox);
+        goto done;
+    }
+    size_t nv = 0;
+    for (size_t i = 0; i < nvox; i++)
+        if (labels[i])
+            vals[nv++] = labels[i];
+    qsort(vals, nv, sizeof *vals, gpuseg__cmp_u32);
+    size_t nd = 0;
+    for (size_t i = 0; i < nv; i++)
+        if (nd == 0 || vals[nd - 1] != vals[i])
+            vals[nd++] = vals[i];
+    for (size_t i = 0; i < nvox; i++)
+        dense[i] = labels[i] ? (uint32_t)gpuseg__find_u32(vals, nd, labels[i]) + 1 : 0;
+    free(vals);
+    vals = NULL;
+    memset(flows_out, 0, 3 * nvox * sizeof *flows_out);
+    if (nd == 0)
+        goto done;
+    const size_t HW = (size_t)H * W;
+    /* Cellpose's order: every Z slice (dY, dX), then every Y slice (dZ, dX), then every X slice
+     * (dZ, dY). */
+    const l2f3_pass passes[3] = {
+        {Z, H, W, HW, W, 1, 1, 2, 1, 1},
+        {H, Z, W, W, HW, 1, 0, 2, 1, 0},
+        {W, Z, H, 1, HW, W, 0, 1, 0, 0},
+    };
+    for (int p = 0; p < 3 && st == GPUSEG_OK; p++)
+        st = l2f3_run_pass(ctx, dense, (uint32_t)nd, &passes[p], nvox, flows_out);
+done:
+    free(dense);
+    free(vals);
+    return st;
+}

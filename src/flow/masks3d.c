@@ -1,0 +1,553 @@
+/* flow/masks3d.c: flows -> masks for a volume, as Cellpose 3.1.1.3 resize_and_compute_masks with
+ * do_3D=True on the CPU (docs/masks.md, "Volumes"): threshold and scaling, Euler integration by
+ * grid_sample (device, kernels/masks3d.cl), end-point histogram and 5x5x5 seeds (device), seed
+ * growth in 11x11x11 windows, painting, assignment, big-mask removal and renumbering, then
+ * fill_holes_and_remove_small_masks with 3-D hole filling (host). No flow-error QC: Cellpose
+ * skips it when do_3D is set. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flow/masks_internal.h"
+
+#define M3_WIN  11 /* seed growth window side (Cellpose: slices seed-5 .. seed+5) */
+#define M3_WIN3 (M3_WIN * M3_WIN * M3_WIN)
+
+typedef struct m3_seed {
+    uint32_t count, index;
+} m3_seed;
+
+static int cmp_seed(const void *a, const void *b) {
+    const m3_seed *x = a, *y = b;
+    if (x->count != y->count)
+        return (x->count > y->count) - (x->count < y->count);
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+/* The run's host and device data, released in one place (m3_free). */
+typedef struct m3_run {
+    uint32_t Z, H, W;
+    size_t nvox;
+    uint32_t n; /* followed voxels */
+    uint32_t *list, *end, *hist, *lab;
+    cl_mem d_im, d_list, d_tz, d_ty, d_tx, d_end, d_hist, d_seeds, d_ns;
+} m3_run;
+
+static void m3_free(m3_run *r) {
+    free(r->list);
+    free(r->end);
+    free(r->hist);
+    cl_mem *bufs[] = {&r->d_im,  &r->d_list, &r->d_tz,    &r->d_ty, &r->d_tx,
+                      &r->d_end, &r->d_hist, &r->d_seeds, &r->d_ns};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        gpuseg__release(bufs[i]);
+}
+
+/* Normalised start coordinates of every index along an axis of length L, in PyTorch's float32
+ * order: p / (L-1), * 2, - 1. */
+static void m3_axis(float *t, uint32_t L) {
+    const float s = (float)(L - 1);
+    for (uint32_t i = 0; i < L; i++) {
+        float v = (float)i / s;
+        v = v * 2.0f;
+        t[i] = v - 1.0f;
+    }
+}
+
+/* Stage 1 (host): threshold, dP * fg / 5 * (2 / (L-1)) per axis as numpy then PyTorch round it,
+ * the list of followed voxels; Euler integration and histogram (device). */
+static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
+                               const gpuseg_masks_params *p) {
+    const size_t nv = r->nvox;
+    const float *dz = flows, *dy = flows + nv, *dx = flows + 2 * nv, *cp = flows + 3 * nv;
+    const float sx = (float)(2.0 / (double)(r->W - 1)), sy = (float)(2.0 / (double)(r->H - 1)),
+                sz = (float)(2.0 / (double)(r->Z - 1));
+    cl_float4 *im = malloc(nv * sizeof *im);
+    float *tz = malloc((size_t)(r->Z + r->H + r->W) * sizeof *tz);
+    r->list = malloc(nv * sizeof *r->list);
+    gpuseg_status st = GPUSEG_OK;
+    if (!im || !tz || !r->list) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                          "flows to masks (3-D): no host memory for %zu "
+                          "voxels",
+                          nv);
+        goto done;
+    }
+    uint32_t n = 0;
+    for (size_t i = 0; i < nv; i++) {
+        const int fg = cp[i] > p->cellprob_threshold;
+        float a = fg ? dx[i] / 5.0f : 0.0f, b = fg ? dy[i] / 5.0f : 0.0f,
+              c = fg ? dz[i] / 5.0f : 0.0f;
+        im[i].s[0] = a * sx;
+        im[i].s[1] = b * sy;
+        im[i].s[2] = c * sz;
+        im[i].s[3] = 0.0f;
+        if (fg)
+            r->list[n++] = (uint32_t)i;
+    }
+    r->n = n;
+    if (n == 0)
+        goto done;
+    float *ty = tz + r->Z, *tx = ty + r->H;
+    m3_axis(tz, r->Z);
+    m3_axis(ty, r->H);
+    m3_axis(tx, r->W);
+    if ((st = gpuseg__upload(ctx, im, nv * sizeof *im, "3-D scaled flows", &r->d_im)) !=
+            GPUSEG_OK ||
+        (st = gpuseg__upload(ctx, r->list, n * sizeof *r->list, "3-D voxel list", &r->d_list)) !=
+            GPUSEG_OK ||
+        (st = gpuseg__upload(ctx, tz, r->Z * sizeof *tz, "z coordinates", &r->d_tz)) != GPUSEG_OK ||
+        (st = gpuseg__upload(ctx, ty, r->H * sizeof *ty, "y coordinates", &r->d_ty)) != GPUSEG_OK ||
+        (st = gpuseg__upload(ctx, tx, r->W * sizeof *tx, "x coordinates", &r->d_tx)) != GPUSEG_OK ||
+        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, n * sizeof(uint32_t), "3-D end points",
+                             &r->d_end)) != GPUSEG_OK ||
+        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, nv * sizeof(uint32_t), "3-D histogram",
+                             &r->d_hist)) != GPUSEG_OK)
+        goto done;
+    const cl_uint zero = 0;
+    cl_int err = clEnqueueFillBuffer(ctx->queue, r->d_hist, &zero, sizeof zero, 0,
+                                     nv * sizeof(uint32_t), 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        st = gpuseg__fail_cl(ctx, err, "flows to masks (3-D): clearing the histogram");
+        goto done;
+    }
+    cl_kernel k;
+    const cl_int D = (cl_int)r->Z, H = (cl_int)r->H, W = (cl_int)r->W;
+    const cl_uint niter = p->niter ? p->niter : 200, cn = n;
+    const size_t g = n;
+    if ((st = gpuseg__kernel(ctx, "masks3d", "m3_euler", &k)) != GPUSEG_OK ||
+        (st = gpuseg__set_args(ctx, k, 12, sizeof(cl_mem), &r->d_im, sizeof(cl_mem), &r->d_list,
+                               sizeof(cl_uint), &cn, sizeof(cl_mem), &r->d_tz, sizeof(cl_mem),
+                               &r->d_ty, sizeof(cl_mem), &r->d_tx, sizeof D, &D, sizeof H, &H,
+                               sizeof W, &W, sizeof niter, &niter, sizeof(cl_mem), &r->d_end,
+                               sizeof(cl_mem), &r->d_hist)) != GPUSEG_OK ||
+        (st = gpuseg__run(ctx, k, 1, &g, NULL)) != GPUSEG_OK)
+        goto done;
+done:
+    free(im);
+    free(tz);
+    gpuseg__release(&r->d_im);
+    return st;
+}
+
+/* Stage 2 (device): seeds; (host) sort, growth, painting, assignment into r->lab. */
+static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_out) {
+    const size_t nv = r->nvox;
+    const cl_uint cap = r->n / 11 + 1;
+    gpuseg_status st;
+    cl_kernel k;
+    const cl_int D = (cl_int)r->Z, H = (cl_int)r->H, W = (cl_int)r->W;
+    const cl_uint zero = 0;
+    const size_t g = nv;
+    uint32_t ns = 0;
+    if ((st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, cap * sizeof(uint32_t), "3-D seeds",
+                             &r->d_seeds)) != GPUSEG_OK ||
+        (st = gpuseg__upload(ctx, &zero, sizeof zero, "seed count", &r->d_ns)) != GPUSEG_OK ||
+        (st = gpuseg__kernel(ctx, "masks3d", "m3_seeds", &k)) != GPUSEG_OK ||
+        (st = gpuseg__set_args(ctx, k, 7, sizeof(cl_mem), &r->d_hist, sizeof D, &D, sizeof H, &H,
+                               sizeof W, &W, sizeof(cl_mem), &r->d_seeds, sizeof(cl_mem), &r->d_ns,
+                               sizeof cap, &cap)) != GPUSEG_OK ||
+        (st = gpuseg__run(ctx, k, 1, &g, NULL)) != GPUSEG_OK ||
+        (st = gpuseg__read_buf(ctx, r->d_ns, sizeof ns, &ns, "seed count")) != GPUSEG_OK)
+        return st;
+    if (ns > cap)
+        return gpuseg__fail(ctx, GPUSEG_INTERNAL,
+                            "flows to masks (3-D): %u seeds exceed the bound %u", ns, cap);
+    const uint64_t maxobj =
+        ctx->limits.max_objects ? ctx->limits.max_objects : GPUSEG_DEFAULT_MAX_OBJECTS;
+    char hint[96];
+    if (ns > maxobj)
+        return gpuseg__fail(ctx, GPUSEG_TOO_LARGE,
+                            "flows to masks (3-D): %u objects after seeding, over the limit of "
+                            "%llu (%s)",
+                            ns, (unsigned long long)maxobj,
+                            gpuseg__limit_hint(GPUSEG__LIMIT_OBJECTS, maxobj, hint, sizeof hint));
+    r->hist = malloc(nv * sizeof *r->hist);
+    r->end = malloc((size_t)r->n * sizeof *r->end);
+    uint32_t *sidx = malloc((ns ? ns : 1) * sizeof *sidx);
+    m3_seed *seeds = malloc((ns ? ns : 1) * sizeof *seeds);
+    uint32_t *win = NULL;
+    if (!r->hist || !r->end || !sidx || !seeds) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                          "flows to masks (3-D): no host memory for the "
+                          "histogram");
+        goto done;
+    }
+    if ((ns &&
+         (st = gpuseg__read_buf(ctx, r->d_seeds, ns * sizeof *sidx, sidx, "seeds")) != GPUSEG_OK) ||
+        (st = gpuseg__read_buf(ctx, r->d_hist, nv * sizeof *r->hist, r->hist, "histogram")) !=
+            GPUSEG_OK ||
+        (st = gpuseg__read_buf(ctx, r->d_end, (size_t)r->n * sizeof *r->end, r->end,
+                               "end points")) != GPUSEG_OK)
+        goto done;
+    gpuseg__release(&r->d_hist);
+    gpuseg__release(&r->d_end);
+    gpuseg__release(&r->d_seeds);
+    for (uint32_t i = 0; i < ns; i++) {
+        seeds[i].index = sidx[i];
+        seeds[i].count = r->hist[sidx[i]];
+    }
+    /* Cellpose paints in ascending count order (torch.argsort, not stable): later seeds win.
+     * Ties: row-major order, as a stable sort gives (docs/masks.md). */
+    qsort(seeds, ns, sizeof *seeds, cmp_seed);
+    /* paint into r->lab (seed rank + 1 per histogram cell) */
+    memset(r->lab, 0, nv * sizeof *r->lab);
+    uint8_t cur[M3_WIN3], nxt[M3_WIN3], ok[M3_WIN3];
+    const size_t HW = (size_t)r->H * r->W;
+    for (uint32_t s = 0; s < ns; s++) {
+        const uint32_t v = seeds[s].index;
+        const int z = (int)(v / HW), y = (int)((v % HW) / r->W), x = (int)(v % r->W);
+        for (int a = 0; a < M3_WIN; a++)
+            for (int b = 0; b < M3_WIN; b++)
+                for (int c = 0; c < M3_WIN; c++) {
+                    const int zz = z + a - 5, yy = y + b - 5, xx = x + c - 5;
+                    const int in = zz >= 0 && zz < (int)r->Z && yy >= 0 && yy < (int)r->H &&
+                                   xx >= 0 && xx < (int)r->W;
+                    ok[(a * M3_WIN + b) * M3_WIN + c] =
+                        in && r->hist[(size_t)zz * HW + (size_t)yy * r->W + (size_t)xx] > 2;
+                }
+        memset(cur, 0, sizeof cur);
+        cur[(5 * M3_WIN + 5) * M3_WIN + 5] = 1;
+        for (int it = 0; it < 5; it++) {
+            for (int a = 0; a < M3_WIN; a++)
+                for (int b = 0; b < M3_WIN; b++)
+                    for (int c = 0; c < M3_WIN; c++) {
+                        uint8_t m = 0;
+                        for (int da = a > 0 ? -1 : 0; da <= (a < M3_WIN - 1 ? 1 : 0) && !m; da++)
+                            for (int db = b > 0 ? -1 : 0; db <= (b < M3_WIN - 1 ? 1 : 0) && !m;
+                                 db++)
+                                for (int dc = c > 0 ? -1 : 0; dc <= (c < M3_WIN - 1 ? 1 : 0); dc++)
+                                    if (cur[((a + da) * M3_WIN + b + db) * M3_WIN + c + dc]) {
+                                        m = 1;
+                                        break;
+                                    }
+                        const int q = (a * M3_WIN + b) * M3_WIN + c;
+                        nxt[q] = m && ok[q];
+                    }
+            memcpy(cur, nxt, sizeof cur);
+        }
+        for (int a = 0; a < M3_WIN; a++)
+            for (int b = 0; b < M3_WIN; b++)
+                for (int c = 0; c < M3_WIN; c++)
+                    if (cur[(a * M3_WIN + b) * M3_WIN + c])
+                        r->lab[(size_t)(z + a - 5) * HW + (size_t)(y + b - 5) * r->W +
+                               (size_t)(x + c - 5)] = s + 1;
+    }
+    /* assignment: each followed voxel takes the cell of its end point (win: the painted cells) */
+    win = malloc(nv * sizeof *win);
+    if (!win) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                          "flows to masks (3-D): no host memory for the "
+                          "seed cells");
+        goto done;
+    }
+    memcpy(win, r->lab, nv * sizeof *win);
+    memset(r->lab, 0, nv * sizeof *r->lab);
+    for (uint32_t i = 0; i < r->n; i++)
+        r->lab[r->list[i]] = win[r->end[i]];
+    *n_seeds_out = ns;
+done:
+    free(win);
+    free(sidx);
+    free(seeds);
+    return st;
+}
+
+/* Per-value counts and first voxels of lab (values 0..nval). */
+static void m3_stats(const uint32_t *lab, size_t nv, uint32_t nval, uint32_t *count,
+                     uint32_t *first) {
+    memset(count, 0, ((size_t)nval + 1) * sizeof *count);
+    for (size_t i = 0; i <= nval; i++)
+        first[i] = UINT32_MAX;
+    for (size_t i = 0; i < nv; i++) {
+        const uint32_t l = lab[i];
+        if (count[l]++ == 0)
+            first[l] = (uint32_t)i;
+    }
+}
+
+/* Applies map (value -> new value) to lab; returns nothing. */
+static void m3_apply(uint32_t *lab, size_t nv, const uint32_t *map) {
+    for (size_t i = 0; i < nv; i++)
+        lab[i] = map[lab[i]];
+}
+
+/* fastremap.renumber after removing the values flagged in remove (may be NULL): first
+ * appearance order. Returns the new largest label, UINT32_MAX when out of memory. */
+static uint32_t m3_renumber(uint32_t *lab, size_t nv, uint32_t nval, const uint8_t *remove,
+                            uint32_t *count, uint32_t *first, uint32_t *map) {
+    m3_stats(lab, nv, nval, count, first);
+    const uint32_t n = gpuseg__masks_renumber(count, first, remove, nval, map);
+    if (n != UINT32_MAX)
+        m3_apply(lab, nv, map);
+    return n;
+}
+
+/* Cellpose's fill loop (utils.fill_holes_and_remove_small_masks) in 3-D: for each value i in
+ * 1..nval present when the loop starts (find_objects boxes), in value order and on the current
+ * state, the voxels of its box that are not i and not 6-connected to the box's border through
+ * such voxels (fill_voids.fill on the box) become j+1, together with the voxels of i (j counts
+ * the values present at the start). Returns the number j. */
+static gpuseg_status m3_fill(gpuseg_ctx *ctx, m3_run *r, uint32_t nval, uint32_t *nj) {
+    const size_t HW = (size_t)r->H * r->W;
+    uint32_t *box = malloc(((size_t)nval + 1) * 6 * sizeof *box);
+    uint8_t *outside = NULL;
+    uint32_t *stack = NULL;
+    if (!box) {
+        free(box);
+        return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                            "flows to masks (3-D): no host memory for "
+                            "mask boxes");
+    }
+    for (size_t l = 0; l <= nval; l++) {
+        box[6 * l] = box[6 * l + 2] = box[6 * l + 4] = UINT32_MAX;
+        box[6 * l + 1] = box[6 * l + 3] = box[6 * l + 5] = 0;
+    }
+    for (uint32_t z = 0; z < r->Z; z++)
+        for (uint32_t y = 0; y < r->H; y++)
+            for (uint32_t x = 0; x < r->W; x++) {
+                const uint32_t l = r->lab[z * HW + (size_t)y * r->W + x];
+                if (!l)
+                    continue;
+                uint32_t *b = box + 6 * (size_t)l;
+                if (z < b[0])
+                    b[0] = z;
+                if (z > b[1])
+                    b[1] = z;
+                if (y < b[2])
+                    b[2] = y;
+                if (y > b[3])
+                    b[3] = y;
+                if (x < b[4])
+                    b[4] = x;
+                if (x > b[5])
+                    b[5] = x;
+            }
+    size_t maxbox = 0;
+    for (size_t l = 1; l <= nval; l++)
+        if (box[6 * l] != UINT32_MAX) {
+            const size_t n = (size_t)(box[6 * l + 1] - box[6 * l] + 1) *
+                             (box[6 * l + 3] - box[6 * l + 2] + 1) *
+                             (box[6 * l + 5] - box[6 * l + 4] + 1);
+            if (n > maxbox)
+                maxbox = n;
+        }
+    outside = malloc(maxbox ? maxbox : 1);
+    stack = malloc((maxbox ? maxbox : 1) * sizeof *stack);
+    if (!outside || !stack) {
+        free(box);
+        free(outside);
+        free(stack);
+        return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                            "flows to masks (3-D): no host memory for "
+                            "hole filling (%zu voxels)",
+                            maxbox);
+    }
+    uint32_t j = 0;
+    for (uint32_t l = 1; l <= nval; l++) {
+        const uint32_t *b = box + 6 * (size_t)l;
+        if (b[0] == UINT32_MAX)
+            continue;
+        const uint32_t bz = b[1] - b[0] + 1, by = b[3] - b[2] + 1, bx = b[5] - b[4] + 1;
+        const size_t bn = (size_t)bz * by * bx;
+#define M3_AT(a, c, d) r->lab[(size_t)(b[0] + (a)) * HW + (size_t)(b[2] + (c)) * r->W + b[4] + (d)]
+        memset(outside, 0, bn);
+        size_t sp = 0;
+        /* seeds: non-l voxels on the box border */
+        for (uint32_t a = 0; a < bz; a++)
+            for (uint32_t c = 0; c < by; c++)
+                for (uint32_t d = 0; d < bx; d++) {
+                    if (!(a == 0 || a == bz - 1 || c == 0 || c == by - 1 || d == 0 || d == bx - 1))
+                        continue;
+                    const size_t q = ((size_t)a * by + c) * bx + d;
+                    if (M3_AT(a, c, d) != l) {
+                        outside[q] = 1;
+                        stack[sp++] = (uint32_t)q;
+                    }
+                }
+        while (sp) {
+            const size_t q = stack[--sp];
+            const uint32_t a = (uint32_t)(q / ((size_t)by * bx)), c = (uint32_t)((q / bx) % by),
+                           d = (uint32_t)(q % bx);
+            const int nb[6][3] = {{-1, 0, 0}, {1, 0, 0},  {0, -1, 0},
+                                  {0, 1, 0},  {0, 0, -1}, {0, 0, 1}};
+            for (int e = 0; e < 6; e++) {
+                const int na = (int)a + nb[e][0], nc = (int)c + nb[e][1], nd = (int)d + nb[e][2];
+                if (na < 0 || na >= (int)bz || nc < 0 || nc >= (int)by || nd < 0 || nd >= (int)bx)
+                    continue;
+                const size_t nq = ((size_t)na * by + (size_t)nc) * bx + (size_t)nd;
+                if (outside[nq] || M3_AT(na, nc, nd) == l)
+                    continue;
+                outside[nq] = 1;
+                stack[sp++] = (uint32_t)nq;
+            }
+        }
+        /* fill_voids.fill(masks[slc] == l): everything not reached from the border; an empty
+         * mask (overwritten by an earlier fill) has no voxel to fill and keeps its number */
+        int any = 0;
+        for (size_t q = 0; q < bn && !any; q++)
+            any = !outside[q];
+        if (any)
+            for (uint32_t a = 0; a < bz; a++)
+                for (uint32_t c = 0; c < by; c++)
+                    for (uint32_t d = 0; d < bx; d++)
+                        if (!outside[((size_t)a * by + c) * bx + d])
+                            M3_AT(a, c, d) = j + 1;
+#undef M3_AT
+        j++;
+    }
+    free(box);
+    free(outside);
+    free(stack);
+    *nj = j;
+    return GPUSEG_OK;
+}
+
+/* Big-mask removal and renumbering (get_masks_torch's tail), then
+ * fill_holes_and_remove_small_masks. ns: the number of seed labels in r->lab. */
+static gpuseg_status m3_finish(gpuseg_ctx *ctx, m3_run *r, uint32_t ns,
+                               const gpuseg_masks_params *p, uint32_t *n_out) {
+    const size_t nv = r->nvox;
+    const size_t tab = (size_t)ns + 1;
+    uint32_t *count = malloc(tab * sizeof *count), *first = malloc(tab * sizeof *first),
+             *map = malloc(tab * sizeof *map);
+    uint8_t *remove = calloc(tab, 1);
+    gpuseg_status st = GPUSEG_OK;
+    uint32_t n = 0;
+    if (!count || !first || !map || !remove) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                          "flows to masks (3-D): no host memory for %u "
+                          "masks",
+                          ns);
+        goto done;
+    }
+    m3_stats(r->lab, nv, ns, count, first);
+    const double big = (double)nv * p->max_size_fraction;
+    for (uint32_t l = 1; l <= ns; l++)
+        remove[l] = count[l] > 0 && (double)count[l] > big;
+    if ((n = m3_renumber(r->lab, nv, ns, remove, count, first, map)) == UINT32_MAX)
+        goto oom;
+    if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK)
+        goto done;
+    /* fill_holes_and_remove_small_masks: size filter (Cellpose's positional quirk), fill, size
+     * filter again */
+    if (p->min_size > 0) {
+        m3_stats(r->lab, nv, n, count, first);
+        memset(remove, 0, tab);
+        gpuseg__masks_size_filter(count, n, p->min_size, remove);
+        if ((n = m3_renumber(r->lab, nv, n, remove, count, first, map)) == UINT32_MAX)
+            goto oom;
+    }
+    uint32_t j = 0;
+    if ((st = m3_fill(ctx, r, n, &j)) != GPUSEG_OK)
+        goto done;
+    n = j;
+    gpuseg__progress(ctx, "masks", 3, 4, 0.9);
+    if (p->min_size > 0) {
+        m3_stats(r->lab, nv, n, count, first);
+        memset(remove, 0, tab);
+        gpuseg__masks_size_filter(count, n, p->min_size, remove);
+        if ((n = m3_renumber(r->lab, nv, n, remove, count, first, map)) == UINT32_MAX)
+            goto oom;
+    } else {
+        n = 0;
+        for (size_t i = 0; i < nv; i++)
+            if (r->lab[i] > n)
+                n = r->lab[i];
+    }
+    *n_out = n;
+    goto done;
+oom:
+    st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
+                      "flows to masks (3-D): no host memory to renumber "
+                      "%u masks",
+                      ns);
+done:
+    free(count);
+    free(first);
+    free(map);
+    free(remove);
+    return st;
+}
+
+gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *flows, uint32_t Z, uint32_t H,
+                                      uint32_t W, const gpuseg_masks_params *params,
+                                      uint32_t *labels_out, uint32_t *n_masks) {
+    gpuseg__clear_error(ctx);
+    if (!ctx || !flows || !labels_out)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "flows to masks (3-D): NULL argument");
+    if (Z < 2 || H < 2 || W < 2)
+        return gpuseg__fail(
+            ctx, GPUSEG_INVALID_ARGUMENT,
+            "flows to masks (3-D): volume %u x %u x %u has a side below 2 (Cellpose "
+            "divides by side - 1)",
+            Z, H, W);
+    if ((uint64_t)Z * H * W > GPUSEG_MAX_IMAGE_PIXELS)
+        return gpuseg__fail(ctx, GPUSEG_TOO_LARGE,
+                            "flows to masks (3-D): %u x %u x %u voxels exceed the limit (%llu)", Z,
+                            H, W, (unsigned long long)GPUSEG_MAX_IMAGE_PIXELS);
+    gpuseg_masks_params p;
+    if (params)
+        p = *params;
+    else
+        gpuseg_masks_params_default(&p);
+    if (!(p.max_size_fraction >= 0) || isnan(p.cellprob_threshold))
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "flows to masks (3-D): max_size_fraction must be >= 0 and "
+                            "cellprob_threshold a number");
+    const size_t nv = (size_t)Z * H * W;
+    static const char *const names[4] = {"dZ", "dY", "dX", "cellprob"};
+    size_t bad = 0, first_bad = 0;
+    for (size_t i = 0; i < 4 * nv; i++)
+        if (!isfinite(flows[i]) && bad++ == 0)
+            first_bad = i;
+    if (bad) {
+        const size_t v = first_bad % nv;
+        return gpuseg__fail(ctx, GPUSEG_FORMAT,
+                            "flows contain %zu NaN or infinite value%s (first: %s at z %zu, y %zu, "
+                            "x %zu)",
+                            bad, bad == 1 ? "" : "s", names[first_bad / nv], v / ((size_t)H * W),
+                            (v / W) % H, v % W);
+    }
+    m3_run r;
+    memset(&r, 0, sizeof r);
+    r.Z = Z;
+    r.H = H;
+    r.W = W;
+    r.nvox = nv;
+    r.lab = labels_out;
+    uint32_t ns = 0, n = 0;
+    gpuseg_status st;
+    gpuseg__progress(ctx, "masks", 0, 4, 0.0);
+    if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK ||
+        (st = m3_follow(ctx, &r, flows, &p)) != GPUSEG_OK)
+        goto done;
+    if (r.n == 0) {
+        memset(labels_out, 0, nv * sizeof *labels_out);
+        gpuseg__progress(ctx, "masks", 4, 4, 1.0);
+        goto done;
+    }
+    if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK)
+        goto done;
+    cl_int err = clFinish(ctx->queue);
+    if (err != CL_SUCCESS) {
+        st = gpuseg__fail_cl(ctx, err, "flows to masks (3-D): Euler integration");
+        goto done;
+    }
+    gpuseg__progress(ctx, "masks", 1, 4, 0.7);
+    if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK ||
+        (st = m3_seeding(ctx, &r, &ns)) != GPUSEG_OK)
+        goto done;
+    gpuseg__progress(ctx, "masks", 2, 4, 0.8);
+    if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK ||
+        (st = m3_finish(ctx, &r, ns, &p, &n)) != GPUSEG_OK)
+        goto done;
+    gpuseg__progress(ctx, "masks", 4, 4, 1.0);
+done:
+    m3_free(&r);
+    if (st != GPUSEG_OK)
+        memset(labels_out, 0, nv * sizeof *labels_out);
+    else if (n_masks)
+        *n_masks = n;
+    return st;
+}
