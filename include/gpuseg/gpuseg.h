@@ -7,6 +7,7 @@
 #include "gpuseg/limits.h"
 #include "gpuseg/context.h"
 #include "gpuseg/image.h"
+#include "gpuseg/region.h"
 #include "gpuseg/model.h"
 #include "gpuseg/shm.h"
 #include "gpuseg/flows.h"

@@ -53,6 +53,12 @@ const char *gpuseg_dtype_name(gpuseg_dtype t) {
  * carrying it. */
 static _Thread_local uint64_t read_max_pixels;
 
+uint64_t gpuseg__image_read_limit(uint64_t max_pixels) {
+    uint64_t old = read_max_pixels;
+    read_max_pixels = max_pixels;
+    return old;
+}
+
 gpuseg_status gpuseg__image_check_size(const char *path, const char *what, uint64_t width,
                                        uint64_t height, uint64_t channels, uint64_t pages) {
     if (width == 0 || height == 0)
@@ -263,6 +269,11 @@ static gpuseg_status read_any(const char *path, const gpuseg_limits *limits,
     }
     read_max_pixels = 0;
     return st;
+}
+
+gpuseg_status gpuseg__image_format(const char *path, const char **name) {
+    fmt_kind kind;
+    return detect(path, &kind, name);
 }
 
 gpuseg_status gpuseg_image_info_read(const char *path, gpuseg_image_info *out) {

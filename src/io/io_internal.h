@@ -18,6 +18,16 @@
 gpuseg_status gpuseg__image_check_size(const char *path, const char *what, uint64_t width,
                                        uint64_t height, uint64_t channels, uint64_t pages);
 
+/* Sets the pixel limit that gpuseg__image_check_size applies on this thread (0: the absolute
+ * maximum) and returns the previous one; readers outside image.c's dispatch (the region reader)
+ * set it around their header checks and restore it. */
+uint64_t gpuseg__image_read_limit(uint64_t max_pixels);
+
+/* Finds the format of path from its first bytes: *name is "png", "jpeg", "bmp", "gif", "pnm",
+ * "tiff" or "npy". Missing, unreadable, empty and unknown files fail with the readers' one-line
+ * messages. */
+gpuseg_status gpuseg__image_format(const char *path, const char **name);
+
 /* Allocates an image whose pixels are not initialised (readers fill every byte). Sizes must
  * have passed gpuseg__image_check_size. Free with gpuseg_image_free. */
 gpuseg_status gpuseg__image_alloc(const char *path, uint32_t width, uint32_t height,

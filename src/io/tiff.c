@@ -10,17 +10,10 @@
 
 #include <tiffio.h>
 
-#include "io/io_internal.h"
+#include "io/tiff_internal.h"
 
 /* Pages accepted in one file; more is far beyond any microscopy stack we read whole. */
 #define TIFF_MAX_PAGES 100000u
-
-/* Collects libtiff's first error (and the last warning, unused) for one open file. Returning 1
- * from the handler tells libtiff not to call the process-wide handlers, so nothing reaches
- * stderr and we never change global libtiff state that a host application may rely on. */
-typedef struct {
-    char err[256];
-} tiff_msgs;
 
 /* The format attribute lets compilers check vsnprintf's use of libtiff's format. */
 static int on_error(TIFF *tif, void *user, const char *module, const char *fmt, va_list ap)
@@ -48,7 +41,7 @@ static int on_warning(TIFF *tif, void *user, const char *module, const char *fmt
     return 1;
 }
 
-static TIFF *open_tiff(const char *path, const char *mode, int fd, tiff_msgs *msgs) {
+TIFF *gpuseg__tiff_open(const char *path, const char *mode, int fd, tiff_msgs *msgs) {
     TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
     if (!opts)
         return NULL;
@@ -59,17 +52,11 @@ static TIFF *open_tiff(const char *path, const char *mode, int fd, tiff_msgs *ms
     return tif;
 }
 
-static const char *why(const tiff_msgs *m) {
+const char *gpuseg__tiff_why(const tiff_msgs *m) {
     return m->err[0] ? m->err : "libtiff reported no detail";
 }
 
-typedef struct {
-    uint32_t w, h, spp;
-    uint16_t bps, fmt, planar;
-    gpuseg_dtype dtype;
-} page_desc;
-
-static gpuseg_status describe(const char *path, TIFF *tif, uint32_t page, page_desc *d) {
+gpuseg_status gpuseg__tiff_describe(const char *path, TIFF *tif, uint32_t page, page_desc *d) {
     uint16_t spp = 1, bps = 1, fmt = SAMPLEFORMAT_UINT, planar = PLANARCONFIG_CONTIG;
     uint16_t photometric = 0, compression = COMPRESSION_NONE;
     memset(d, 0, sizeof *d);
@@ -127,9 +114,6 @@ static gpuseg_status describe(const char *path, TIFF *tif, uint32_t page, page_d
     return GPUSEG_OK;
 }
 
-/* Copies one decoded block (a strip or a tile) of bw x bh pixels at (x0, y0) into the page.
- * Contiguous blocks carry all spp samples per pixel; a separate-plane block carries one sample
- * (channel `plane`). Parts of edge tiles outside the image are skipped. */
 static void place_block(unsigned char *page, const page_desc *d, const unsigned char *blk,
                         uint32_t x0, uint32_t y0, uint32_t bw, uint32_t bh, int plane) {
     size_t bs = gpuseg_dtype_size(d->dtype);
@@ -176,7 +160,7 @@ static gpuseg_status read_page(const char *path, TIFF *tif, uint32_t page, const
                     if (got < 0 || (size_t)got != want) {
                         st = gpuseg__fail(NULL, GPUSEG_FORMAT,
                                           "%s: TIFF page %u: cannot read tile %u: %s", path,
-                                          page + 1, (unsigned)t, why(msgs));
+                                          page + 1, (unsigned)t, gpuseg__tiff_why(msgs));
                         goto done;
                     }
                     place_block(dst, d, buf, x, y, tw, th,
@@ -202,9 +186,10 @@ static gpuseg_status read_page(const char *path, TIFF *tif, uint32_t page, const
                 tstrip_t strip = (tstrip_t)((uint32_t)p * per_plane + s);
                 tmsize_t got = TIFFReadEncodedStrip(tif, strip, buf, (tmsize_t)want);
                 if (got < 0 || (size_t)got != want) {
-                    st = gpuseg__fail(
-                        NULL, GPUSEG_FORMAT, "%s: TIFF page %u: cannot read strip %u%s: %s", path,
-                        page + 1, (unsigned)strip, got >= 0 ? " (truncated)" : "", why(msgs));
+                    st = gpuseg__fail(NULL, GPUSEG_FORMAT,
+                                      "%s: TIFF page %u: cannot read strip %u%s: %s", path,
+                                      page + 1, (unsigned)strip, got >= 0 ? " (truncated)" : "",
+                                      gpuseg__tiff_why(msgs));
                     goto done;
                 }
                 place_block(dst, d, buf, 0, y0, d->w, rows,
@@ -218,14 +203,14 @@ done:
 
 gpuseg_status gpuseg__tiff_read(const char *path, gpuseg_image_info *info, gpuseg_image **out) {
     tiff_msgs msgs = {{0}};
-    TIFF *tif = open_tiff(path, "r", -1, &msgs);
+    TIFF *tif = gpuseg__tiff_open(path, "r", -1, &msgs);
     if (!tif)
         return gpuseg__fail(NULL, GPUSEG_FORMAT, "%s: not a readable TIFF file: %s", path,
-                            why(&msgs));
+                            gpuseg__tiff_why(&msgs));
     gpuseg_status st;
     gpuseg_image *img = NULL;
     page_desc first, d;
-    if ((st = describe(path, tif, 0, &first)) != GPUSEG_OK)
+    if ((st = gpuseg__tiff_describe(path, tif, 0, &first)) != GPUSEG_OK)
         goto fail;
     /* Count pages; libtiff detects IFD loops. */
     tdir_t pages = TIFFNumberOfDirectories(tif);
@@ -255,10 +240,10 @@ gpuseg_status gpuseg__tiff_read(const char *path, gpuseg_image_info *info, gpuse
         if (p > 0) {
             if (!TIFFSetDirectory(tif, p)) {
                 st = gpuseg__fail(NULL, GPUSEG_FORMAT, "%s: cannot open TIFF page %u: %s", path,
-                                  (unsigned)p + 1, why(&msgs));
+                                  (unsigned)p + 1, gpuseg__tiff_why(&msgs));
                 goto fail;
             }
-            if ((st = describe(path, tif, p, &d)) != GPUSEG_OK)
+            if ((st = gpuseg__tiff_describe(path, tif, p, &d)) != GPUSEG_OK)
                 goto fail;
             if (d.w != first.w || d.h != first.h || d.spp != first.spp || d.dtype != first.dtype) {
                 st =
@@ -310,12 +295,13 @@ gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *la
     /* TIFFClose closes the descriptor it was given: hand it a duplicate so that we can still
      * fsync and close ours. */
     int fd2 = dup(af.fd);
-    TIFF *tif = fd2 >= 0 ? open_tiff(path, mode, fd2, &msgs) : NULL;
+    TIFF *tif = fd2 >= 0 ? gpuseg__tiff_open(path, mode, fd2, &msgs) : NULL;
     if (!tif) {
         if (fd2 >= 0)
             close(fd2);
         gpuseg__afile_abort(&af);
-        return gpuseg__fail(NULL, GPUSEG_IO, "%s: cannot start the TIFF: %s", path, why(&msgs));
+        return gpuseg__fail(NULL, GPUSEG_IO, "%s: cannot start the TIFF: %s", path,
+                            gpuseg__tiff_why(&msgs));
     }
     bool deflate = TIFFIsCODECConfigured(COMPRESSION_ADOBE_DEFLATE);
     errno = 0; /* read after a failure: only a write() failing from here on may set it */
@@ -361,7 +347,7 @@ gpuseg_status gpuseg__tiff_write_labels(const char *path, const gpuseg_image *la
             int e = errno;
             TIFFClose(tif);
             gpuseg__afile_abort(&af);
-            return tiff_write_failed(path, e, p + 1, why(&msgs));
+            return tiff_write_failed(path, e, p + 1, gpuseg__tiff_why(&msgs));
         }
     }
     errno = 0;
