@@ -654,7 +654,13 @@ START_TEST(region_peak_memory) {
            S, S, T, before, after, after - before, peak_cache / 1024, (unsigned long long)decoded);
     ck_assert_uint_eq(decoded, (uint64_t)(S / T) * (S / T));
     ck_assert_uint_le(peak_cache, (size_t)S * B); /* one band of block rows */
-    ck_assert_int_lt(after - before, 24 * 1024);  /* the image is 64 MiB */
+#if defined(__SANITIZE_ADDRESS__)
+    /* AddressSanitizer keeps freed memory in quarantine and adds shadow pages: the resident
+     * peak says nothing about the reader there; the cache bound above still holds. */
+    (void)after;
+#else
+    ck_assert_int_lt(after - before, 24 * 1024); /* the image is 64 MiB */
+#endif
     gpuseg_image_free(img);
     tu_rmtree(dir);
 }
