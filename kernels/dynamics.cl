@@ -137,9 +137,14 @@ __kernel void masks_prep_packed(__global const float *flows, const uint H, const
 /* ---- stage 2: Euler integration and histogram ------------------------------------------ */
 
 /* Follows every foreground pixel for niter steps; end[i] = flat index of trunc(final position),
- * hist[end] += 1. pos (may be NULL): final float positions, y plane then x plane (tests). */
+ * hist[end] += 1. pos (may be NULL): final float positions, y plane then x plane (tests).
+ * Window of a larger image (blockwise segmentation): the H x W buffers are the window at (oy, ox)
+ * of a GH x GW image; positions are the image's (so that they round as in a whole-image run),
+ * clamped to the image, and samples and end points are clamped to the window. The whole image:
+ * oy = ox = 0, GH = H, GW = W. */
 __kernel void masks_euler(__global const float *F, const uint H, const uint W, const uint niter,
-                          __global int *end, __global uint *hist, __global float *pos) {
+                          __global int *end, __global uint *hist, __global float *pos,
+                          const uint oy, const uint ox, const uint GH, const uint GW) {
     const uint x = get_global_id(0), y = get_global_id(1);
     if (x >= W || y >= H)
         return;
@@ -148,15 +153,16 @@ __kernel void masks_euler(__global const float *F, const uint H, const uint W, c
         return;
     const size_t n = (size_t)H * W;
     __global const float *Fy = F, *Fx = F + n;
-    const float ymax = (float)(H - 1), xmax = (float)(W - 1);
-    float py = (float)y, px = (float)x;
+    const float ymax = (float)(GH - 1), xmax = (float)(GW - 1);
+    float py = (float)(y + oy), px = (float)(x + ox);
     /* The step is a pure function of the position, so once the sequence repeats (a fixed point,
      * or a 2-cycle, common at the sinks) the position after niter steps is known: stop early.
      * This changes no result, only the work. */
     float ay = -1.0f, ax = -1.0f; /* position one step back (none yet) */
     for (uint t = 0; t < niter; t++) {
         int iy = (int)py, ix = (int)px; /* trunc; positions are >= 0 */
-        int y0 = min((int)H - 1, max(0, iy)), x0 = min((int)W - 1, max(0, ix));
+        /* window origin (oy, ox): samples at the window's own indices, clamped to the window */
+        int y0 = min((int)H - 1, max(0, iy - (int)oy)), x0 = min((int)W - 1, max(0, ix - (int)ox));
         int y1 = min((int)H - 1, y0 + 1), x1 = min((int)W - 1, x0 + 1);
         float fy = py - (float)iy, fx = px - (float)ix; /* exact (Sterbenz) */
         const wgt wy0 = one_minus(fy), wx0 = one_minus(fx);
@@ -184,7 +190,9 @@ __kernel void masks_euler(__global const float *F, const uint H, const uint W, c
         pos[i] = py;
         pos[n + i] = px;
     }
-    const int e = (int)py * (int)W + (int)px;
+    const int ey = min((int)H - 1, max(0, (int)py - (int)oy));
+    const int ex = min((int)W - 1, max(0, (int)px - (int)ox));
+    const int e = ey * (int)W + ex;
     end[i] = e;
     atomic_inc(&hist[e]);
 }
@@ -245,7 +253,8 @@ __kernel void masks_rows(__global const int *end, const uint H, const uint W, __
 
 __kernel void masks_euler8(__global const float *G, const uint H, const uint W, const uint niter,
                            __global const uint *rxs, __global const uint *rcnt, __global int *end,
-                           __global uint *hist, __global float *pos) {
+                           __global uint *hist, __global float *pos, const uint oy, const uint ox,
+                           const uint GH, const uint GW) {
     const uint k8 = get_global_id(0) * 8, y = get_global_id(1);
     if (y >= H || k8 >= rcnt[y])
         return;
@@ -256,13 +265,14 @@ __kernel void masks_euler8(__global const float *G, const uint H, const uint W, 
         xk[k] = k < nk ? rxs[row + k8 + k] : 0u;
     const int8 xs = (int8)(xk[0], xk[1], xk[2], xk[3], xk[4], xk[5], xk[6], xk[7]);
     int8 act = (int8)(0, 1, 2, 3, 4, 5, 6, 7) < (int)nk;
-    const float8 ymax = (float8)((float)(H - 1)), xmax = (float8)((float)(W - 1));
+    const float8 ymax = (float8)((float)(GH - 1)), xmax = (float8)((float)(GW - 1));
     const int8 hm = (int8)((int)H - 1), wm = (int8)((int)W - 1), w1 = (int8)((int)W + 1);
-    float8 py = (float8)((float)y), px = convert_float8(xs);
+    const int8 oy8 = (int8)((int)oy), ox8 = (int8)((int)ox);
+    float8 py = (float8)((float)(y + oy)), px = convert_float8(xs + ox8);
     float8 ay = (float8)(-1.0f), ax = (float8)(-1.0f);
     for (uint t = 0; t < niter && any(act); t++) {
         const int8 iy = convert_int8(py), ix = convert_int8(px); /* trunc; positions >= 0 */
-        const int8 y0 = min(hm, max((int8)(0), iy)), x0 = min(wm, max((int8)(0), ix));
+        const int8 y0 = min(hm, max((int8)(0), iy - oy8)), x0 = min(wm, max((int8)(0), ix - ox8));
         const float8 fy = py - convert_float8(iy), fx = px - convert_float8(ix);
         const wgt8 wy0 = one_minus8(fy), wx0 = one_minus8(fx);
         const int8 i0 = 2 * (y0 * w1 + x0), i1 = i0 + 2 * w1;
@@ -302,7 +312,9 @@ __kernel void masks_euler8(__global const float *G, const uint H, const uint W, 
             pos[i] = pys[k];
             pos[n + i] = pxs[k];
         }
-        const int e = (int)pys[k] * (int)W + (int)pxs[k];
+        const int ey = min((int)H - 1, max(0, (int)pys[k] - (int)oy));
+        const int ex = min((int)W - 1, max(0, (int)pxs[k] - (int)ox));
+        const int e = ey * (int)W + ex;
         end[i] = e;
         atomic_inc(&hist[e]);
     }

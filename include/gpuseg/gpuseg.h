@@ -13,6 +13,7 @@
 #include "gpuseg/flows.h"
 #include "gpuseg/metrics.h"
 #include "gpuseg/segment.h"
+#include "gpuseg/blocks.h"
 #include "gpuseg/outlines.h"
 #include "gpuseg/volume.h"
 

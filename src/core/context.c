@@ -421,7 +421,16 @@ gpuseg_status gpuseg__buffer(gpuseg_ctx *ctx, cl_mem_flags flags, size_t bytes, 
     *out = clCreateBuffer(ctx->cl, flags, bytes, NULL, &err);
     if (!*out)
         return gpuseg__fail_cl(ctx, err, "%s: clCreateBuffer(%zu bytes)", what, bytes);
+    if (bytes > ctx->largest_buffer)
+        ctx->largest_buffer = bytes;
     return GPUSEG_OK;
+}
+
+size_t gpuseg__largest_buffer(gpuseg_ctx *ctx, int reset) {
+    size_t b = ctx->largest_buffer;
+    if (reset)
+        ctx->largest_buffer = 0;
+    return b;
 }
 
 gpuseg_status gpuseg__upload(gpuseg_ctx *ctx, const void *data, size_t bytes, const char *what,

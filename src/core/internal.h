@@ -64,7 +64,8 @@ struct gpuseg_ctx {
     gpuseg_progress_fn progress; /* gpuseg_ctx_set_progress; NULL: none */
     void *progress_user;
     double progress_lo, progress_hi; /* the span reported fractions map into (progress_push) */
-    atomic_int cancel; /* gpuseg_ctx_cancel: lock-free, so a signal handler may set it */
+    atomic_int cancel;     /* gpuseg_ctx_cancel: lock-free, so a signal handler may set it */
+    size_t largest_buffer; /* the largest gpuseg__buffer so far (gpuseg__largest_buffer) */
     char errmsg[GPUSEG__ERRMSG_LEN];
 };
 
@@ -172,6 +173,10 @@ gpuseg_status gpuseg__set_args(gpuseg_ctx *ctx, cl_kernel k, unsigned n, ...);
  * non-zero; kernels check bounds). local may be NULL. */
 gpuseg_status gpuseg__run(gpuseg_ctx *ctx, cl_kernel k, unsigned dims, const size_t *global,
                           const size_t *local);
+
+/* The largest buffer gpuseg__buffer has allocated on ctx since the last reset (reset != 0 sets
+ * it back to 0 after reading): tests and benches check that blockwise runs allocate by block. */
+size_t gpuseg__largest_buffer(gpuseg_ctx *ctx, int reset);
 
 /* Allocates a device buffer of `bytes` (> 0) with flags; refuses sizes over the device's maximum
  * single allocation with GPUSEG_DEVICE_MEMORY and a message naming `what`. */

@@ -218,7 +218,8 @@ typedef struct masks_run {
     size_t n;
     gpuseg_masks_params p;
     gpuseg__masks_debug *dbg;
-    cl_mem flows; /* the input; released by the first stage when take_flows */
+    const gpuseg__masks_window *win; /* NULL: the whole image */
+    cl_mem flows;                    /* the input; released by the first stage when take_flows */
     int take_flows;
     cl_mem scaled;      /* dP * fg / 5 in scaled_flows' layout, until the flow-error QC */
     cl_mem labels;      /* uint32 [n]: labels 1..n_labels (0: none), from the seed stage on */
@@ -248,16 +249,19 @@ static void run_free(masks_run *r) {
  * 8 per work-item as float8 lanes; other devices: F holds planes, masks_euler follows one pixel
  * per work-item. Same end points (docs/masks.md). pos: debug positions or NULL. */
 static gpuseg_status euler(gpuseg_ctx *ctx, cl_mem F, cl_mem end, cl_mem hist, uint32_t H,
-                           uint32_t W, cl_uint niter, cl_mem pos) {
+                           uint32_t W, cl_uint niter, cl_mem pos, const gpuseg__masks_window *win) {
     cl_uint ch = H, cw = W;
+    cl_uint oy = win ? win->oy : 0, ox = win ? win->ox : 0, img_h = win ? win->gh : H,
+            img_w = win ? win->gw : W;
     gpuseg_status st;
     cl_kernel k;
     if (!gpuseg__flow_cpu_kernels(ctx)) {
         if ((st = kernel(ctx, "dynamics", "masks_euler", &k)) != GPUSEG_OK ||
-            (st = gpuseg__set_args(ctx, k, 7, sizeof(cl_mem), &F, sizeof(cl_uint), &ch,
+            (st = gpuseg__set_args(ctx, k, 11, sizeof(cl_mem), &F, sizeof(cl_uint), &ch,
                                    sizeof(cl_uint), &cw, sizeof(cl_uint), &niter, sizeof(cl_mem),
-                                   &end, sizeof(cl_mem), &hist, sizeof(cl_mem),
-                                   pos ? &pos : NULL)) != GPUSEG_OK)
+                                   &end, sizeof(cl_mem), &hist, sizeof(cl_mem), pos ? &pos : NULL,
+                                   sizeof oy, &oy, sizeof ox, &ox, sizeof img_h, &img_h,
+                                   sizeof img_w, &img_w)) != GPUSEG_OK)
             return st;
         return run2(ctx, k, H, W);
     }
@@ -272,10 +276,12 @@ static gpuseg_status euler(gpuseg_ctx *ctx, cl_mem F, cl_mem end, cl_mem hist, u
                                &rows[1])) == GPUSEG_OK &&
         (st = gpuseg__run(ctx, k, 1, &gh, NULL)) == GPUSEG_OK &&
         (st = kernel(ctx, "dynamics", "masks_euler8", &k)) == GPUSEG_OK &&
-        (st = gpuseg__set_args(ctx, k, 9, sizeof(cl_mem), &F, sizeof(cl_uint), &ch, sizeof(cl_uint),
-                               &cw, sizeof(cl_uint), &niter, sizeof(cl_mem), &rows[0],
-                               sizeof(cl_mem), &rows[1], sizeof(cl_mem), &end, sizeof(cl_mem),
-                               &hist, sizeof(cl_mem), pos ? &pos : NULL)) == GPUSEG_OK)
+        (st = gpuseg__set_args(ctx, k, 13, sizeof(cl_mem), &F, sizeof(cl_uint), &ch,
+                               sizeof(cl_uint), &cw, sizeof(cl_uint), &niter, sizeof(cl_mem),
+                               &rows[0], sizeof(cl_mem), &rows[1], sizeof(cl_mem), &end,
+                               sizeof(cl_mem), &hist, sizeof(cl_mem), pos ? &pos : NULL, sizeof oy,
+                               &oy, sizeof ox, &ox, sizeof img_h, &img_h, sizeof img_w, &img_w)) ==
+            GPUSEG_OK)
         st = run2(ctx, k, H, (W + 7) / 8);
     release_all(rows, 2);
     return st;
@@ -337,7 +343,8 @@ static gpuseg_status follow(masks_run *r, cl_mem end, cl_mem *hist) {
         (st = fill_u32(ctx, *hist, n, 0, "histogram")) == GPUSEG_OK &&
         (!want_pos ||
          (st = buffer(ctx, 2 * n, sizeof(float), "debug positions", &pos)) == GPUSEG_OK) &&
-        (st = euler(ctx, r->scaled, end, *hist, r->H, r->W, niter, pos)) == GPUSEG_OK && want_pos)
+        (st = euler(ctx, r->scaled, end, *hist, r->H, r->W, niter, pos, r->win)) == GPUSEG_OK &&
+        want_pos)
         st = gpuseg__read_buf(ctx, pos, 2 * n * sizeof(float), r->dbg->pos, "debug positions");
     gpuseg__release(&pos);
     if (st != GPUSEG_OK)
@@ -463,7 +470,8 @@ static gpuseg_status stage_get_masks(masks_run *r) {
         (st = label_stats(r->ctx, r->labels, r->H, r->W, ns, t->count, t->first, NULL)) !=
             GPUSEG_OK)
         return st;
-    const double big = (double)r->n * r->p.max_size_fraction; /* np.prod(shape) * fraction */
+    const double npix = r->win ? (double)r->win->image_pixels : (double)r->n;
+    const double big = npix * r->p.max_size_fraction; /* np.prod(shape) * fraction */
     for (uint32_t l = 1; l <= ns; l++)
         t->remove[l] = (double)t->count[l] > big;
     const uint32_t n1 = gpuseg__masks_renumber(t->count, t->first, t->remove, ns, t->map);
@@ -714,7 +722,13 @@ static gpuseg_status stage_fill(masks_run *r) {
     if (n1 == 0)
         return GPUSEG_OK;
     if (r->p.min_size > 0) {
-        gpuseg__masks_size_filter(t->count, n1, r->p.min_size, t->remove);
+        if (r->win && r->win->plain_size_filter) {
+            for (uint32_t l = 1; l <= n1; l++)
+                if (t->count[l] > 0 && t->count[l] < (uint32_t)r->p.min_size)
+                    t->remove[l] = 1;
+        } else {
+            gpuseg__masks_size_filter(t->count, n1, r->p.min_size, t->remove);
+        }
         /* first appearance order equals value order here (labels were numbered so) */
         n2 = gpuseg__masks_renumber(t->count, t->first, t->remove, n1, t->map);
     } else {
@@ -766,7 +780,13 @@ static gpuseg_status stage_renumber(masks_run *r) {
             GPUSEG_OK)
         return st;
     if (r->p.min_size > 0) {
-        gpuseg__masks_size_filter(t->count, n2, r->p.min_size, t->remove);
+        if (r->win && r->win->plain_size_filter) {
+            for (uint32_t l = 1; l <= n2; l++)
+                if (t->count[l] > 0 && t->count[l] < (uint32_t)r->p.min_size)
+                    t->remove[l] = 1;
+        } else {
+            gpuseg__masks_size_filter(t->count, n2, r->p.min_size, t->remove);
+        }
         n_out = gpuseg__masks_renumber(t->count, t->first, t->remove, n2, t->map);
         if (n_out == UINT32_MAX)
             return gpuseg__fail(r->ctx, GPUSEG_OUT_OF_MEMORY, "flows to masks: renumbering table");
@@ -863,8 +883,21 @@ gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, int take_flows, u
                                 uint32_t W, const gpuseg_masks_params *params,
                                 gpuseg__masks_debug *dbg, cl_mem *labels_out, gpuseg_dtype *dtype,
                                 uint32_t *n_masks) {
+    return gpuseg__masks_run_window(ctx, flows, take_flows, H, W, NULL, params, dbg, labels_out,
+                                    dtype, n_masks);
+}
+
+gpuseg_status gpuseg__masks_run_window(gpuseg_ctx *ctx, cl_mem flows, int take_flows, uint32_t H,
+                                       uint32_t W, const gpuseg__masks_window *win,
+                                       const gpuseg_masks_params *params, gpuseg__masks_debug *dbg,
+                                       cl_mem *labels_out, gpuseg_dtype *dtype, uint32_t *n_masks) {
     masks_run r;
     memset(&r, 0, sizeof r);
+    if (win && ((uint64_t)win->oy + H > win->gh || (uint64_t)win->ox + W > win->gw))
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "flows to masks: window %ux%u at (%u, %u) outside the %ux%u image", W,
+                            H, win->ox, win->oy, win->gw, win->gh);
+    r.win = win;
     r.ctx = ctx;
     r.H = H;
     r.W = W;

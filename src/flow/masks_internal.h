@@ -26,6 +26,24 @@ gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, int take_flows, u
                                 uint32_t W, const gpuseg_masks_params *p, gpuseg__masks_debug *dbg,
                                 cl_mem *labels_out, gpuseg_dtype *dtype, uint32_t *n_masks);
 
+/* A window of a larger image (blockwise segmentation, docs/blockwise.md): the H x W flows are
+ * rows oy .. oy + H - 1 and columns ox .. ox + W - 1 of a gh x gw image. Euler positions are
+ * the image's (so they round as in a whole-image run) and are clamped to the image;
+ * max_size_fraction is relative to image_pixels; plain_size_filter: the size filters remove
+ * the masks whose own count is below min_size (not Cellpose 3.1.1.3's position-for-value
+ * quirk, which depends on the numbering of the whole image). */
+typedef struct gpuseg__masks_window {
+    uint32_t oy, ox, gh, gw;
+    uint64_t image_pixels;
+    int plain_size_filter;
+} gpuseg__masks_window;
+
+/* gpuseg__masks_run on a window (win NULL: the whole image, gpuseg__masks_run itself). */
+gpuseg_status gpuseg__masks_run_window(gpuseg_ctx *ctx, cl_mem flows, int take_flows, uint32_t H,
+                                       uint32_t W, const gpuseg__masks_window *win,
+                                       const gpuseg_masks_params *p, gpuseg__masks_debug *dbg,
+                                       cl_mem *labels_out, gpuseg_dtype *dtype, uint32_t *n_masks);
+
 /* Hole filling on the device: for each label l in 1..n_labels with count[l] > 0 and box
  * box[4*l .. 4*l+3] = (min y, max y, min x, max x) (host tables indexed by value), the cells of
  * the box that are not l and not 4-connected to the box border through such cells take label l;

@@ -71,4 +71,11 @@ void gpuseg__net_release_workspace(gpuseg_net *net);
  * net->out ([batch][nout][h][w]) and net->style ([batch][nbase4]); enqueues only. */
 gpuseg_status gpuseg__net_forward(gpuseg_net *net, unsigned batch);
 
+/* segment.c, shared with blockwise segmentation (blocks.c): plans the network for `want` tiles
+ * of th x tw, halving the batch while the device runs out of memory (*got: the batch that fits);
+ * and the double rescale factor whose truncated sizes equal Cellpose's float32 int(L * r). */
+gpuseg_status gpuseg__plan_batch(gpuseg_ctx *ctx, gpuseg_net *net, unsigned want, uint32_t th,
+                                 uint32_t tw, unsigned *got);
+double gpuseg__prep_rescale(float r, uint32_t ly0, uint32_t lx0);
+
 #endif

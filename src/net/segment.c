@@ -48,8 +48,8 @@ void gpuseg_segment_result_free(gpuseg_segment_result *r) {
 
 /* Plans the network for `want` tiles of th x tw, halving the batch while the device runs out of
  * memory; *got receives the batch that fits. */
-static gpuseg_status plan_batch(gpuseg_ctx *ctx, gpuseg_net *net, unsigned want, uint32_t th,
-                                uint32_t tw, unsigned *got) {
+gpuseg_status gpuseg__plan_batch(gpuseg_ctx *ctx, gpuseg_net *net, unsigned want, uint32_t th,
+                                 uint32_t tw, unsigned *got) {
     gpuseg_status st;
     for (unsigned b = want;; b /= 2) {
         st = gpuseg__net_plan(net, b, th, tw);
@@ -86,7 +86,8 @@ static gpuseg_status run_tiles(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg__prep_ou
     cl_mem maps = NULL;
     float *style = NULL;
     unsigned bsz = 0;
-    gpuseg_status st = plan_batch(ctx, net, batch < ntiles ? batch : ntiles, g->th, g->tw, &bsz);
+    gpuseg_status st =
+        gpuseg__plan_batch(ctx, net, batch < ntiles ? batch : ntiles, g->th, g->tw, &bsz);
     if (st != GPUSEG_OK)
         return st;
     *batch_used = bsz;
@@ -148,7 +149,7 @@ fail:
  * The two differ when L * r lies within float32 rounding below an integer. The resize itself
  * depends only on the sizes, so this returns a double factor whose truncated products equal the
  * float32 ones on both axes (r itself when they agree already, which is nearly always). */
-static double prep_rescale(float r, uint32_t ly0, uint32_t lx0) {
+double gpuseg__prep_rescale(float r, uint32_t ly0, uint32_t lx0) {
     if (r == 1.0f)
         return 1.0;
     const uint32_t L[2] = {ly0, lx0};
@@ -217,7 +218,7 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     if (p.page >= img->pages)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "page %u: the image has %u", p.page,
                             img->pages);
-    pp.rescale = prep_rescale(r, img->height, img->width);
+    pp.rescale = gpuseg__prep_rescale(r, img->height, img->width);
     pp.augment = p.augment;
     pp.tile_overlap = p.tile_overlap;
     pp.page = p.page;

@@ -15,7 +15,7 @@
 /* numpy.percentile(x, pct) of n float32 samples: q = float32(pct) / float32(100) and the
  * virtual index (n - 1) * q are float32 operations (numpy 2 keeps the array's dtype); the result
  * interpolates between order statistics *i0 and *i1 with weight *gamma. */
-static void pct_index(uint64_t n, float pct, uint32_t *i0, uint32_t *i1, float *gamma) {
+void gpuseg__pct_index(uint64_t n, float pct, uint32_t *i0, uint32_t *i1, float *gamma) {
     volatile float q = pct / 100.0f; /* volatile: no excess precision or contraction */
     volatile float vi = (float)(n - 1) * q;
     double fl = floor((double)vi);
@@ -27,6 +27,35 @@ static void pct_index(uint64_t n, float pct, uint32_t *i0, uint32_t *i1, float *
     *i0 = (uint32_t)fl;
     *i1 = *i0 + 1;
     *gamma = (float)((double)vi - fl); /* exact: vi has 24 significant bits */
+}
+
+void gpuseg__pct_subsample(uint32_t h, uint32_t w, uint32_t *sy, uint32_t *sx) {
+    *sy = *sx = 1;
+    if ((uint64_t)h * w > SUBSAMPLE_ABOVE) {
+        *sy = h / 224 > 1 ? h / 224 : 1;
+        *sx = w / 224 > 1 ? w / 224 : 1;
+    }
+}
+
+gpuseg_status gpuseg__prep_normalize_par(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, uint32_t h,
+                                         uint32_t w, int invert, const float par[8]) {
+    if (nch == 0 || nch > 2 || h == 0 || w == 0)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "normalize: %u channels of %u x %u pixels", nch, w, h);
+    cl_mem dpar = NULL;
+    cl_kernel knorm;
+    cl_int inv = invert ? 1 : 0;
+    cl_uint n32 = h * w, nch32 = nch;
+    gpuseg_status st;
+    if ((st = gpuseg__upload(ctx, par, 8 * sizeof(float), "normalize: params", &dpar)) ||
+        (st = gpuseg__kernel(ctx, "prep", "prep_normalize", &knorm)) ||
+        (st = gpuseg__set_args(ctx, knorm, 5, sizeof(cl_mem), &x, sizeof n32, &n32, sizeof nch32,
+                               &nch32, sizeof inv, &inv, sizeof(cl_mem), &dpar)))
+        goto done;
+    st = gpuseg__run(ctx, knorm, 2, (size_t[]){(size_t)h * w, nch}, (size_t[]){64, 1});
+done:
+    gpuseg__release(&dpar);
+    return st;
 }
 
 gpuseg_status gpuseg__prep_normalize(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, uint32_t h,
@@ -44,17 +73,14 @@ gpuseg_status gpuseg__prep_normalize(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, ui
         return gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "normalize: %u x %u pixels", w, h);
     /* Cellpose normalises [1, H, W] per channel; above 224^3 samples the percentiles use every
      * (H // 224)-th row and (W // 224)-th column, starting at 0. */
-    uint32_t sy = 1, sx = 1;
-    if (npix > SUBSAMPLE_ABOVE) {
-        sy = h / 224 > 1 ? h / 224 : 1;
-        sx = w / 224 > 1 ? w / 224 : 1;
-    }
+    uint32_t sy, sx;
+    gpuseg__pct_subsample(h, w, &sy, &sx);
     const uint32_t nys = (h + sy - 1) / sy, nxs = (w + sx - 1) / sx;
     const uint64_t ns = (uint64_t)nys * nxs;
     uint32_t lo0, lo1, hi0, hi1;
     float glo, ghi;
-    pct_index(ns, pct_lo, &lo0, &lo1, &glo);
-    pct_index(ns, pct_hi, &hi0, &hi1, &ghi);
+    gpuseg__pct_index(ns, pct_lo, &lo0, &lo1, &glo);
+    gpuseg__pct_index(ns, pct_hi, &hi0, &hi1, &ghi);
 
     gpuseg_status st;
     cl_mem state[2] = {NULL, NULL}, hist = NULL, par = NULL;

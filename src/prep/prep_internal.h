@@ -92,6 +92,20 @@ gpuseg_status gpuseg__prep_normalize(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, ui
                                      uint32_t w, int invert, float pct_lo, float pct_hi,
                                      gpuseg__norm_stats *stats);
 
+/* numpy.percentile's virtual index of pct among n float32 samples: order statistics *i0 and *i1
+ * (0-based) and the float32 weight *gamma of the linear rule. */
+void gpuseg__pct_index(uint64_t n, float pct, uint32_t *i0, uint32_t *i1, float *gamma);
+
+/* normalize99's subsampling of an h x w plane: every *sy-th row and *sx-th column from 0 (both 1
+ * up to 224^3 samples). */
+void gpuseg__pct_subsample(uint32_t h, uint32_t w, uint32_t *sy, uint32_t *sx);
+
+/* The normalisation step alone with known parameters: par[4c .. 4c+3] = {p_lo, p_hi, mode,
+ * p_hi - p_lo} of channel c, as kernels/prep.cl's prep_finalize makes them (mode 0: left as it
+ * is, 1: normalised, 2: set to 0). x = float32 [nch, h, w], in place. */
+gpuseg_status gpuseg__prep_normalize_par(gpuseg_ctx *ctx, cl_mem x, uint32_t nch, uint32_t h,
+                                         uint32_t w, int invert, const float par[8]);
+
 /* Resize rules. CV: OpenCV's own float path (float32 source coordinates, exact x2 downscales
  * as 2x2 means): bit-exact with cv2.resize on 2-channel float32 images, which is what Cellpose
  * resizes going in. EXACT: coordinates in double; OpenCV takes its IPP path for 1-, 3- and
@@ -139,6 +153,23 @@ void gpuseg__blend_free(gpuseg__blend *b);
 /* All tiles at once: y = float32 [ny * nx, nout, th, tw] -> out = float32 [nout, lyr, lxr]. */
 gpuseg_status gpuseg__blend_tiles(gpuseg_ctx *ctx, cl_mem y, uint32_t nout,
                                   const gpuseg__tile_geom *g, cl_mem out);
+
+/* A window of a resize: dst = float32 [nch, dh, dw] receives rows dy0 .. dy0 + dh - 1 and
+ * columns dx0 .. dx0 + dw - 1 of the resize of a full_h x full_w image to full_dh x full_dw
+ * (gpuseg__resize's rule, same values to the bit), computed from src = float32 [nch, sh, sw]:
+ * rows sy0 .. sy0 + sh - 1 and columns sx0 .. sx0 + sw - 1 of the full source, which must hold
+ * every source pixel the window reads (gpuseg__resize_source gives the range). */
+gpuseg_status gpuseg__resize_window(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, uint32_t sy0,
+                                    uint32_t sx0, uint32_t sh, uint32_t sw, uint32_t full_h,
+                                    uint32_t full_w, cl_mem dst, uint32_t dy0, uint32_t dx0,
+                                    uint32_t dh, uint32_t dw, uint32_t full_dh, uint32_t full_dw,
+                                    gpuseg__resize_rule rule);
+
+/* The source rows [*s0, *s1) that destination rows [d0, d1) of a resize of src -> dst pixels
+ * read along one axis (vertical: vert = 1), rule as gpuseg__resize. */
+gpuseg_status gpuseg__resize_source(gpuseg_ctx *ctx, uint32_t src, uint32_t dst, uint32_t d0,
+                                    uint32_t d1, int vert, gpuseg__resize_rule rule, uint32_t *s0,
+                                    uint32_t *s1);
 
 /* Resizes the blended maps [nout, lyr, lxr] back to the image size [nout, ly0, lx0]
  * (caller-allocated dst) with the rule Cellpose's resize back gets. Copies when equal. */

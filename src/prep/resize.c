@@ -143,3 +143,133 @@ gpuseg_status gpuseg__resize_maps(gpuseg_ctx *ctx, cl_mem maps, uint32_t nout,
     return gpuseg__resize(ctx, maps, nout, g->lyr, g->lxr, dst, g->ly0, g->lx0,
                           nout == 2 ? GPUSEG__RESIZE_CV : GPUSEG__RESIZE_EXACT);
 }
+
+gpuseg_status gpuseg__resize_source(gpuseg_ctx *ctx, uint32_t src, uint32_t dst, uint32_t d0,
+                                    uint32_t d1, int vert, gpuseg__resize_rule rule, uint32_t *s0,
+                                    uint32_t *s1) {
+    if (src == 0 || dst == 0 || d0 >= d1 || d1 > dst)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "resize: rows %u..%u of %u -> %u", d0, d1,
+                            src, dst);
+    if (src == dst) { /* a copy */
+        *s0 = d0;
+        *s1 = d1;
+        return GPUSEG_OK;
+    }
+    axis_tab t = {0};
+    if (!tab_make(&t, src, dst, !vert, rule)) {
+        tab_free(&t);
+        return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "resize: coefficient tables");
+    }
+    cl_int lo = t.i0[d0], hi = t.i1[d0];
+    for (uint32_t d = d0; d < d1; d++) {
+        lo = t.i0[d] < lo ? t.i0[d] : lo;
+        lo = t.i1[d] < lo ? t.i1[d] : lo;
+        hi = t.i0[d] > hi ? t.i0[d] : hi;
+        hi = t.i1[d] > hi ? t.i1[d] : hi;
+    }
+    tab_free(&t);
+    *s0 = (uint32_t)lo;
+    *s1 = (uint32_t)hi + 1;
+    return GPUSEG_OK;
+}
+
+/* Slices [d0, d0 + n) of a table and moves its indices to a source window starting at s0 of
+ * length sn; 0 when an index falls outside the window. */
+static int tab_slice(axis_tab *t, uint32_t d0, uint32_t n, uint32_t s0, uint32_t sn) {
+    for (uint32_t k = 0; k < n; k++) {
+        long i0 = (long)t->i0[d0 + k] - s0, i1 = (long)t->i1[d0 + k] - s0;
+        if (i0 < 0 || i1 < 0 || i0 >= (long)sn || i1 >= (long)sn)
+            return 0;
+        t->i0[k] = (cl_int)i0;
+        t->i1[k] = (cl_int)i1;
+        t->a0[k] = t->a0[d0 + k];
+        t->a1[k] = t->a1[d0 + k];
+    }
+    return 1;
+}
+
+gpuseg_status gpuseg__resize_window(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, uint32_t sy0,
+                                    uint32_t sx0, uint32_t sh, uint32_t sw, uint32_t full_h,
+                                    uint32_t full_w, cl_mem dst, uint32_t dy0, uint32_t dx0,
+                                    uint32_t dh, uint32_t dw, uint32_t full_dh, uint32_t full_dw,
+                                    gpuseg__resize_rule rule) {
+    if (nch == 0 || sh == 0 || sw == 0 || dh == 0 || dw == 0 || (uint64_t)sy0 + sh > full_h ||
+        (uint64_t)sx0 + sw > full_w || (uint64_t)dy0 + dh > full_dh || (uint64_t)dx0 + dw > full_dw)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "resize window: %ux%u at (%u, %u) of %ux%u -> %ux%u at (%u, %u) of "
+                            "%ux%u",
+                            sw, sh, sx0, sy0, full_w, full_h, dw, dh, dx0, dy0, full_dw, full_dh);
+    cl_int err;
+    if (full_h == full_dh && full_w == full_dw) { /* cv2.resize copies */
+        if (dy0 < sy0 || dx0 < sx0 || dy0 + dh > sy0 + sh || dx0 + dw > sx0 + sw)
+            return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                "resize window: the source does not hold the copied window");
+        const size_t so[3] = {(size_t)(dx0 - sx0) * 4, dy0 - sy0, 0}, d0[3] = {0, 0, 0};
+        const size_t region[3] = {(size_t)dw * 4, dh, nch};
+        err = clEnqueueCopyBufferRect(ctx->queue, src, dst, so, d0, region, (size_t)sw * 4,
+                                      (size_t)sw * sh * 4, (size_t)dw * 4, (size_t)dw * dh * 4, 0,
+                                      NULL, NULL);
+        return err == CL_SUCCESS ? GPUSEG_OK : gpuseg__fail_cl(ctx, err, "resize window: copy");
+    }
+    gpuseg_status st = GPUSEG_OK;
+    cl_kernel k;
+    cl_uint nch32 = nch, sh32 = sh, sw32 = sw, dh32 = dh, dw32 = dw;
+    if (rule == GPUSEG__RESIZE_CV && full_h == 2 * full_dh && full_w == 2 * full_dw) {
+        /* OpenCV's exact halving (INTER_AREA): the source window must be exactly 2x the window */
+        if (sy0 != 2 * dy0 || sx0 != 2 * dx0 || sh != 2 * dh || sw != 2 * dw)
+            return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                "resize window: a halving needs the source window 2x the window");
+        if ((st = gpuseg__kernel(ctx, "resize", "resize_area2", &k)) ||
+            (st = gpuseg__set_args(ctx, k, 5, sizeof(cl_mem), &src, sizeof dw32, &dw32, sizeof dh32,
+                                   &dh32, sizeof nch32, &nch32, sizeof(cl_mem), &dst)))
+            return st;
+        return gpuseg__run(ctx, k, 2, (size_t[]){dw, (size_t)nch * dh}, (size_t[]){16, 4});
+    }
+    axis_tab tx = {0}, ty = {0};
+    cl_mem b[8] = {0}, tmp = NULL;
+    size_t tbytes;
+    if (!tab_make(&tx, full_w, full_dw, 1, rule) || !tab_make(&ty, full_h, full_dh, 0, rule)) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "resize window: coefficient tables");
+        goto done;
+    }
+    if (!tab_slice(&tx, dx0, dw, sx0, sw) || !tab_slice(&ty, dy0, dh, sy0, sh)) {
+        st = gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                          "resize window: the source window misses pixels the window reads");
+        goto done;
+    }
+    if (!gpuseg__mul4_size(nch, sh, dw, sizeof(float), &tbytes)) {
+        st = gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "resize window: size overflows");
+        goto done;
+    }
+    if ((st = gpuseg__upload(ctx, tx.i0, dw * sizeof(cl_int), "resize: table", &b[0])) ||
+        (st = gpuseg__upload(ctx, tx.i1, dw * sizeof(cl_int), "resize: table", &b[1])) ||
+        (st = gpuseg__upload(ctx, tx.a0, dw * sizeof(float), "resize: table", &b[2])) ||
+        (st = gpuseg__upload(ctx, tx.a1, dw * sizeof(float), "resize: table", &b[3])) ||
+        (st = gpuseg__upload(ctx, ty.i0, dh * sizeof(cl_int), "resize: table", &b[4])) ||
+        (st = gpuseg__upload(ctx, ty.i1, dh * sizeof(cl_int), "resize: table", &b[5])) ||
+        (st = gpuseg__upload(ctx, ty.a0, dh * sizeof(float), "resize: table", &b[6])) ||
+        (st = gpuseg__upload(ctx, ty.a1, dh * sizeof(float), "resize: table", &b[7])) ||
+        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, tbytes, "resize: temporary", &tmp)))
+        goto done;
+    cl_uint rows = nch * sh;
+    if ((st = gpuseg__kernel(ctx, "resize", "resize_h", &k)) ||
+        (st = gpuseg__set_args(ctx, k, 9, sizeof(cl_mem), &src, sizeof sw32, &sw32, sizeof rows,
+                               &rows, sizeof(cl_mem), &tmp, sizeof dw32, &dw32, sizeof(cl_mem),
+                               &b[0], sizeof(cl_mem), &b[1], sizeof(cl_mem), &b[2], sizeof(cl_mem),
+                               &b[3])) ||
+        (st = gpuseg__run(ctx, k, 2, (size_t[]){dw, rows}, (size_t[]){16, 4})) ||
+        (st = gpuseg__kernel(ctx, "resize", "resize_v", &k)) ||
+        (st = gpuseg__set_args(ctx, k, 10, sizeof(cl_mem), &tmp, sizeof sh32, &sh32, sizeof dw32,
+                               &dw32, sizeof nch32, &nch32, sizeof(cl_mem), &dst, sizeof dh32,
+                               &dh32, sizeof(cl_mem), &b[4], sizeof(cl_mem), &b[5], sizeof(cl_mem),
+                               &b[6], sizeof(cl_mem), &b[7])))
+        goto done;
+    st = gpuseg__run(ctx, k, 3, (size_t[]){dw, dh, nch}, (size_t[]){16, 4, 1});
+done:
+    for (int i = 0; i < 8; i++)
+        gpuseg__release(&b[i]);
+    gpuseg__release(&tmp);
+    tab_free(&tx);
+    tab_free(&ty);
+    return st;
+}

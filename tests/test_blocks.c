@@ -1,0 +1,247 @@
+/* tests/test_blocks.c: blockwise segmentation (gpuseg_segment_blocks, docs/blockwise.md) against
+ * the whole-image gpuseg_segment run with the bundled model: labels equal up to renumbering (a
+ * bijection of label values with identical pixel sets) for every mask smaller than the halo,
+ * on the example image and on a 700 x 900 mirror-tiling of it with small and odd block sizes;
+ * the percentiles equal the whole image's to the bit; the largest device buffer stays under a
+ * bound computed from the block size and halo alone, and under the whole-image run's. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpuseg/gpuseg.h"
+#include "prep/prep_internal.h"
+#include "testutil.h"
+
+static uint32_t label_at(const gpuseg_image *im, size_t i) {
+    return im->dtype == GPUSEG_DTYPE_U16 ? ((const uint16_t *)im->data)[i]
+                                         : ((const uint32_t *)im->data)[i];
+}
+
+/* Masks of `a` (whole image) without an identical mask in `b` (blockwise), and of b without one
+ * in a: exact pixel-set equality through a value bijection. */
+static void compare_labels(const gpuseg_image *a, const gpuseg_image *b, uint32_t *diff_a,
+                           uint32_t *diff_b, uint32_t *na, uint32_t *nb) {
+    const size_t n = (size_t)a->width * a->height;
+    uint32_t ma = 0, mb = 0;
+    for (size_t i = 0; i < n; i++) {
+        ma = label_at(a, i) > ma ? label_at(a, i) : ma;
+        mb = label_at(b, i) > mb ? label_at(b, i) : mb;
+    }
+    uint32_t *fa = calloc((size_t)ma + 1, 4), *fb = calloc((size_t)mb + 1, 4);
+    uint8_t *bad_a = calloc((size_t)ma + 1, 1), *bad_b = calloc((size_t)mb + 1, 1);
+    uint32_t *ca = calloc((size_t)ma + 1, 4), *cb = calloc((size_t)mb + 1, 4);
+    ck_assert(fa && fb && bad_a && bad_b && ca && cb);
+    /* f(a) = the b label at a's pixels, which must be one and the same, and vice versa */
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x = label_at(a, i), y = label_at(b, i);
+        ca[x]++;
+        cb[y]++;
+        if (x) {
+            if (!fa[x])
+                fa[x] = y ? y : UINT32_MAX;
+            else if (fa[x] != (y ? y : UINT32_MAX))
+                bad_a[x] = 1;
+        }
+        if (y) {
+            if (!fb[y])
+                fb[y] = x ? x : UINT32_MAX;
+            else if (fb[y] != (x ? x : UINT32_MAX))
+                bad_b[y] = 1;
+        }
+    }
+    *diff_a = *diff_b = *na = *nb = 0;
+    for (uint32_t x = 1; x <= ma; x++) {
+        if (!ca[x])
+            continue;
+        (*na)++;
+        uint32_t y = fa[x];
+        if (bad_a[x] || y == UINT32_MAX || bad_b[y] || fb[y] != x || cb[y] != ca[x])
+            (*diff_a)++;
+    }
+    for (uint32_t y = 1; y <= mb; y++) {
+        if (!cb[y])
+            continue;
+        (*nb)++;
+        uint32_t x = fb[y];
+        if (bad_b[y] || x == UINT32_MAX || bad_a[x] || fa[x] != y || ca[x] != cb[y])
+            (*diff_b)++;
+    }
+    free(fa);
+    free(fb);
+    free(bad_a);
+    free(bad_b);
+    free(ca);
+    free(cb);
+}
+
+/* The example image mirror-tiled to h x w (grey, same dtype). */
+static gpuseg_image *mirrored(const gpuseg_image *s, uint32_t w, uint32_t h) {
+    gpuseg_image *o;
+    ck_assert_int_eq(gpuseg_image_create(w, h, s->channels, 1, s->dtype, &o), GPUSEG_OK);
+    const size_t px = (size_t)s->channels * gpuseg_dtype_size(s->dtype);
+    for (uint32_t y = 0; y < h; y++)
+        for (uint32_t x = 0; x < w; x++) {
+            uint32_t sy = y % (2 * s->height), sx = x % (2 * s->width);
+            sy = sy < s->height ? sy : 2 * s->height - 1 - sy;
+            sx = sx < s->width ? sx : 2 * s->width - 1 - sx;
+            memcpy((unsigned char *)o->data + ((size_t)y * w + x) * px,
+                   (const unsigned char *)s->data + ((size_t)sy * s->width + sx) * px, px);
+        }
+    return o;
+}
+
+static gpuseg_ctx *g_ctx;
+static gpuseg_net *g_net;
+
+static void setup(void) {
+    /* one convolution implementation: AUTO measures per batch size, and a block's last batch
+     * has another size than the whole run's (docs/blockwise.md) */
+    setenv("GPUSEG_CONV", "direct", 1);
+    g_ctx = tu_ctx();
+    ck_assert_int_eq(gpuseg_net_load(g_ctx, GPUSEG_BUNDLED_MODEL, &g_net), GPUSEG_OK);
+}
+
+static void teardown(void) {
+    gpuseg_net_free(g_net);
+    gpuseg_ctx_free(g_ctx);
+}
+
+/* Whole vs blockwise at each block size; returns the blockwise largest device buffer of the
+ * last. */
+static size_t check_equal(const gpuseg_image *img, const uint32_t *sizes, int nsizes,
+                          unsigned batch, size_t *whole_largest) {
+    gpuseg_segment_params p;
+    gpuseg_segment_params_default(&p);
+    p.batch_size = batch;
+    gpuseg_segment_result whole;
+    gpuseg__largest_buffer(g_ctx, 1);
+    ck_assert_msg(gpuseg_segment(g_ctx, g_net, img, &p, &whole) == GPUSEG_OK, "%s",
+                  gpuseg_last_error());
+    *whole_largest = gpuseg__largest_buffer(g_ctx, 1);
+    /* the whole image's percentiles, as the prep computes them */
+    gpuseg__prep_params pp;
+    gpuseg__prep_params_default(&pp);
+    pp.no_tiles = 1;
+    gpuseg__prep_out in;
+    ck_assert_int_eq(gpuseg__prep_image(g_ctx, img, &pp, &in), GPUSEG_OK);
+    size_t largest = 0;
+    for (int k = 0; k < nsizes; k++) {
+        gpuseg_blocks_params bp;
+        gpuseg_blocks_params_default(&bp);
+        bp.block_size = sizes[k];
+        gpuseg_blocks_result br;
+        gpuseg_image *lab = NULL;
+        gpuseg__largest_buffer(g_ctx, 1);
+        ck_assert_msg(gpuseg_segment_blocks_image(g_ctx, g_net, img, &p, &bp, &lab, &br) ==
+                          GPUSEG_OK,
+                      "%s", gpuseg_last_error());
+        largest = gpuseg__largest_buffer(g_ctx, 1);
+        /* a bound from the block size alone: the blend sums of the tiles' span (16 bytes per
+         * resized pixel; the span is the window's plus at most a tile on each side) or the
+         * window's flows (12 bytes per pixel) */
+        const double win = sizes[k] + 2.0 * br.halo + 1;
+        const double span = ceil(br.rescale * win) + 2.0 * 224 + 4;
+        const double bound = 16 * span * span > 12 * win * win ? 16 * span * span : 12 * win * win;
+        ck_assert_msg((double)largest <= bound, "largest buffer %zu above the bound %.0f", largest,
+                      bound);
+        for (int c = 0; c < 2; c++) {
+            ck_assert_msg(memcmp(&br.norm_lo[c], &in.stats.lo[c], 4) == 0 &&
+                              memcmp(&br.norm_hi[c], &in.stats.hi[c], 4) == 0,
+                          "percentiles of channel %d: blocks %.9g %.9g, whole %.9g %.9g", c,
+                          (double)br.norm_lo[c], (double)br.norm_hi[c], (double)in.stats.lo[c],
+                          (double)in.stats.hi[c]);
+        }
+        uint32_t da, db, na, nb;
+        compare_labels(whole.labels, lab, &da, &db, &na, &nb);
+        printf("%ux%u block %u halo %u: %u blocks, %llu tiles (whole %u), whole %u masks, blocks "
+               "%u (%u written), differing %u / %u, bigger than the halo %u, largest buffer %zu "
+               "(whole %zu)\n",
+               img->width, img->height, sizes[k], br.halo, br.n_blocks,
+               (unsigned long long)br.n_tiles_run, br.n_tiles, na, nb, br.n_masks, da, db,
+               br.n_too_big, largest, *whole_largest);
+        fflush(stdout);
+        ck_assert_uint_eq(na, whole.n_masks);
+        /* every difference must come from a mask the blocks flagged as bigger than the halo */
+        if (br.n_too_big == 0) {
+            ck_assert_uint_eq(da, 0);
+            ck_assert_uint_eq(db, 0);
+        } else {
+            ck_assert_uint_le(da, br.n_too_big);
+        }
+        gpuseg_image_free(lab);
+    }
+    gpuseg__prep_out_free(&in);
+    gpuseg_segment_result_free(&whole);
+    return largest;
+}
+
+START_TEST(blocks_equal_whole_example) {
+    gpuseg_image *img;
+    ck_assert_int_eq(gpuseg_image_read(GPUSEG_SOURCE_DIR "/examples/data/nuclei.png", &img),
+                     GPUSEG_OK);
+    const uint32_t sizes[] = {96, 128, 77};
+    size_t wl;
+    check_equal(img, sizes, 3, 8, &wl);
+    gpuseg_image_free(img);
+}
+END_TEST
+
+START_TEST(blocks_equal_whole_large) {
+    gpuseg_image *src, *img;
+    ck_assert_int_eq(gpuseg_image_read(GPUSEG_SOURCE_DIR "/examples/data/nuclei.png", &src),
+                     GPUSEG_OK);
+    img = mirrored(src, 700, 900);
+    const uint32_t sizes[] = {128, 201};
+    size_t wl;
+    size_t largest = check_equal(img, sizes, 2, 8, &wl);
+    ck_assert_uint_lt(largest, wl); /* below the whole-image run's largest buffer */
+    gpuseg_image_free(src);
+    gpuseg_image_free(img);
+}
+END_TEST
+
+START_TEST(blocks_errors) {
+    gpuseg_image *img;
+    ck_assert_int_eq(gpuseg_image_read(GPUSEG_SOURCE_DIR "/examples/data/nuclei.png", &img),
+                     GPUSEG_OK);
+    gpuseg_segment_params p;
+    gpuseg_segment_params_default(&p);
+    gpuseg_blocks_params bp;
+    gpuseg_blocks_params_default(&bp);
+    gpuseg_blocks_result br;
+    gpuseg_image *lab = NULL;
+    bp.block_size = 4;
+    ck_assert_int_eq(gpuseg_segment_blocks_image(g_ctx, g_net, img, &p, &bp, &lab, &br),
+                     GPUSEG_INVALID_ARGUMENT);
+    ck_assert_ptr_null(lab);
+    ck_assert(strstr(gpuseg_last_error(), "block size 4"));
+    bp.block_size = 128;
+    p.augment = 1;
+    ck_assert_int_eq(gpuseg_segment_blocks_image(g_ctx, g_net, img, &p, &bp, &lab, &br),
+                     GPUSEG_UNSUPPORTED);
+    /* cancel: requested before the run, stops it with nothing written */
+    p.augment = 0;
+    gpuseg_ctx_cancel(g_ctx, 1);
+    ck_assert_int_eq(gpuseg_segment_blocks_image(g_ctx, g_net, img, &p, &bp, &lab, &br),
+                     GPUSEG_CANCELLED);
+    ck_assert_ptr_null(lab);
+    gpuseg_ctx_cancel(g_ctx, 0);
+    gpuseg_image_free(img);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("blocks");
+    int dev = tu_require_device();
+    if (dev != 0)
+        return dev;
+    TCase *d = tcase_create("device");
+    tcase_set_timeout(d, 900);
+    tcase_add_checked_fixture(d, setup, teardown);
+    tcase_add_test(d, blocks_equal_whole_example);
+    tcase_add_test(d, blocks_errors);
+    tcase_add_test(d, blocks_equal_whole_large);
+    suite_add_tcase(s, d);
+    return tu_run(s);
+}
