@@ -232,10 +232,10 @@ START_TEST(blocks_errors) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("blocks");
     int dev = tu_require_device();
     if (dev != 0)
         return dev;
+    Suite *s = suite_create("blocks");
     TCase *d = tcase_create("device");
     tcase_set_timeout(d, 900);
     tcase_add_checked_fixture(d, setup, teardown);
