@@ -480,7 +480,7 @@ static void progress_draw(void *user, const gpuseg_progress *pr) {
         if (pl->blocks_done && el > 0)
             fprintf(stderr, ", %.2f MP/s, %.0f s left", 1e-6 * f * (double)pl->pixels / el,
                     el * (1 - f) / f);
-        fprintf(stderr, "  %3.0f%%", 100.0 * (pr->fraction < 0 ? 0 : pr->fraction));
+        fprintf(stderr, "  %3.0f%%", 100.0 * f); /* of the blocks: nested stages end at 100% */
         fflush(stderr);
         return;
     }
