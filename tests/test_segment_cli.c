@@ -753,6 +753,215 @@ START_TEST(sigint_cancels_run) {
 }
 END_TEST
 
+/* ---- large images (issue #16): blockwise runs ------------------------------------------------ */
+
+#define SLIDE_W 700u
+#define SLIDE_H 900u
+
+/* dir/slide.tif: the example's first channel mirror-tiled to SLIDE_W x SLIDE_H, stored as a
+ * tiled uint16 BigTIFF (64-pixel tiles), so that blockwise runs read it region by region. */
+static void make_slide(const char *dir, char *path, size_t len) {
+    gpuseg_image *ex = NULL;
+    ck_assert_int_eq(gpuseg_image_read(EXAMPLE, &ex), GPUSEG_OK);
+    ck_assert(ex->dtype == GPUSEG_DTYPE_U8);
+    uint16_t *v = malloc((size_t)SLIDE_W * SLIDE_H * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    const uint8_t *d = ex->data;
+    for (uint32_t y = 0; y < SLIDE_H; y++)
+        for (uint32_t x = 0; x < SLIDE_W; x++) {
+            uint32_t my = y % (2 * ex->height), mx = x % (2 * ex->width);
+            my = my < ex->height ? my : 2 * ex->height - 1 - my;
+            mx = mx < ex->width ? mx : 2 * ex->width - 1 - mx;
+            v[(size_t)y * SLIDE_W + x] = d[((size_t)my * ex->width + mx) * ex->channels];
+        }
+    snprintf(path, len, "%s/slide.tif", dir);
+    gpuseg_labels_tiff *w = NULL;
+    ck_assert_int_eq(gpuseg_labels_tiff_open(path, SLIDE_W, SLIDE_H, GPUSEG_DTYPE_U16, 64, 0, &w),
+                     GPUSEG_OK);
+    ck_assert_int_eq(gpuseg_labels_tiff_write_block(w, 0, 0, SLIDE_W, SLIDE_H, v), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg_labels_tiff_commit(w), GPUSEG_OK);
+    free(v);
+    gpuseg_image_free(ex);
+}
+
+/* The label value at pixel i of a one-channel uint16 or uint32 image. */
+static uint32_t label_at(const gpuseg_image *l, size_t i) {
+    return l->dtype == GPUSEG_DTYPE_U16 ? ((const uint16_t *)l->data)[i]
+                                        : ((const uint32_t *)l->data)[i];
+}
+
+/* Asserts that b's labels are a's up to renumbering: same background, and a bijection between
+ * their labels. Returns the number of masks. */
+static uint32_t assert_same_partition(const gpuseg_image *a, const gpuseg_image *b,
+                                      const char *what) {
+    ck_assert_uint_eq(a->width, b->width);
+    ck_assert_uint_eq(a->height, b->height);
+    size_t n = (size_t)a->width * a->height;
+    uint32_t max = 0;
+    for (size_t i = 0; i < n; i++) {
+        max = label_at(a, i) > max ? label_at(a, i) : max;
+        max = label_at(b, i) > max ? label_at(b, i) : max;
+    }
+    uint32_t *ab = calloc((size_t)max + 1, sizeof *ab), *ba = calloc((size_t)max + 1, sizeof *ba);
+    ck_assert(ab && ba);
+    uint32_t masks = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x = label_at(a, i), y = label_at(b, i);
+        ck_assert_msg((x == 0) == (y == 0), "%s: pixel (%zu, %zu): %u vs %u", what, i / a->width,
+                      i % a->width, x, y);
+        if (!x)
+            continue;
+        if (!ab[x]) {
+            ck_assert_msg(!ba[y], "%s: label %u of the second is two masks of the first", what, y);
+            ab[x] = y;
+            ba[y] = x;
+            masks++;
+        }
+        ck_assert_msg(ab[x] == y && ba[y] == x, "%s: pixel (%zu, %zu): mask %u split or merged",
+                      what, i / a->width, i % a->width, x);
+    }
+    free(ab);
+    free(ba);
+    return masks;
+}
+
+START_TEST(blockwise_equals_whole) {
+    /* The same convolution implementation in both runs (docs/blockwise.md): bit-equal flows. */
+    if (g_dev)
+        return;
+    setenv("GPUSEG_CONV", "direct", 1); /* this test's process and the commands it runs */
+    char dir[64], slide[128], p[256], q[256];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    make_slide(dir, slide, sizeof slide);
+    tu_cli_result *r = tu_cli("segment '%s' --diameter 20 -o '%s/whole.bin'", slide, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(!strstr(r->err, "blockwise"), "%s", r->err);
+    free(r);
+    snprintf(p, sizeof p, "%s/whole.bin", dir);
+    snprintf(q, sizeof q, "%s/whole.json", dir);
+    char *js = read_text(q);
+    gpuseg_image *whole = read_bin_labels(p, js);
+    free(js);
+
+    /* Blockwise into a .bin: 6 x 8 blocks of 128, labels assembled in memory. */
+    r = tu_cli("segment '%s' --diameter 20 --block-size 128 -o '%s/blocks.bin'", slide, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    ck_assert_msg(strstr(r->err, "(blockwise: 6 x 8 blocks of 128, halo 80, "), "%s", r->err);
+    ck_assert_msg(strstr(r->err, "--block-size)"), "%s", r->err);
+    free(r);
+    snprintf(p, sizeof p, "%s/blocks.bin", dir);
+    snprintf(q, sizeof q, "%s/blocks.json", dir);
+    js = read_text(q);
+    ck_assert_msg(strstr(js, "\"blockwise\":{"), "%s", js);
+    ck_assert_double_eq(json_number(js, "block_size"), 128);
+    ck_assert_double_eq(json_number(js, "n_blocks"), 48);
+    ck_assert_double_eq(json_number(js, "n_too_big"), 0);
+    ck_assert(json_number(js, "n_tiles_run") >= json_number(js, "n_tiles_whole"));
+    gpuseg_image *blocks = read_bin_labels(p, js);
+    ck_assert_double_eq(json_number(js, "n_masks"),
+                        assert_same_partition(whole, blocks, "blocks.bin"));
+    free(js);
+    gpuseg_image_free(blocks);
+    ck_assert(assert_same_partition(whole, whole, "self") > 50);
+
+    /* Streamed into a tiled BigTIFF (uint32, 256-pixel tiles: 3 x 4 blocks, fewer tiles run
+     * twice than at 128, for the test's time). */
+    r = tu_cli("segment '%s' --diameter 20 --block-size 256 -o '%s/blocks.tif'", slide, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    snprintf(p, sizeof p, "%s/blocks.tif", dir);
+    gpuseg_image *tif = NULL;
+    ck_assert_int_eq(gpuseg_image_read(p, &tif), GPUSEG_OK);
+    ck_assert_int_eq(tif->dtype, GPUSEG_DTYPE_U32);
+    assert_same_partition(whole, tif, "blocks.tif");
+    gpuseg_image_free(tif);
+
+    /* --max-memory 1M: the image goes blockwise by itself (one block of 1024), the diameter
+     * estimated on a sample (the whole image: it is smaller than the sample's 1024^2). */
+    r = tu_cli("segment '%s' --max-memory 1M -o '%s/auto.bin'", slide, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(strstr(r->err, "(blockwise: 1 x 1 blocks of 1024, "), "%s", r->err);
+    ck_assert_msg(strstr(r->err, "budget (--max-memory))"), "%s", r->err);
+    ck_assert_msg(strstr(r->err, " on a 700x900 sample)"), "%s", r->err);
+    free(r);
+    snprintf(q, sizeof q, "%s/auto.json", dir);
+    js = read_text(q);
+    ck_assert_msg(strstr(js, "\"diameter_sample\":[700,900]"), "%s", js);
+    ck_assert(json_number(js, "n_masks") > 50);
+    free(js);
+    gpuseg_image_free(whole);
+    tu_rmtree(dir);
+}
+END_TEST
+
+START_TEST(blockwise_refusals) {
+    /* Refused before any device work, one line each. */
+    char dir[64], slide[128];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    make_slide(dir, slide, sizeof slide);
+    tu_cli_result *r = tu_cli("segment '%s' --block-size 100 -o '%s/o.bin'", slide, dir);
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    ck_assert_msg(strstr(r->err, "--block-size 100: a multiple of 16, at least 64"), "%s", r->err);
+    free(r);
+    r = tu_cli("segment '%s' --block-size 128 -o '%s/o.tif' --save-rois", slide, dir);
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    ck_assert_msg(strstr(r->err, "--save-rois with TIFF labels"), "%s", r->err);
+    free(r);
+    /* Automatic: the image's header says it goes blockwise. */
+    r = tu_cli("segment '%s' --max-memory 1M --format tif --save-dir '%s/out' --save-rois", slide,
+               dir);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    ck_assert_msg(strstr(r->err, "slide.tif: goes blockwise (a whole-image run needs"), "%s",
+                  r->err);
+    free(r);
+    r = tu_cli("segment '%s' --block-size 128 --save-flows -o '%s/o.bin'", slide, dir);
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_msg(strstr(r->err, "--save-flows"), "%s", r->err);
+    free(r);
+    /* nothing was written */
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "test $(ls -A '%s' | wc -l) -eq 1", dir);
+    ck_assert_msg(system(cmd) == 0, "stray files in %s", dir);
+    tu_rmtree(dir);
+}
+END_TEST
+
+/* SIGINT during a blockwise run streaming a TIFF: the writer is aborted, no .tif and no
+ * temporary is left, one line, exit 130. */
+START_TEST(blockwise_sigint) {
+    if (g_dev)
+        return;
+    char dir[64], slide[128], p[256], cmd[2048];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    make_slide(dir, slide, sizeof slide);
+    /* the temporary (out.tif.tmp-XXXXXX) appears when the blockwise run starts */
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' || exit 1; '%s' segment slide.tif --diameter 20 --block-size 64 -o out.tif "
+             ">out.txt 2>err.txt & pid=$!; for k in $(seq 1 1200); do ls | grep -q '^out.tif.tmp-' "
+             "&& break; sleep 0.1; done; sleep 1; kill -INT $pid; wait $pid; echo $? >rc.txt",
+             dir, GPUSEG_CLI);
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(p, sizeof p, "%s/rc.txt", dir);
+    char *rc = read_text(p);
+    snprintf(p, sizeof p, "%s/err.txt", dir);
+    char *err = read_text(p);
+    ck_assert_msg(atoi(rc) == 130, "exit %s: %s", rc, err);
+    ck_assert_msg(strstr(err, "gpuseg: segment: cancelled by SIGINT after 0 of 1 images"), "%s",
+                  err);
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && test \"$(ls -A | tr '\\n' ' ')\" = 'err.txt out.txt rc.txt slide.tif '",
+             dir);
+    ck_assert_msg(system(cmd) == 0, "stray files in %s", dir);
+    free(rc);
+    free(err);
+    tu_rmtree(dir);
+}
+END_TEST
+
 int main(void) {
     g_dev = tu_require_device();
     if (g_dev == 1)
@@ -772,6 +981,9 @@ int main(void) {
     tcase_add_test(tc, sigint_cancels_run);
     tcase_add_test(tc, size_model_beside_model);
     tcase_add_test(tc, estimate_api);
+    tcase_add_test(tc, blockwise_equals_whole);
+    tcase_add_test(tc, blockwise_refusals);
+    tcase_add_test(tc, blockwise_sigint);
     suite_add_tcase(s, tc);
     TCase *sd = tu_tcase_needing("shared_data", TU_NEEDS_SHARED_DATA);
     tcase_set_timeout(sd, 300);

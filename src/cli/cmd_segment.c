@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "labels_load.h"
+#include "segment_blocks.h"
 #include "segment_output.h"
 
 #define PATH_MAX_LEN 4096
@@ -88,6 +89,12 @@ typedef struct seg_job {
     const char *img_filter, *mask_filter; /* NULL, "_masks" */
     int depth; /* subfolder levels searched: 0, 1 (--look-one-level-down), -1 (--recursive) */
     segment_output_opts so;
+    /* Large images (docs/segment.md): --block-size N forces blockwise runs (0: only images over
+     * the memory budget go blockwise, with blocks of SEG_BLOCKS_AUTO_BLOCK); --halo N (0: the
+     * library's); --max-memory SIZE, the budget of a whole-image run (0: half the physical
+     * memory or the device's global memory if smaller). */
+    uint32_t block_size, halo;
+    uint64_t max_memory;
     char model[PATH_MAX_LEN]; /* resolved */
     path_list args;           /* the inputs as given: --dir, --image_path, positional */
     path_list inputs;         /* the images */
@@ -213,10 +220,13 @@ static gpuseg_status write_outputs(segment_output *pipe, gpuseg_ctx *ctx, const 
         gpuseg_outlines_params op;
         gpuseg_outlines_params_default(&op);
         op.page = page;
-        gpuseg_image *rgb = NULL;
-        if ((st = gpuseg_outlines_draw(img, lab, &op, &rgb)) == GPUSEG_OK)
+        gpuseg_image *rgb = NULL, *whole = NULL; /* a blockwise run reads the picture's image */
+        if (!img && (st = gpuseg_image_read_ex(image, &cli_limits, &whole)) != GPUSEG_OK)
+            return st;
+        if ((st = gpuseg_outlines_draw(img ? img : whole, lab, &op, &rgb)) == GPUSEG_OK)
             st = gpuseg_image_write_png_ex(o->outlines, rgb, cli_write_flags);
         gpuseg_image_free(rgb);
+        gpuseg_image_free(whole);
         if (st != GPUSEG_OK)
             return st;
     }
@@ -426,6 +436,7 @@ static const char *const USE =
     "[--chan C --chan2 C2] [--invert] [--flow-threshold 0.4] [--cellprob-threshold 0.0] "
     "[--niter N] [--min-size 15] [--augment] [--tile-overlap 0.1] [--batch-size 8] "
     "[--no-norm | --norm-percentile 1 99] [--exclude-on-edges] [--page N | --stitch-threshold T] "
+    "[--block-size N] [--halo N] [--max-memory SIZE] "
     "[--device SPEC] [-o OUT | --save-dir DIR] [--format bin|tif|png|npy] [--save-flows] "
     "[--save-outlines] [--save-png] [--save-tif] [--output-name _cp_masks] [--save-txt] "
     "[--save-rois] [--save-geojson] [--img-filter S] [--mask-filter _masks] "
@@ -440,6 +451,11 @@ typedef struct progress_line {
     const char *name;
     const char *stage; /* the last one drawn */
     double drawn_s;    /* when */
+    /* A blockwise run: the image's pixels (0: not blockwise), blocks done and in all, and when
+     * the first block began; the line then shows blocks, megapixels per second, time left. */
+    uint64_t pixels;
+    uint64_t blocks_done, blocks_total;
+    double blocks_t0;
 } progress_line;
 
 static void progress_draw(void *user, const gpuseg_progress *pr) {
@@ -451,6 +467,23 @@ static void progress_draw(void *user, const gpuseg_progress *pr) {
         return; /* at most ten redraws a second within a stage */
     pl->stage = pr->stage;
     pl->drawn_s = t;
+    if (pl->pixels && strcmp(pr->stage, "blocks") == 0) {
+        if (pl->blocks_total == 0) /* the first "blocks" report: 0 done */
+            pl->blocks_t0 = t;
+        pl->blocks_done = pr->done;
+        pl->blocks_total = pr->total;
+    }
+    if (pl->pixels && pl->blocks_total) { /* blocks, not the nested stages of each block */
+        double el = t - pl->blocks_t0, f = (double)pl->blocks_done / (double)pl->blocks_total;
+        fprintf(stderr, "\r\033[K[%zu/%zu] %s ... blocks %llu/%llu", pl->i + 1, pl->n, pl->name,
+                (unsigned long long)pl->blocks_done, (unsigned long long)pl->blocks_total);
+        if (pl->blocks_done && el > 0)
+            fprintf(stderr, ", %.2f MP/s, %.0f s left", 1e-6 * f * (double)pl->pixels / el,
+                    el * (1 - f) / f);
+        fprintf(stderr, "  %3.0f%%", 100.0 * f); /* of the blocks: nested stages end at 100% */
+        fflush(stderr);
+        return;
+    }
     fprintf(stderr, "\r\033[K[%zu/%zu] %s ... %s", pl->i + 1, pl->n, pl->name, pr->stage);
     if (pr->total)
         fprintf(stderr, " %llu/%llu", (unsigned long long)pr->done, (unsigned long long)pr->total);
@@ -527,6 +560,13 @@ static void print_help(void) {
            "segments each plane (the stack normalised as a whole) and links the masks across Z "
            "as Cellpose's --stitch_threshold; the labels are written as a 3-D .tif, .npy or "
            ".bin [Z,Y,X].\n"
+           "Large images: --block-size N (a multiple of 16, >= 64) segments blockwise, reading "
+           "the image region by region, with --halo N pixels of context (default 4 x the "
+           "diameter, >= 64); an image whose whole-image run is estimated (28 bytes per pixel "
+           "plus the image) over --max-memory SIZE (default: half the RAM, or the device's "
+           "memory if smaller) goes blockwise by itself with blocks of 1024. --diameter 0 is "
+           "then estimated on a central 1024x1024 sample. TIFF labels are streamed to a tiled "
+           "BigTIFF; other formats are assembled in memory (4 bytes per pixel).\n"
            "Refused before any device work, with one line: images of several pages without "
            "--stitch-threshold (a Z stack, or channels stored as pages; --page N segments one), "
            "--chan/--chan2 beyond the "
@@ -584,6 +624,9 @@ enum {
     O_RECURSIVE,
     O_SKIP_EXISTING,
     O_STITCH,
+    O_BLOCK_SIZE,
+    O_HALO,
+    O_MAX_MEMORY,
     O_UNSUPPORTED /* a Cellpose flag gpuseg lacks: the table index says which */
 };
 
@@ -795,6 +838,31 @@ static int job_option(seg_job *j, int c, const char *arg) {
             return CLI_USAGE;
         j->stitch = d;
         return CLI_OK;
+    case O_BLOCK_SIZE: /* blocks fall on the streamed TIFF's tiles (multiples of 16) */
+        if (!cli_parse_int("--block-size", arg, 1, 1L << 20, &l))
+            return CLI_USAGE;
+        if (l < 64 || l % 16) {
+            cli_error("--block-size %ld: a multiple of 16, at least 64 (e.g. 1024)", l);
+            return CLI_USAGE;
+        }
+        j->block_size = (uint32_t)l;
+        return CLI_OK;
+    case O_HALO:
+        if (!cli_parse_int("--halo", arg, 0, 1L << 20, &l))
+            return CLI_USAGE;
+        j->halo = (uint32_t)l;
+        return CLI_OK;
+    case O_MAX_MEMORY: {
+        uint64_t v;
+        if (gpuseg_limit_parse(arg, &v) != GPUSEG_OK || v == 0) {
+            cli_error("--max-memory '%s': a size in bytes with an optional K/M/G/T suffix "
+                      "(powers of 1024), above 0",
+                      arg);
+            return CLI_USAGE;
+        }
+        j->max_memory = v;
+        return CLI_OK;
+    }
     case O_IMG_FILTER:
         j->img_filter = arg;
         return CLI_OK;
@@ -813,7 +881,7 @@ static int job_option(seg_job *j, int c, const char *arg) {
  * Cellpose's flags that gpuseg lacks (refused by name, from UNSUPPORTED). A long option is also
  * accepted with '_' for '-' (cli_getopt_long), so Cellpose's spellings of an option need no
  * entry of their own. */
-#define N_OPTS (73 + N_UNSUPPORTED)
+#define N_OPTS (76 + N_UNSUPPORTED)
 static struct option g_opts[N_OPTS];
 
 static void build_options(void) {
@@ -824,6 +892,9 @@ static void build_options(void) {
                                         {"chan2", required_argument, NULL, O_CHAN2},
                                         {"page", required_argument, NULL, O_PAGE},
                                         {"stitch-threshold", required_argument, NULL, O_STITCH},
+                                        {"block-size", required_argument, NULL, O_BLOCK_SIZE},
+                                        {"halo", required_argument, NULL, O_HALO},
+                                        {"max-memory", required_argument, NULL, O_MAX_MEMORY},
                                         {"invert", no_argument, NULL, O_INVERT},
                                         CLI_MASKS_LONG_OPTIONS,
                                         {"augment", no_argument, NULL, O_AUG},
@@ -896,6 +967,81 @@ static int stack_conflicts(const seg_job *j) {
     return CLI_USAGE;
 }
 
+/* Whether the labels go to a TIFF (--format tif or -o X.tif): a blockwise run streams them into
+ * a tiled BigTIFF block by block, without the whole label image in memory. */
+static bool labels_tiff(const seg_job *j) {
+    if (j->so.shm_only)
+        return false;
+    if (j->out) {
+        const char *dot = strrchr(j->out, '.');
+        return dot && (strcasecmp(dot, ".tif") == 0 || strcasecmp(dot, ".tiff") == 0);
+    }
+    return strcmp(j->format, "tif") == 0;
+}
+
+/* What a blockwise run cannot do: the option that needs a whole-image run (flows, test-time
+ * augmentation, stacks), or, when the labels are streamed to a TIFF, the whole label image
+ * (vector outputs, pictures, other label files, --exclude-on-edges); NULL when none. */
+static const char *blockwise_conflict(const seg_job *j) {
+    if (j->save_flows)
+        return "--save-flows (blockwise runs return no flows)";
+    if (j->p.augment)
+        return "--augment (not supported blockwise)";
+    if (j->stitch > 0)
+        return "--stitch-threshold (Z stacks are segmented whole)";
+    if (!labels_tiff(j))
+        return NULL;
+    const char *what = j->save_rois       ? "--save-rois"
+                       : j->save_txt      ? "--save-txt"
+                       : j->save_geojson  ? "--save-geojson"
+                       : j->save_outlines ? "--save-outlines"
+                       : j->save_png      ? "--save-png"
+                       : j->save_tif      ? "--save-tif"
+                       : j->exclude_edges ? "--exclude-on-edges"
+                                          : NULL;
+    if (!what)
+        return NULL;
+    static char buf[160];
+    snprintf(buf, sizeof buf,
+             "%s with TIFF labels (streamed block by block: the whole label image is never in "
+             "memory; use --format bin, npy or png for it)",
+             what);
+    return buf;
+}
+
+/* A byte count as text: "12 KiB", "340 MiB", "7.5 GiB". */
+static const char *bytes_text(uint64_t v, char buf[32]) {
+    double d = (double)v;
+    if (d >= 1073741824.0)
+        snprintf(buf, 32, "%.1f GiB", d / 1073741824.0);
+    else if (d >= 1048576.0)
+        snprintf(buf, 32, "%.0f MiB", d / 1048576.0);
+    else
+        snprintf(buf, 32, "%.0f KiB", d / 1024.0);
+    return buf;
+}
+
+/* Whether an image of W x H (channels, dtype) is segmented blockwise, and why (into why):
+ * --block-size, or a whole-image run estimated over the memory budget (--max-memory, else half
+ * the physical memory or dev_bytes when smaller; dev_bytes 0: not known yet). */
+static bool goes_blockwise(const seg_job *j, uint32_t w, uint32_t h, uint32_t channels,
+                           gpuseg_dtype dtype, uint64_t dev_bytes, char *why, size_t len) {
+    if (j->block_size) {
+        snprintf(why, len, "--block-size");
+        return true;
+    }
+    if (j->stitch > 0)
+        return false;
+    uint64_t need = seg_blocks_estimate(w, h, channels, dtype);
+    uint64_t budget = j->max_memory ? j->max_memory : seg_blocks_default_budget(dev_bytes);
+    if (need <= budget)
+        return false;
+    char n[32], b[32];
+    snprintf(why, len, "a whole-image run needs ~%s, over the %s budget%s", bytes_text(need, n),
+             bytes_text(budget, b), j->max_memory ? " (--max-memory)" : "");
+    return true;
+}
+
 /* Parses the command line into *j. -1 to go on; otherwise the exit code (--help: CLI_OK). */
 static int parse_options(int argc, char **argv, seg_job *j) {
     build_options();
@@ -960,6 +1106,11 @@ static int parse_options(int argc, char **argv, seg_job *j) {
     }
     if (j->stitch > 0 && stack_conflicts(j) != CLI_OK)
         return CLI_USAGE;
+    if (j->block_size && blockwise_conflict(j)) {
+        cli_error("--block-size %u segments blockwise: it excludes %s", j->block_size,
+                  blockwise_conflict(j));
+        return CLI_USAGE;
+    }
     if (j->out) { /* -o's extension says the format; --format, when given, must agree */
         const char *dot = strrchr(j->out, '.'), *slash = strrchr(j->out, '/');
         const char *ext = dot && (!slash || dot > slash) ? dot + 1 : "";
@@ -1033,6 +1184,13 @@ static int check_image(const seg_job *j, const char *image, const seg_outputs *o
         if ((unsigned)j->p.chan > nc || (unsigned)j->p.chan2 > nc || (nc == 1 && j->p.chan2)) {
             cli_error("%s: --chan %d --chan2 %d asked of an image with %u channel%s", image,
                       j->p.chan, j->p.chan2, nc, nc == 1 ? " (grey: --chan 0 --chan2 0)" : "s");
+            return CLI_FAIL;
+        }
+        char why[160];
+        if (goes_blockwise(j, info.width, info.height, nc, info.dtype, 0, why, sizeof why) &&
+            blockwise_conflict(j)) {
+            cli_error("%s: goes blockwise (%s), which excludes %s", image, why,
+                      blockwise_conflict(j));
             return CLI_FAIL;
         }
     }
@@ -1139,7 +1297,8 @@ static int find_inputs(seg_job *j) {
 
 /* The members that `segment` adds to each .bin sidecar (n_masks, diameter and source come from
  * the segment header: gpuseg save adds them), as compact JSON text; NULL when out of memory. */
-static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_segment_result *r) {
+static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_segment_result *r,
+                           json_t *blockwise) {
     const gpuseg_segment_params *p = &j->p;
     json_t *params = json_pack(
         "{s:o,s:b,s:i,s:i,s:b,s:o,s:o,s:i,s:i,s:b,s:o,s:i,s:b,s:o,s:o,s:i,s:b}", "diameter",
@@ -1161,6 +1320,8 @@ static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_seg
         cli_json_num(r->diameter_style), "passes", (int)r->passes, "rescale",
         cli_json_num(r->rescale), "niter", (int)r->niter, "n_tiles", (int)r->n_tiles, "parameters",
         params);
+    if (o && blockwise)
+        json_object_set(o, "blockwise", blockwise);
     /* 9 significant digits, as the sidecar always had: every float parameter reads back */
     char *text = cli_json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
@@ -1212,6 +1373,115 @@ static double compile_seconds(gpuseg_ctx *ctx, unsigned *compiled) {
     return ps.build_seconds;
 }
 
+/* The blockwise run of one image (docs/segment.md, "Large images"): the image read region by
+ * region, the diameter estimated on a central sample when asked, the labels streamed into a
+ * tiled TIFF or assembled and handed to the output pipeline. Returns as run_image. */
+static int run_image_blocks(const seg_job *j, seg_run *run, const char *image, const seg_outputs *o,
+                            const char *why, double t0) {
+    gpuseg_image_region_reader *rd = NULL;
+    gpuseg_status st = gpuseg_image_region_open(image, &cli_limits, &rd);
+    if (st != GPUSEG_OK)
+        return cli_fail(st); /* names the file */
+    const gpuseg_image_region_info *in = gpuseg_image_region_info_of(rd);
+    gpuseg_segment_params p = j->p;
+    gpuseg_blocks_params bp;
+    gpuseg_blocks_params_default(&bp);
+    if (j->block_size)
+        bp.block_size = j->block_size;
+    else
+        bp.block_size = SEG_BLOCKS_AUTO_BLOCK;
+    bp.halo = j->halo;
+    gpuseg_segment_result sample; /* the diameter's sample run, when estimated */
+    memset(&sample, 0, sizeof sample);
+    uint32_t sw = 0, sh = 0;
+    if (p.estimate_diameter && p.diameter == 0) {
+        p.size_model = run->size_model;
+        st = seg_blocks_sample_diameter(run->ctx, run->net, rd, &p, &sample, &sw, &sh);
+        p.diameter = sample.diameter;
+        p.estimate_diameter = 0;
+    }
+    p.size_model = NULL;
+    gpuseg_image *lab = NULL;
+    gpuseg_blocks_result br;
+    memset(&br, 0, sizeof br);
+    const char *tiff = labels_tiff(j) ? o->labels : NULL;
+    run->progress.pixels = (uint64_t)in->width * in->height;
+    run->progress.blocks_done = run->progress.blocks_total = 0;
+    if (st == GPUSEG_OK && !segment_output_signal(run->pipe))
+        st = seg_blocks_run(run->ctx, run->net, rd, &p, &bp, tiff, cli_write_flags, &lab, &br);
+    run->progress.pixels = 0;
+    progress_clear(&run->progress);
+    uint32_t nx = (in->width + bp.block_size - 1) / bp.block_size;
+    uint32_t ny = (in->height + bp.block_size - 1) / bp.block_size;
+    uint32_t W = in->width, H = in->height;
+    gpuseg_image_region_close(rd);
+    if (st == GPUSEG_CANCELLED || segment_output_signal(run->pipe)) {
+        gpuseg_image_free(lab); /* a streamed TIFF was aborted: nothing of it is left */
+        return -1;
+    }
+    if (st != GPUSEG_OK) {
+        cli_error("%s: %s", image, gpuseg_last_error());
+        return CLI_FAIL;
+    }
+    /* The result as a whole-image run would describe it, for the sidecar and the line. */
+    gpuseg_segment_result r;
+    memset(&r, 0, sizeof r);
+    r.labels = lab;
+    r.n_masks = br.n_masks;
+    r.diameter = br.diameter;
+    r.rescale = br.rescale;
+    r.niter = br.niter;
+    r.n_tiles = br.n_tiles;
+    r.passes = sample.passes;
+    r.diameter_estimated = sample.diameter_estimated;
+    r.diameter_first_pass = sample.diameter_first_pass;
+    r.diameter_estimate = sample.diameter_estimate;
+    r.diameter_style = sample.diameter_style;
+    int rc = CLI_OK;
+    char *extra = NULL;
+    json_t *bj = json_pack(
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:I,s:i,s:o,s:f,s:f}", "block_size", (int)bp.block_size, "halo",
+        (int)br.halo, "blocks_x", (int)nx, "blocks_y", (int)ny, "n_blocks", (int)br.n_blocks,
+        "n_too_big", (int)br.n_too_big, "n_tiles_run", (json_int_t)br.n_tiles_run, "n_tiles_whole",
+        (int)br.n_tiles, "why", cli_json_str(why), "seconds_percentiles", br.seconds_percentiles,
+        "seconds_blocks", br.seconds_blocks);
+    if (bj && sw)
+        json_object_set_new(bj, "diameter_sample", json_pack("[i,i]", (int)sw, (int)sh));
+    if (lab && j->exclude_edges && (st = exclude_edge_masks(&r)) != GPUSEG_OK) {
+        rc = cli_fail(st);
+    } else if (!bj || !(extra = sidecar_extra(j, image, &r, bj))) {
+        cli_error("%s: out of memory", image);
+        rc = CLI_FAIL;
+    } else if (lab && (st = write_outputs(run->pipe, run->ctx, image, NULL, j->p.page, o, &r,
+                                          extra)) != GPUSEG_OK) {
+        rc = cli_fail(st);
+    } else {
+        run->masks += r.n_masks;
+        if (!j->quiet) {
+            char how[160];
+            if (sw && r.diameter_style > 0)
+                snprintf(how, sizeof how, "size model on a %ux%u sample", sw, sh);
+            else if (sw && r.diameter_estimated)
+                snprintf(how, sizeof how, "estimated on a %ux%u sample", sw, sh);
+            else if (sw)
+                snprintf(how, sizeof how, "model; no masks in the %ux%u sample", sw, sh);
+            else
+                snprintf(how, sizeof how, "%s", diameter_mode(&j->p, &r));
+            double sec = now_s() - t0;
+            fprintf(stderr,
+                    "%s: %u masks, diameter %.2f (%s), %.2f s (blockwise: %u x %u blocks of %u, "
+                    "halo %u, %u masks over the halo, tiles %llu run / %u whole, %.2f MP/s; %s)\n",
+                    image, r.n_masks, r.diameter, how, sec, nx, ny, bp.block_size, br.halo,
+                    br.n_too_big, (unsigned long long)br.n_tiles_run, br.n_tiles,
+                    1e-6 * (double)W * H / (sec > 0 ? sec : 1), why);
+        }
+    }
+    json_decref(bj);
+    free(extra);
+    gpuseg_image_free(lab);
+    return rc;
+}
+
 /* Segments image i and hands its outputs over. CLI_OK, CLI_FAIL (reported; the batch goes on),
  * or -1 when a signal cancelled it (nothing of this image is written). */
 static int run_image(const seg_job *j, seg_run *run, size_t i) {
@@ -1232,6 +1502,18 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
     run->progress.name = strrchr(image, '/') ? strrchr(image, '/') + 1 : image;
     run->progress.stage = NULL;
     progress_draw(&run->progress, &(gpuseg_progress){"reading", 0, 0, 0.0});
+    gpuseg_image_info info;
+    char why[160];
+    if (gpuseg_image_info_read_ex(image, &cli_limits, &info) == GPUSEG_OK &&
+        goes_blockwise(j, info.width, info.height, info.channels, info.dtype,
+                       gpuseg_ctx_device(run->ctx)->global_mem_bytes, why, sizeof why)) {
+        int rc = blockwise_conflict(j) ? CLI_FAIL : run_image_blocks(j, run, image, o, why, t0);
+        if (rc == CLI_FAIL && blockwise_conflict(j)) /* over the device's memory only */
+            cli_error("%s: goes blockwise (%s), which excludes %s", image, why,
+                      blockwise_conflict(j));
+        free(o);
+        return rc;
+    }
     gpuseg_image *img = NULL;
     gpuseg_status st = gpuseg_image_read_ex(image, &cli_limits, &img);
     if (st != GPUSEG_OK) {
@@ -1257,7 +1539,7 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
         rc = CLI_FAIL;
     } else if (j->exclude_edges && (st = exclude_edge_masks(&r)) != GPUSEG_OK) {
         rc = cli_fail(st);
-    } else if (!(extra = sidecar_extra(j, image, &r))) {
+    } else if (!(extra = sidecar_extra(j, image, &r, NULL))) {
         cli_error("%s: out of memory", image);
         rc = CLI_FAIL;
     } else if ((st = write_outputs(run->pipe, run->ctx, image, img, j->p.page, o, &r, extra)) !=
