@@ -21,6 +21,7 @@ packages=(
   clang-format                          # formatting check in tools/test.sh
   clang-15                              # second compiler for the -Werror build (PoCL brings it anyway)
   python3-numpy                         # runs the Python interop example in the tests (never needed at run time)
+  python3-venv                          # the venv of the Python package tests (tools/test_python.sh)
   valgrind                              # memcheck of the host-side tests (tools/valgrind.sh)
 )
 

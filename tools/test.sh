@@ -3,7 +3,7 @@
 # formatting, builds with warnings as errors (gcc, and clang compile-only), runs the whole Check suite under ctest with the
 # device tests required to run (on PoCL where there is no GPU), builds the example against the
 # *installed* library both ways (CMake package and pkg-config), and runs the host-side tests
-# again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# again under AddressSanitizer + UndefinedBehaviorSanitizer; tests the Python package (python/).
 # Environment: GPUSEG_TEST_SKIP_ASAN=1 skips the sanitizer pass (for quick local runs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,6 +44,10 @@ if [[ -z ${GPUSEG_PYTHON:-} ]] && /usr/bin/python3 -c 'import numpy' 2>/dev/null
   export GPUSEG_PYTHON=/usr/bin/python3
 fi
 (cd "$build" && ctest --output-on-failure -j"$jobs" --timeout 900)
+
+echo "== Python package (python/: pip install ./python, pytest python/tests)"
+# Skips with one SKIPPED line when PyPI cannot be reached; a failure fails the suite.
+GPUSEG_BUILD_DIR="$build" bash tools/test_python.sh
 
 if [[ ${GPUSEG_TEST_SKIP_ASAN:-0} != 1 ]]; then
   echo "== host-side tests under AddressSanitizer + UndefinedBehaviorSanitizer"

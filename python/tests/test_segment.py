@@ -1,0 +1,154 @@
+"""Segmenter: parity with the `gpuseg segment` command, info, errors, progress and cancel."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import gpuseg
+from conftest import EXAMPLE, run_cli
+
+
+def test_segment_equals_cli_at_diameter_17(segmenter, example, tmp_path):
+    out = tmp_path / "x.npy"
+    run_cli("segment", EXAMPLE, "--diameter", "17", "-o", out)
+    cli = np.load(out)
+    masks, info = segmenter.segment(example, diameter=17)
+    assert masks.dtype == cli.dtype == np.uint16
+    assert masks.shape == example.shape[:2]
+    assert np.array_equal(masks, cli)
+    assert info["n_masks"] == int(cli.max()) > 20
+    assert info["diameter"] == 17.0 and info["passes"] == 1
+    assert info["timings"]["total"] >= info["timings"]["net"] > 0
+
+
+def test_segment_estimated_diameter_equals_cli_default(segmenter, example, tmp_path):
+    out = tmp_path / "y.npy"
+    run_cli("segment", EXAMPLE, "-o", out)
+    masks, info = segmenter.segment(example)  # diameter None: estimated, as the command does
+    assert np.array_equal(masks, np.load(out))
+    assert info["diameter_estimated"] and info["passes"] >= 2
+    assert 5 < info["diameter"] < 20
+
+
+def test_segment_float32_grey_and_flows(segmenter, example):
+    grey = example[..., :3].astype(np.float32).mean(axis=2)
+    masks, info = segmenter.segment(grey, diameter=17, return_flows=True, return_style=True)
+    assert masks.shape == grey.shape and info["n_masks"] > 20
+    flows = info["flows"]
+    assert flows.shape == (3,) + grey.shape and flows.dtype == np.float32
+    assert info["style"].shape == (segmenter.nbase[4],)
+    # the returned flows give the same masks through masks_from_flows (same niter)
+    again = segmenter.masks_from_flows(flows, niter=info["niter"])
+    assert np.array_equal(again, masks)
+
+
+def test_blockwise_matches_whole_up_to_renumbering(segmenter, example):
+    whole, _ = segmenter.segment(example, diameter=17)
+    blocks, info = segmenter.segment(example, diameter=17, block_size=128)
+    assert info["n_blocks"] == 4
+    pairs = set(zip(whole.ravel().tolist(), blocks.ravel().tolist()))
+    fwd = {}
+    for a, b in pairs:
+        assert fwd.setdefault(a, b) == b, f"label {a} maps to {fwd[a]} and {b}"
+    assert len(set(fwd.values())) == len(fwd)
+
+
+def one_line(e):
+    msg = str(e.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def test_bad_dtype_raises(segmenter):
+    with pytest.raises(gpuseg.GpusegError) as e:
+        segmenter.segment(np.zeros((64, 64), np.float64), diameter=17)
+    assert "float64" in one_line(e)
+    assert e.value.status == "GPUSEG_UNSUPPORTED"
+
+
+def test_bad_shape_raises(segmenter):
+    with pytest.raises(gpuseg.GpusegError) as e:
+        segmenter.segment(np.zeros((64, 64, 7), np.uint8), diameter=17)
+    assert "64, 64, 7" in one_line(e)
+
+
+def test_nan_image_raises_library_message(segmenter):
+    img = np.random.default_rng(0).random((96, 96), dtype=np.float32)
+    img[5, 7] = np.nan
+    with pytest.raises(gpuseg.GpusegError) as e:
+        segmenter.segment(img, diameter=17)
+    assert "NaN" in one_line(e)
+    assert e.value.status.startswith("GPUSEG_")
+    # the segmenter still works after a failed call
+    m, _ = segmenter.segment(np.nan_to_num(img), diameter=17)
+    assert m.shape == img.shape
+
+
+def test_missing_model_raises(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(gpuseg.GpusegError) as e:
+        gpuseg.Segmenter(model=str(missing))
+    assert str(missing) in one_line(e)
+    assert e.value.status == "GPUSEG_NOT_FOUND"
+
+
+def test_missing_env_model_raises(monkeypatch):
+    monkeypatch.setenv("GPUSEG_MODEL", "no_such_model_name")
+    with pytest.raises(gpuseg.GpusegError) as e:
+        gpuseg.Segmenter()
+    assert one_line(e).startswith("GPUSEG_MODEL=no_such_model_name: ")
+
+
+def test_bad_channels_raise_library_message(segmenter, example):
+    with pytest.raises(gpuseg.GpusegError) as e:
+        segmenter.segment(example[..., 0], diameter=17, channels=(7, 0))
+    one_line(e)
+    assert e.value.status == "GPUSEG_INVALID_ARGUMENT"
+
+
+def test_progress_reaches_python(segmenter, example):
+    seen = []
+    segmenter.segment(example, diameter=17, progress=lambda *a: seen.append(a))
+    stages = {s for s, _, _, _ in seen}
+    assert "network" in stages and "masks" in stages, stages
+    fr = [f for _, _, _, f in seen]
+    assert all(0.0 <= f <= 1.0 for f in fr)
+    assert fr == sorted(fr)
+
+
+def test_progress_exception_stops_the_call(segmenter, example):
+    class Stop(Exception):
+        pass
+
+    def cb(stage, done, total, fraction):
+        raise Stop(stage)
+
+    with pytest.raises(Stop):
+        segmenter.segment(example, diameter=17, progress=cb)
+    m, _ = segmenter.segment(example, diameter=17)  # the cancel flag was withdrawn
+    assert m.max() > 0
+
+
+def test_keyboard_interrupt_cancels(segmenter, example):
+    """SIGINT during a call (sent from the progress callback, so it lands mid-call) cancels
+    the device work: KeyboardInterrupt is raised, promptly, and the segmenter is reusable."""
+    big = np.tile(example, (4, 4, 1))  # 1024 x 1024: many tiles, so stopping early shows
+    calls = []
+
+    def cb(stage, done, total, fraction):
+        calls.append(stage)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        segmenter.segment(big, diameter=17, progress=cb)
+    cancelled_after = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    m, info = segmenter.segment(big, diameter=17)
+    full = time.perf_counter() - t0
+    assert info["n_masks"] > 100
+    assert cancelled_after < full / 2, (cancelled_after, full)
