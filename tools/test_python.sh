@@ -36,7 +36,7 @@ echo "== python package: pip install ./python"
 echo "== python package tests (pytest python/tests)"
 rc=0
 # shellcheck disable=SC2086
-(cd "$here/python/tests" && "$py" -m pytest -q -rs -p no:cacheprovider ${GPUSEG_PYTEST_ARGS:-} .) || rc=$?
+(cd "$here/python/tests" && "$py" -m pytest -q -rs -rsx -p no:cacheprovider ${GPUSEG_PYTEST_ARGS:-} .) || rc=$?
 if ((rc == 5)); then
   echo "pytest collected no tests in python/tests: that is a failure, not a pass" >&2
   exit 1

@@ -144,11 +144,26 @@ def test_keyboard_interrupt_cancels(segmenter, example):
             os.kill(os.getpid(), signal.SIGINT)
 
     t0 = time.perf_counter()
+    m, info = segmenter.segment(big, diameter=17)  # warm: this shape's plan is made once
+    full = time.perf_counter() - t0
+    t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         segmenter.segment(big, diameter=17, progress=cb)
     cancelled_after = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    m, info = segmenter.segment(big, diameter=17)
-    full = time.perf_counter() - t0
-    assert info["n_masks"] > 100
     assert cancelled_after < full / 2, (cancelled_after, full)
+    assert info["n_masks"] > 100
+
+
+@pytest.mark.xfail(strict=True, reason="known bug, not yet diagnosed: the first segment() "
+                   "after a cancelled one gives different labels (library or binding state)")
+def test_segment_after_cancel_is_unchanged(segmenter, example):
+    big = np.tile(example, (4, 4, 1))
+    m, _ = segmenter.segment(big, diameter=17)
+
+    def cb(stage, done, total, fraction):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        segmenter.segment(big, diameter=17, progress=cb)
+    again, _ = segmenter.segment(big, diameter=17)
+    assert np.array_equal(again, m)
