@@ -154,9 +154,14 @@ def test_keyboard_interrupt_cancels(segmenter, example):
     assert info["n_masks"] > 100
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, not yet diagnosed: the first segment() "
-                   "after a cancelled one gives different labels (library or binding state)")
-def test_segment_after_cancel_is_unchanged(segmenter, example):
+def test_segment_after_cancel_is_unchanged(example, monkeypatch):
+    """A cancelled call leaves nothing behind: the next call gives the same labels. The
+    convolution implementation is pinned (GPUSEG_CONV=direct, read when the Segmenter is made):
+    under the automatic choice a long-lived process can pick up another process's measured
+    choice for a new batch shape from the shared choice file, and Winograd and the direct
+    kernel differ in the last bits (docs/ops.md), which can move a few pixels."""
+    monkeypatch.setenv("GPUSEG_CONV", "direct")
+    segmenter = gpuseg.Segmenter()
     big = np.tile(example, (4, 4, 1))
     m, _ = segmenter.segment(big, diameter=17)
 
@@ -167,3 +172,4 @@ def test_segment_after_cancel_is_unchanged(segmenter, example):
         segmenter.segment(big, diameter=17, progress=cb)
     again, _ = segmenter.segment(big, diameter=17)
     assert np.array_equal(again, m)
+    segmenter.close()
