@@ -2,7 +2,6 @@
 
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -134,24 +133,22 @@ def test_progress_exception_stops_the_call(segmenter, example):
 
 def test_keyboard_interrupt_cancels(segmenter, example):
     """SIGINT during a call (sent from the progress callback, so it lands mid-call) cancels
-    the device work: KeyboardInterrupt is raised, promptly, and the segmenter is reusable."""
-    big = np.tile(example, (4, 4, 1))  # 1024 x 1024: many tiles, so stopping early shows
-    calls = []
+    the device work: KeyboardInterrupt is raised, the call stops before its masks stage (no
+    timing: the stages it reported say where it stopped), and the segmenter is reusable."""
+    big = np.tile(example, (4, 4, 1))  # 1024 x 1024: several tile batches
+    stages = []
 
     def cb(stage, done, total, fraction):
-        calls.append(stage)
-        if len(calls) == 1:
+        stages.append(stage)
+        if len(stages) == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
-    t0 = time.perf_counter()
-    m, info = segmenter.segment(big, diameter=17)  # warm: this shape's plan is made once
-    full = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    m, info = segmenter.segment(big, diameter=17)
     with pytest.raises(KeyboardInterrupt):
         segmenter.segment(big, diameter=17, progress=cb)
-    cancelled_after = time.perf_counter() - t0
-    assert cancelled_after < full / 2, (cancelled_after, full)
-    assert info["n_masks"] > 100
+    assert stages and "masks" not in stages and "done" not in stages, stages
+    again, _ = segmenter.segment(big, diameter=17)
+    assert again.max() > 0 and info["n_masks"] > 100
 
 
 def test_segment_after_cancel_is_unchanged(example, monkeypatch):
