@@ -240,6 +240,11 @@ class Context:
             if progress is not None:
                 L.gpuseg_ctx_set_progress(h, self._cb, None)
             box: Dict[str, Any] = {}
+            # The worker says it has finished through this event, not through Thread.is_alive():
+            # a KeyboardInterrupt that lands inside Thread.join() can leave the thread marked as
+            # stopped while it still runs (CPython 3.11), and the next call would then use the
+            # context at the same time as the cancelled one.
+            finished = threading.Event()
 
             def work() -> None:
                 try:
@@ -249,22 +254,24 @@ class Context:
                         box["msg"] = L.gpuseg_ctx_last_error(h) or L.gpuseg_last_error()
                 except BaseException as e:
                     box["exc"] = e
+                finally:
+                    finished.set()
 
             t = threading.Thread(target=work, name="gpuseg-call", daemon=True)
             interrupted = False
             try:
                 t.start()
-                while t.is_alive():
+                while not finished.is_set():
                     try:
-                        t.join(0.05)
+                        finished.wait(0.05)
                     except KeyboardInterrupt:
                         interrupted = True
                         L.gpuseg_ctx_cancel(h, 1)
             finally:
-                # a second Ctrl-C above cannot leave the device call running unjoined
-                while t.is_alive():
+                # a second Ctrl-C above cannot leave the device call running unwaited
+                while not finished.is_set():
                     try:
-                        t.join()
+                        finished.wait(0.05)
                     except KeyboardInterrupt:
                         interrupted = True
                         L.gpuseg_ctx_cancel(h, 1)
