@@ -64,6 +64,48 @@ static int tab_make(axis_tab *t, uint32_t src, uint32_t dst, int clamp_weight,
     return 1;
 }
 
+/* The separable bilinear resize of nch planes of sw x sh (src) into dw x dh (dst) with the
+ * coefficient tables tx (columns) and ty (rows): resize_h into a temporary of nch x sh x dw,
+ * then resize_v. `what` names the caller in messages. */
+static gpuseg_status run_separable(gpuseg_ctx *ctx, cl_mem src, uint32_t sw, uint32_t sh,
+                                   cl_mem dst, uint32_t dw, uint32_t dh, uint32_t nch,
+                                   const axis_tab *tx, const axis_tab *ty, const char *what) {
+    cl_mem b[8] = {0}, tmp = NULL;
+    cl_kernel k;
+    cl_uint nch32 = nch, sh32 = sh, sw32 = sw, dh32 = dh, dw32 = dw, rows = nch * sh;
+    size_t tbytes;
+    gpuseg_status st;
+    if (!gpuseg__mul4_size(nch, sh, dw, sizeof(float), &tbytes))
+        return gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "%s: size overflows", what);
+    if ((st = gpuseg__upload(ctx, tx->i0, dw * sizeof(cl_int), "resize: table", &b[0])) ||
+        (st = gpuseg__upload(ctx, tx->i1, dw * sizeof(cl_int), "resize: table", &b[1])) ||
+        (st = gpuseg__upload(ctx, tx->a0, dw * sizeof(float), "resize: table", &b[2])) ||
+        (st = gpuseg__upload(ctx, tx->a1, dw * sizeof(float), "resize: table", &b[3])) ||
+        (st = gpuseg__upload(ctx, ty->i0, dh * sizeof(cl_int), "resize: table", &b[4])) ||
+        (st = gpuseg__upload(ctx, ty->i1, dh * sizeof(cl_int), "resize: table", &b[5])) ||
+        (st = gpuseg__upload(ctx, ty->a0, dh * sizeof(float), "resize: table", &b[6])) ||
+        (st = gpuseg__upload(ctx, ty->a1, dh * sizeof(float), "resize: table", &b[7])) ||
+        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, tbytes, "resize: temporary", &tmp)) ||
+        (st = gpuseg__kernel(ctx, "resize", "resize_h", &k)) ||
+        (st = gpuseg__set_args(ctx, k, 9, sizeof(cl_mem), &src, sizeof sw32, &sw32, sizeof rows,
+                               &rows, sizeof(cl_mem), &tmp, sizeof dw32, &dw32, sizeof(cl_mem),
+                               &b[0], sizeof(cl_mem), &b[1], sizeof(cl_mem), &b[2], sizeof(cl_mem),
+                               &b[3])) ||
+        (st = gpuseg__run(ctx, k, 2, (size_t[]){dw, rows}, (size_t[]){16, 4})) ||
+        (st = gpuseg__kernel(ctx, "resize", "resize_v", &k)) ||
+        (st = gpuseg__set_args(ctx, k, 10, sizeof(cl_mem), &tmp, sizeof sh32, &sh32, sizeof dw32,
+                               &dw32, sizeof nch32, &nch32, sizeof(cl_mem), &dst, sizeof dh32,
+                               &dh32, sizeof(cl_mem), &b[4], sizeof(cl_mem), &b[5], sizeof(cl_mem),
+                               &b[6], sizeof(cl_mem), &b[7])))
+        goto done;
+    st = gpuseg__run(ctx, k, 3, (size_t[]){dw, dh, nch}, (size_t[]){16, 4, 1});
+done:
+    for (int i = 0; i < 8; i++)
+        gpuseg__release(&b[i]);
+    gpuseg__release(&tmp);
+    return st;
+}
+
 gpuseg_status gpuseg__resize(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, uint32_t h, uint32_t w,
                              cl_mem dst, uint32_t dh, uint32_t dw, gpuseg__resize_rule rule) {
     if (nch == 0 || h == 0 || w == 0 || dh == 0 || dw == 0)
@@ -83,7 +125,7 @@ gpuseg_status gpuseg__resize(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, uint32_t
         return err == CL_SUCCESS ? GPUSEG_OK : gpuseg__fail_cl(ctx, err, "resize: copy");
     }
     cl_kernel k;
-    cl_uint nch32 = nch, h32 = h, w32 = w, dh32 = dh, dw32 = dw;
+    cl_uint nch32 = nch, dh32 = dh, dw32 = dw;
     if (rule == GPUSEG__RESIZE_CV && h == 2 * dh && w == 2 * dw) {
         /* OpenCV turns an exact halving with INTER_LINEAR into its fast INTER_AREA mode. */
         if ((st = gpuseg__kernel(ctx, "resize", "resize_area2", &k)) ||
@@ -93,44 +135,12 @@ gpuseg_status gpuseg__resize(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, uint32_t
         return gpuseg__run(ctx, k, 2, (size_t[]){dw, (size_t)nch * dh}, (size_t[]){16, 4});
     }
     axis_tab tx = {0}, ty = {0};
-    cl_mem b[8] = {0}, tmp = NULL;
-    size_t tbytes;
     if (!tab_make(&tx, w, dw, 1, rule) || !tab_make(&ty, h, dh, 0, rule)) {
         st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "resize: coefficient tables");
         goto done;
     }
-    if (!gpuseg__mul4_size(nch, h, dw, sizeof(float), &tbytes)) {
-        st = gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "resize: size overflows");
-        goto done;
-    }
-    if ((st = gpuseg__upload(ctx, tx.i0, dw * sizeof(cl_int), "resize: table", &b[0])) ||
-        (st = gpuseg__upload(ctx, tx.i1, dw * sizeof(cl_int), "resize: table", &b[1])) ||
-        (st = gpuseg__upload(ctx, tx.a0, dw * sizeof(float), "resize: table", &b[2])) ||
-        (st = gpuseg__upload(ctx, tx.a1, dw * sizeof(float), "resize: table", &b[3])) ||
-        (st = gpuseg__upload(ctx, ty.i0, dh * sizeof(cl_int), "resize: table", &b[4])) ||
-        (st = gpuseg__upload(ctx, ty.i1, dh * sizeof(cl_int), "resize: table", &b[5])) ||
-        (st = gpuseg__upload(ctx, ty.a0, dh * sizeof(float), "resize: table", &b[6])) ||
-        (st = gpuseg__upload(ctx, ty.a1, dh * sizeof(float), "resize: table", &b[7])) ||
-        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, tbytes, "resize: temporary", &tmp)))
-        goto done;
-    cl_uint rows = nch * h;
-    if ((st = gpuseg__kernel(ctx, "resize", "resize_h", &k)) ||
-        (st = gpuseg__set_args(ctx, k, 9, sizeof(cl_mem), &src, sizeof w32, &w32, sizeof rows,
-                               &rows, sizeof(cl_mem), &tmp, sizeof dw32, &dw32, sizeof(cl_mem),
-                               &b[0], sizeof(cl_mem), &b[1], sizeof(cl_mem), &b[2], sizeof(cl_mem),
-                               &b[3])) ||
-        (st = gpuseg__run(ctx, k, 2, (size_t[]){dw, rows}, (size_t[]){16, 4})) ||
-        (st = gpuseg__kernel(ctx, "resize", "resize_v", &k)) ||
-        (st = gpuseg__set_args(ctx, k, 10, sizeof(cl_mem), &tmp, sizeof h32, &h32, sizeof dw32,
-                               &dw32, sizeof nch32, &nch32, sizeof(cl_mem), &dst, sizeof dh32,
-                               &dh32, sizeof(cl_mem), &b[4], sizeof(cl_mem), &b[5], sizeof(cl_mem),
-                               &b[6], sizeof(cl_mem), &b[7])) ||
-        (st = gpuseg__run(ctx, k, 3, (size_t[]){dw, dh, nch}, (size_t[]){16, 4, 1})))
-        goto done;
+    st = run_separable(ctx, src, w, h, dst, dw, dh, nch, &tx, &ty, "resize");
 done:
-    for (int i = 0; i < 8; i++)
-        gpuseg__release(&b[i]);
-    gpuseg__release(&tmp);
     tab_free(&tx);
     tab_free(&ty);
     return st;
@@ -213,7 +223,7 @@ gpuseg_status gpuseg__resize_window(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, u
     }
     gpuseg_status st = GPUSEG_OK;
     cl_kernel k;
-    cl_uint nch32 = nch, sh32 = sh, sw32 = sw, dh32 = dh, dw32 = dw;
+    cl_uint nch32 = nch, dh32 = dh, dw32 = dw;
     if (rule == GPUSEG__RESIZE_CV && full_h == 2 * full_dh && full_w == 2 * full_dw) {
         /* OpenCV's exact halving (INTER_AREA): the source window must be exactly 2x the window */
         if (sy0 != 2 * dy0 || sx0 != 2 * dx0 || sh != 2 * dh || sw != 2 * dw)
@@ -226,8 +236,6 @@ gpuseg_status gpuseg__resize_window(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, u
         return gpuseg__run(ctx, k, 2, (size_t[]){dw, (size_t)nch * dh}, (size_t[]){16, 4});
     }
     axis_tab tx = {0}, ty = {0};
-    cl_mem b[8] = {0}, tmp = NULL;
-    size_t tbytes;
     if (!tab_make(&tx, full_w, full_dw, 1, rule) || !tab_make(&ty, full_h, full_dh, 0, rule)) {
         st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "resize window: coefficient tables");
         goto done;
@@ -237,38 +245,8 @@ gpuseg_status gpuseg__resize_window(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, u
                           "resize window: the source window misses pixels the window reads");
         goto done;
     }
-    if (!gpuseg__mul4_size(nch, sh, dw, sizeof(float), &tbytes)) {
-        st = gpuseg__fail(ctx, GPUSEG_TOO_LARGE, "resize window: size overflows");
-        goto done;
-    }
-    if ((st = gpuseg__upload(ctx, tx.i0, dw * sizeof(cl_int), "resize: table", &b[0])) ||
-        (st = gpuseg__upload(ctx, tx.i1, dw * sizeof(cl_int), "resize: table", &b[1])) ||
-        (st = gpuseg__upload(ctx, tx.a0, dw * sizeof(float), "resize: table", &b[2])) ||
-        (st = gpuseg__upload(ctx, tx.a1, dw * sizeof(float), "resize: table", &b[3])) ||
-        (st = gpuseg__upload(ctx, ty.i0, dh * sizeof(cl_int), "resize: table", &b[4])) ||
-        (st = gpuseg__upload(ctx, ty.i1, dh * sizeof(cl_int), "resize: table", &b[5])) ||
-        (st = gpuseg__upload(ctx, ty.a0, dh * sizeof(float), "resize: table", &b[6])) ||
-        (st = gpuseg__upload(ctx, ty.a1, dh * sizeof(float), "resize: table", &b[7])) ||
-        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, tbytes, "resize: temporary", &tmp)))
-        goto done;
-    cl_uint rows = nch * sh;
-    if ((st = gpuseg__kernel(ctx, "resize", "resize_h", &k)) ||
-        (st = gpuseg__set_args(ctx, k, 9, sizeof(cl_mem), &src, sizeof sw32, &sw32, sizeof rows,
-                               &rows, sizeof(cl_mem), &tmp, sizeof dw32, &dw32, sizeof(cl_mem),
-                               &b[0], sizeof(cl_mem), &b[1], sizeof(cl_mem), &b[2], sizeof(cl_mem),
-                               &b[3])) ||
-        (st = gpuseg__run(ctx, k, 2, (size_t[]){dw, rows}, (size_t[]){16, 4})) ||
-        (st = gpuseg__kernel(ctx, "resize", "resize_v", &k)) ||
-        (st = gpuseg__set_args(ctx, k, 10, sizeof(cl_mem), &tmp, sizeof sh32, &sh32, sizeof dw32,
-                               &dw32, sizeof nch32, &nch32, sizeof(cl_mem), &dst, sizeof dh32,
-                               &dh32, sizeof(cl_mem), &b[4], sizeof(cl_mem), &b[5], sizeof(cl_mem),
-                               &b[6], sizeof(cl_mem), &b[7])))
-        goto done;
-    st = gpuseg__run(ctx, k, 3, (size_t[]){dw, dh, nch}, (size_t[]){16, 4, 1});
+    st = run_separable(ctx, src, sw, sh, dst, dw, dh, nch, &tx, &ty, "resize window");
 done:
-    for (int i = 0; i < 8; i++)
-        gpuseg__release(&b[i]);
-    gpuseg__release(&tmp);
     tab_free(&tx);
     tab_free(&ty);
     return st;
