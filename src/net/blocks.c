@@ -545,16 +545,11 @@ gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_sourc
     if (st != GPUSEG_OK)
         return st;
     const gpuseg_model_info *mi = &net->info;
-    /* rescale and niter exactly as gpuseg_segment (segment.c) */
-    float r = p.diameter > 0 ? mi->diam_mean / (float)p.diameter : mi->diam_mean / mi->diam_labels;
-    if (!(r > 0.0f) || !isfinite(r) || r > 1e4f)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "diameter %g: rescale factor %g (diam_mean %g / diameter) is absurd",
-                            p.diameter, (double)r, (double)mi->diam_mean);
-    float nf = (1.0f / r) * 200.0f;
-    uint32_t niter = p.niter ? p.niter : (nf >= 4294967295.0f ? UINT32_MAX : (uint32_t)nf);
-    if (niter == 0)
-        niter = 1;
+    /* rescale and niter exactly as gpuseg_segment */
+    float r;
+    uint32_t niter;
+    if ((st = gpuseg__rescale_niter(ctx, net, &p, &r, &niter)) != GPUSEG_OK)
+        return st;
     blocks_run b;
     memset(&b, 0, sizeof b);
     b.ctx = ctx;

@@ -16,6 +16,29 @@
  * paint winners 4, seed ids 4 bytes; the flows it is given are released after its first stage). */
 #define GPUSEG__MASKS_BYTES_PER_PIXEL 28
 
+gpuseg_status gpuseg__rescale_niter(gpuseg_ctx *ctx, const gpuseg_net *net,
+                                    const gpuseg_segment_params *p, float *rescale,
+                                    uint32_t *niter) {
+    const gpuseg_model_info *mi = &net->info;
+    /* Cellpose: rescale = diam_mean / diameter with a float32 diam_mean (numpy keeps float32
+     * with a Python float), else diam_mean / diam_labels (both float32). */
+    float r =
+        p->diameter > 0 ? mi->diam_mean / (float)p->diameter : mi->diam_mean / mi->diam_labels;
+    if (!(r > 0.0f) || !isfinite(r) || r > 1e4f)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "diameter %g: rescale factor %g (diam_mean %g / diameter) is absurd",
+                            p->diameter, (double)r, (double)mi->diam_mean);
+    /* niter0 = 1 / rescale * 200 in float32, then np.uint32 (truncation) in follow_flows */
+    float nf = (1.0f / r) * 200.0f;
+    uint32_t n = p->niter ? p->niter : (nf >= 4294967295.0f ? UINT32_MAX : (uint32_t)nf);
+    if (n == 0)
+        n = 1; /* rescale > 200: Cellpose follows 0 steps; to the masks module 0 means "default
+                * (200)", so one step is the closest we can ask for */
+    *rescale = r;
+    *niter = n;
+    return GPUSEG_OK;
+}
+
 void gpuseg_segment_params_default(gpuseg_segment_params *p) {
     memset(p, 0, sizeof *p);
     p->diameter = 0.0;
@@ -193,19 +216,11 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
                             "tile overlap and thresholds must be finite numbers");
 
-    /* Cellpose: rescale = diam_mean / diameter with a float32 diam_mean (numpy keeps float32
-     * with a Python float), else diam_mean / diam_labels (both float32). */
-    float r = p.diameter > 0 ? mi->diam_mean / (float)p.diameter : mi->diam_mean / mi->diam_labels;
-    if (!(r > 0.0f) || !isfinite(r) || r > 1e4f)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "diameter %g: rescale factor %g (diam_mean %g / diameter) is absurd",
-                            p.diameter, (double)r, (double)mi->diam_mean);
-    /* niter0 = 1 / rescale * 200 in float32, then np.uint32 (truncation) in follow_flows */
-    float nf = (1.0f / r) * 200.0f;
-    uint32_t niter = p.niter ? p.niter : (nf >= 4294967295.0f ? UINT32_MAX : (uint32_t)nf);
-    if (niter == 0)
-        niter = 1; /* rescale > 200: Cellpose follows 0 steps; to the masks module 0 means
-                    * "default (200)", so one step is the closest we can ask for */
+    float r;
+    uint32_t niter;
+    gpuseg_status rst = gpuseg__rescale_niter(ctx, net, &p, &r, &niter);
+    if (rst != GPUSEG_OK)
+        return rst;
 
     gpuseg__prep_params pp;
     gpuseg__prep_params_default(&pp);
