@@ -157,7 +157,7 @@ def _labels_u32(labels: np.ndarray, what: str = "labels") -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.uint32)
 
 
-class Context:
+class Context(_lib.Closable):
     """A device context (gpuseg_ctx): one OpenCL device, its queue and compiled programs.
 
     device: "auto" (the first GPU, else the first CPU device), "gpu", "cpu", a number N (as
@@ -199,17 +199,6 @@ class Context:
             _lib.lib().gpuseg_ctx_free(self._h)
             self._h = None
 
-    def __enter__(self) -> "Context":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def cancel(self) -> None:
         """Asks the call running on this context to stop (safe from any thread)."""
@@ -331,7 +320,7 @@ class Context:
         return out
 
 
-class Segmenter:
+class Segmenter(_lib.Closable):
     """A warm device context and network, as cellpose.models.CellposeModel.
 
     model: a Cellpose 3 model file, or a name (looked up among the bundled models, then in
@@ -362,17 +351,6 @@ class Segmenter:
         if getattr(self, "ctx", None) is not None:
             self.ctx.close()
 
-    def __enter__(self) -> "Segmenter":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     @property
     def device(self) -> Dict[str, Any]:

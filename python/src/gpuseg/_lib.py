@@ -22,6 +22,26 @@ CANCELLED = -17
 DTYPE_U8, DTYPE_U16, DTYPE_U32, DTYPE_I32, DTYPE_F32 = 1, 2, 3, 4, 5
 
 
+class Closable:
+    """Context-manager and finaliser behaviour of the handle classes: `with` closes, and so does
+    garbage collection (errors on that path are ignored). Subclasses define close()."""
+
+    def close(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 class Limits(C.Structure):
     # gpuseg/limits.h: 0 = environment, else default.
     _fields_ = [("max_pixels", C.c_uint64), ("max_objects", C.c_uint64),

@@ -25,7 +25,7 @@ __all__ = ["Segment", "open", "read", "publish", "unlink"]
 _STATES = {0: "writing", 1: "ready", 2: "failed"}
 
 
-class Segment:
+class Segment(_lib.Closable):
     """An open segment (gpuseg_shm_open). `array` is a read-only view into the mapping that
     is valid until close(); copy it (seg.array.copy(), or read()) to keep the labels."""
 
@@ -71,17 +71,6 @@ class Segment:
                 self._unlink_on_close = False
                 _check(_lib.lib().gpuseg_shm_unlink(self.name.encode()))
 
-    def __enter__(self) -> "Segment":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def open(name: str, timeout: float = 0.0, unlink: bool = False) -> Segment:  # noqa: A001
