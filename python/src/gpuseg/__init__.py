@@ -234,8 +234,10 @@ class Context(_lib.Closable):
             # stopped while it still runs (CPython 3.11), and the next call would then use the
             # context at the same time as the cancelled one.
             finished = threading.Event()
+            begun = threading.Event()
 
             def work() -> None:
+                begun.set()
                 try:
                     st = fn()
                     box["status"] = st
@@ -249,6 +251,9 @@ class Context(_lib.Closable):
             t = threading.Thread(target=work, name="gpuseg-call", daemon=True)
             interrupted = False
             try:
+                # Ctrl-C can land inside Thread.start() itself (the call's first progress report
+                # comes within microseconds): the except below then cancels at once, instead of
+                # the KeyboardInterrupt waiting, unseen, for the whole call to end.
                 t.start()
                 while not finished.is_set():
                     try:
@@ -256,6 +261,12 @@ class Context(_lib.Closable):
                     except KeyboardInterrupt:
                         interrupted = True
                         L.gpuseg_ctx_cancel(h, 1)
+            except KeyboardInterrupt:
+                interrupted = True
+                L.gpuseg_ctx_cancel(h, 1)
+                # interrupted before the thread was launched: it will never run
+                if not begun.wait(5.0):
+                    finished.set()
             finally:
                 # a second Ctrl-C above cannot leave the device call running unwaited
                 while not finished.is_set():
