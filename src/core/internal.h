@@ -138,8 +138,9 @@ static inline bool gpuseg__add_size(size_t a, size_t b, size_t *out) {
 
 /* --- sorted label values --------------------------------------------------------------------- */
 
-/* qsort comparison of uint32_t values. */
+/* qsort comparisons of uint32_t and uint64_t values. */
 int gpuseg__cmp_u32(const void *a, const void *b);
+int gpuseg__cmp_u64(const void *a, const void *b);
 /* Index of v in the sorted distinct values vals[0..n) (v is known to be among them). */
 static inline size_t gpuseg__find_u32(const uint32_t *vals, size_t n, uint32_t v) {
     size_t lo = 0, hi = n;

@@ -7,11 +7,6 @@
 #include "core/internal.h"
 #include "gpuseg/flows.h"
 
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* Pixel counts of the distinct values in increasing value order (background included when
  * present), as fastremap.unique(return_counts=True). *counts: malloc'd, free() it. */
 static gpuseg_status value_counts(const uint32_t *labels, size_t npix, uint64_t **counts,
@@ -80,7 +75,7 @@ gpuseg_status gpuseg_labels_diameter(const uint32_t *labels, uint32_t H, uint32_
     }
     uint64_t *c = counts + 1;
     const size_t m = n - 1;
-    qsort(c, m, sizeof *c, cmp_u64);
+    qsort(c, m, sizeof *c, gpuseg__cmp_u64);
     /* median of sqrt(count): sqrt is monotone, so take it of the middle count(s); an even number
      * of masks averages the two middle values as numpy does ((a + b) / 2). */
     double md;

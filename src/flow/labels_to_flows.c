@@ -52,11 +52,6 @@ static void plan_free(l2f_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* Sort key packing: niter descending, then mask index ascending. */
 typedef struct l2f_key {
     uint32_t local, niter, mask;
@@ -108,7 +103,7 @@ static gpuseg_status map_labels(gpuseg_ctx *ctx, const uint32_t *labels, size_t 
     if (!u)
         return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "labels to flows: %zu pixels", npix);
     memcpy(u, labels, npix * sizeof *u);
-    qsort(u, npix, sizeof *u, cmp_u32);
+    qsort(u, npix, sizeof *u, gpuseg__cmp_u32);
     size_t n = 0;
     for (size_t i = 0; i < npix; i++)
         if (u[i] != 0 && (n == 0 || u[n - 1] != u[i]))
@@ -118,7 +113,7 @@ static gpuseg_status map_labels(gpuseg_ctx *ctx, const uint32_t *labels, size_t 
             pl->mask_of[i] = UINT32_MAX;
             continue;
         }
-        const uint32_t *hit = bsearch(&labels[i], u, n, sizeof *u, cmp_u32);
+        const uint32_t *hit = bsearch(&labels[i], u, n, sizeof *u, gpuseg__cmp_u32);
         pl->mask_of[i] = (uint32_t)(hit - u);
     }
     pl->n_masks = (uint32_t)n;

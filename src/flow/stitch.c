@@ -39,9 +39,18 @@ static uint32_t plane_max(const uint32_t *p, size_t n) {
     return m;
 }
 
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
+/* The run of equal (a << 32 | b) keys that starts at s in the sorted keys: the pair (*ka, *kb)
+ * and its IoU (overlap / union, from the masks' areas). Returns the index after the run. */
+static size_t next_pair(const uint64_t *keys, size_t nk, size_t s, const uint64_t *area_a,
+                        const uint64_t *area_b, uint32_t *ka, uint32_t *kb, double *iou) {
+    size_t e = s;
+    while (e < nk && keys[e] == keys[s])
+        e++;
+    *ka = (uint32_t)(keys[s] >> 32);
+    *kb = (uint32_t)keys[s];
+    uint64_t ov = e - s;
+    *iou = (double)ov / (double)(area_a[*ka] + area_b[*kb] - ov);
+    return e;
 }
 
 /* One step of stitch3D: plane a (z+1, labels 1..na) against the stitched plane b (z, labels
@@ -62,20 +71,16 @@ static void stitch_pair(const uint32_t *a, const uint32_t *b, size_t npix, uint3
             keys[nk++] = (uint64_t)a[i] << 32 | b[i];
     }
     if (nk)
-        qsort(keys, nk, sizeof *keys, cmp_u64);
+        qsort(keys, nk, sizeof *keys, gpuseg__cmp_u64);
     /* iou[iou < thr] = 0; then the largest of each column b */
     for (uint32_t k = 0; k <= nb; k++)
         colmax[k] = 0.0;
+    uint32_t ka, kb;
+    double iou;
     for (size_t s = 0; s < nk;) {
-        size_t e = s;
-        while (e < nk && keys[e] == keys[s])
-            e++;
-        uint32_t ka = (uint32_t)(keys[s] >> 32), kb = (uint32_t)keys[s];
-        uint64_t ov = e - s;
-        double iou = (double)ov / (double)(area_a[ka] + area_b[kb] - ov);
+        s = next_pair(keys, nk, s, area_a, area_b, &ka, &kb, &iou);
         if (!(iou < thr) && iou > colmax[kb])
             colmax[kb] = iou;
-        s = e;
     }
     /* iou[iou < colmax] = 0; each row's argmax (first b of the largest) */
     for (uint32_t k = 0; k <= na; k++) {
@@ -83,17 +88,11 @@ static void stitch_pair(const uint32_t *a, const uint32_t *b, size_t npix, uint3
         bestb[k] = 0;
     }
     for (size_t s = 0; s < nk;) {
-        size_t e = s;
-        while (e < nk && keys[e] == keys[s])
-            e++;
-        uint32_t ka = (uint32_t)(keys[s] >> 32), kb = (uint32_t)keys[s];
-        uint64_t ov = e - s;
-        double iou = (double)ov / (double)(area_a[ka] + area_b[kb] - ov);
+        s = next_pair(keys, nk, s, area_a, area_b, &ka, &kb, &iou);
         if (!(iou < thr) && !(iou < colmax[kb]) && iou > best[ka]) { /* keys ascend in b */
             best[ka] = iou;
             bestb[ka] = kb;
         }
-        s = e;
     }
     map[0] = 0;
     for (uint32_t k = 1; k <= na; k++)

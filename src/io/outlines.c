@@ -29,11 +29,6 @@ uint32_t gpuseg__label_at(const gpuseg_image *lab, size_t i) {
     }
 }
 
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* Dense ids 0..n-1 for the distinct non-zero labels, in increasing label order (id[i] =
  * UINT32_MAX for background), so that per-mask tables stay small whatever the label values.
  * *ids: malloc'd, caller frees. (Shared with io/polygons.c through io_internal.h.) */
@@ -70,7 +65,7 @@ gpuseg_status gpuseg__labels_dense_ids(const gpuseg_image *lab, size_t npix, uin
             return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "outlines: out of memory");
         }
         memcpy(u, id, npix * sizeof *u);
-        qsort(u, npix, sizeof *u, cmp_u32);
+        qsort(u, npix, sizeof *u, gpuseg__cmp_u32);
         for (size_t i = 0; i < npix; i++)
             if (u[i] && (k == 0 || u[k - 1] != u[i]))
                 u[k++] = u[i];
@@ -79,7 +74,7 @@ gpuseg_status gpuseg__labels_dense_ids(const gpuseg_image *lab, size_t npix, uin
                 id[i] = UINT32_MAX;
                 continue;
             }
-            const uint32_t *f = bsearch(&id[i], u, k, sizeof *u, cmp_u32);
+            const uint32_t *f = bsearch(&id[i], u, k, sizeof *u, gpuseg__cmp_u32);
             id[i] = (uint32_t)(f - u);
         }
         free(u);

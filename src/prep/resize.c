@@ -64,6 +64,20 @@ static int tab_make(axis_tab *t, uint32_t src, uint32_t dst, int clamp_weight,
     return 1;
 }
 
+/* OpenCV's exact halving (INTER_LINEAR turned INTER_AREA: 2x2 means) of nch planes into
+ * dw x dh. */
+static gpuseg_status run_area2(gpuseg_ctx *ctx, cl_mem src, cl_mem dst, uint32_t dw, uint32_t dh,
+                               uint32_t nch) {
+    cl_kernel k;
+    cl_uint nch32 = nch, dh32 = dh, dw32 = dw;
+    gpuseg_status st;
+    if ((st = gpuseg__kernel(ctx, "resize", "resize_area2", &k)) ||
+        (st = gpuseg__set_args(ctx, k, 5, sizeof(cl_mem), &src, sizeof dw32, &dw32, sizeof dh32,
+                               &dh32, sizeof nch32, &nch32, sizeof(cl_mem), &dst)))
+        return st;
+    return gpuseg__run(ctx, k, 2, (size_t[]){dw, (size_t)nch * dh}, (size_t[]){16, 4});
+}
+
 /* The separable bilinear resize of nch planes of sw x sh (src) into dw x dh (dst) with the
  * coefficient tables tx (columns) and ty (rows): resize_h into a temporary of nch x sh x dw,
  * then resize_v. `what` names the caller in messages. */
@@ -124,15 +138,9 @@ gpuseg_status gpuseg__resize(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, uint32_t
         err = clEnqueueCopyBuffer(ctx->queue, src, dst, 0, 0, bytes, 0, NULL, NULL);
         return err == CL_SUCCESS ? GPUSEG_OK : gpuseg__fail_cl(ctx, err, "resize: copy");
     }
-    cl_kernel k;
-    cl_uint nch32 = nch, dh32 = dh, dw32 = dw;
     if (rule == GPUSEG__RESIZE_CV && h == 2 * dh && w == 2 * dw) {
         /* OpenCV turns an exact halving with INTER_LINEAR into its fast INTER_AREA mode. */
-        if ((st = gpuseg__kernel(ctx, "resize", "resize_area2", &k)) ||
-            (st = gpuseg__set_args(ctx, k, 5, sizeof(cl_mem), &src, sizeof dw32, &dw32, sizeof dh32,
-                                   &dh32, sizeof nch32, &nch32, sizeof(cl_mem), &dst)))
-            return st;
-        return gpuseg__run(ctx, k, 2, (size_t[]){dw, (size_t)nch * dh}, (size_t[]){16, 4});
+        return run_area2(ctx, src, dst, dw, dh, nch);
     }
     axis_tab tx = {0}, ty = {0};
     if (!tab_make(&tx, w, dw, 1, rule) || !tab_make(&ty, h, dh, 0, rule)) {
@@ -222,18 +230,12 @@ gpuseg_status gpuseg__resize_window(gpuseg_ctx *ctx, cl_mem src, uint32_t nch, u
         return err == CL_SUCCESS ? GPUSEG_OK : gpuseg__fail_cl(ctx, err, "resize window: copy");
     }
     gpuseg_status st = GPUSEG_OK;
-    cl_kernel k;
-    cl_uint nch32 = nch, dh32 = dh, dw32 = dw;
     if (rule == GPUSEG__RESIZE_CV && full_h == 2 * full_dh && full_w == 2 * full_dw) {
         /* OpenCV's exact halving (INTER_AREA): the source window must be exactly 2x the window */
         if (sy0 != 2 * dy0 || sx0 != 2 * dx0 || sh != 2 * dh || sw != 2 * dw)
             return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
                                 "resize window: a halving needs the source window 2x the window");
-        if ((st = gpuseg__kernel(ctx, "resize", "resize_area2", &k)) ||
-            (st = gpuseg__set_args(ctx, k, 5, sizeof(cl_mem), &src, sizeof dw32, &dw32, sizeof dh32,
-                                   &dh32, sizeof nch32, &nch32, sizeof(cl_mem), &dst)))
-            return st;
-        return gpuseg__run(ctx, k, 2, (size_t[]){dw, (size_t)nch * dh}, (size_t[]){16, 4});
+        return run_area2(ctx, src, dst, dw, dh, nch);
     }
     axis_tab tx = {0}, ty = {0};
     if (!tab_make(&tx, full_w, full_dw, 1, rule) || !tab_make(&ty, full_h, full_dh, 0, rule)) {
