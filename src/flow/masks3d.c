@@ -403,6 +403,17 @@ static gpuseg_status m3_fill(gpuseg_ctx *ctx, m3_run *r, uint32_t nval, uint32_t
     return GPUSEG_OK;
 }
 
+/* Cellpose's remove_small_masks on the n values of lab (its positional quirk included,
+ * gpuseg__masks_size_filter), then renumbering; the tables hold n + 1 entries. Returns the new
+ * count, UINT32_MAX when out of memory. */
+static uint32_t m3_size_filter(uint32_t *lab, size_t nv, uint32_t n, int32_t min_size,
+                               uint8_t *remove, uint32_t *count, uint32_t *first, uint32_t *map) {
+    m3_stats(lab, nv, n, count, first);
+    memset(remove, 0, (size_t)n + 1);
+    gpuseg__masks_size_filter(count, n, min_size, remove);
+    return m3_renumber(lab, nv, n, remove, count, first, map);
+}
+
 /* Big-mask removal and renumbering (get_masks_torch's tail), then
  * fill_holes_and_remove_small_masks. ns: the number of seed labels in r->lab. */
 static gpuseg_status m3_finish(gpuseg_ctx *ctx, m3_run *r, uint32_t ns,
@@ -432,10 +443,8 @@ static gpuseg_status m3_finish(gpuseg_ctx *ctx, m3_run *r, uint32_t ns,
     /* fill_holes_and_remove_small_masks: size filter (Cellpose's positional quirk), fill, size
      * filter again */
     if (p->min_size > 0) {
-        m3_stats(r->lab, nv, n, count, first);
-        memset(remove, 0, tab);
-        gpuseg__masks_size_filter(count, n, p->min_size, remove);
-        if ((n = m3_renumber(r->lab, nv, n, remove, count, first, map)) == UINT32_MAX)
+        if ((n = m3_size_filter(r->lab, nv, n, p->min_size, remove, count, first, map)) ==
+            UINT32_MAX)
             goto oom;
     }
     uint32_t j = 0;
@@ -444,10 +453,8 @@ static gpuseg_status m3_finish(gpuseg_ctx *ctx, m3_run *r, uint32_t ns,
     n = j;
     gpuseg__progress(ctx, "masks", 3, 4, 0.9);
     if (p->min_size > 0) {
-        m3_stats(r->lab, nv, n, count, first);
-        memset(remove, 0, tab);
-        gpuseg__masks_size_filter(count, n, p->min_size, remove);
-        if ((n = m3_renumber(r->lab, nv, n, remove, count, first, map)) == UINT32_MAX)
+        if ((n = m3_size_filter(r->lab, nv, n, p->min_size, remove, count, first, map)) ==
+            UINT32_MAX)
             goto oom;
     } else {
         n = 0;

@@ -102,6 +102,22 @@ void gpuseg_image_region_close(gpuseg_image_region_reader *r) {
     free(r);
 }
 
+/* The tile (or strip: full width, rows per strip) size of the current directory; 0 x 0 for a
+ * tiled directory without its tile tags. */
+static void block_dims(gpuseg_image_region_reader *r, uint32_t *bw, uint32_t *bh) {
+    *bw = r->d.w;
+    *bh = r->d.h;
+    if (r->info.tiled) {
+        *bw = *bh = 0;
+        TIFFGetField(r->tif, TIFFTAG_TILEWIDTH, bw);
+        TIFFGetField(r->tif, TIFFTAG_TILELENGTH, bh);
+    } else {
+        TIFFGetFieldDefaulted(r->tif, TIFFTAG_ROWSPERSTRIP, bh);
+        if (*bh == 0 || *bh > r->d.h)
+            *bh = r->d.h;
+    }
+}
+
 /* Moves libtiff to directory `page` and checks it still matches page 1. */
 static gpuseg_status set_dir(gpuseg_image_region_reader *r, uint32_t page) {
     if (r->dir == page)
@@ -121,15 +137,8 @@ static gpuseg_status set_dir(gpuseg_image_region_reader *r, uint32_t page) {
         d.planar != r->d.planar || (bool)TIFFIsTiled(r->tif) != r->info.tiled)
         return gpuseg__fail(NULL, GPUSEG_FORMAT, "%s: TIFF page %u changed since it was opened",
                             r->path, page + 1);
-    uint32_t bw = r->d.w, bh = r->d.h;
-    if (r->info.tiled) {
-        TIFFGetField(r->tif, TIFFTAG_TILEWIDTH, &bw);
-        TIFFGetField(r->tif, TIFFTAG_TILELENGTH, &bh);
-    } else {
-        TIFFGetFieldDefaulted(r->tif, TIFFTAG_ROWSPERSTRIP, &bh);
-        if (bh == 0 || bh > r->d.h)
-            bh = r->d.h;
-    }
+    uint32_t bw, bh;
+    block_dims(r, &bw, &bh);
     if (bw != r->info.block_width || bh != r->info.block_height)
         return gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
                             "%s: TIFF page %u has %s of %u x %u but page 1 has %u x %u (the "
@@ -141,17 +150,9 @@ static gpuseg_status set_dir(gpuseg_image_region_reader *r, uint32_t page) {
 
 /* The block size of the current directory, checked. */
 static gpuseg_status block_size(gpuseg_image_region_reader *r) {
-    uint32_t bw = r->d.w, bh = r->d.h;
+    uint32_t bw, bh;
     const char *kind = r->info.tiled ? "tile" : "strip";
-    if (r->info.tiled) {
-        bw = bh = 0;
-        TIFFGetField(r->tif, TIFFTAG_TILEWIDTH, &bw);
-        TIFFGetField(r->tif, TIFFTAG_TILELENGTH, &bh);
-    } else {
-        TIFFGetFieldDefaulted(r->tif, TIFFTAG_ROWSPERSTRIP, &bh);
-        if (bh == 0 || bh > r->d.h)
-            bh = r->d.h;
-    }
+    block_dims(r, &bw, &bh);
     uint64_t page_px = (uint64_t)r->d.w * r->d.h;
     uint64_t max_px = page_px > REGION_MAX_BLOCK_PIXELS ? page_px : REGION_MAX_BLOCK_PIXELS;
     if (bw == 0 || bh == 0 || bw > GPUSEG_MAX_IMAGE_SIDE || bh > GPUSEG_MAX_IMAGE_SIDE ||
