@@ -477,7 +477,7 @@ def probe(a, ds, diam, net, device, amp, steps, nbase=None):
     pnet.diam_labels.data = net.diam_labels.data.clone()
     tr = Trainer(a, ds, diam, pnet, make_optimizer(pnet, a), device, amp)
     rs = np.random.RandomState(99991)
-    warm = 3
+    warm = 3 if device.type == "cuda" else 1
     for k in range(steps + warm):
         if k == warm:
             sync(device)
@@ -663,6 +663,20 @@ def run_train(a):
            "pack": ({"file": Path(a.pack).name, "sha256": sha256_file(a.pack)} if a.pack else None),
            "train_manifest_sha256": tn.split_info("train", a.pack)[0],
            "history": history}
+    from importlib.metadata import version
+    rec["versions"] = {"cellpose": version("cellpose"), "torch": torch.__version__,
+                       "numpy": np.__version__, "python": platform.python_version()}
+    rec["command"] = " ".join(["tools/train/train_fast.py"] + sys.argv[1:])
+    rec["model_sha256"] = sha256_file(out / "model")
+
+    def write_rec():  # after training and after each evaluation: a kill loses little
+        rec["wall_seconds"] = round(time.time() - t_start, 1)
+        tmp = out / "record.json.tmp"
+        tmp.write_text(json.dumps(rec, indent=1) + "\n")
+        os.replace(tmp, out / "record.json")
+
+    rec["cellpose_stock_load"] = stock_load_check(out / "model", nbase)
+    write_rec()
     # model selection on the validation split, then dev
     cands = [(last, out / "model")] + sorted(saved_eval, reverse=True)
     rec["validation"] = []
@@ -674,6 +688,7 @@ def run_train(a):
             r = evaluate(p, vrgb, vlbl, device, ("model",), vcat)
             r.update({"epoch": ep, "file": p.name, "sha256": sha256_file(p)})
             rec["validation"].append(r)
+            write_rec()
             log.info("validation epoch %d: AP@0.5/0.75/0.9 %s %s", ep, r["model"]["ap"],
                      r["model"].get("ap_by_category"))
         best = max(rec["validation"], key=lambda r: (r["model"]["ap"][0], r["model"]["ap"][1],
@@ -689,19 +704,25 @@ def run_train(a):
         rec["dev"]["file"] = sel.name
         log.info("dev (%s): model diameter %s, true diameters %s", sel.name,
                  rec["dev"]["model"]["ap"], rec["dev"]["true"]["ap"])
-    from importlib.metadata import version
-    rec["versions"] = {"cellpose": version("cellpose"), "torch": torch.__version__,
-                       "numpy": np.__version__, "python": platform.python_version()}
-    rec["command"] = " ".join(["tools/train/train_fast.py"] + sys.argv[1:])
-    rec["model_sha256"] = sha256_file(out / "model")
-    rec["wall_seconds"] = round(time.time() - t_start, 1)
-    (out / "record.json").write_text(json.dumps(rec, indent=1) + "\n")
+    write_rec()
     log.info("wrote %s/{model,model.opt,record.json}", out)
     return rec
 
 
+def stock_load_check(path, nbase):
+    """Whether stock Cellpose loads the file as its own: CellposeModel(pretrained_model=path)
+    builds [2,32,64,128,256] and must end up with exactly the file's tensors (other widths:
+    None, they need tools/train/train_nuclei.py's shim, docs/training.md)."""
+    if list(nbase) != [2, 32, 64, 128, 256]:
+        return None
+    m = models.CellposeModel(gpu=False, pretrained_model=str(path))
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    msd = m.net.state_dict()
+    return set(sd) == set(msd) and all(torch.equal(sd[k], msd[k].cpu()) for k in sd)
+
+
 def load_dev(a):
-    ids, _, lbls = tn.load_split("dev", pack=a.pack)
+    ids, _, lbls = tn.load_split("dev", a.dev_limit, pack=a.pack)
     return ids, [rgb_image("dev", k, i, a.pack) for k, i in enumerate(ids)], lbls
 
 
@@ -780,6 +801,7 @@ def main():
     p.add_argument("--val-split", type=Path, default=VAL_SPLIT)
     p.add_argument("--no-val-split", action="store_true", help="train on all of dsb2018/train")
     p.add_argument("--val-limit", type=int, default=None, help="only the first N val images")
+    p.add_argument("--dev-limit", type=int, default=None, help="only the first N dev images")
     p.add_argument("--amp", choices=["off", "bf16", "fp16", "auto"], default=None,
                    help="mixed precision (default: auto on CUDA = bf16 if the probe finds it "
                         "15%% faster; off on the CPU)")
@@ -816,7 +838,8 @@ def main():
     if a.no_val_split:
         a.val_split = None
     a.eval_at = [float(x) for x in a.eval_at.split(",")]
-    a.probe_also = [parse_nbase(x) for x in a.probe_also.split(";")] if a.probe_also else None
+    a.probe_also = ([parse_nbase(x) for x in a.probe_also.split(";")]
+                    if a.probe_also and a.probe_also != "none" else None)
     if a.amp is None:
         a.amp = "auto" if a.device.startswith("cuda") else "off"
     if a.device.startswith("cuda") and not torch.cuda.is_available():
