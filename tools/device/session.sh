@@ -40,14 +40,27 @@ if [[ $phase == train-fast ]]; then
   exe=${GPUSEG_EXE:-build-gpu/gpuseg}
   run=/tmp/gpuseg_fast/full
   nvidia-smi >/tmp/logs/nvidia-smi.txt 2>&1
+  # a checkpoint to resume from (docs/training.md, "Resume"): GPUSEG_FAST_RESUME_DIR (e.g. the
+  # last call's /tmp/gpuseg_fast/full on the same warm machine), or the files of
+  # .device/resume*/ (model and model.opt, whole or as .partNN, carried by earlier calls)
   resume=()
-  if [[ -d .device/resume ]]; then  # a checkpoint carried back (docs/training.md, "Resume")
+  rdir=/tmp/gpuseg_fast/resume
+  rm -rf "$rdir" && mkdir -p "$rdir"
+  if [[ -n ${GPUSEG_FAST_RESUME_DIR:-} ]]; then
+    cp "$GPUSEG_FAST_RESUME_DIR"/model "$GPUSEG_FAST_RESUME_DIR"/model.opt "$rdir"/
+  else
     for f in model model.opt; do
-      [[ -s .device/resume/$f || ! -e .device/resume/$f.part00 ]] ||
-        cat .device/resume/"$f".part* >.device/resume/"$f"
+      whole=$(compgen -G ".device/resume*/$f" | head -1)
+      if [[ -n $whole ]]; then
+        cp "$whole" "$rdir/$f"
+      elif compgen -G ".device/resume*/$f.part00" >/dev/null; then
+        # the parts in order, wherever each was carried
+        for part in $(compgen -G ".device/resume*/$f.part[0-9][0-9]" | awk -F/ '{print $NF" "$0}' |
+          sort | cut -d' ' -f2); do cat "$part"; done >"$rdir/$f"
+      fi
     done
-    [[ -s .device/resume/model && -s .device/resume/model.opt ]] && resume=(--resume .device/resume)
   fi
+  [[ -s $rdir/model && -s $rdir/model.opt ]] && resume=(--resume "$rdir")
   # training and its evaluations end 45 s before the phase: then the copy and gpuseg's check;
   # SIGTERM (checkpoint after the current epoch) 30 s before it at the latest
   end=$((t_start + secs - 45))
@@ -73,7 +86,7 @@ if [[ $phase == train-fast ]]; then
   sel=$run/model
   [[ -s $run/best ]] && sel=$run/best
   if [[ -s $sel ]]; then
-    img=$(ls ../shared/data/dsb2018/dev/images/ee927e82*.png 2>/dev/null | head -1)
+    img=$(compgen -G '../shared/data/dsb2018/dev/images/ee927e82*.png' | head -1)
     {
       "$exe" model info "$sel"
       [[ -n $img ]] && timeout 60 "$exe" segment "$img" --model "$sel" --diameter model \

@@ -697,7 +697,11 @@ def run_train(a):
         if best["file"] != "model":
             shutil.copyfile(out / best["file"], out / "best")
             rec["selected"]["file"] = "best"
-    if not a.no_eval and (not a.deadline or time.time() < a.deadline - 5):
+    # dev: 2 modes on its 8 images, skipped when the validation's pace says it would not fit
+    per_img = max([v["model"]["seconds"] / max(v["model"]["n_images"], 1)
+                   for v in rec["validation"]] or [0.0])
+    dev_est = per_img * 8 * 2 * 1.5
+    if not a.no_eval and (not a.deadline or time.time() + dev_est < a.deadline - 5):
         sel = out / rec.get("selected", {}).get("file", "model")
         dev_ids, drgb, dlbl = load_dev(a)
         rec["dev"] = evaluate(sel, drgb, dlbl, device, ("model", "true"))
