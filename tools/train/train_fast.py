@@ -609,6 +609,7 @@ def run_train(a):
                 "opt_dtype": str(opt_dtype)}
         save_opt(opt, out / "model.opt", meta, opt_dtype)
 
+    (out / "epochs.jsonl").unlink(missing_ok=True)
     t_train = time.time()
     epoch_secs = []
     stopped = None
@@ -630,6 +631,8 @@ def run_train(a):
                         "seconds": round(epoch_secs[-1], 3)})
         if a.batch_losses:
             history[-1]["batch_losses"] = batch_losses
+        with open(out / "epochs.jsonl", "a") as fh:  # one line per epoch, survives a kill
+            fh.write(json.dumps(history[-1]) + "\n")
         if not math.isfinite(tl):
             raise SystemExit(f"train_fast: loss {tl} at epoch {epoch}")
         if epoch % 10 == 0 or epoch == a.epochs - 1 or epoch < 5:
