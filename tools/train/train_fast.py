@@ -437,6 +437,29 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
         self.diam_mean = float(net.diam_mean.item())
 
+    def forward(self, X):
+        if self.amp in ("bf16", "fp16"):
+            dt = torch.bfloat16 if self.amp == "bf16" else torch.float16
+            with torch.autocast(device_type=self.device.type, dtype=dt):
+                return self.net(X)[0]
+        return self.net(X)[0]
+
+    def test_loss(self, vs, vdiam):
+        """train_seg's test loss: numpy reseeded with 42, a permutation of the held-out images,
+        the same augmentation, the net in eval mode without gradients; the mean loss."""
+        rs = np.random.RandomState(42)
+        order = rs.permutation(np.arange(vs.n))
+        total = torch.zeros((), device=self.device)
+        self.net.eval()
+        with torch.no_grad():
+            for k in range(0, vs.n, self.a.batch_size):
+                inds = order[k:k + self.a.batch_size]
+                params = draw_params(rs, inds, vdiam, self.diam_mean, vs.hw,
+                                     scale_range=self.a.scale_range)
+                X, lbl = augment(vs, inds, params)
+                total += loss_fn(lbl, self.forward(X)) * len(inds)
+        return float(total.item()) / vs.n
+
     def step(self, inds, rs, lr=None):
         """One batch: augmentation draws from rs, on-device augmentation, forward, loss,
         backward, optimizer step. Returns the loss tensor (not synchronised)."""
@@ -447,13 +470,7 @@ class Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = lr
         self.net.train()
-        if self.amp in ("bf16", "fp16"):
-            dt = torch.bfloat16 if self.amp == "bf16" else torch.float16
-            with torch.autocast(device_type=self.device.type, dtype=dt):
-                y = self.net(X)[0]
-        else:
-            y = self.net(X)[0]
-        loss = loss_fn(lbl, y)
+        loss = loss_fn(lbl, self.forward(X))
         self.opt.zero_grad()
         if self.scaler:
             self.scaler.scale(loss).backward()
@@ -523,6 +540,18 @@ def run_train(a):
     flows = [flows[k] for k in keep]
     ds = DeviceSet(normed, flows, device)
     del imgs, normed
+    vs, vdiam = None, None
+    if vids and a.test_loss_every:
+        # the held-out images for train_seg's test loss: flows, diameters (< 5 -> 5, none
+        # dropped) and normalisation as for training
+        vflows = tn.flows_cached("train", vids, vlbl, device=device, pack=a.pack)
+        vdiam = np.array([max(float(utils.diameters(f[0])[0]), 5.0) for f in vflows])
+        params = dict(models.normalize_default)
+        params["normalize"] = True
+        vnorm = [transforms.normalize_img(tn.to_two_channel(x), normalize=params, axis=0)
+                 for x in vrgb]
+        vs = DeviceSet(vnorm, vflows, device)
+        del vflows, vnorm
     nimg = ds.n
     nimg_per_epoch = a.nimg_per_epoch or nimg
     probs = np.ones(nimg, np.float64) / nimg
@@ -629,6 +658,8 @@ def run_train(a):
         epoch_secs.append(time.time() - te)
         history.append({"epoch": epoch, "lr": float(LR[epoch]), "train_loss": round(tl, 6),
                         "seconds": round(epoch_secs[-1], 3)})
+        if vs is not None and (epoch % a.test_loss_every == 0 or epoch == a.epochs - 1):
+            history[-1]["val_loss"] = round(tr.test_loss(vs, vdiam), 6)
         if a.batch_losses:
             history[-1]["batch_losses"] = batch_losses
         with open(out / "epochs.jsonl", "a") as fh:  # one line per epoch, survives a kill
@@ -636,7 +667,8 @@ def run_train(a):
         if not math.isfinite(tl):
             raise SystemExit(f"train_fast: loss {tl} at epoch {epoch}")
         if epoch % 10 == 0 or epoch == a.epochs - 1 or epoch < 5:
-            log.info("epoch %d lr %.6f loss %.4f (%.2f s)", epoch, LR[epoch], tl, epoch_secs[-1])
+            log.info("epoch %d lr %.6f loss %.4f val loss %s (%.2f s)", epoch, LR[epoch], tl,
+                     history[-1].get("val_loss", "-"), epoch_secs[-1])
         done = epoch + 1
         if done in eval_epochs and done != a.epochs:
             p = out / f"model_e{done:04d}"
@@ -769,6 +801,27 @@ def run_check(a):
         for k, v in m.items():
             worst[k] = max(worst.get(k, 0.0), v)
         log.info("batch %d: %s", b, {k: round(v, 6) for k, v in m.items()})
+    # train_seg's test loss (its loop, its _loss_fn_seg) against Trainer.test_loss, on these
+    # images with an untrained [2,8,16,32,64] net
+    from cellpose import train as cp_train
+    net = build_net([2, 8, 16, 32, 64], device, 0)
+    np.random.seed(42)
+    rperm = np.random.permutation(np.arange(ds.n))
+    ref, net_dev = 0.0, net.device
+    net.eval()
+    with torch.no_grad():
+        for k in range(0, ds.n, 8):
+            inds = rperm[k:k + 8]
+            xi, li = transforms.random_rotate_and_resize(
+                [normed[i] for i in inds], Y=[flows[i][1:] for i in inds],
+                rescale=diam[inds] / tn.DIAM_MEAN, scale_range=0.5, xy=(BSIZE, BSIZE))[:2]
+            y = net(torch.from_numpy(xi).to(net_dev))[0]
+            ref += cp_train._loss_fn_seg(li, y, net_dev).item() * len(xi)
+    ref /= ds.n
+    ns = argparse.Namespace(batch_size=8, scale_range=0.5)
+    ours = Trainer(ns, ds, diam, net, None, device, "off").test_loss(ds, diam)
+    worst["test_loss_rel_diff"] = abs(ours - ref) / ref
+    log.info("test loss: train_seg's loop %.6f, train_fast %.6f", ref, ours)
     print(json.dumps({"batches": a.check_batches, "worst": worst}))
     # limits: bilinear positions agree to OpenCV's 1/1024-pixel fixed point, so values agree
     # to a small fraction of the local gradient; nearest ties at exact half-pixels may flip
@@ -776,6 +829,7 @@ def run_check(a):
     assert worst["image_mean_abs"] < 2e-4, worst
     assert worst["flow_mean_abs"] < 1e-3, worst
     assert worst["mask_disagree"] < 1e-4, worst
+    assert worst["test_loss_rel_diff"] < 1e-3, worst
     log.info("check passed")
 
 
@@ -834,6 +888,9 @@ def main():
                    help="also time these widths (e.g. 2,16,32,64,128; ';' between several)")
     p.add_argument("--opt-bf16", action="store_true",
                    help="store the optimizer moments in bfloat16 (half the size)")
+    p.add_argument("--test-loss-every", type=int, default=10,
+                   help="the validation images' loss (train_seg's test loss) every N epochs "
+                        "and at the last; 0: never")
     p.add_argument("--batch-losses", action="store_true",
                    help="record every batch's loss in the history (synchronises each step)")
     p.add_argument("--check-batches", type=int, default=4)
