@@ -33,6 +33,7 @@ Usage (repository root, Cellpose 3.1 in .venv):
       --epochs 4 --out /tmp/fast_small
   .venv/bin/python tools/train/train_fast.py train --resume /tmp/fast_small --epochs 8
   .venv/bin/python tools/train/train_fast.py check        # augmentation vs Cellpose's
+  .venv/bin/python tools/train/train_fast.py eval --model FILE   # Cellpose: val and dev
 On a lent GPU: bash tools/device/session.sh train-fast SECONDS (docs/training.md).
 """
 import os
@@ -61,7 +62,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_nuclei as tn  # noqa: E402  (data loading, flows cache, Cellpose eval shim)
 from cellpose import metrics, models, transforms, utils  # noqa: E402
 
-REPO = tn.REPO
 VAL_SPLIT = Path(__file__).resolve().parent / "val_split.tsv"
 BSIZE = 224
 THR = [0.5, 0.75, 0.9]
