@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Validation of a model file on dsb2018/dev, by gpuseg and by Cellpose 3.1 running the same file.
+"""Validation of a model file on dsb2018/dev (and/or the validation split of dsb2018/train held
+out by tools/train/train_fast.py, tools/train/val_split.tsv), by gpuseg and by Cellpose 3.1
+running the same file.
 
 For each diameter mode it segments the 8 dev images with `gpuseg segment` and (except for
 "estimate", which only gpuseg has) with Cellpose's CellposeModel.eval, and reports:
@@ -11,9 +13,11 @@ Modes: "model" = the model's diam_labels (Cellpose's diameter=None), "true" = ea
 ground-truth median diameter (utils.diameters), "estimate" = gpuseg's default (diameter
 estimated from a first pass; reported per image beside the true diameter).
 
+With --split dev,val the AP is pooled over both and also reported per split ("by_split").
+
 Usage (repository root, Cellpose in .venv, gpuseg built):
   .venv/bin/python tools/eval_dev.py --model models/nuclei_gpuseg_v2 [--gpuseg build/gpuseg]
-      [--modes model,true,estimate] [--json out.json]
+      [--modes model,true,estimate] [--split dev|val|dev,val] [--limit N] [--json out.json]
 """
 import os
 
@@ -37,10 +41,28 @@ from cellpose import metrics, utils  # noqa: E402
 THR = [0.5, 0.75, 0.9]
 
 
-def pooled(gts, preds):
+def pooled(gts, preds, sel=None):
+    if sel is not None:
+        gts, preds = [gts[k] for k in sel], [preds[k] for k in sel]
     _, tp, fp, fn = metrics.average_precision(gts, preds, threshold=THR)
     tp, fp, fn = tp.sum(0), fp.sum(0), fn.sum(0)
     return [round(float(x), 4) for x in tp / np.maximum(tp + fp + fn, 1)]
+
+
+def split_images(split, limit):
+    """(ids, image paths, label paths) of 'dev' or 'val' (the ids of tools/train/val_split.tsv,
+    in dsb2018/train)."""
+    if split == "dev":
+        ids = tn.read_manifest("dev")
+    elif split == "val":
+        lines = (tn.REPO / "tools" / "train" / "val_split.tsv").read_text().splitlines()[1:]
+        ids = [ln.split("\t")[0] for ln in lines if ln.strip()]
+        split = "train"
+    else:
+        raise SystemExit(f"eval_dev: --split {split}: not dev or val")
+    ids = ids[:limit] if limit else ids
+    return (ids, [tn.DATA / split / "images" / f"{i}.png" for i in ids],
+            [tn.DATA / split / "labels" / f"{i}.png" for i in ids])
 
 
 def gpuseg_run(exe, model, paths, diameter_args, outdir):
@@ -66,17 +88,27 @@ def main():
     ap.add_argument("--gpuseg", default=str(tn.REPO / "build" / "gpuseg"))
     ap.add_argument("--modes", default="model,true,estimate")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--split", default="dev", help="dev, val or dev,val")
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each split")
     a = ap.parse_args()
 
-    ids = tn.read_manifest("dev")
-    paths = [tn.DATA / "dev" / "images" / f"{i}.png" for i in ids]
+    ids, paths, lpaths, group = [], [], [], []
+    for sp in a.split.split(","):
+        i, p, lp = split_images(sp, a.limit)
+        ids += i
+        paths += p
+        lpaths += lp
+        group += [sp] * len(i)
+    if len(set(p.name for p in paths)) != len(paths):
+        raise SystemExit("eval_dev: two images share a file name")
+    by_split = {sp: [k for k, g in enumerate(group) if g == sp] for sp in dict.fromkeys(group)}
     rgbs = [tn.load_rgb(p) for p in paths]
-    gts = [tn.load_labels(tn.DATA / "dev" / "labels" / f"{i}.png") for i in ids]
+    gts = [tn.load_labels(p) for p in lpaths]
     true_d = [float(utils.diameters(g)[0]) for g in gts]
     cp, nb = tn.cellpose_model(a.model)
     res = {"model": str(a.model), "model_sha256": tn.sha256_file(a.model), "nbase": nb,
            "diam_mean": cp.diam_mean, "diam_labels": cp.diam_labels, "thresholds": THR,
-           "images": ids, "true_diameters": [round(d, 3) for d in true_d]}
+           "split": a.split, "images": ids, "true_diameters": [round(d, 3) for d in true_d]}
     for mode in a.modes.split(","):
         with tempfile.TemporaryDirectory() as td:
             out = Path(td)
@@ -98,6 +130,7 @@ def main():
                     sides += s
                     gsecs += t
         r = {"gpuseg_ap": pooled(gts, glabs), "gpuseg_seconds": round(gsecs, 1),
+             "gpuseg_ap_by_split": {sp: pooled(gts, glabs, sel) for sp, sel in by_split.items()},
              "gpuseg_n_masks": [int(x.max()) for x in glabs],
              "gpuseg_diameters": [round(float(s["diameter"]), 3) for s in sides]}
         if mode != "estimate":
@@ -106,6 +139,7 @@ def main():
                   for img, d in zip(rgbs, diams)]
             r["cellpose_seconds"] = round(time.time() - t0, 1)
             r["cellpose_ap"] = pooled(gts, cl)
+            r["cellpose_ap_by_split"] = {sp: pooled(gts, cl, sel) for sp, sel in by_split.items()}
             r["cellpose_n_masks"] = [int(x.max()) for x in cl]
             r["agreement_ap"] = pooled(cl, glabs)
         else:

@@ -13,7 +13,8 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 dev=.device
 mkdir -p "$dev"
-grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >>.git/info/exclude
+# ignored by git through a .gitignore of its own (.git/info/exclude is not a file in a worktree)
+[[ -f $dev/.gitignore ]] || echo '*' >"$dev/.gitignore"
 # build, then a copy without object files
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DGPUSEG_WERROR=OFF >/dev/null
 cmake --build build-gpu -j"$(nproc)" >/dev/null
@@ -47,4 +48,13 @@ tar cf - -C "$dev" build-gpu lib shared whl | xz -T0 -6 >"$dev/carry/bundle.tar.
 mv "$dev/carry/bundle.tar.xz.tmp" "$dev/carry/bundle.tar.xz"
 ln -f "$dev/data/dsb2018.npz" "$dev/carry/dsb2018.npz"
 du -shc "$dev"/carry/*
-echo "tracked files: $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes (+ carry: 64 MiB in all)"
+# the device tool carries 64 MiB in all: tracked files + untracked-not-ignored + the carry
+tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+untracked=$(git ls-files -z -o --exclude-standard | xargs -0 -r du -cb | tail -1 | cut -f1)
+carry=$(du -cbL "$dev"/carry/* | tail -1 | cut -f1)
+total=$((tracked + ${untracked:-0} + carry))
+echo "tracked $tracked + untracked ${untracked:-0} + carry $carry = $total bytes of 67108864"
+if ((total > 67108864)); then
+  echo "prepare.sh: $total bytes would travel, over the device tool's 64 MiB: leave something out" >&2
+  exit 1
+fi

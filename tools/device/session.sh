@@ -8,14 +8,96 @@
 #                  (the machine stays warm for a while) and come back under $OUT.
 #   bench SECONDS  bench/gpu_vs_cellpose.py on the idle GPU with the trained models and the
 #                  bundled one; no part starts after SECONDS - 25.
+#   train-fast SECONDS  tools/train/train_fast.py (data and augmentation on the GPU) trains the
+#                  full-width net [2,32,64,128,256] alone for as many epochs as fit (speed
+#                  probe; Cellpose's schedule, warm-up to final lr halving, in full), scores the
+#                  checkpoints at 60/80/100% of it on the validation split and the selected one
+#                  on dev (Cellpose on CUDA), then checks that gpuseg loads it. Back under $OUT:
+#                  record.json, the model and its optimizer state (split into 15 MiB parts:
+#                  `cat model.part* > model`), train_fast.log, gpuseg_check.txt. Resumes from
+#                  .device/resume/{model,model.opt} when that is there (docs/training.md).
+#                  Environment, only to dry-run it on a CPU machine: GPUSEG_SESSION_NO_ENV=1
+#                  (no tools/device/env.sh), PYTHON, GPUSEG_EXE, GPUSEG_FAST_EXTRA (more flags).
 set -uo pipefail
 t_start=$(date +%s)
 phase=${1:?phase}
 secs=${2:-500}
-source tools/device/env.sh
+[[ -n ${GPUSEG_SESSION_NO_ENV:-} ]] || source tools/device/env.sh
 out=${OUT:-/tmp/out}
 mkdir -p "$out" /tmp/gpuseg_models /tmp/logs
 log() { echo "[$(($(date +%s) - t_start)) s] $*"; }
+# split FILE into 15 MiB parts in DIR (the device tool returns files of 16 MiB at most)
+put() {
+  if [[ $(stat -c %s "$1") -gt $((15 * 1024 * 1024)) ]]; then
+    split -b 15M -d "$1" "$2/$(basename "$1").part"
+  else
+    cp "$1" "$2/"
+  fi
+}
+
+if [[ $phase == train-fast ]]; then
+  py=${PYTHON:-python3}
+  exe=${GPUSEG_EXE:-build-gpu/gpuseg}
+  run=/tmp/gpuseg_fast/full
+  nvidia-smi >/tmp/logs/nvidia-smi.txt 2>&1
+  # a checkpoint to resume from (docs/training.md, "Resume"): GPUSEG_FAST_RESUME_DIR (e.g. the
+  # last call's /tmp/gpuseg_fast/full on the same warm machine), or the files of
+  # .device/resume*/ (model and model.opt, whole or as .partNN, carried by earlier calls)
+  resume=()
+  rdir=/tmp/gpuseg_fast/resume
+  rm -rf "$rdir" && mkdir -p "$rdir"
+  if [[ -n ${GPUSEG_FAST_RESUME_DIR:-} ]]; then
+    cp "$GPUSEG_FAST_RESUME_DIR"/model "$GPUSEG_FAST_RESUME_DIR"/model.opt "$rdir"/
+  else
+    for f in model model.opt; do
+      whole=$(compgen -G ".device/resume*/$f" | head -1)
+      if [[ -n $whole ]]; then
+        cp "$whole" "$rdir/$f"
+      elif compgen -G ".device/resume*/$f.part00" >/dev/null; then
+        # the parts in order, wherever each was carried
+        for part in $(compgen -G ".device/resume*/$f.part[0-9][0-9]" | awk -F/ '{print $NF" "$0}' |
+          sort | cut -d' ' -f2); do cat "$part"; done >"$rdir/$f"
+      fi
+    done
+  fi
+  [[ -s $rdir/model && -s $rdir/model.opt ]] && resume=(--resume "$rdir")
+  # training and its evaluations end 45 s before the phase: then the copy and gpuseg's check;
+  # SIGTERM (checkpoint after the current epoch) 30 s before it at the latest
+  end=$((t_start + secs - 45))
+  rm -rf "$run"
+  log "train_fast: deadline in $((end - $(date +%s))) s ${resume[*]}"
+  # shellcheck disable=SC2086
+  timeout -s TERM -k 15 $((secs - 30)) "$py" -u tools/train/train_fast.py train --device cuda \
+    --pack .device/data/dsb2018.npz --nbase 2,32,64,128,256 --threads 4 \
+    --time-budget $((end - $(date +%s))) --deadline "$end" --eval-reserve 100 --save-every 50 \
+    --opt-bf16 --probe-also 2,16,32,64,128 --out "$run" "${resume[@]}" \
+    ${GPUSEG_FAST_EXTRA:-} >/tmp/logs/train_fast.log 2>&1
+  log "train_fast rc=$?: $(grep -E 'probe|validation|dev ' /tmp/logs/train_fast.log | cut -c 25- | tr '\n' ' ')"
+  cp /tmp/logs/train_fast.log "$out/"
+  [[ -s $run/record.json ]] && cp "$run/record.json" "$out/"
+  # at most 8 files and 64 MiB come back: the model, then the selected one if it is another,
+  # else the optimizer state (for a resume)
+  [[ -s $run/model ]] && put "$run/model" "$out"
+  if [[ -s $run/best ]]; then
+    put "$run/best" "$out"
+  elif [[ -s $run/model.opt ]]; then
+    put "$run/model.opt" "$out"
+  fi
+  sel=$run/model
+  [[ -s $run/best ]] && sel=$run/best
+  if [[ -s $sel ]]; then
+    img=$(compgen -G '../shared/data/dsb2018/dev/images/ee927e82*.png' | head -1)
+    {
+      "$exe" model info "$sel"
+      [[ -n $img ]] && timeout 60 "$exe" segment "$img" --model "$sel" --diameter model \
+        --save-dir /tmp/gpuseg_fast/check
+      [[ -n $img ]] && cat /tmp/gpuseg_fast/check/*_segmentation.json
+    } >"$out/gpuseg_check.txt" 2>&1
+    log "gpuseg check rc=$?: $(tail -c 300 "$out/gpuseg_check.txt" | tr '\n' ' ')"
+  fi
+  log "end"
+  exit 0
+fi
 
 if [[ $phase == train ]]; then
   nvidia-smi >/tmp/logs/nvidia-smi.txt 2>&1
