@@ -250,6 +250,11 @@ gpuseg_status seg_blocks_stream(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg_image_r
     memset(&u, 0, sizeof u);
     u.state = state;
     memset(res, 0, sizeof *res);
+    if (part_out[SEG_PART_ROIS] && part_out[SEG_PART_ROIS][0] &&
+        (in->width > 60001 || in->height > 60001)) /* refused now rather than hours later */
+        return cli_set_error(GPUSEG_UNSUPPORTED,
+                             "%s: the image is %ux%u; ImageJ ROIs hold coordinates up to 60000",
+                             part_out[SEG_PART_ROIS], in->width, in->height);
     gpuseg_status st =
         gpuseg_labels_tiff_open(tiff_out, in->width, in->height, GPUSEG_DTYPE_U32,
                                 seg_blocks_tile(bp->block_size), write_flags, &u.tiff);
