@@ -231,6 +231,170 @@ START_TEST(blocks_errors) {
 }
 END_TEST
 
+/* ---- resuming (gpuseg_blocks_params' resume fields and events) ---------------------------- */
+
+typedef struct recorder {
+    const gpuseg_image *img;
+    uint32_t stop_after; /* cancel the context once this many blocks are done (0: never) */
+    uint32_t blocks;     /* block events seen */
+    float norm[8];
+    int have_norm;
+    uint64_t first[4096]; /* first pixels of the masks, label order */
+    uint32_t n_first;
+    uint32_t count[4096]; /* pixels of each new mask in its block's event */
+    gpuseg_image *labels; /* U32, written by the sink */
+} recorder;
+
+static gpuseg_status rec_read(void *user, uint32_t x0, uint32_t y0, uint32_t w, uint32_t h,
+                              gpuseg_image **out) {
+    const recorder *r = user;
+    const gpuseg_image *im = r->img;
+    ck_assert_int_eq(gpuseg_image_create(w, h, im->channels, 1, im->dtype, out), GPUSEG_OK);
+    const size_t px = (size_t)im->channels * gpuseg_dtype_size(im->dtype);
+    for (uint32_t y = 0; y < h; y++)
+        memcpy((unsigned char *)(*out)->data + (size_t)y * w * px,
+               (const unsigned char *)im->data + ((size_t)(y0 + y) * im->width + x0) * px, w * px);
+    return GPUSEG_OK;
+}
+
+static gpuseg_status rec_sink(void *user, uint32_t x0, uint32_t y0, uint32_t w, uint32_t h,
+                              const uint32_t *lab) {
+    recorder *r = user;
+    uint32_t *d = r->labels->data;
+    for (uint32_t y = 0; y < h; y++)
+        memcpy(d + (size_t)(y0 + y) * r->labels->width + x0, lab + (size_t)y * w, w * 4);
+    return GPUSEG_OK;
+}
+
+static gpuseg_status rec_event(void *user, const gpuseg_blocks_event *ev) {
+    recorder *r = user;
+    if (ev->block == GPUSEG_BLOCKS_NORM) {
+        memcpy(r->norm, ev->norm, sizeof r->norm);
+        r->have_norm = 1;
+        return GPUSEG_OK;
+    }
+    ck_assert_uint_eq(ev->block, r->blocks);
+    ck_assert_uint_eq(ev->first_label, r->n_first + 1);
+    ck_assert_uint_le(r->n_first + ev->n_new, 4096);
+    for (uint32_t i = 0; i < ev->n_new; i++) {
+        const uint64_t f = ev->first_pixel[i];
+        const uint32_t fy = (uint32_t)(f / r->img->width), fx = (uint32_t)(f % r->img->width);
+        /* the first pixel is in the window and labelled with the mask */
+        ck_assert(fy >= ev->y0 && fy < ev->y0 + ev->height && fx >= ev->x0 &&
+                  fx < ev->x0 + ev->width);
+        ck_assert_uint_eq(ev->labels[(size_t)(fy - ev->y0) * ev->width + fx - ev->x0],
+                          ev->first_label + i);
+        r->first[r->n_first + i] = f;
+    }
+    for (size_t i = 0; i < (size_t)ev->width * ev->height; i++) {
+        const uint32_t l = ev->labels[i];
+        if (!l)
+            continue;
+        ck_assert(l >= ev->first_label && l < ev->first_label + ev->n_new);
+        r->count[l - 1]++;
+    }
+    r->n_first += ev->n_new;
+    r->blocks++;
+    if (r->stop_after && r->blocks == r->stop_after)
+        gpuseg_ctx_cancel(g_ctx, 1);
+    return GPUSEG_OK;
+}
+
+/* A run interrupted (cancelled from the event of block 4) and resumed from what its events gave
+ * writes labels identical to an uninterrupted run's, to the bit; each new mask's event holds
+ * all its pixels. */
+START_TEST(blocks_resume_equal) {
+    gpuseg_image *src = NULL;
+    ck_assert_int_eq(gpuseg_image_read(GPUSEG_SOURCE_DIR "/examples/data/nuclei.png", &src),
+                     GPUSEG_OK);
+    gpuseg_image *img = mirrored(src, 300, 260);
+    gpuseg_segment_params p;
+    gpuseg_segment_params_default(&p);
+    p.diameter = 20;
+    gpuseg_blocks_params bp;
+    gpuseg_blocks_params_default(&bp);
+    bp.block_size = 96; /* 4 x 3 blocks */
+    bp.on_event = rec_event;
+    const gpuseg_block_source bs = {img->width, img->height, rec_read, NULL};
+    static recorder full, part;
+    full.img = part.img = img;
+    ck_assert_int_eq(
+        gpuseg_image_create(img->width, img->height, 1, 1, GPUSEG_DTYPE_U32, &full.labels),
+        GPUSEG_OK);
+    ck_assert_int_eq(
+        gpuseg_image_create(img->width, img->height, 1, 1, GPUSEG_DTYPE_U32, &part.labels),
+        GPUSEG_OK);
+    memset(full.labels->data, 0, (size_t)img->width * img->height * 4);
+    memset(part.labels->data, 0, (size_t)img->width * img->height * 4);
+    gpuseg_block_source s1 = bs;
+    s1.user = &full;
+    bp.event_user = &full;
+    gpuseg_blocks_result rf, rp;
+    ck_assert_msg(gpuseg_segment_blocks(g_ctx, g_net, &s1, &p, &bp, rec_sink, &full, &rf) ==
+                      GPUSEG_OK,
+                  "%s", gpuseg_last_error());
+    ck_assert_uint_eq(rf.n_blocks, 12);
+    ck_assert_uint_eq(full.blocks, 12);
+    ck_assert(full.have_norm);
+    ck_assert_uint_eq(full.n_first, rf.n_masks);
+    ck_assert_uint_gt(rf.n_masks, 20);
+    /* each mask's event held all its pixels (the final labels' count) */
+    uint32_t *cnt = calloc((size_t)rf.n_masks + 1, sizeof *cnt);
+    ck_assert_ptr_nonnull(cnt);
+    for (size_t i = 0; i < (size_t)img->width * img->height; i++)
+        cnt[((const uint32_t *)full.labels->data)[i]]++;
+    for (uint32_t l = 1; l <= rf.n_masks; l++)
+        ck_assert_msg(cnt[l] == full.count[l - 1], "mask %u: %u pixels, its event %u", l, cnt[l],
+                      full.count[l - 1]);
+    free(cnt);
+    /* interrupted after 4 blocks */
+    gpuseg_block_source s2 = bs;
+    s2.user = &part;
+    bp.event_user = &part;
+    part.stop_after = 4;
+    ck_assert_int_eq(gpuseg_segment_blocks(g_ctx, g_net, &s2, &p, &bp, rec_sink, &part, &rp),
+                     GPUSEG_CANCELLED);
+    gpuseg_ctx_cancel(g_ctx, 0);
+    ck_assert_uint_eq(part.blocks, 4);
+    ck_assert_int_ne(
+        memcmp(part.labels->data, full.labels->data, (size_t)img->width * img->height * 4), 0);
+    /* resumed: the percentiles, the blocks done and their masks handed back */
+    part.stop_after = 0;
+    gpuseg_blocks_params rb = bp;
+    rb.norm = part.norm;
+    rb.first_block = part.blocks;
+    rb.n_known = part.n_first;
+    rb.known_masks = part.first;
+    ck_assert_msg(gpuseg_segment_blocks(g_ctx, g_net, &s2, &p, &rb, rec_sink, &part, &rp) ==
+                      GPUSEG_OK,
+                  "%s", gpuseg_last_error());
+    ck_assert_uint_eq(rp.n_blocks, 8);
+    ck_assert_uint_eq(rp.n_masks, rf.n_masks);
+    ck_assert_uint_eq(part.blocks, 12);
+    ck_assert(memcmp(&rp.norm_lo, &rf.norm_lo, sizeof rf.norm_lo) == 0);
+    ck_assert(memcmp(part.first, full.first, rf.n_masks * sizeof *full.first) == 0);
+    ck_assert_msg(
+        memcmp(part.labels->data, full.labels->data, (size_t)img->width * img->height * 4) == 0,
+        "resumed labels differ from the uninterrupted run's");
+    /* resume fields that cannot be right */
+    rb.first_block = 13;
+    ck_assert_int_eq(gpuseg_segment_blocks(g_ctx, g_net, &s2, &p, &rb, rec_sink, &part, &rp),
+                     GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_last_error(), "first block 13, but the image has 12 blocks"));
+    rb.first_block = 4;
+    uint64_t twice[2] = {part.first[0], part.first[0]};
+    rb.known_masks = twice;
+    rb.n_known = 2;
+    ck_assert_int_eq(gpuseg_segment_blocks(g_ctx, g_net, &s2, &p, &rb, rec_sink, &part, &rp),
+                     GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_last_error(), "start at the same pixel"));
+    gpuseg_image_free(full.labels);
+    gpuseg_image_free(part.labels);
+    gpuseg_image_free(img);
+    gpuseg_image_free(src);
+}
+END_TEST
+
 int main(void) {
     int dev = tu_require_device();
     if (dev != 0)
@@ -241,6 +405,7 @@ int main(void) {
     tcase_add_checked_fixture(d, setup, teardown);
     tcase_add_test(d, blocks_equal_whole_example);
     tcase_add_test(d, blocks_errors);
+    tcase_add_test(d, blocks_resume_equal);
     tcase_add_test(d, blocks_equal_whole_large);
     suite_add_tcase(s, d);
     return tu_run(s);

@@ -304,6 +304,86 @@ START_TEST(write_empty) {
 }
 END_TEST
 
+/* Part files (gpuseg_polygons_part_*): the polygons appended in two pieces give the whole-file
+ * writers' bytes; reopened at the length synced after the first piece (a killed run: the rest
+ * is cut off), the second piece appended again gives them too; an empty part gives the empty
+ * files; a part shorter than its journal says is refused. */
+START_TEST(part_files) {
+    static const char *const top[] = {"..........", "..555.....", "..555.....", "..555.....",
+                                      "..........", ".3........", ".........."};
+    static const char *const bottom[] = {"..........", "..........", ".......77.", ".......77.",
+                                         "......888.", "......888.", "......888."};
+    gpuseg_image *lab = labels_from(FILE_ROWS, 7), *la = labels_from(top, 7),
+                 *lb = labels_from(bottom, 7);
+    gpuseg_polygons *p = NULL, *pa = NULL, *pb = NULL, *none = NULL;
+    ck_assert_int_eq(gpuseg_labels_polygons(lab, &p), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg_labels_polygons(la, &pa), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg_labels_polygons(lb, &pb), GPUSEG_OK);
+    none = calloc(1, sizeof *none);
+    size_t zero = 0;
+    int32_t nxy[2] = {0, 0};
+    none->start = &zero;
+    none->xy = nxy;
+    const char *dir = tu_tmpdir();
+    char whole[512], part[512], out[512];
+    static const gpuseg_polygons_format fmt[3] = {GPUSEG_POLYGONS_TXT, GPUSEG_POLYGONS_ROIS,
+                                                  GPUSEG_POLYGONS_GEOJSON};
+    for (int k = 0; k < 3; k++) {
+        snprintf(whole, sizeof whole, "%s/whole%d", dir, k);
+        snprintf(part, sizeof part, "%s/part%d", dir, k);
+        snprintf(out, sizeof out, "%s/out%d", dir, k);
+        ck_assert_int_eq(k == 0   ? gpuseg_polygons_write_txt(whole, p)
+                         : k == 1 ? gpuseg_polygons_write_rois(whole, p)
+                                  : gpuseg_polygons_write_geojson(whole, p, NULL),
+                         GPUSEG_OK);
+        size_t nw = 0;
+        char *want = tu_read_file(whole, &nw);
+        gpuseg_polygons_part *f = NULL;
+        uint64_t len1 = 0, len2 = 0;
+        ck_assert_int_eq(gpuseg_polygons_part_open(part, fmt[k], 0, &f), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg_polygons_part_append(f, pa), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg_polygons_part_sync(f, &len1), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg_polygons_part_append(f, none), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg_polygons_part_append(f, pb), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg_polygons_part_sync(f, &len2), GPUSEG_OK);
+        ck_assert_uint_gt(len2, len1);
+        ck_assert_int_eq(gpuseg_polygons_part_publish(f, out, 0), GPUSEG_OK);
+        gpuseg_polygons_part_close(f);
+        tu_assert_file_equals(out, want, nw);
+        /* resumed after the first piece */
+        ck_assert_int_eq(gpuseg_polygons_part_open(part, fmt[k], len1, &f), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg_polygons_part_append(f, pb), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg_polygons_part_publish(f, out, 0), GPUSEG_OK);
+        gpuseg_polygons_part_close(f);
+        tu_assert_file_equals(out, want, nw);
+        free(want);
+        /* the part is shorter than the journal says */
+        ck_assert_int_eq(gpuseg_polygons_part_open(part, fmt[k], len2 + 100, &f), GPUSEG_FORMAT);
+        ck_assert_ptr_null(f);
+        ck_assert(strstr(gpuseg_last_error(), "shorter than"));
+        /* nothing at all: the empty files */
+        ck_assert_int_eq(gpuseg_polygons_part_open(part, fmt[k], 0, &f), GPUSEG_OK);
+        ck_assert_int_eq(gpuseg_polygons_part_publish(f, out, 0), GPUSEG_OK);
+        gpuseg_polygons_part_close(f);
+        ck_assert_int_eq(k == 0   ? gpuseg_polygons_write_txt(whole, none)
+                         : k == 1 ? gpuseg_polygons_write_rois(whole, none)
+                                  : gpuseg_polygons_write_geojson(whole, none, NULL),
+                         GPUSEG_OK);
+        want = tu_read_file(whole, &nw);
+        tu_assert_file_equals(out, want, nw);
+        free(want);
+    }
+    free(none);
+    gpuseg_polygons_free(p);
+    gpuseg_polygons_free(pa);
+    gpuseg_polygons_free(pb);
+    gpuseg_image_free(lab);
+    gpuseg_image_free(la);
+    gpuseg_image_free(lb);
+    tu_rmtree(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("polygons");
     TCase *tc = tcase_create("host");
@@ -312,6 +392,7 @@ int main(void) {
     tcase_add_test(tc, trace_shapes);
     tcase_add_test(tc, write_files);
     tcase_add_test(tc, write_empty);
+    tcase_add_test(tc, part_files);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "gpuseg/gpuseg.h"
 #include "testutil.h"
 
@@ -27,7 +29,7 @@ static double json_number(const char *js, const char *key) {
 }
 
 /* The string value of "key" in a JSON text, copied into buf ("" when absent). */
-static const char *json_string(const char *js, const char *key, char *buf, size_t len) {
+static const char *js_string(const char *js, const char *key, char *buf, size_t len) {
     char pat[128];
     snprintf(pat, sizeof pat, "\"%s\":\"", key);
     const char *p = strstr(js, pat);
@@ -221,11 +223,11 @@ START_TEST(default_model_outlines_quiet) {
     snprintf(p, sizeof p, "%s/nuclei_segmentation.json", dir);
     snprintf(q, sizeof q, "%s/nuclei_segmentation.bin", dir);
     char *js = read_text(p);
-    json_string(js, "model", model, sizeof model);
+    js_string(js, "model", model, sizeof model);
     ck_assert_msg(strncmp(model, GPUSEG_SOURCE_DIR "/models/", strlen(GPUSEG_SOURCE_DIR) + 8) == 0,
                   "model %s", model);
     ck_assert(tu_exists(model));
-    ck_assert_str_eq(json_string(js, "diameter_mode", mode, sizeof mode), "estimated");
+    ck_assert_str_eq(js_string(js, "diameter_mode", mode, sizeof mode), "estimated");
     ck_assert_ptr_nonnull(strstr(js, "\"diameter_estimated\":true"));
     ck_assert(json_number(js, "diameter_first_pass") > 0);
     ck_assert(json_number(js, "n_masks") > 10);
@@ -286,7 +288,7 @@ START_TEST(size_model_beside_model) {
     free(r);
     snprintf(p, sizeof p, "%s/nuclei_segmentation.json", dir);
     char *js = read_text(p);
-    ck_assert_str_eq(json_string(js, "diameter_mode", mode, sizeof mode), "size model");
+    ck_assert_str_eq(js_string(js, "diameter_mode", mode, sizeof mode), "size model");
     /* Cellpose: style diameter 12.687756 (manifest.json); 1e-4 relative as test_size_model */
     ck_assert_double_eq_tol(json_number(js, "diameter_style"), 12.687756, 12.687756 * 1e-4);
     ck_assert_double_eq_tol(json_number(js, "diameter"), 9.406859, 9.406859 * 5e-3);
@@ -482,7 +484,7 @@ START_TEST(cellpose_command_translated) {
     snprintf(q, sizeof q, "%s/m.json", dir);
     js = read_text(q);
     char model[1024];
-    json_string(js, "model", model, sizeof model);
+    js_string(js, "model", model, sizeof model);
     ck_assert_str_eq(model, p);
     free(js);
     tu_rmtree(dir);
@@ -905,14 +907,14 @@ START_TEST(blockwise_refusals) {
     ck_assert_int_eq(tu_count_lines(r->err), 1);
     ck_assert_msg(strstr(r->err, "--block-size 100: a multiple of 16, at least 64"), "%s", r->err);
     free(r);
-    r = tu_cli("segment '%s' --block-size 128 -o '%s/o.tif' --save-rois", slide, dir);
+    r = tu_cli("segment '%s' --block-size 128 -o '%s/o.tif' --save-outlines", slide, dir);
     ck_assert_int_eq(r->status, 2);
     ck_assert_int_eq(tu_count_lines(r->err), 1);
-    ck_assert_msg(strstr(r->err, "--save-rois with TIFF labels"), "%s", r->err);
+    ck_assert_msg(strstr(r->err, "--save-outlines with TIFF labels"), "%s", r->err);
     free(r);
     /* Automatic: the image's header says it goes blockwise. */
-    r = tu_cli("segment '%s' --max-memory 1M --format tif --save-dir '%s/out' --save-rois", slide,
-               dir);
+    r = tu_cli("segment '%s' --max-memory 1M --format tif --save-dir '%s/out' --save-outlines",
+               slide, dir);
     ck_assert_int_eq(r->status, 1);
     ck_assert_int_eq(tu_count_lines(r->err), 1);
     ck_assert_msg(strstr(r->err, "slide.tif: goes blockwise (a whole-image run needs"), "%s",
@@ -931,7 +933,7 @@ START_TEST(blockwise_refusals) {
 END_TEST
 
 /* SIGINT during a blockwise run streaming a TIFF: the writer is aborted, no .tif and no
- * temporary is left, one line, exit 130. */
+ * temporary is left (only the hidden resumable state), exit 130. */
 START_TEST(blockwise_sigint) {
     if (g_dev)
         return;
@@ -952,12 +954,232 @@ START_TEST(blockwise_sigint) {
     ck_assert_msg(atoi(rc) == 130, "exit %s: %s", rc, err);
     ck_assert_msg(strstr(err, "gpuseg: segment: cancelled by SIGINT after 0 of 1 images"), "%s",
                   err);
+    /* the resumable state stays when it holds work (the percentiles, blocks), and says so */
+    snprintf(p, sizeof p, "%s/.out.tif.gpuseg-resume/journal", dir);
+    if (access(p, F_OK) == 0) {
+        ck_assert_msg(strstr(err, "; the same command with --resume continues from there"), "%s",
+                      err);
+        snprintf(cmd, sizeof cmd, "rm -r '%s/.out.tif.gpuseg-resume'", dir);
+        ck_assert_int_eq(system(cmd), 0);
+    }
     snprintf(cmd, sizeof cmd,
              "cd '%s' && test \"$(ls -A | tr '\\n' ' ')\" = 'err.txt out.txt rc.txt slide.tif '",
              dir);
     ck_assert_msg(system(cmd) == 0, "stray files in %s", dir);
     free(rc);
     free(err);
+    tu_rmtree(dir);
+}
+END_TEST
+
+/* a's labels renumbered to b's (the bijection of assert_same_partition), as uint32. */
+static gpuseg_image *renumbered(const gpuseg_image *a, const gpuseg_image *b) {
+    gpuseg_image *o = NULL;
+    ck_assert_int_eq(gpuseg_image_create(a->width, a->height, 1, 1, GPUSEG_DTYPE_U32, &o),
+                     GPUSEG_OK);
+    for (size_t i = 0; i < (size_t)a->width * a->height; i++)
+        ((uint32_t *)o->data)[i] = label_at(a, i) ? label_at(b, i) : 0;
+    return o;
+}
+
+/* Whether two files hold the same bytes. */
+static int same_bytes(const char *a, const char *b) {
+    size_t na, nb;
+    char *x = tu_read_file(a, &na), *y = tu_read_file(b, &nb);
+    int same = x && y && na == nb && memcmp(x, y, na) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+/* GeoJSON label -> its ring (jansson), for a file of n features. */
+static json_t *geojson_rings(const char *path) {
+    json_error_t e;
+    json_t *g = json_load_file(path, 0, &e);
+    ck_assert_msg(g, "%s: %s", path, e.text);
+    json_t *out = json_object(), *f;
+    size_t i;
+    json_array_foreach(json_object_get(g, "features"), i, f) {
+        json_t *lab = json_object_get(
+            json_object_get(json_object_get(f, "properties"), "measurements"), "label");
+        char k[24];
+        snprintf(k, sizeof k, "%lld", (long long)json_integer_value(lab));
+        json_object_set(out, k, json_object_get(json_object_get(f, "geometry"), "coordinates"));
+    }
+    json_decref(g);
+    return out;
+}
+
+/* Blockwise with the labels streamed to TIFF and the polygon files streamed block by block:
+ * each file equals the whole-image run's up to renumbering, byte for byte once the whole run's
+ * labels are renumbered as the blocks numbered them; GeoJSON read back with jansson. */
+START_TEST(blockwise_streams_polygons) {
+    if (g_dev)
+        return;
+    setenv("GPUSEG_CONV", "direct", 1);
+    char dir[64], slide[128], p[256], q[256];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    make_slide(dir, slide, sizeof slide);
+    tu_cli_result *r = tu_cli("segment '%s' --diameter 20 -o '%s/whole.tif' --save-geojson "
+                              "--save-rois --save-txt",
+                              slide, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    /* blocks of 128: 6 x 8 blocks, masks crossing many seams */
+    r = tu_cli("segment '%s' --diameter 20 --block-size 128 -o '%s/blocks.tif' --save-geojson "
+               "--save-rois --save-txt",
+               slide, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(strstr(r->err, "(blockwise: 6 x 8 blocks of 128, halo 80, 0 masks over"), "%s",
+                  r->err);
+    free(r);
+    gpuseg_image *whole = NULL, *blocks = NULL;
+    snprintf(p, sizeof p, "%s/whole.tif", dir);
+    ck_assert_int_eq(gpuseg_image_read(p, &whole), GPUSEG_OK);
+    snprintf(p, sizeof p, "%s/blocks.tif", dir);
+    ck_assert_int_eq(gpuseg_image_read(p, &blocks), GPUSEG_OK);
+    const uint32_t n = assert_same_partition(whole, blocks, "blocks.tif");
+    ck_assert_uint_gt(n, 50);
+    /* the whole run's masks under the blocks' numbers: the library's whole-file writers give
+     * the streamed files' bytes */
+    gpuseg_image *ren = renumbered(whole, blocks);
+    gpuseg_polygons *poly = NULL;
+    ck_assert_int_eq(gpuseg_labels_polygons(ren, &poly), GPUSEG_OK);
+    ck_assert_uint_eq(poly->n, n);
+    const char *sfx[3] = {".geojson", "_rois.zip", "_cp_outlines.txt"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(p, sizeof p, "%s/ren%s", dir, sfx[k]);
+        ck_assert_int_eq(k == 0   ? gpuseg_polygons_write_geojson(p, poly, NULL)
+                         : k == 1 ? gpuseg_polygons_write_rois(p, poly)
+                                  : gpuseg_polygons_write_txt(p, poly),
+                         GPUSEG_OK);
+        snprintf(q, sizeof q, "%s/blocks%s", dir, sfx[k]);
+        ck_assert_msg(same_bytes(p, q), "%s differs from the whole run's, renumbered", q);
+    }
+    /* GeoJSON with jansson: every whole-image ring is the streamed ring of its mask */
+    snprintf(p, sizeof p, "%s/whole.geojson", dir);
+    snprintf(q, sizeof q, "%s/blocks.geojson", dir);
+    json_t *gw = geojson_rings(p), *gb = geojson_rings(q);
+    ck_assert_uint_eq(json_object_size(gw), n);
+    ck_assert_uint_eq(json_object_size(gb), n);
+    for (size_t i = 0; i < (size_t)whole->width * whole->height; i++) {
+        char ka[24], kb[24];
+        snprintf(ka, sizeof ka, "%u", label_at(whole, i));
+        snprintf(kb, sizeof kb, "%u", label_at(blocks, i));
+        if (label_at(whole, i))
+            ck_assert_msg(json_equal(json_object_get(gw, ka), json_object_get(gb, kb)),
+                          "mask %s (blocks: %s): another ring", ka, kb);
+    }
+    json_decref(gw);
+    json_decref(gb);
+    /* nothing left beside the outputs: no state folder, no temporary */
+    snprintf(p, sizeof p,
+             "cd '%s' && test \"$(ls -A | tr '\\n' ' ')\" = 'blocks.geojson blocks.tif "
+             "blocks_cp_outlines.txt blocks_rois.zip ren.geojson ren_cp_outlines.txt "
+             "ren_rois.zip slide.tif whole.geojson whole.tif whole_cp_outlines.txt "
+             "whole_rois.zip '",
+             dir);
+    ck_assert_msg(system(p) == 0, "stray files in %s", dir);
+    gpuseg_polygons_free(poly);
+    gpuseg_image_free(ren);
+    gpuseg_image_free(whole);
+    gpuseg_image_free(blocks);
+    tu_rmtree(dir);
+}
+END_TEST
+
+/* --resume: a run killed (SIGKILL, through the test hook) after 5 of 12 blocks leaves no
+ * labels and no polygon files, only its state; with its last record torn, the same command
+ * with --resume finishes it from block 5 and its files equal an uninterrupted run's byte for
+ * byte (TIFF pixel data, polygon files). A state of another run is refused with what differs;
+ * without --resume it is replaced. */
+START_TEST(blockwise_resume) {
+    if (g_dev)
+        return;
+    setenv("GPUSEG_CONV", "direct", 1);
+    char dir[64], slide[128], p[256], q[256], cmd[1024];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    make_slide(dir, slide, sizeof slide);
+    const char *opts = "--diameter 20 --block-size 256 --save-geojson --save-rois --save-txt";
+    tu_cli_result *r = tu_cli("segment '%s' %s -o '%s/full.tif'", slide, opts, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && GPUSEG_TEST_KILL_AFTER_BLOCKS=5 '%s' segment slide.tif %s -o out.tif "
+             "2>err.txt; echo $? >rc.txt",
+             dir, GPUSEG_CLI, opts);
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(p, sizeof p, "%s/rc.txt", dir);
+    char *rc = read_text(p);
+    ck_assert_msg(atoi(rc) == 128 + 9, "exit %s", rc); /* killed by SIGKILL */
+    free(rc);
+    snprintf(p, sizeof p, "%s/out.tif", dir);
+    ck_assert(access(p, F_OK) != 0);
+    snprintf(p, sizeof p, "%s/out.geojson", dir);
+    ck_assert(access(p, F_OK) != 0);
+    snprintf(p, sizeof p, "%s/.out.tif.gpuseg-resume/journal", dir);
+    ck_assert_msg(access(p, F_OK) == 0, "no state after the kill");
+    /* a record torn by the kill and bytes after the last record in a part file: the torn
+     * block 5 is dropped, the part cut back */
+    snprintf(cmd, sizeof cmd,
+             "cd '%s/.out.tif.gpuseg-resume' && truncate -s -9 journal && echo torn >>geojson.part",
+             dir);
+    ck_assert_int_eq(system(cmd), 0);
+    /* another diameter: refused, one line naming it, the state kept */
+    r = tu_cli("segment '%s' --diameter 21 --block-size 256 --save-geojson --save-rois "
+               "--save-txt -o '%s/out.tif' --resume",
+               slide, dir);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_int_eq(tu_count_lines(r->err), 1);
+    ck_assert_msg(strstr(r->err, "--resume: the saved state (") &&
+                      strstr(r->err, "parameters.diameter (then 20, now 21)"),
+                  "%s", r->err);
+    free(r);
+    ck_assert_msg(access(p, F_OK) == 0, "the state went with a refused --resume");
+    /* the same command with --resume: continues after block 5 */
+    r = tu_cli("segment '%s' %s -o '%s/out.tif' --resume", slide, opts, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(strstr(r->err, "resuming after block 4 of 12"), "%s", r->err);
+    free(r);
+    ck_assert_msg(access(p, F_OK) != 0, "the state is left after success");
+    gpuseg_image *a = NULL, *b = NULL;
+    snprintf(p, sizeof p, "%s/full.tif", dir);
+    ck_assert_int_eq(gpuseg_image_read(p, &a), GPUSEG_OK);
+    snprintf(p, sizeof p, "%s/out.tif", dir);
+    ck_assert_int_eq(gpuseg_image_read(p, &b), GPUSEG_OK);
+    ck_assert_int_eq(a->dtype, b->dtype);
+    ck_assert_msg(memcmp(a->data, b->data, (size_t)a->width * a->height * 4) == 0,
+                  "resumed labels differ from the uninterrupted run's");
+    gpuseg_image_free(a);
+    gpuseg_image_free(b);
+    const char *sfx[3] = {".geojson", "_rois.zip", "_cp_outlines.txt"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(p, sizeof p, "%s/full%s", dir, sfx[k]);
+        snprintf(q, sizeof q, "%s/out%s", dir, sfx[k]);
+        ck_assert_msg(same_bytes(p, q), "%s differs from the uninterrupted run's", q);
+    }
+    /* killed again, then run without --resume: the state is replaced (said), run whole */
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && rm out* && GPUSEG_TEST_KILL_AFTER_BLOCKS=1 '%s' segment slide.tif %s "
+             "-o out.tif 2>/dev/null; test -d .out.tif.gpuseg-resume",
+             dir, GPUSEG_CLI, opts);
+    ck_assert_int_eq(system(cmd), 0);
+    r = tu_cli("segment '%s' %s -o '%s/out.tif'", slide, opts, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(strstr(r->err, "replaced the resumable state of an earlier, unfinished run (1 "
+                                 "of 12 blocks done"),
+                  "%s", r->err);
+    free(r);
+    snprintf(p, sizeof p, "%s/full.geojson", dir);
+    snprintf(q, sizeof q, "%s/out.geojson", dir);
+    ck_assert(same_bytes(p, q));
+    snprintf(cmd, sizeof cmd, "cd '%s' && test ! -e .out.tif.gpuseg-resume", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    /* --resume needs streamed TIFF labels */
+    r = tu_cli("segment '%s' --block-size 256 -o '%s/o.bin' --resume", slide, dir);
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_msg(strstr(r->err, "--resume continues a blockwise run that streams"), "%s", r->err);
+    free(r);
     tu_rmtree(dir);
 }
 END_TEST
@@ -984,6 +1206,8 @@ int main(void) {
     tcase_add_test(tc, blockwise_equals_whole);
     tcase_add_test(tc, blockwise_refusals);
     tcase_add_test(tc, blockwise_sigint);
+    tcase_add_test(tc, blockwise_streams_polygons);
+    tcase_add_test(tc, blockwise_resume);
     suite_add_tcase(s, tc);
     TCase *sd = tu_tcase_needing("shared_data", TU_NEEDS_SHARED_DATA);
     tcase_set_timeout(sd, 300);

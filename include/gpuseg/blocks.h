@@ -31,16 +31,66 @@ typedef struct gpuseg_block_source {
 typedef gpuseg_status (*gpuseg_labels_write_fn)(void *user, uint32_t x0, uint32_t y0, uint32_t w,
                                                 uint32_t h, const uint32_t *labels);
 
+/* gpuseg_blocks_event.block after the percentile passes (no block yet). */
+#define GPUSEG_BLOCKS_NORM UINT32_MAX
+
+/* What a run reports, through gpuseg_blocks_params.on_event, after the percentile passes and
+ * after each block (once its labels went to the sink): what a caller needs to stream per-mask
+ * outputs (outline polygons) and to keep a journal from which a killed run can be resumed
+ * (docs/blockwise.md, "Resuming"). Everything it points to is the library's, valid only during
+ * the call. */
+typedef struct gpuseg_blocks_event {
+    /* the block just written (row-major index: block row * blocks across + block column), or
+     * GPUSEG_BLOCKS_NORM: the percentile passes just ended (only norm and n_blocks are set) */
+    uint32_t block;
+    uint32_t n_blocks; /* blocks in all */
+    /* the normalisation parameters of the whole image: handed back as gpuseg_blocks_params.norm,
+     * they stand for the percentile passes */
+    float norm[8];
+    /* the block's window (its core grown by the halo, clipped to the image) */
+    uint32_t x0, y0, width, height;
+    /* [height][width], row-major: the global label of every mask that this block labelled first
+     * (new masks), 0 elsewhere. A new mask lies whole inside the window: these are all its
+     * pixels, as this block segmented them. */
+    const uint32_t *labels;
+    uint32_t first_label, n_new; /* the new masks: first_label .. first_label + n_new - 1 */
+    /* [n_new]: each new mask's first pixel in raster order (y * image width + x), which
+     * identifies it in later blocks (gpuseg_blocks_params.known_masks) */
+    const uint64_t *first_pixel;
+    uint32_t n_too_big;   /* this block's count (gpuseg_blocks_result.n_too_big) */
+    uint32_t n_tiles_run; /* this block's network tiles */
+} gpuseg_blocks_event;
+
+/* A status other than GPUSEG_OK stops the run with it. */
+typedef gpuseg_status (*gpuseg_blocks_event_fn)(void *user, const gpuseg_blocks_event *ev);
+
 typedef struct gpuseg_blocks_params {
     uint32_t block_size; /* side of a block in image pixels (the last ones are smaller); 1024 */
     /* Context around each block, in image pixels: a mask is labelled only when it lies inside
      * its block plus halo with a pixel to spare; larger masks are left 0 and counted. 0: 4 x the
      * diameter used (at least 64). */
     uint32_t halo;
+    /* Called after the percentile passes and after each block; NULL: not called. */
+    gpuseg_blocks_event_fn on_event;
+    void *event_user;
+    /* Resuming a run that stopped (docs/blockwise.md): with the same image, parameters, block
+     * size and halo, and the values its events gave, the blocks first_block.. write exactly what
+     * they would have written in the whole run. norm: not NULL, the 8 parameters of its
+     * GPUSEG_BLOCKS_NORM event (the percentile passes are skipped). first_block: the blocks
+     * before it are not run (their labels are not written again). known_masks [n_known]: the
+     * first_pixel of every mask the blocks before first_block labelled, in label order (the
+     * concatenation of their events' first_pixel); new labels continue at n_known + 1. All 0 /
+     * NULL: a whole run. */
+    const float *norm;
+    uint32_t first_block;
+    uint32_t n_known;
+    const uint64_t *known_masks;
 } gpuseg_blocks_params;
 
 GPUSEG_API void gpuseg_blocks_params_default(gpuseg_blocks_params *p);
 
+/* The counters (blocks, tiles, n_too_big, seconds) count the blocks this call ran (from
+ * first_block); n_masks counts all labels, the known ones included. */
 typedef struct gpuseg_blocks_result {
     uint32_t n_masks;     /* distinct labels written: 1 .. n_masks */
     uint32_t n_blocks;    /* blocks run */

@@ -103,6 +103,45 @@ GPUSEG_API gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpus
 GPUSEG_API gpuseg_status gpuseg_polygons_write_geojson(const char *path, const gpuseg_polygons *p,
                                                        const char *classification);
 
+/* ---- polygon files written piece by piece (a blockwise run streams them: docs/blockwise.md) */
+
+typedef enum gpuseg_polygons_format {
+    GPUSEG_POLYGONS_TXT = 1,    /* gpuseg_polygons_write_txt's file */
+    GPUSEG_POLYGONS_ROIS = 2,   /* gpuseg_polygons_write_rois' */
+    GPUSEG_POLYGONS_GEOJSON = 3 /* gpuseg_polygons_write_geojson's (no classification) */
+} gpuseg_polygons_format;
+
+/* A polygon file being built in a part file that survives the process: polygons are appended
+ * in pieces, and the finished file is published from it. Appending pieces p1, p2, ... and
+ * publishing gives the bytes the whole-file writer gives for all their polygons in that order
+ * (labels increasing from piece to piece, as in a blockwise run). Memory: one piece. */
+typedef struct gpuseg_polygons_part gpuseg_polygons_part;
+
+/* Opens the part file at part_path (created with mode 0666 less the umask; a symlink is
+ * refused). keep = 0: a new part (what was there is dropped); keep > 0: continues a part whose
+ * first keep bytes are a length gpuseg_polygons_part_sync gave (a killed run's; bytes after them
+ * are cut off). GPUSEG_FORMAT when the file is shorter than keep. */
+GPUSEG_API gpuseg_status gpuseg_polygons_part_open(const char *part_path,
+                                                   gpuseg_polygons_format format, uint64_t keep,
+                                                   gpuseg_polygons_part **out);
+
+/* Appends the polygons of p (the whole-file writer's checks and bytes). */
+GPUSEG_API gpuseg_status gpuseg_polygons_part_append(gpuseg_polygons_part *f,
+                                                     const gpuseg_polygons *p);
+
+/* Makes what was appended durable (fsync); *length: the part's valid bytes, the keep of a later
+ * gpuseg_polygons_part_open. */
+GPUSEG_API gpuseg_status gpuseg_polygons_part_sync(gpuseg_polygons_part *f, uint64_t *length);
+
+/* Writes the finished file at path atomically (temporary file, fsync, rename; flags as
+ * gpuseg_labels_tiff_open's): the part's bytes and the format's end (the ZIP central directory,
+ * rebuilt from the part's entries; GeoJSON's closing brackets). The part is left as it is. */
+GPUSEG_API gpuseg_status gpuseg_polygons_part_publish(gpuseg_polygons_part *f, const char *path,
+                                                      unsigned flags);
+
+/* Closes the part file (it stays on disk) and frees f. Accepts NULL. */
+GPUSEG_API void gpuseg_polygons_part_close(gpuseg_polygons_part *f);
+
 #ifdef __cplusplus
 }
 #endif

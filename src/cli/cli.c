@@ -35,6 +35,10 @@ void cli_clear_error(void) {
     cli_msg[0] = 0;
 }
 
+const char *cli_last_error(void) {
+    return cli_msg[0] ? cli_msg : gpuseg_last_error();
+}
+
 int cli_fail(gpuseg_status st) {
     const char *msg = cli_msg[0] ? cli_msg : gpuseg_last_error();
     cli_error("%s", msg && *msg ? msg : gpuseg_status_message(st));

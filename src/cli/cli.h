@@ -169,6 +169,8 @@ gpuseg_status cli_set_error(gpuseg_status st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Forgets a message recorded with cli_set_error. */
 void cli_clear_error(void);
+/* The message cli_fail would print: cli_set_error's when one is recorded, else the library's. */
+const char *cli_last_error(void);
 
 /* The test hook GPUSEG_SHM_TEST_STALL_MS=N (0 when unset or not a count of at most 600000): the
  * commands that publish segments pass it to the library (gpuseg_shm_publish_params), so that

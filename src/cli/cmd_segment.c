@@ -84,6 +84,7 @@ typedef struct seg_job {
      * --save_txt (STEM_cp_outlines.txt), --save_rois (STEM_rois.zip), and --save-geojson. */
     bool save_png, save_tif, save_txt, save_rois, save_geojson;
     bool exclude_edges, skip_existing;
+    bool resume;   /* --resume: a streamed blockwise run continues from its saved state */
     double stitch; /* --stitch-threshold T: pages are a Z stack, stitched (0: 2-D images) */
     const char *output_name;              /* "_cp_masks" */
     const char *img_filter, *mask_filter; /* NULL, "_masks" */
@@ -436,7 +437,7 @@ static const char *const USE =
     "[--chan C --chan2 C2] [--invert] [--flow-threshold 0.4] [--cellprob-threshold 0.0] "
     "[--niter N] [--min-size 15] [--augment] [--tile-overlap 0.1] [--batch-size 8] "
     "[--no-norm | --norm-percentile 1 99] [--exclude-on-edges] [--page N | --stitch-threshold T] "
-    "[--block-size N] [--halo N] [--max-memory SIZE] "
+    "[--block-size N] [--halo N] [--max-memory SIZE] [--resume] "
     "[--device SPEC] [-o OUT | --save-dir DIR] [--format bin|tif|png|npy] [--save-flows] "
     "[--save-outlines] [--save-png] [--save-tif] [--output-name _cp_masks] [--save-txt] "
     "[--save-rois] [--save-geojson] [--img-filter S] [--mask-filter _masks] "
@@ -456,6 +457,10 @@ typedef struct progress_line {
     uint64_t pixels;
     uint64_t blocks_done, blocks_total;
     double blocks_t0;
+    /* blocks already done when the run started (a resumed run), and whether the run keeps a
+     * resumable state (the line then says that --resume continues it) */
+    uint64_t blocks_done0;
+    bool resumable;
 } progress_line;
 
 static void progress_draw(void *user, const gpuseg_progress *pr) {
@@ -468,19 +473,25 @@ static void progress_draw(void *user, const gpuseg_progress *pr) {
     pl->stage = pr->stage;
     pl->drawn_s = t;
     if (pl->pixels && strcmp(pr->stage, "blocks") == 0) {
-        if (pl->blocks_total == 0) /* the first "blocks" report: 0 done */
+        if (pl->blocks_total == 0) { /* the first "blocks" report: 0 done, or a resume's */
             pl->blocks_t0 = t;
+            pl->blocks_done0 = pr->done;
+        }
         pl->blocks_done = pr->done;
         pl->blocks_total = pr->total;
     }
     if (pl->pixels && pl->blocks_total) { /* blocks, not the nested stages of each block */
         double el = t - pl->blocks_t0, f = (double)pl->blocks_done / (double)pl->blocks_total;
+        /* the rate of the blocks run here, not of those a resumed run found done */
+        double g = (double)(pl->blocks_done - pl->blocks_done0) / (double)pl->blocks_total;
         fprintf(stderr, "\r\033[K[%zu/%zu] %s ... blocks %llu/%llu", pl->i + 1, pl->n, pl->name,
                 (unsigned long long)pl->blocks_done, (unsigned long long)pl->blocks_total);
-        if (pl->blocks_done && el > 0)
-            fprintf(stderr, ", %.2f MP/s, %.0f s left", 1e-6 * f * (double)pl->pixels / el,
-                    el * (1 - f) / f);
+        if (g > 0 && el > 0)
+            fprintf(stderr, ", %.2f MP/s, %.0f s left", 1e-6 * g * (double)pl->pixels / el,
+                    el * (1 - f) / g);
         fprintf(stderr, "  %3.0f%%", 100.0 * f); /* of the blocks: nested stages end at 100% */
+        if (pl->resumable)
+            fputs(" (if stopped, --resume continues)", stderr);
         fflush(stderr);
         return;
     }
@@ -566,7 +577,13 @@ static void print_help(void) {
            "plus the image) over --max-memory SIZE (default: half the RAM, or the device's "
            "memory if smaller) goes blockwise by itself with blocks of 1024. --diameter 0 is "
            "then estimated on a central 1024x1024 sample. TIFF labels are streamed to a tiled "
-           "BigTIFF; other formats are assembled in memory (4 bytes per pixel).\n"
+           "BigTIFF, with --save-txt, --save-rois and --save-geojson streamed block by block "
+           "(labels numbered in block order); other formats are assembled in memory (4 bytes "
+           "per pixel). A streamed run keeps a resumable state in .NAME.gpuseg-resume/ beside "
+           "the labels while it runs: after a kill, Ctrl-C or an error, the same command with "
+           "--resume continues from the finished blocks (same outputs as an uninterrupted "
+           "run); a state of other settings is refused, and without --resume it is "
+           "replaced.\n"
            "Refused before any device work, with one line: images of several pages without "
            "--stitch-threshold (a Z stack, or channels stored as pages; --page N segments one), "
            "--chan/--chan2 beyond the "
@@ -627,6 +644,7 @@ enum {
     O_BLOCK_SIZE,
     O_HALO,
     O_MAX_MEMORY,
+    O_RESUME,
     O_UNSUPPORTED /* a Cellpose flag gpuseg lacks: the table index says which */
 };
 
@@ -847,6 +865,9 @@ static int job_option(seg_job *j, int c, const char *arg) {
         }
         j->block_size = (uint32_t)l;
         return CLI_OK;
+    case O_RESUME:
+        j->resume = true;
+        return CLI_OK;
     case O_HALO:
         if (!cli_parse_int("--halo", arg, 0, 1L << 20, &l))
             return CLI_USAGE;
@@ -894,6 +915,7 @@ static void build_options(void) {
                                         {"stitch-threshold", required_argument, NULL, O_STITCH},
                                         {"block-size", required_argument, NULL, O_BLOCK_SIZE},
                                         {"halo", required_argument, NULL, O_HALO},
+                                        {"resume", no_argument, NULL, O_RESUME},
                                         {"max-memory", required_argument, NULL, O_MAX_MEMORY},
                                         {"invert", no_argument, NULL, O_INVERT},
                                         CLI_MASKS_LONG_OPTIONS,
@@ -981,7 +1003,8 @@ static bool labels_tiff(const seg_job *j) {
 
 /* What a blockwise run cannot do: the option that needs a whole-image run (flows, test-time
  * augmentation, stacks), or, when the labels are streamed to a TIFF, the whole label image
- * (vector outputs, pictures, other label files, --exclude-on-edges); NULL when none. */
+ * (pictures, other label files, --exclude-on-edges; the polygon files are streamed); NULL when
+ * none. */
 static const char *blockwise_conflict(const seg_job *j) {
     if (j->save_flows)
         return "--save-flows (blockwise runs return no flows)";
@@ -991,10 +1014,7 @@ static const char *blockwise_conflict(const seg_job *j) {
         return "--stitch-threshold (Z stacks are segmented whole)";
     if (!labels_tiff(j))
         return NULL;
-    const char *what = j->save_rois       ? "--save-rois"
-                       : j->save_txt      ? "--save-txt"
-                       : j->save_geojson  ? "--save-geojson"
-                       : j->save_outlines ? "--save-outlines"
+    const char *what = j->save_outlines   ? "--save-outlines"
                        : j->save_png      ? "--save-png"
                        : j->save_tif      ? "--save-tif"
                        : j->exclude_edges ? "--exclude-on-edges"
@@ -1106,6 +1126,12 @@ static int parse_options(int argc, char **argv, seg_job *j) {
     }
     if (j->stitch > 0 && stack_conflicts(j) != CLI_OK)
         return CLI_USAGE;
+    if (j->resume && (j->stitch > 0 || !labels_tiff(j))) {
+        cli_error("--resume continues a blockwise run that streams its labels into a tiled "
+                  "TIFF: it needs --format tif or -o X.tif%s",
+                  j->stitch > 0 ? ", without --stitch-threshold" : "");
+        return CLI_USAGE;
+    }
     if (j->block_size && blockwise_conflict(j)) {
         cli_error("--block-size %u segments blockwise: it excludes %s", j->block_size,
                   blockwise_conflict(j));
@@ -1373,16 +1399,59 @@ static double compile_seconds(gpuseg_ctx *ctx, unsigned *compiled) {
     return ps.build_seconds;
 }
 
+/* The key of a streamed blockwise run's resumable state (cli/segment_resume.h): everything
+ * that decides its labels and polygon files, as compact JSON text (free()); NULL with the
+ * error recorded (cli_set_error) when the image or model cannot be read. */
+static char *resume_key(const seg_job *j, const seg_run *run, const char *image,
+                        const gpuseg_blocks_params *bp, uint32_t W, uint32_t H) {
+    struct stat sb;
+    char real[PATH_MAX_LEN], sha[65], mtime[48];
+    if (!realpath(image, real) || stat(real, &sb) != 0) {
+        cli_set_error(GPUSEG_IO, "%s: %s", image, strerror(errno));
+        return NULL;
+    }
+    if (seg_state_file_sha256(j->model, sha) != GPUSEG_OK)
+        return NULL;
+    snprintf(mtime, sizeof mtime, "%lld.%09ld", (long long)sb.st_mtim.tv_sec,
+             (long)sb.st_mtim.tv_nsec);
+    const gpuseg_segment_params *p = &j->p;
+    const char *conv = getenv("GPUSEG_CONV");
+    json_t *params = json_pack(
+        "{s:o,s:b,s:b,s:i,s:i,s:b,s:o,s:o,s:i,s:i,s:o,s:o,s:i,s:b,s:o,s:o}", "diameter",
+        cli_json_num(p->diameter), "estimate_diameter", p->estimate_diameter, "size_model",
+        run->size_model != NULL, "chan", p->chan, "chan2", p->chan2, "invert", p->invert,
+        "flow_threshold", cli_json_num(p->flow_threshold), "cellprob_threshold",
+        cli_json_num(p->cellprob_threshold), "niter", (int)p->niter, "min_size", (int)p->min_size,
+        "max_size_fraction", cli_json_num(p->max_size_fraction), "tile_overlap",
+        cli_json_num(p->tile_overlap), "batch_size", (int)p->batch_size, "normalize", p->normalize,
+        "norm_lo", cli_json_num(p->norm_lo), "norm_hi", cli_json_num(p->norm_hi));
+    json_t *o = json_pack(
+        "{s:i,s:o,s:I,s:s,s:i,s:i,s:i,s:s,s:o,s:o,s:o,s:i,s:i,s:b,s:b,s:b}", "state_format", 1,
+        "image", cli_json_str(real), "image_bytes", (json_int_t)sb.st_size, "image_mtime", mtime,
+        "page", (int)p->page, "width", (int)W, "height", (int)H, "model_sha256", sha, "device",
+        cli_json_str(gpuseg_ctx_device(run->ctx)->name), "conv", cli_json_str(conv ? conv : ""),
+        "parameters", params, "block_size", (int)bp->block_size, "halo", (int)bp->halo, "save_txt",
+        j->save_txt, "save_rois", j->save_rois, "save_geojson", j->save_geojson);
+    char *text =
+        o ? cli_json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(o);
+    if (!text)
+        cli_set_error(GPUSEG_OUT_OF_MEMORY, "%s: out of memory", image);
+    return text;
+}
+
 /* The blockwise run of one image (docs/segment.md, "Large images"): the image read region by
  * region, the diameter estimated on a central sample when asked, the labels streamed into a
  * tiled TIFF or assembled and handed to the output pipeline. Returns as run_image. */
 static int run_image_blocks(const seg_job *j, seg_run *run, const char *image, const seg_outputs *o,
                             const char *why, double t0) {
     gpuseg_image_region_reader *rd = NULL;
+    cli_clear_error();
     gpuseg_status st = gpuseg_image_region_open(image, &cli_limits, &rd);
     if (st != GPUSEG_OK)
         return cli_fail(st); /* names the file */
     const gpuseg_image_region_info *in = gpuseg_image_region_info_of(rd);
+    const char *tiff = labels_tiff(j) ? o->labels : NULL;
     gpuseg_segment_params p = j->p;
     gpuseg_blocks_params bp;
     gpuseg_blocks_params_default(&bp);
@@ -1391,38 +1460,91 @@ static int run_image_blocks(const seg_job *j, seg_run *run, const char *image, c
     else
         bp.block_size = SEG_BLOCKS_AUTO_BLOCK;
     bp.halo = j->halo;
+    /* TIFF labels: the run keeps a resumable state beside them (--resume continues it) */
+    seg_state *state = NULL;
+    const seg_state_diam *saved = NULL;
+    if (tiff) {
+        uint32_t replaced = 0;
+        char *key = resume_key(j, run, image, &bp, in->width, in->height);
+        st = key ? seg_state_open(tiff, key, j->resume, &state, &replaced) : GPUSEG_IO;
+        free(key);
+        if (st != GPUSEG_OK) {
+            gpuseg_image_region_close(rd);
+            return cli_fail(st);
+        }
+        saved = seg_state_diameter(state);
+        const uint32_t nb = ((in->width + bp.block_size - 1) / bp.block_size) *
+                            ((in->height + bp.block_size - 1) / bp.block_size);
+        if (replaced && !j->quiet)
+            fprintf(stderr,
+                    "gpuseg: %s: replaced the resumable state of an earlier, unfinished run "
+                    "(%u of %u blocks done; --resume would have continued it)\n",
+                    tiff, replaced - 1, nb);
+        if (j->resume && !j->quiet && seg_state_blocks(state))
+            fprintf(stderr, "gpuseg: %s: resuming after block %u of %u (%s)\n", tiff,
+                    seg_state_blocks(state), nb, seg_state_dir(state));
+    }
     gpuseg_segment_result sample; /* the diameter's sample run, when estimated */
     memset(&sample, 0, sizeof sample);
     uint32_t sw = 0, sh = 0;
-    if (p.estimate_diameter && p.diameter == 0) {
+    if (p.estimate_diameter && p.diameter == 0 && saved) { /* the saved run's */
+        sample.diameter = saved->diameter;
+        sample.diameter_style = saved->diameter_style;
+        sample.diameter_estimated = saved->estimated;
+        sw = saved->sample_w;
+        sh = saved->sample_h;
+        p.diameter = saved->diameter;
+        p.estimate_diameter = 0;
+    } else if (p.estimate_diameter && p.diameter == 0) {
         p.size_model = run->size_model;
         st = seg_blocks_sample_diameter(run->ctx, run->net, rd, &p, &sample, &sw, &sh);
         p.diameter = sample.diameter;
         p.estimate_diameter = 0;
+        if (st == GPUSEG_OK && state) {
+            const seg_state_diam d = {sample.diameter, sample.diameter_style, sw, sh,
+                                      (uint32_t)sample.diameter_estimated};
+            st = seg_state_put_diameter(state, &d);
+        }
     }
     p.size_model = NULL;
     gpuseg_image *lab = NULL;
     gpuseg_blocks_result br;
     memset(&br, 0, sizeof br);
-    const char *tiff = labels_tiff(j) ? o->labels : NULL;
     run->progress.pixels = (uint64_t)in->width * in->height;
     run->progress.blocks_done = run->progress.blocks_total = 0;
+    run->progress.resumable = state != NULL;
+    const char *parts[SEG_PARTS] = {o->txt, o->rois, o->geojson};
     if (st == GPUSEG_OK && !segment_output_signal(run->pipe))
-        st = seg_blocks_run(run->ctx, run->net, rd, &p, &bp, tiff, cli_write_flags, &lab, &br);
+        st = tiff ? seg_blocks_stream(run->ctx, run->net, rd, &p, &bp, tiff, parts, cli_write_flags,
+                                      state, &br)
+                  : seg_blocks_run(run->ctx, run->net, rd, &p, &bp, NULL, cli_write_flags, &lab,
+                                   &br);
     run->progress.pixels = 0;
+    run->progress.resumable = false;
     progress_clear(&run->progress);
     uint32_t nx = (in->width + bp.block_size - 1) / bp.block_size;
     uint32_t ny = (in->height + bp.block_size - 1) / bp.block_size;
     uint32_t W = in->width, H = in->height;
     gpuseg_image_region_close(rd);
-    if (st == GPUSEG_CANCELLED || segment_output_signal(run->pipe)) {
+    const bool cancelled = st == GPUSEG_CANCELLED || segment_output_signal(run->pipe);
+    if (!cancelled && st != GPUSEG_OK)
+        cli_error("%s: %s", image, cli_last_error());
+    cli_clear_error();
+    if (state) { /* done: removed; stopped: kept when it holds work (blocks or percentiles) */
+        const bool keep = st != GPUSEG_OK && (seg_state_blocks(state) || seg_state_norm(state));
+        if (keep)
+            fprintf(stderr,
+                    "gpuseg: %s: stopped after %u of %u blocks; the same command with --resume "
+                    "continues from there (state in %s)\n",
+                    image, seg_state_blocks(state), nx * ny, seg_state_dir(state));
+        seg_state_close(state, !keep);
+    }
+    if (cancelled) {
         gpuseg_image_free(lab); /* a streamed TIFF was aborted: nothing of it is left */
         return -1;
     }
-    if (st != GPUSEG_OK) {
-        cli_error("%s: %s", image, gpuseg_last_error());
+    if (st != GPUSEG_OK)
         return CLI_FAIL;
-    }
     /* The result as a whole-image run would describe it, for the sidecar and the line. */
     gpuseg_segment_result r;
     memset(&r, 0, sizeof r);

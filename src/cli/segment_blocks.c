@@ -1,6 +1,7 @@
 /* cli/segment_blocks.c: blockwise `gpuseg segment` (cli/segment_blocks.h, docs/segment.md). */
 #include "segment_blocks.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -150,4 +151,152 @@ gpuseg_status seg_blocks_run(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg_image_regi
         narrow_u16(k.labels);
     *labels = k.labels;
     return GPUSEG_OK;
+}
+
+/* ---- the streamed run: tiled TIFF labels, polygon files, resumable state ---------------- */
+
+typedef struct stream_user {
+    gpuseg_labels_tiff *tiff;
+    seg_state *state;
+    gpuseg_polygons_part *part[SEG_PARTS];
+    unsigned char *z; /* the last block's labels, deflated for the journal */
+    size_t zcap, zlen;
+} stream_user;
+
+static gpuseg_status stream_labels(void *user, uint32_t x0, uint32_t y0, uint32_t w, uint32_t h,
+                                   const uint32_t *lab) {
+    stream_user *u = user;
+    gpuseg_status st = gpuseg_labels_tiff_write_block(u->tiff, x0, y0, w, h, lab);
+    if (st == GPUSEG_OK)
+        st = seg_state_deflate(lab, (size_t)w * h, &u->z, &u->zcap, &u->zlen);
+    return st;
+}
+
+/* The outline polygons of the masks new in a block (whole inside its window), in image
+ * coordinates, appended to each part file. */
+static gpuseg_status stream_polygons(stream_user *u, const gpuseg_blocks_event *ev) {
+    gpuseg_image win = {ev->width, ev->height, 1, 1, GPUSEG_DTYPE_U32, (void *)ev->labels};
+    gpuseg_polygons *poly = NULL;
+    gpuseg_status st = gpuseg_labels_polygons(&win, &poly);
+    if (st != GPUSEG_OK)
+        return st;
+    if (poly->n != ev->n_new) {
+        gpuseg_polygons_free(poly);
+        return cli_set_error(GPUSEG_INTERNAL, "block %u: %u polygons for %u new masks",
+                             ev->block + 1, poly->n, ev->n_new);
+    }
+    for (size_t i = 0; i < poly->start[poly->n]; i++) {
+        poly->xy[2 * i] += (int32_t)ev->x0;
+        poly->xy[2 * i + 1] += (int32_t)ev->y0;
+    }
+    for (int k = 0; k < SEG_PARTS && st == GPUSEG_OK; k++)
+        if (u->part[k])
+            st = gpuseg_polygons_part_append(u->part[k], poly);
+    gpuseg_polygons_free(poly);
+    return st;
+}
+
+static gpuseg_status stream_event(void *user, const gpuseg_blocks_event *ev) {
+    stream_user *u = user;
+    if (ev->block == GPUSEG_BLOCKS_NORM)
+        return seg_state_put_norm(u->state, ev->norm);
+    gpuseg_status st = GPUSEG_OK;
+    uint64_t len[SEG_PARTS] = {0, 0, 0};
+    if (ev->n_new)
+        st = stream_polygons(u, ev);
+    for (int k = 0; k < SEG_PARTS && st == GPUSEG_OK; k++)
+        if (u->part[k])
+            st = gpuseg_polygons_part_sync(u->part[k], &len[k]);
+    if (st == GPUSEG_OK)
+        st = seg_state_put_block(u->state, ev->block, u->z, u->zlen, ev->first_pixel, ev->n_new,
+                                 ev->n_too_big, ev->n_tiles_run, len);
+    /* test hook: GPUSEG_TEST_KILL_AFTER_BLOCKS=N kills the process (SIGKILL) once N blocks are
+     * journaled, as a crash or the OOM killer would */
+    const char *kill_at = getenv("GPUSEG_TEST_KILL_AFTER_BLOCKS");
+    if (st == GPUSEG_OK && kill_at && strtoul(kill_at, NULL, 10) == (unsigned long)ev->block + 1)
+        raise(SIGKILL);
+    return st;
+}
+
+/* The finished blocks of the state written again into the new TIFF. */
+static gpuseg_status replay(stream_user *u, uint32_t W, uint32_t H, uint32_t bs) {
+    const uint32_t done = seg_state_blocks(u->state), nbx = (W + bs - 1) / bs;
+    if (!done)
+        return GPUSEG_OK;
+    uint32_t *lab = malloc((size_t)bs * bs * sizeof *lab);
+    if (!lab)
+        return cli_set_error(GPUSEG_OUT_OF_MEMORY, "--resume: out of memory");
+    gpuseg_status st = GPUSEG_OK;
+    for (uint32_t k = 0; k < done && st == GPUSEG_OK; k++) {
+        const uint32_t y0 = (k / nbx) * bs, x0 = (k % nbx) * bs;
+        const uint32_t h = H - y0 < bs ? H - y0 : bs, w = W - x0 < bs ? W - x0 : bs;
+        if ((st = seg_state_block_labels(u->state, k, w, h, lab)) == GPUSEG_OK)
+            st = gpuseg_labels_tiff_write_block(u->tiff, x0, y0, w, h, lab);
+    }
+    free(lab);
+    return st;
+}
+
+gpuseg_status seg_blocks_stream(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg_image_region_reader *r,
+                                const gpuseg_segment_params *p, const gpuseg_blocks_params *bp,
+                                const char *tiff_out, const char *const part_out[SEG_PARTS],
+                                unsigned write_flags, seg_state *state, gpuseg_blocks_result *res) {
+    static const gpuseg_polygons_format fmt[SEG_PARTS] = {GPUSEG_POLYGONS_TXT, GPUSEG_POLYGONS_ROIS,
+                                                          GPUSEG_POLYGONS_GEOJSON};
+    const gpuseg_image_region_info *in = gpuseg_image_region_info_of(r);
+    src_user su = {r, p->page};
+    gpuseg_block_source src = {in->width, in->height, read_region, &su};
+    stream_user u;
+    memset(&u, 0, sizeof u);
+    u.state = state;
+    memset(res, 0, sizeof *res);
+    if (part_out[SEG_PART_ROIS] && part_out[SEG_PART_ROIS][0] &&
+        (in->width > 60001 || in->height > 60001)) /* refused now rather than hours later */
+        return cli_set_error(GPUSEG_UNSUPPORTED,
+                             "%s: the image is %ux%u; ImageJ ROIs hold coordinates up to 60000",
+                             part_out[SEG_PART_ROIS], in->width, in->height);
+    gpuseg_status st =
+        gpuseg_labels_tiff_open(tiff_out, in->width, in->height, GPUSEG_DTYPE_U32,
+                                seg_blocks_tile(bp->block_size), write_flags, &u.tiff);
+    if (st != GPUSEG_OK)
+        return st;
+    char path[4300];
+    for (int k = 0; k < SEG_PARTS && st == GPUSEG_OK; k++)
+        if (part_out[k] && part_out[k][0]) {
+            seg_state_part_path(state, k, path, sizeof path);
+            st = gpuseg_polygons_part_open(path, fmt[k], seg_state_part_length(state, k),
+                                           &u.part[k]);
+        }
+    if (st == GPUSEG_OK)
+        st = replay(&u, in->width, in->height, bp->block_size);
+    gpuseg_blocks_params b = *bp;
+    b.on_event = stream_event;
+    b.event_user = &u;
+    b.norm = seg_state_norm(state);
+    b.first_block = seg_state_blocks(state);
+    b.known_masks = seg_state_masks(state, &b.n_known);
+    uint32_t big0;
+    uint64_t tiles0;
+    seg_state_counters(state, &big0, &tiles0);
+    gpuseg_segment_params q = *p;
+    q.page = 0; /* the regions read are one page */
+    q.want_flows = 0;
+    q.want_style = 0;
+    if (st == GPUSEG_OK)
+        st = gpuseg_segment_blocks(ctx, net, &src, &q, &b, stream_labels, &u, res);
+    if (st == GPUSEG_OK) { /* the counters of the whole run, as an uninterrupted one gives them */
+        res->n_blocks += b.first_block;
+        res->n_too_big += big0;
+        res->n_tiles_run += tiles0;
+    }
+    for (int k = 0; k < SEG_PARTS; k++) {
+        if (st == GPUSEG_OK && u.part[k])
+            st = gpuseg_polygons_part_publish(u.part[k], part_out[k], write_flags);
+        gpuseg_polygons_part_close(u.part[k]);
+    }
+    free(u.z);
+    if (st == GPUSEG_OK)
+        return gpuseg_labels_tiff_commit(u.tiff); /* frees the writer in every case */
+    gpuseg_labels_tiff_abort(u.tiff);
+    return st;
 }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "gpuseg/gpuseg.h"
+#include "segment_resume.h"
 
 /* Host bytes per pixel that a whole-image run needs besides the image itself (the issue's
  * measurement; the masks stage's seeding buffers are 28 bytes per pixel on the device too). */
@@ -49,5 +50,17 @@ gpuseg_status seg_blocks_run(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg_image_regi
                              const gpuseg_segment_params *p, const gpuseg_blocks_params *bp,
                              const char *tiff_out, unsigned write_flags, gpuseg_image **labels,
                              gpuseg_blocks_result *res);
+
+/* Segments the image that r reads (page p->page) blockwise, streaming: the labels into the tiled
+ * BigTIFF tiff_out (uint32), the outline polygons of each block's new masks into the part files
+ * of state for each part_out[k] not NULL or empty (SEG_PART_TXT, _ROIS, _GEOJSON), and a journal
+ * record per block into state. The blocks the state holds are written again from it and not run
+ * (resuming). On success the polygon files and then the labels are published (each atomic);
+ * otherwise the labels' temporary file is removed and the state kept. res: as an uninterrupted
+ * run gives it (the state's blocks counted in). Errors as seg_blocks_run. */
+gpuseg_status seg_blocks_stream(gpuseg_ctx *ctx, gpuseg_net *net, gpuseg_image_region_reader *r,
+                                const gpuseg_segment_params *p, const gpuseg_blocks_params *bp,
+                                const char *tiff_out, const char *const part_out[SEG_PARTS],
+                                unsigned write_flags, seg_state *state, gpuseg_blocks_result *res);
 
 #endif

@@ -42,6 +42,28 @@ static json_t *feature(const gpuseg_polygons *p, uint32_t i, const char *classif
     return f;
 }
 
+const char gpuseg__geojson_head[] = "{\"type\": \"FeatureCollection\", \"features\": [";
+const char gpuseg__geojson_tail[] = "\n]}\n";
+
+void gpuseg__geojson_features(const gpuseg_polygons *p, const char *classification, int *first,
+                              gpuseg__membuf *m) {
+    for (uint32_t i = 0; i < p->n && !m->failed; i++) {
+        if (p->start[i + 1] == p->start[i])
+            continue;
+        json_t *f = feature(p, i, classification);
+        char *text = f ? json_dumps(f, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(f);
+        if (!text) {
+            m->failed = true;
+            break;
+        }
+        gpuseg__membuf_put(m, (void *)(*first ? "\n" : ",\n"), *first ? 1 : 2);
+        gpuseg__membuf_put(m, text, (int)strlen(text));
+        free(text);
+        *first = 0;
+    }
+}
+
 gpuseg_status gpuseg_polygons_write_geojson(const char *path, const gpuseg_polygons *p,
                                             const char *classification) {
     gpuseg__clear_error(NULL);
@@ -56,25 +78,10 @@ gpuseg_status gpuseg_polygons_write_geojson(const char *path, const gpuseg_polyg
         json_decref(t);
     }
     gpuseg__membuf m = {0};
-    static const char head[] = "{\"type\": \"FeatureCollection\", \"features\": [";
-    gpuseg__membuf_put(&m, (void *)head, (int)strlen(head));
+    gpuseg__membuf_put(&m, (void *)gpuseg__geojson_head, (int)strlen(gpuseg__geojson_head));
     int first = 1;
-    for (uint32_t i = 0; i < p->n && !m.failed; i++) {
-        if (p->start[i + 1] == p->start[i])
-            continue;
-        json_t *f = feature(p, i, classification);
-        char *text = f ? json_dumps(f, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        json_decref(f);
-        if (!text) {
-            m.failed = true;
-            break;
-        }
-        gpuseg__membuf_put(&m, (void *)(first ? "\n" : ",\n"), first ? 1 : 2);
-        gpuseg__membuf_put(&m, text, (int)strlen(text));
-        free(text);
-        first = 0;
-    }
-    gpuseg__membuf_put(&m, (void *)"\n]}\n", 4);
+    gpuseg__geojson_features(p, classification, &first, &m);
+    gpuseg__membuf_put(&m, (void *)gpuseg__geojson_tail, (int)strlen(gpuseg__geojson_tail));
     if (m.failed) {
         free(m.buf);
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);

@@ -92,5 +92,19 @@ void gpuseg__mask_crop(gpuseg__mask_boxes *mb, size_t W, uint32_t m, size_t *bh,
  * messages name path. (io/polygons.c) */
 struct gpuseg_polygons;
 gpuseg_status gpuseg__polygons_check(const char *path, const struct gpuseg_polygons *p);
+/* Pieces of the polygon files, shared by the whole-file writers and the part files
+ * (io/polygons_part.c): the text lines of p; the GeoJSON features of p ("\n" before the first
+ * of the file, *first set, ",\n" before the others); the ROI ZIP entries of p at archive offset
+ * base with their central directory entries (count grows), a central entry made from a local
+ * header (h: its 30 bytes in, the 46 of the central entry out), and the end records. */
+void gpuseg__polygons_txt_lines(const struct gpuseg_polygons *p, gpuseg__membuf *m);
+void gpuseg__geojson_features(const struct gpuseg_polygons *p, const char *classification,
+                              int *first, gpuseg__membuf *m);
+extern const char gpuseg__geojson_head[], gpuseg__geojson_tail[];
+gpuseg_status gpuseg__rois_append(const char *path, const struct gpuseg_polygons *p, uint64_t base,
+                                  gpuseg__membuf *z, gpuseg__membuf *cd, uint64_t *count);
+void gpuseg__rois_central(unsigned char h[46], uint32_t local);
+gpuseg_status gpuseg__rois_end(const char *path, uint64_t count, uint64_t cd_off, uint64_t cd_len,
+                               gpuseg__membuf *z);
 
 #endif

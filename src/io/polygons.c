@@ -200,21 +200,25 @@ gpuseg_status gpuseg__polygons_check(const char *path, const gpuseg_polygons *p)
     return GPUSEG_OK;
 }
 
+void gpuseg__polygons_txt_lines(const gpuseg_polygons *p, gpuseg__membuf *m) {
+    char tmp[32];
+    for (uint32_t i = 0; i < p->n && !m->failed; i++) {
+        for (size_t k = p->start[i]; k < p->start[i + 1]; k++) {
+            int len = snprintf(tmp, sizeof tmp, "%s%d,%d", k > p->start[i] ? "," : "",
+                               (int)p->xy[2 * k], (int)p->xy[2 * k + 1]);
+            gpuseg__membuf_put(m, tmp, len);
+        }
+        gpuseg__membuf_put(m, (void *)"\n", 1);
+    }
+}
+
 gpuseg_status gpuseg_polygons_write_txt(const char *path, const gpuseg_polygons *p) {
     gpuseg__clear_error(NULL);
     gpuseg_status st = gpuseg__polygons_check(path, p);
     if (st != GPUSEG_OK)
         return st;
     gpuseg__membuf m = {0};
-    char tmp[32];
-    for (uint32_t i = 0; i < p->n && !m.failed; i++) {
-        for (size_t k = p->start[i]; k < p->start[i + 1]; k++) {
-            int len = snprintf(tmp, sizeof tmp, "%s%d,%d", k > p->start[i] ? "," : "",
-                               (int)p->xy[2 * k], (int)p->xy[2 * k + 1]);
-            gpuseg__membuf_put(&m, tmp, len);
-        }
-        gpuseg__membuf_put(&m, (void *)"\n", 1);
-    }
+    gpuseg__polygons_txt_lines(p, &m);
     if (m.failed) {
         free(m.buf);
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);

@@ -101,12 +101,12 @@ static void zip_entry_fields(unsigned char *p, uint32_t crc, uint32_t size, uint
     le16(p + 16, name_len);
 }
 
-gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons *p) {
-    gpuseg__clear_error(NULL);
-    gpuseg_status st = gpuseg__polygons_check(path, p);
-    if (st != GPUSEG_OK)
-        return st;
-    size_t count = 0, biggest = 0;
+/* Appends the ZIP entries of p's non-empty polygons (local header + .roi each) to z, whose first
+ * byte is at offset `base` of the archive, and their central directory entries to cd; *count
+ * grows by the entries added. The checks of gpuseg_polygons_write_rois (path names the file). */
+gpuseg_status gpuseg__rois_append(const char *path, const gpuseg_polygons *p, uint64_t base,
+                                  gpuseg__membuf *z, gpuseg__membuf *cd, uint64_t *count) {
+    size_t biggest = 0;
     for (uint32_t i = 0; i < p->n; i++) {
         size_t nv = p->start[i + 1] - p->start[i];
         if (!nv)
@@ -124,18 +124,14 @@ gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons
                                     "integer coordinates 0..%d",
                                     path, p->label[i], (int)p->xy[2 * k], (int)p->xy[2 * k + 1],
                                     ROI_MAX_COORD);
-        count++;
         biggest = nv > biggest ? nv : biggest;
     }
-    /* Archive in memory: local header + data per entry, then the central directory. */
-    gpuseg__membuf z = {0}, cd = {0};
     unsigned char *roi = malloc(roi_size(biggest, 16));
-    if (!roi) {
-        st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
-        goto done;
-    }
+    if (!roi)
+        return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
+    gpuseg_status st = GPUSEG_OK;
     char name[24], entry[32];
-    for (uint32_t i = 0; i < p->n && !z.failed && !cd.failed; i++) {
+    for (uint32_t i = 0; i < p->n && !z->failed && !cd->failed; i++) {
         size_t nv = p->start[i + 1] - p->start[i];
         if (!nv)
             continue;
@@ -144,40 +140,48 @@ gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons
         size_t rlen = roi_size(nv, strlen(name));
         roi_bytes(p, i, name, roi);
         uint32_t crc = gpuseg__crc32(0, roi, rlen);
-        if (z.len > 0xffffffffu) {
+        if (base + z->len > 0xffffffffu) {
             st = gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
                               "%s: the ROI archive passes 4 GiB (not supported)", path);
-            goto done;
+            break;
         }
         unsigned char h[46];
         memset(h, 0, sizeof h);
         le32(h, 0x04034b50);
         le16(h + 4, 20); /* version needed: 2.0 */
         zip_entry_fields(h + 10, crc, (uint32_t)rlen, (uint32_t)elen);
-        const uint32_t local = (uint32_t)z.len;
-        gpuseg__membuf_put(&z, h, 30);
-        gpuseg__membuf_put(&z, entry, elen);
-        gpuseg__membuf_put(&z, roi, (int)rlen);
-        memset(h, 0, sizeof h);
-        le32(h, 0x02014b50);
-        le16(h + 4, 20); /* made by: 2.0, MS-DOS attributes */
-        le16(h + 6, 20);
-        zip_entry_fields(h + 12, crc, (uint32_t)rlen, (uint32_t)elen);
-        le32(h + 42, local);
-        gpuseg__membuf_put(&cd, h, 46);
-        gpuseg__membuf_put(&cd, entry, elen);
+        const uint32_t local = (uint32_t)(base + z->len);
+        gpuseg__membuf_put(z, h, 30);
+        gpuseg__membuf_put(z, entry, elen);
+        gpuseg__membuf_put(z, roi, (int)rlen);
+        gpuseg__rois_central(h, local);
+        gpuseg__membuf_put(cd, h, 46);
+        gpuseg__membuf_put(cd, entry, elen);
+        ++*count;
     }
-    if (z.failed || cd.failed) {
+    free(roi);
+    if (st == GPUSEG_OK && (z->failed || cd->failed))
         st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
-        goto done;
-    }
-    const uint64_t cd_off = z.len, cd_len = cd.len;
-    if (cd_off + cd_len > 0xffffffffu || cd_len > 0x7fffffff) {
-        st = gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
-                          "%s: the ROI archive passes 4 GiB (not supported)", path);
-        goto done;
-    }
-    gpuseg__membuf_put(&z, cd.buf, (int)cd.len);
+    return st;
+}
+
+void gpuseg__rois_central(unsigned char h[46], uint32_t local) {
+    /* h holds the local header (30 bytes): its shared fields move to the central entry's place */
+    unsigned char f[18];
+    memcpy(f, h + 10, sizeof f);
+    memset(h, 0, 46);
+    le32(h, 0x02014b50);
+    le16(h + 4, 20); /* made by: 2.0, MS-DOS attributes */
+    le16(h + 6, 20);
+    memcpy(h + 12, f, sizeof f);
+    le32(h + 42, local);
+}
+
+gpuseg_status gpuseg__rois_end(const char *path, uint64_t count, uint64_t cd_off, uint64_t cd_len,
+                               gpuseg__membuf *z) {
+    if (cd_off + cd_len > 0xffffffffu || cd_len > 0x7fffffff)
+        return gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
+                            "%s: the ROI archive passes 4 GiB (not supported)", path);
     unsigned char e[56 + 20 + 22];
     memset(e, 0, sizeof e);
     size_t elen = 0;
@@ -200,14 +204,32 @@ gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons
     le16(e + elen + 10, count > 0xffff ? 0xffff : (uint32_t)count);
     le32(e + elen + 12, (uint32_t)cd_len);
     le32(e + elen + 16, (uint32_t)cd_off);
-    gpuseg__membuf_put(&z, e, (int)(elen + 22));
-    if (z.failed) {
-        st = gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path);
+    gpuseg__membuf_put(z, e, (int)(elen + 22));
+    return z->failed ? gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", path)
+                     : GPUSEG_OK;
+}
+
+gpuseg_status gpuseg_polygons_write_rois(const char *path, const gpuseg_polygons *p) {
+    gpuseg__clear_error(NULL);
+    gpuseg_status st = gpuseg__polygons_check(path, p);
+    if (st != GPUSEG_OK)
+        return st;
+    /* Archive in memory: local header + data per entry, then the central directory. */
+    gpuseg__membuf z = {0}, cd = {0};
+    uint64_t count = 0;
+    if ((st = gpuseg__rois_append(path, p, 0, &z, &cd, &count)) != GPUSEG_OK)
+        goto done;
+    const uint64_t cd_off = z.len, cd_len = cd.len;
+    if (cd_off + cd_len > 0xffffffffu || cd_len > 0x7fffffff) {
+        st = gpuseg__fail(NULL, GPUSEG_UNSUPPORTED,
+                          "%s: the ROI archive passes 4 GiB (not supported)", path);
         goto done;
     }
+    gpuseg__membuf_put(&z, cd.buf, (int)cd.len);
+    if ((st = gpuseg__rois_end(path, count, cd_off, cd_len, &z)) != GPUSEG_OK)
+        goto done;
     st = gpuseg__write_file_atomic(NULL, path, z.buf, z.len);
 done:
-    free(roi);
     free(z.buf);
     free(cd.buf);
     return st;

@@ -14,6 +14,7 @@
 #include "prep/prep_internal.h"
 
 void gpuseg_blocks_params_default(gpuseg_blocks_params *p) {
+    memset(p, 0, sizeof *p);
     p->block_size = 1024;
     p->halo = 0;
 }
@@ -286,6 +287,10 @@ typedef struct blocks_run {
     uint32_t *stat;              /* per window label: min y, max y, min x, max x, first, in core */
     size_t stat_cap;
     gpuseg_blocks_result *res;
+    /* the last block run, for its event (block_event): window, labels before it, new masks */
+    uint32_t wy0, wx0, wh, ww, n0;
+    uint64_t *new_first; /* first pixel of each new mask, in label order */
+    size_t new_cap;
 } blocks_run;
 
 /* Tile rows j0..j1 whose padded extent meets resized rows [r0, r1) (starts increasing). */
@@ -387,6 +392,56 @@ done:
     return st;
 }
 
+/* Records the first pixel of label out when it is new in this block (out > b->n0: labels are
+ * given in increasing order). -1: out of host memory. */
+static int note_new(blocks_run *b, uint32_t out, uint64_t first) {
+    if (out <= b->n0)
+        return 0;
+    const size_t i = out - b->n0 - 1;
+    if (i >= b->new_cap) {
+        size_t cap = b->new_cap ? 2 * b->new_cap : 256;
+        uint64_t *nf = realloc(b->new_first, cap * sizeof *nf);
+        if (!nf)
+            return -1;
+        b->new_first = nf;
+        b->new_cap = cap;
+    }
+    b->new_first[i] = first;
+    return 0;
+}
+
+/* The event of block k (of nb) that run_block just wrote: its window's labels of the masks new
+ * in it (into b->core, free once the sink had it), their first pixels, its counters. */
+static gpuseg_status block_event(blocks_run *b, const gpuseg_blocks_params *bp, uint32_t k,
+                                 uint32_t nb, uint32_t too_big, uint32_t tiles) {
+    gpuseg_blocks_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.block = k;
+    ev.n_blocks = nb;
+    memcpy(ev.norm, b->par, sizeof ev.norm);
+    ev.x0 = b->wx0;
+    ev.y0 = b->wy0;
+    ev.width = b->ww;
+    ev.height = b->wh;
+    ev.first_label = b->n0 + 1;
+    ev.n_new = (uint32_t)b->ids.n - b->n0;
+    ev.first_pixel = b->new_first;
+    ev.n_too_big = too_big;
+    ev.n_tiles_run = tiles;
+    const size_t n = (size_t)b->wh * b->ww;
+    const uint32_t *sl = b->stat; /* window label -> output value (run_block) */
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t l = b->win_labels[i];
+        const uint32_t out = l && l < b->stat_cap ? sl[6 * (size_t)l + 5] : 0;
+        b->core[i] = out > b->n0 ? out : 0;
+    }
+    ev.labels = b->core;
+    gpuseg_status st = bp->on_event(bp->event_user, &ev);
+    if (st != GPUSEG_OK)
+        gpuseg__wrap(b->ctx, st, "after block %u of %u", k + 1, nb);
+    return st;
+}
+
 /* One block: core [cy0, cy0 + ch) x [cx0, cx0 + cw), window = core + halo within the image. */
 static gpuseg_status run_block(blocks_run *b, uint32_t cy0, uint32_t cx0, uint32_t ch, uint32_t cw,
                                gpuseg_labels_write_fn sink, void *sink_user) {
@@ -397,6 +452,11 @@ static gpuseg_status run_block(blocks_run *b, uint32_t cy0, uint32_t cx0, uint32
     const uint32_t wx1 = W - (cx0 + cw) > hl ? cx0 + cw + hl : W;
     const uint32_t wh = wy1 - wy0, ww = wx1 - wx0;
     const size_t n = (size_t)wh * ww;
+    b->wy0 = wy0; /* for block_event */
+    b->wx0 = wx0;
+    b->wh = wh;
+    b->ww = ww;
+    b->n0 = (uint32_t)b->ids.n;
     cl_mem flows = NULL, lab = NULL;
     gpuseg_dtype dt;
     uint32_t nm = 0;
@@ -466,7 +526,7 @@ static gpuseg_status run_block(blocks_run *b, uint32_t cy0, uint32_t cx0, uint32
                 b->res->n_too_big++;
             } else {
                 const uint64_t first = (uint64_t)(wy0 + e[4] / ww) * W + wx0 + e[4] % ww;
-                if ((out = id_get(&b->ids, first)) == 0) {
+                if ((out = id_get(&b->ids, first)) == 0 || note_new(b, out, first) != 0) {
                     st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "blocks: mask table");
                     goto done;
                 }
@@ -488,6 +548,35 @@ done:
 }
 
 /* ---- the run ----------------------------------------------------------------------------- */
+
+/* The resume fields of bp against the image's blocks (docs/blockwise.md, "Resuming"). */
+static gpuseg_status check_resume(gpuseg_ctx *ctx, const gpuseg_blocks_params *bp, uint32_t H,
+                                  uint32_t W) {
+    const uint64_t nb = (uint64_t)((H + bp->block_size - 1) / bp->block_size) *
+                        ((W + bp->block_size - 1) / bp->block_size);
+    if (bp->first_block > nb)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "resume: first block %u, but the image has %llu blocks",
+                            bp->first_block, (unsigned long long)nb);
+    if (bp->n_known && !bp->known_masks)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "resume: %u known masks but no list",
+                            bp->n_known);
+    if (bp->n_known && bp->first_block == 0)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "resume: %u known masks but no block done", bp->n_known);
+    for (uint32_t i = 0; i < bp->n_known; i++)
+        if (bp->known_masks[i] >= (uint64_t)H * W)
+            return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                "resume: known mask %u starts at pixel %llu, outside the %ux%u "
+                                "image",
+                                i + 1, (unsigned long long)bp->known_masks[i], W, H);
+    if (bp->norm)
+        for (int i = 0; i < 8; i++)
+            if (!isfinite(bp->norm[i]))
+                return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                    "resume: normalisation parameter %d is not finite", i);
+    return GPUSEG_OK;
+}
 
 static gpuseg_status check(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_segment_params *p,
                            const gpuseg_blocks_params *bp, uint32_t H, uint32_t W) {
@@ -519,6 +608,28 @@ static gpuseg_status check(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_segmen
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "halo %u: at most 65536", bp->halo);
     if (H == 0 || W == 0)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "blockwise segmentation: empty image");
+    return check_resume(ctx, bp, H, W);
+}
+
+/* A resumed run's state (gpuseg_blocks_params' resume fields): the normalisation parameters
+ * instead of the percentile passes, the known masks in the identity map as labels 1..n_known. */
+static gpuseg_status resume_start(blocks_run *b, const gpuseg_blocks_params *bp) {
+    if (bp->norm) {
+        memcpy(b->par, bp->norm, sizeof b->par);
+        for (int c = 0; c < 2; c++) {
+            b->res->norm_lo[c] = b->par[4 * c];
+            b->res->norm_hi[c] = b->par[4 * c + 1];
+        }
+    }
+    for (uint32_t i = 0; i < bp->n_known; i++) {
+        const uint32_t l = id_get(&b->ids, bp->known_masks[i]);
+        if (l == 0)
+            return gpuseg__fail(b->ctx, GPUSEG_OUT_OF_MEMORY, "blocks: mask table");
+        if (l != i + 1)
+            return gpuseg__fail(b->ctx, GPUSEG_INVALID_ARGUMENT,
+                                "resume: known masks %u and %u start at the same pixel %llu", l,
+                                i + 1, (unsigned long long)bp->known_masks[i]);
+    }
     return GPUSEG_OK;
 }
 
@@ -595,8 +706,23 @@ gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_sourc
     if ((st = gpuseg__tile_geometry(ctx, H, W, b.pp.rescale, 0, p.tile_overlap, &b.g)))
         goto done;
     result->n_tiles = b.g.ny * b.g.nx;
-    if (b.pp.normalize && (st = percentiles(ctx, src, &b.pp, bs, b.par, result)))
+    if ((st = resume_start(&b, &bp)) != GPUSEG_OK)
         goto done;
+    if (b.pp.normalize && !bp.norm) {
+        if ((st = percentiles(ctx, src, &b.pp, bs, b.par, result)))
+            goto done;
+        if (bp.on_event) {
+            gpuseg_blocks_event ev;
+            memset(&ev, 0, sizeof ev);
+            ev.block = GPUSEG_BLOCKS_NORM;
+            ev.n_blocks = ((H + bs - 1) / bs) * ((W + bs - 1) / bs);
+            memcpy(ev.norm, b.par, sizeof ev.norm);
+            if ((st = bp.on_event(bp.event_user, &ev)) != GPUSEG_OK) {
+                gpuseg__wrap(ctx, st, "after the percentiles");
+                goto done;
+            }
+        }
+    }
     double t1 = gpuseg__now_s();
     result->seconds_percentiles = t1 - t0;
     /* the whole-image run's network plan: the same batch size (and so the same convolution
@@ -612,22 +738,27 @@ gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_sourc
         goto done;
     }
     const uint32_t nby = (H + bs - 1) / bs, nbx = (W + bs - 1) / bs, nb = nby * nbx;
-    gpuseg__progress(ctx, "blocks", 0, nb, 0.1);
-    for (uint32_t k = 0; k < nb; k++) {
+    gpuseg__progress(ctx, "blocks", bp.first_block, nb, 0.1 + 0.9 * bp.first_block / nb);
+    for (uint32_t k = bp.first_block; k < nb; k++) {
         const uint32_t cy0 = (k / nbx) * bs, cx0 = (k % nbx) * bs;
         const uint32_t ch = H - cy0 < bs ? H - cy0 : bs, cw = W - cx0 < bs ? W - cx0 : bs;
         if ((st = gpuseg__check_cancel(ctx, "blocks")) != GPUSEG_OK)
             goto done;
         gpuseg__progress_span outer =
             gpuseg__progress_push(ctx, 0.1 + 0.9 * k / nb, 0.1 + 0.9 * (k + 1) / nb);
+        const uint32_t big0 = result->n_too_big;
+        const uint64_t tiles0 = result->n_tiles_run;
         st = run_block(&b, cy0, cx0, ch, cw, sink, sink_user);
+        if (st == GPUSEG_OK && bp.on_event)
+            st = block_event(&b, &bp, k, nb, result->n_too_big - big0,
+                             (uint32_t)(result->n_tiles_run - tiles0));
         gpuseg__progress_pop(ctx, outer);
         if (st != GPUSEG_OK) {
             gpuseg__wrap(ctx, st, "block %u of %u (%ux%u at (%u, %u))", k + 1, nb, cw, ch, cx0,
                          cy0);
             goto done;
         }
-        result->n_blocks = k + 1;
+        result->n_blocks = k + 1 - bp.first_block;
         gpuseg__progress(ctx, "blocks", k + 1, nb, 0.1 + 0.9 * (k + 1) / nb);
     }
     result->n_masks = (uint32_t)b.ids.n;
@@ -646,6 +777,7 @@ done:
     free(b.win_labels);
     free(b.core);
     free(b.stat);
+    free(b.new_first);
     return st;
 }
 

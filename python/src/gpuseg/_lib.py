@@ -123,7 +123,11 @@ class ApResult(C.Structure):
 
 
 class BlocksParams(C.Structure):
-    _fields_ = [("block_size", C.c_uint32), ("halo", C.c_uint32)]
+    # the resume and event fields (gpuseg/blocks.h) are not used from Python; they must be
+    # here so that gpuseg_blocks_params_default writes inside the structure
+    _fields_ = [("block_size", C.c_uint32), ("halo", C.c_uint32), ("on_event", C.c_void_p),
+                ("event_user", C.c_void_p), ("norm", C.c_void_p), ("first_block", C.c_uint32),
+                ("n_known", C.c_uint32), ("known_masks", C.c_void_p)]
 
 
 class BlocksResult(C.Structure):
