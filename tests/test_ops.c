@@ -356,16 +356,18 @@ END_TEST
  * sets (default, cut down to small layers: TM and TK shrink for cout 1-9 and cin 1-7), the GPU
  * default forced on every layer, and odd sets where nothing divides anything: 12 channels x 3x5
  * pixels (15 pixels per tile, 12 work-items of 3x5 accumulators), K steps of 3 (cin 1, 2, 5, 7,
- * 16, 64, 300 all end in a partial step), no padding; and 1-wide tiles with 1x1 blocks. Every
- * case: partial tiles in both directions, residual == out, every prologue option. Same
- * tolerance as the direct kernel (the same products summed in another order). */
+ * 16, 64, 300 all end in a partial step), no padding; 1-wide tiles with 1x1 blocks; wide
+ * 4 x 32 tiles. Every set fits 48 KiB of local memory and 256 work-items (what GPUs offer), so
+ * the test runs the same everywhere. Every case: partial tiles in both directions, residual ==
+ * out, every prologue option. Same tolerance as the direct kernel (the same products summed in
+ * another order). */
 START_TEST(conv_gemm) {
     unsetenv("GPUSEG_CONV_GEMM");
     unsetenv("GPUSEG_CONV_TUNE");
     const gpuseg__gemm_params sets[] = {{128, 8, 16, 8, 8, 8, 1},
                                         {12, 3, 5, 3, 3, 5, 0},
                                         {4, 1, 1, 2, 1, 1, 3},
-                                        {64, 4, 32, 16, 4, 8, 1}};
+                                        {64, 4, 32, 8, 4, 8, 1}};
     seen_ratio = 0;
     run_all_cases_gemm(GPUSEG__CONV_GEMM, 0, 0, 0, 0, 0, 0, NULL);
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
@@ -443,6 +445,14 @@ START_TEST(conv_gemm_tune) {
         ck_assert_int_eq(gpuseg__ops_create(ctx, &p, &ops), GPUSEG_OK);
         ck_assert_uint_eq(ops->n_tuned, 0);
         gpuseg__ops_free(ops);
+        /* `cache clear` removes the tuned file */
+        size_t removed = 0;
+        gpuseg_ctx_params cp;
+        gpuseg_ctx_params_default(&cp);
+        cp.cache_dir = dir;
+        ck_assert_int_eq(gpuseg_cache_clear(&cp, &removed), GPUSEG_OK);
+        snprintf(cmd, sizeof cmd, "! ls '%s' | grep -q convtune", dir);
+        ck_assert_int_eq(system(cmd), 0);
     }
     (void)tuned;
     /* a set too large for the device: refused, naming the layer's kernel size and the reason */

@@ -2,14 +2,14 @@
  * (kernels/conv_gemm.cl), as CLBlast keeps its tuned parameters per device: the set the tuner
  * found fastest for each CPnet layer shape on devices someone measured, so that users of those
  * devices get it without tuning. A set tuned on the user's own machine (`GPUSEG_CONV_TUNE=1`, or
- * bench/tune_conv) takes precedence (the tuned cache, src/ops/conv_gemm.c); a device with no
+ * bench/bench_tune) takes precedence (the tuned cache, src/ops/conv_gemm.c); a device with no
  * entry gets the default set.
  *
  * Format (docs/ops.md, "The GEMM's parameters"): one line per (device, layer shape):
  *     {"DEVICE", K, CIN, COUT, H, W, {TM, TH, TW, TK, WM, WN, PAD}, US, BATCH},
  * DEVICE a case-insensitive substring of the OpenCL device name (`gpuseg devices`), K the kernel
  * size, CIN/COUT/H/W the layer shape, the seven kernel parameters, US the tuner's time in
- * microseconds for BATCH tiles (informative only). `bench/tune_conv --emit-c` prints exactly these
+ * microseconds for BATCH tiles (informative only). `bench/bench_tune --emit-c` prints exactly these
  * lines; paste them here, keep the table sorted by device, then shape. Lookup: the exact shape
  * for the device, else the nearest shape of the same kernel size (log distance over cin and plane
  * pixels), else nothing (the default). Every set is checked against the device's limits before
