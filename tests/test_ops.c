@@ -742,6 +742,36 @@ START_TEST(bn_fold_matches_formula) {
 }
 END_TEST
 
+/* The committed GEMM parameter table (src/ops/conv_params.c): every entry a valid set for its
+ * kernel size (device-independent checks), found again for its own shape and device, a
+ * neighbouring shape finds an entry of the same device and kernel size, another device none. */
+START_TEST(gemm_table) {
+    ck_assert_uint_ge(gpuseg__gemm_db_len, 1);
+    ck_assert_ptr_null(gpuseg__gemm_db[gpuseg__gemm_db_len].device); /* the end marker */
+    for (size_t i = 0; i < gpuseg__gemm_db_len; i++) {
+        const gpuseg__gemm_db_entry *e = &gpuseg__gemm_db[i];
+        ck_assert_msg(!gpuseg__gemm_check_sizes(&e->p), "entry %zu: %s", i,
+                      gpuseg__gemm_check_sizes(&e->p));
+        ck_assert(e->device && *e->device && (e->ksize == 1 || e->ksize == 3));
+        ck_assert(e->cin && e->cout && e->height && e->width && e->us > 0 && e->batch);
+        gpuseg__conv_desc d = {.batch = 1,
+                               .cin = e->cin,
+                               .cout = e->cout,
+                               .height = e->height,
+                               .width = e->width,
+                               .ksize = e->ksize};
+        const gpuseg__gemm_db_entry *f = gpuseg__gemm_db_find(e->device, &d);
+        ck_assert(f && f->cin == e->cin && f->cout == e->cout && f->height == e->height &&
+                  f->width == e->width && f->ksize == e->ksize);
+        d.height *= 2;
+        d.width *= 2;
+        f = gpuseg__gemm_db_find(e->device, &d);
+        ck_assert(f && strcmp(f->device, e->device) == 0 && f->ksize == e->ksize);
+        ck_assert_ptr_null(gpuseg__gemm_db_find("no such device", &d));
+    }
+}
+END_TEST
+
 START_TEST(small_ops) {
     gpuseg_ctx *ctx = tu_ctx();
     gpuseg__ops *ops = NULL;
@@ -953,6 +983,7 @@ int main(void) {
     Suite *s = suite_create("ops");
     TCase *host = tcase_create("host");
     tcase_add_test(host, bn_fold_matches_formula);
+    tcase_add_test(host, gemm_table);
     suite_add_tcase(s, host);
     int dev = tu_require_device();
     if (dev == 1)

@@ -114,7 +114,7 @@ void gpuseg__gemm_params_for(const gpuseg__ops *ops, const gpuseg__conv_desc *d,
         *p = t->p;
         return;
     }
-    const gpuseg__gemm_db_entry *e = gpuseg__gemm_db_find(ops, d);
+    const gpuseg__gemm_db_entry *e = gpuseg__gemm_db_find(ops->ctx->dev.name, d);
     *p = e ? e->p : d->ksize == 3 ? default3 : default1;
     fit(p, d);
     if (!gpuseg__gemm_check(ops, p, d->ksize))
@@ -385,7 +385,7 @@ gpuseg_status gpuseg__conv_gemm_tune(gpuseg__ops *ops, const gpuseg__conv_desc *
             p = candidates[c];
             fit(&p, d);
         } else {
-            const gpuseg__gemm_db_entry *e = gpuseg__gemm_db_find(ops, d);
+            const gpuseg__gemm_db_entry *e = gpuseg__gemm_db_find(ops->ctx->dev.name, d);
             p = e ? e->p : d->ksize == 3 ? default3 : default1;
             fit(&p, d);
         }

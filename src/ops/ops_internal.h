@@ -279,10 +279,10 @@ typedef struct gpuseg__gemm_db_entry {
 } gpuseg__gemm_db_entry;
 extern const gpuseg__gemm_db_entry gpuseg__gemm_db[];
 extern const size_t gpuseg__gemm_db_len;
-/* The committed set for d on this device: the exact shape, else the nearest shape of the same
- * kernel size (cin and plane size, log scale); NULL when the table has no entry for the device. */
-const gpuseg__gemm_db_entry *gpuseg__gemm_db_find(const gpuseg__ops *ops,
-                                                  const gpuseg__conv_desc *d);
+/* The committed set for d on the device of that name: the exact shape, else the nearest shape of
+ * the same kernel size (log distance over cin, cout and plane pixels); NULL when the table has no
+ * entry for the device. */
+const gpuseg__gemm_db_entry *gpuseg__gemm_db_find(const char *device, const gpuseg__conv_desc *d);
 
 /* The choice table on disk (conv_choice.c): load at creation (AUTO only), store after each new
  * measurement. Failures only cost a new measurement, so neither reports one. */

@@ -91,7 +91,7 @@ elif [[ $phase == bench ]]; then
   log "bench rc=$?"
 elif [[ $phase == gemm ]]; then
   if [[ $dry == dry ]]; then
-    extra=(--smoke --torch-device cpu --repeats 1 --net-sides 256 --segment-sides 256)
+    extra=(--smoke --torch-device cpu --repeats 1 --net-sides 224 --segment-sides 256)
     tests=${GPUSEG_CTEST_ARGS:--R test_ops}
   else
     nvidia-smi >$logs/nvidia-smi.txt 2>&1
