@@ -54,9 +54,10 @@ def tune_section(tune, peak):
                  f"{','.join(str(x) for x in r['best'])} | {f(r['tune_s'], 1)} | "
                  + " | ".join(f(x, 1) if x else "–" for x in g.values())
                  + f" | {best} | {pct} |")
+    timed = [i for i in impls if any(i in r["impls"] for r in tune["shapes"])]
     L += ["", "Sum over the network's layers (layers × median, one batch; an implementation that "
-          "does not take a shape counted at direct's time): "
-          + ", ".join(f"{i} {v * 1e3:.2f} ms" for i, v in est.items())
+          "does not take a shape counted at direct's time there; one not timed at all left "
+          "out): " + ", ".join(f"{i} {est[i] * 1e3:.2f} ms" for i in timed)
           + f", fastest per shape {est_best * 1e3:.2f} ms. The tuner's sets are in `conv_params.c` "
           "beside this report, ready for src/ops/conv_params.c.", ""]
     return L

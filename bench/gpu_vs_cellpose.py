@@ -288,8 +288,10 @@ def part_segment(a, tmp):
                          "n_masks_gpuseg": gi["n_masks"], "n_masks_cellpose": int(res.max()),
                          "ap50_vs_cellpose": ap50(res, ours)})
             emit(a, {"part": "segment", "partial": True, "model": name, "row": rows[-1]})
-        # one more 2048^2 pass with profiling events on: where the time goes
-        prof = run_json([os.path.join(a.build, "bench", "bench_segment"), path, images[-2],
+        # one more pass (the second-largest image, 2048^2 by default) with profiling events on:
+        # where the time goes
+        prof = run_json([os.path.join(a.build, "bench", "bench_segment"), path,
+                         images[-2] if len(images) > 1 else images[-1],
                          "--repeats", "3"], env=dict(os.environ, GPUSEG_PROFILE="1"))
         pi = prof["images"][0]
         out.append({"model": name, "path": os.path.relpath(path, common.ROOT),

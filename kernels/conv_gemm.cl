@@ -26,9 +26,21 @@
  * Built with -DGEMM_HALF_PROBE instead, the program is only the fp16 probe (end of the file). */
 
 #ifndef GEMM_HALF_PROBE
+/* Without options (gpuseg_ctx_build_all builds every program as is) a modest set that fits 22 KiB
+ * of local memory; the host always passes all seven. */
+#if !defined(GEMM_TM) && !defined(GEMM_TH) && !defined(GEMM_TW) && !defined(GEMM_TK) &&            \
+    !defined(GEMM_WM) && !defined(GEMM_WN) && !defined(GEMM_PAD)
+#define GEMM_TM  64
+#define GEMM_TH  8
+#define GEMM_TW  8
+#define GEMM_TK  8
+#define GEMM_WM  4
+#define GEMM_WN  4
+#define GEMM_PAD 1
+#endif
 #if !defined(GEMM_TM) || !defined(GEMM_TH) || !defined(GEMM_TW) || !defined(GEMM_TK) ||            \
     !defined(GEMM_WM) || !defined(GEMM_WN) || !defined(GEMM_PAD)
-#error "conv_gemm.cl needs -DGEMM_TM/TH/TW/TK/WM/WN/PAD (src/ops/conv_gemm.c)"
+#error "conv_gemm.cl needs all of -DGEMM_TM/TH/TW/TK/WM/WN/PAD (src/ops/conv_gemm.c)"
 #endif
 
 #define GEMM_TN (GEMM_TH * GEMM_TW)

@@ -1,8 +1,9 @@
 /* ops/conv_choice.c: the convolution choice table on disk, beside the program cache, so that
  * AUTO measures each layer shape once per device instead of once per process.
  * File <cache_dir>/<key>.convchoice, key = SHA-256 over the format version, the device identity
- * (platform, vendor, device, versions, driver), the direct kernel's blocking and the embedded
- * sources of the convolution kernels (new kernels or a new driver measure again). Text layout:
+ * (platform, vendor, device, versions, driver), the direct kernel's blocking, the GEMM's tuned
+ * parameter sets and the embedded sources of the convolution kernels (new kernels, a new driver
+ * or a new tuning measure again). Text layout:
  * a line "gpuseg-conv-choice 3 N", then N lines "batch cin cout height width ksize impl
  * us_clblast us_direct us_winograd us_gemm" (0: not measured; formats 1 and 2, before Winograd
  * and the GEMM, had fewer fields and are refused as malformed). Every field is range-checked; a
@@ -31,6 +32,14 @@ static bool choice_path(const gpuseg__ops *ops, char *path, size_t len) {
              ops->tile.couts1, ops->tile.xvecs1);
     gpuseg__sha256_str(&s, buf);
     gpuseg__sha256_device(&s, ctx);
+    /* the GEMM's tuned sets (the choice was measured with them: tuning again measures again) */
+    for (unsigned i = 0; i < ops->n_tuned; i++) {
+        const gpuseg__gemm_tuned *t = &ops->tuned[i];
+        snprintf(buf, sizeof buf, "tuned %u %u %u %u %u %u: %u %u %u %u %u %u %u", t->batch, t->cin,
+                 t->cout, t->height, t->width, t->ksize, t->p.tm, t->p.th, t->p.tw, t->p.tk,
+                 t->p.wm, t->p.wn, t->p.pad);
+        gpuseg__sha256_str(&s, buf);
+    }
     for (const gpuseg__kernel_source *k = gpuseg__kernel_sources; k->name; k++)
         if (strcmp(k->name, "conv") == 0 || strcmp(k->name, "conv_direct") == 0 ||
             strcmp(k->name, "conv_winograd") == 0 || strcmp(k->name, "conv_gemm") == 0)

@@ -166,10 +166,10 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
     ops->gemm_force = gf;
     ops->tune = tune;
     ops->half = -1;
-    if (ops->conv == GPUSEG__CONV_AUTO)
-        gpuseg__conv_choice_load(ops);
     if (ops->conv == GPUSEG__CONV_AUTO || ops->conv == GPUSEG__CONV_GEMM)
         gpuseg__gemm_tuned_load(ops);
+    if (ops->conv == GPUSEG__CONV_AUTO) /* after the tuned sets: they are part of its key */
+        gpuseg__conv_choice_load(ops);
     *out = ops;
     return GPUSEG_OK;
 }
