@@ -455,6 +455,21 @@ START_TEST(conv_gemm_tune) {
         ck_assert_int_eq(system(cmd), 0);
     }
     (void)tuned;
+    /* AUTO with tuning on: the new shape is tuned, then the GEMM timed beside the others (on
+     * every device), and the result is right whichever wins */
+    gpuseg__ops_params pa;
+    gpuseg__ops_params_default(&pa);
+    pa.tune = 1;
+    ck_assert_int_eq(gpuseg__ops_create(ctx, &pa, &ops), GPUSEG_OK);
+    const conv_case c2 = {1, 3, 5, 9, 7, 3, 1, 1, 1, 0, 1, 1, 1};
+    run_conv_case(ctx, ops, &c2, 93, "auto, tuning on");
+    ck_assert_uint_eq(ops->n_choices, 1);
+    ck_assert(ops->choices[0].seconds_gemm > 0 && ops->choices[0].seconds_direct > 0);
+    ck_assert_ptr_nonnull(gpuseg__gemm_tuned_find(
+        ops,
+        &(gpuseg__conv_desc){.batch = 1, .cin = 3, .cout = 5, .height = 9, .width = 7, .ksize = 3},
+        false));
+    gpuseg__ops_free(ops);
     /* a set too large for the device: refused, naming the layer's kernel size and the reason */
     p.tune = 0;
     p.gemm = (gpuseg__gemm_params){256, 64, 64, 64, 16, 8, 1};
