@@ -218,14 +218,25 @@ static gpuseg_status choose(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem
     double tc = 0, td = 0, tw = 0, tg = 0;
     const bool wino = gpuseg__conv_winograd_takes(ops, d);
     const bool blast = ops->ctx->dev.type != GPUSEG_DEVICE_CPU;
-    const bool gemm = ops->ctx->dev.type != GPUSEG_DEVICE_CPU || ops->tune;
+    bool gemm = ops->ctx->dev.type != GPUSEG_DEVICE_CPU || ops->tune;
     if ((st = time_impl(ops, GPUSEG__CONV_DIRECT, &t, in, trial, &td)) != GPUSEG_OK ||
         (wino && (st = time_impl(ops, GPUSEG__CONV_WINOGRAD, &t, in, trial, &tw)) != GPUSEG_OK) ||
         (blast && (st = time_impl(ops, GPUSEG__CONV_CLBLAST, &t, in, trial, &tc)) != GPUSEG_OK) ||
-        (gemm && (st = gemm_tune_if_new(ops, d, in)) != GPUSEG_OK) ||
-        (gemm && (st = time_impl(ops, GPUSEG__CONV_GEMM, &t, in, trial, &tg)) != GPUSEG_OK))
+        (gemm && (st = gemm_tune_if_new(ops, d, in)) != GPUSEG_OK))
         return gpuseg__wrap(ops->ctx, st, "%s: measuring the convolution implementations",
                             layer_name(d));
+    if (gemm && (st = time_impl(ops, GPUSEG__CONV_GEMM, &t, in, trial, &tg)) != GPUSEG_OK) {
+        /* A set the device refuses at launch (a kernel's work-group limit below its size, on a
+         * device no one tuned): the GEMM is not a contender for this shape, the others are. */
+        if (st != GPUSEG_INVALID_ARGUMENT)
+            return gpuseg__wrap(ops->ctx, st, "%s: measuring the convolution implementations",
+                                layer_name(d));
+        gpuseg__log(ops->ctx, GPUSEG_LOG_DEBUG, "%s: gemm left out: %s", layer_name(d),
+                    gpuseg_ctx_last_error(ops->ctx));
+        gpuseg__clear_error(ops->ctx);
+        gemm = false;
+        tg = 0;
+    }
     gpuseg__conv_impl pick = GPUSEG__CONV_DIRECT;
     double best = td;
     if (wino && tw < best) {
