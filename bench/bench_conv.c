@@ -1,11 +1,12 @@
 /* bench/bench_conv.c: GFLOP/s of each convolution implementation (im2col + CLBlast, our direct
- * kernel, Winograd F(2x2,3x3) on the 3x3 shapes) on CPnet's layer shapes for a batch of 224x224
+ * kernel, Winograd F(2x2,3x3) on the 3x3 shapes, the implicit GEMM with the set tuned for the
+ * shape or the default) on CPnet's layer shapes for a batch of 224x224
  * tiles, with the fused BN+ReLU prologue and bias as the network runs them. GFLOP/s always count
  * the direct convolution's 2 * H * W * cin * cout * k^2 per sample (Winograd does fewer
  * multiplies; its figure is the direct-equivalent rate). Checks a sample of outputs against a
  * plain-C computation before timing; one warm-up, then repeats; JSON on stdout.
  * Usage: bench_conv [--batch N] [--repeats R] [--impl LIST] [--quick], LIST a comma-separated
- * list of clblast, direct, winograd, both (clblast,direct) or all (the default).
+ * list of clblast, direct, winograd, gemm, both (clblast,direct) or all (the default).
  * bench/conv_vs_openblas.py runs it beside OpenBLAS sgemm on the same GEMM shapes. */
 #include <math.h>
 #include <stdio.h>
@@ -95,7 +96,7 @@ static int check_sample(const shape *s, unsigned batch, const float *in, const f
 
 int main(int argc, char **argv) {
     unsigned batch = 2, repeats = 5;
-    int want[4] = {0, 1, 1, 1}, quick = 0; /* by gpuseg__conv_impl */
+    int want[5] = {0, 1, 1, 1, 1}, quick = 0; /* by gpuseg__conv_impl */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
             batch = (unsigned)atoi(argv[++i]);
@@ -104,7 +105,7 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--impl") == 0 && i + 1 < argc) {
             char list[128];
             snprintf(list, sizeof list, "%s", argv[++i]);
-            want[1] = want[2] = want[3] = 0;
+            want[1] = want[2] = want[3] = want[4] = 0;
             for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
                 if (strcmp(tok, "clblast") == 0)
                     want[GPUSEG__CONV_CLBLAST] = 1;
@@ -112,10 +113,12 @@ int main(int argc, char **argv) {
                     want[GPUSEG__CONV_DIRECT] = 1;
                 else if (strcmp(tok, "winograd") == 0)
                     want[GPUSEG__CONV_WINOGRAD] = 1;
+                else if (strcmp(tok, "gemm") == 0)
+                    want[GPUSEG__CONV_GEMM] = 1;
                 else if (strcmp(tok, "both") == 0)
                     want[GPUSEG__CONV_CLBLAST] = want[GPUSEG__CONV_DIRECT] = 1;
                 else if (strcmp(tok, "all") == 0)
-                    want[1] = want[2] = want[3] = 1;
+                    want[1] = want[2] = want[3] = want[4] = 1;
                 else {
                     fprintf(stderr, "bench_conv: --impl: unknown implementation '%s'\n", tok);
                     return 2;
@@ -125,7 +128,7 @@ int main(int argc, char **argv) {
             quick = 1;
         else {
             fprintf(stderr, "usage: bench_conv [--batch N] [--repeats R] "
-                            "[--impl clblast,direct,winograd|both|all] [--quick]\n");
+                            "[--impl clblast,direct,winograd,gemm|both|all] [--quick]\n");
             return 2;
         }
     }
@@ -185,7 +188,7 @@ int main(int argc, char **argv) {
                                      .bn_shift = dsh,
                                      .relu = 1};
         const double flops = 2.0 * s->cout * s->cin * s->k * s->k * (double)hw * batch;
-        for (int impl = GPUSEG__CONV_CLBLAST; impl <= GPUSEG__CONV_WINOGRAD; impl++) {
+        for (int impl = GPUSEG__CONV_CLBLAST; impl <= GPUSEG__CONV_GEMM; impl++) {
             /* Winograd forced on a 1x1 layer would run the direct kernel: not listed. */
             if (!want[impl] || (impl == GPUSEG__CONV_WINOGRAD && s->k != 3))
                 continue;

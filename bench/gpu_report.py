@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """bench/gpu_report.py: report.md from the JSON lines bench/gpu_vs_cellpose.py wrote on a GPU.
 
-    python3 bench/gpu_report.py DIR     (reads DIR/gpu.jsonl, writes DIR/report.md)
+    python3 bench/gpu_report.py DIR [PEAK_TFLOPS]   (reads DIR/gpu.jsonl, writes DIR/report.md)
+
+The fp32 peak the per-layer tables are set against: PEAK_TFLOPS if given, else for an NVIDIA GPU
+compute units x 128 fp32 lanes per SM (Ampere GA10x, Ada, Hopper) x 2 (FMA) x the maximum clock
+the OpenCL driver reports (H100/H200 SXM: 132 x 128 x 2 x 1.98 GHz = 66.9 TFLOP/s), else none.
 """
 import json
 import os
@@ -10,6 +14,53 @@ import sys
 
 def f(x, nd=3):
     return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def peak_tflops(tune, given):
+    """(TFLOP/s, how it was obtained) or (None, why not)."""
+    if given:
+        return float(given), "given on the command line"
+    if tune and tune.get("type") == "gpu" and "NVIDIA" in tune.get("platform", "") + \
+            tune.get("device", "") and tune.get("max_clock_mhz"):
+        p = tune["compute_units"] * 128 * 2 * tune["max_clock_mhz"] * 1e6 / 1e12
+        return p, (f"{tune['compute_units']} SMs x 128 lanes x 2 x {tune['max_clock_mhz']} MHz "
+                   "(the driver's maximum clock)")
+    return None, "unknown for this device (give PEAK_TFLOPS)"
+
+
+def tune_section(tune, peak):
+    impls = ("gemm", "direct", "winograd", "clblast")
+    L = ["## Convolutions per CPnet layer shape (bench_tune: GEMM tuned, then each implementation)",
+         "", f"Device `{tune['device']}` ({tune['platform']}, driver {tune['driver']}), "
+         f"{tune['tile']}² tiles in batches of {tune['batch']}, median of {tune['repeats']} runs "
+         "after a warm-up; GFLOP/s count 2·H·W·cin·cout·k² per tile (Winograd's as the direct "
+         f"equivalent); fp16: cl_khr_fp16 {'reported' if tune.get('fp16_extension') else 'not reported'}, "
+         f"half arithmetic {'works' if tune.get('half_arithmetic') else 'does not build or run'}.", "",
+         "| k | cin→cout | plane | layers | GEMM set (TM,TH,TW,TK,WM,WN,PAD) | tune s | "
+         + " | ".join(f"{i} GFLOP/s" for i in impls) + " | best | best % of peak |",
+         "|---|---|---|---|---|---|" + "---|" * len(impls) + "---|---|"]
+    est = {i: 0.0 for i in impls}
+    est_best = 0.0
+    for r in tune["shapes"]:
+        g = {i: r["impls"].get(i, {}).get("gflops") for i in impls}
+        secs = {i: r["impls"][i]["median_s"] for i in impls if i in r["impls"]}
+        best = min(secs, key=secs.get) if secs else None
+        bg = g.get(best) if best else None
+        pct = f"{100 * bg / (peak * 1e3):.1f}%" if (bg and peak) else "–"
+        for i in impls:
+            est[i] += r["layers"] * secs.get(i, secs.get("direct", 0))
+        est_best += r["layers"] * (secs[best] if best else 0)
+        L.append(f"| {r['k']} | {r['cin']}→{r['cout']} | {r['hw']}² | {r['layers']} | "
+                 f"{','.join(str(x) for x in r['best'])} | {f(r['tune_s'], 1)} | "
+                 + " | ".join(f(x, 1) if x else "–" for x in g.values())
+                 + f" | {best} | {pct} |")
+    timed = [i for i in impls if any(i in r["impls"] for r in tune["shapes"])]
+    L += ["", "Sum over the network's layers (layers × median, one batch; an implementation that "
+          "does not take a shape counted at direct's time there; one not timed at all left "
+          "out): " + ", ".join(f"{i} {est[i] * 1e3:.2f} ms" for i in timed)
+          + f", fastest per shape {est_best * 1e3:.2f} ms. The tuner's sets are in `conv_params.c` "
+          "beside this report, ready for src/ops/conv_params.c.", ""]
+    return L
 
 
 def main():
@@ -69,8 +120,13 @@ def main():
                                           f"({k['launches_per_run']:.0f}×)"
                                           for k in p["kernels"][:8])]
             L.append("")
+    tune = parts.get("tune", {}).get("result")
+    peak, how = peak_tflops(tune, sys.argv[2] if len(sys.argv) > 2 else None)
+    if tune:
+        L += [f"fp32 peak: {f(peak, 1)} TFLOP/s ({how}).", ""]
+        L += tune_section(tune, peak)
     net = parts.get("net", {}).get("result")
-    if net:
+    if net and net["results"] and "variants" not in net["results"][0]:
         L += ["## CPnet forward, full-width random weights, batches of 8", "",
               "| image | tiles | gpuseg s (cold) | gpuseg, band layout s | PyTorch fp32 s | "
               "PyTorch TF32 s (default) | gpuseg / fp32 | gpuseg / TF32 | "
@@ -84,6 +140,34 @@ def main():
                      f"{f(r['ratio_gpuseg_over_torch_tf32'])} | "
                      f"{r['torch_fp32_err_over_range']:.1e}, {r['torch_tf32_err_over_range']:.1e} |")
         L.append("")
+    elif net:
+        L += ["## CPnet forward, full-width random weights, batches of 8", "",
+              "Targets (issue #15, 2048², 144 tiles): ≤ 1.0× PyTorch fp32 (goal 0.5×; moonshot: "
+              "below PyTorch TF32).", "",
+              "| image | tiles | variant | gpuseg s (cold) | PyTorch fp32 s | PyTorch TF32 s | "
+              "gpuseg / fp32 | gpuseg / TF32 | max err / range vs fp32 |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for r in net["results"]:
+            for v, x in r["variants"].items():
+                L.append(f"| {r['size']}² | {r['tiles']} | {v} | {f(x['median_s'], 4)} "
+                         f"({f(x['cold_s'], 2)}) | {f(r['torch_fp32_median_s'], 4)} | "
+                         f"{f(r['torch_tf32_median_s'], 4)} | {f(x['ratio_over_torch_fp32'])} | "
+                         f"{f(x['ratio_over_torch_tf32'])} | "
+                         f"{x.get('err_over_range_fp32', float('nan')):.1e} |")
+        L.append("")
+        last = net["results"][-1]
+        if last.get("conv_choices"):
+            L += [f"Choices under `{last['variant']}` at {last['size']}²: "
+                  + "; ".join(last["conv_choices"]), ""]
+        if last.get("profile"):
+            L += [f"### Per layer, `{last['variant']}`, {last['size']}² (a pass with a wait "
+                  f"after every op: {f(last['profile_total_s'], 4)} s)", "",
+                  "| op | s | share | GFLOP/s | % of fp32 peak |", "|---|---|---|---|---|"]
+            for p in last["profile"]:
+                pct = f"{100 * p['gflops'] / (peak * 1e3):.1f}%" if (peak and p["gflops"]) else "–"
+                L.append(f"| {p['op']} | {f(p['s'], 4)} | {f(p['share'])} | "
+                         f"{f(p['gflops'], 1) if p['gflops'] else '–'} | {pct} |")
+            L.append("")
     masks = parts.get("masks", {}).get("result")
     if masks:
         L += ["## Flows → masks (QC on, niter 200): dynamics.resize_and_compute_masks on CUDA",

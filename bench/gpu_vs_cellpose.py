@@ -7,11 +7,18 @@ run cut short keeps what it measured; bench/gpu_report.py turns the lines into r
 Parts (each: gpuseg's cold run apart, warm-up, then the median of REPEATS; correctness before
 time):
   info     nvidia-smi, the OpenCL device gpuseg picked, versions
+  tune     bench_tune: the implicit GEMM's tuner on every convolution shape of the full-width
+           CPnet and of each model given (224^2 tiles, batches of 8), its sets kept in gpuseg's
+           cache (so the parts after it run tuned), and per shape the tuned GEMM, direct,
+           Winograd and CLBlast timed: GFLOP/s per layer shape (gpu_report.py sets them against
+           the device's fp32 peak); OUT/conv_params.c: the lines for src/ops/conv_params.c
   net      CPnet forward, full-width random weights (common.full_width_net(0)), on the 224^2
            tiles of mirror-tiled real images (common.tiled_image) of 512^2..2048^2, cut as
-           Cellpose's run_net does; bench_net (direct convolution in the block layout, and
-           again in the band layout) vs the same CPnet on CUDA in batches of 8 (with
-           PyTorch's default TF32 convolutions and with them off); max abs difference / range
+           Cellpose's run_net does; bench_net under each --net-variants (auto: gpuseg's choice
+           per layer shape; gemm, direct, clblast, winograd: forced; band: direct in the CPU
+           layout) vs the same CPnet on CUDA in batches of 8 (with PyTorch's default TF32
+           convolutions and with them off); max abs difference / range; a per-layer profile of
+           the first variant on the largest image
   masks    flows -> masks (QC on, niter 200) on the dsb313 fixture's flows tiled to 512^2..2048^2:
            bench_masks vs dynamics.resize_and_compute_masks(device=cuda); AP of the labels
   segment  the whole pipeline in one process (start-up excluded): bench_segment vs
@@ -23,6 +30,9 @@ time):
 
     python3 bench/gpu_vs_cellpose.py --build BUILD --out DIR [--parts info,net,masks,segment,cli]
         [--models full=PATH,bundled=models/nuclei_gpuseg_v2] [--repeats 5] [--deadline EPOCH_S]
+        [--net-variants auto,gemm,direct] [--net-sides 2048] [--segment-sides 1024,2048]
+    A model path `random` is the full-width random-weight CPnet (no trained full-width model
+    needed: the network's time is the same; its masks are not meaningful).
 """
 import argparse
 import json
@@ -130,13 +140,23 @@ def part_net(a, tmp):
         tiles = tiles_of(side)
         tin, tout = os.path.join(tmp, "tiles.npy"), os.path.join(tmp, "out.npy")
         np.save(tin, tiles)
-        # the direct convolution's two work layouts (docs/ops.md): block is the GPU default
-        layouts = {}
-        for lay in ("band", "block"):
-            layouts[lay] = run_json([os.path.join(a.build, "bench", "bench_net"), model, tin, tout,
-                                     str(a.repeats)], env=dict(os.environ, GPUSEG_CONV_LAYOUT=lay))
-        g = layouts["block"]
-        got = np.load(tout)
+        # each variant: AUTO (the default), or one implementation forced (docs/ops.md); the
+        # first variant also gives the per-layer profile on the largest image
+        runs, outs = {}, {}
+        for i, var in enumerate(a.net_variants):
+            env = dict(os.environ)
+            env.pop("GPUSEG_CONV", None)
+            if var == "band":
+                env.update(GPUSEG_CONV="direct", GPUSEG_CONV_LAYOUT="band")
+            elif var != "auto":
+                env["GPUSEG_CONV"] = var
+            if i == 0 and side == SIDES["net"][-1]:
+                env["BENCH_NET_PROFILE"] = "1"
+            runs[var] = run_json([os.path.join(a.build, "bench", "bench_net"), model, tin, tout,
+                                  str(a.repeats)], env=env, timeout=400)
+            outs[var] = np.load(tout)
+        g = runs[a.net_variants[0]]
+        got = outs[a.net_variants[0]]
         X = torch.from_numpy(tiles).to(DEV)
 
         def fwd():
@@ -144,10 +164,12 @@ def part_net(a, tmp):
                 return torch.cat([net(X[i:i + 8])[0] for i in range(0, len(X), 8)])
 
         row = {"size": side, "tiles": len(tiles), "gpuseg_device": g["device"],
-               "gpuseg_cold_s": g["cold_s"], "gpuseg_median_s": g["median_s"],
-               "gpuseg_band_layout_median_s": layouts["band"]["median_s"],
-               "conv_choices": g.get("conv_choices"),
-               "conv_choices_band": layouts["band"].get("conv_choices")}
+               "variant": a.net_variants[0], "gpuseg_cold_s": g["cold_s"],
+               "gpuseg_median_s": g["median_s"], "conv_choices": g.get("conv_choices"),
+               "profile": g.get("profile"), "profile_total_s": g.get("profile_total_s"),
+               "variants": {v: {"median_s": r["median_s"], "cold_s": r["cold_s"],
+                                "conv_choices": r.get("conv_choices")}
+                            for v, r in runs.items()}}
         for tf32 in (True, False):
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -157,13 +179,37 @@ def part_net(a, tmp):
             key = "torch_tf32" if tf32 else "torch_fp32"
             row[key + "_median_s"] = round(med, 5)
             row[key + "_err_over_range"] = err / float(out.max() - out.min())
+            if not tf32:
+                for v, o in outs.items():
+                    row["variants"][v]["err_over_range_fp32"] = (
+                        float(np.abs(o - out).max()) / float(out.max() - out.min()))
         torch.backends.cudnn.allow_tf32 = True
         row["ratio_gpuseg_over_torch_fp32"] = round(g["median_s"] / row["torch_fp32_median_s"], 3)
         row["ratio_gpuseg_over_torch_tf32"] = round(g["median_s"] / row["torch_tf32_median_s"], 3)
+        for v in row["variants"].values():
+            v["ratio_over_torch_fp32"] = round(v["median_s"] / row["torch_fp32_median_s"], 3)
+            v["ratio_over_torch_tf32"] = round(v["median_s"] / row["torch_tf32_median_s"], 3)
         rows.append(row)
         emit(a, {"part": "net", "partial": True, "row": row})
     return {"model": "full-width random CPnet [2,32,64,128,256], torch.manual_seed(0)",
             "batch": 8, "repeats": a.repeats, "results": rows}
+
+
+def part_tune(a, tmp):
+    side, batch = (32, 1) if a.smoke else (224, 8)
+    nbases = [common.FULL_NBASE]
+    for _, path in a.models:
+        nb = common.nbase_of(path)
+        if nb not in nbases:
+            nbases.append(nb)
+    cmd = [os.path.join(a.build, "bench", "bench_tune"), "--tile", str(side), "--batch",
+           str(batch), "--repeats", str(max(3, a.repeats)), "--emit-c",
+           os.path.join(a.out, "conv_params.c")]
+    for nb in nbases:
+        cmd += ["--nbase", ",".join(str(int(x)) for x in nb)]
+    r = run_json(cmd, timeout=400)
+    r["nbases"] = nbases
+    return r
 
 
 def part_masks(a, tmp):
@@ -242,8 +288,10 @@ def part_segment(a, tmp):
                          "n_masks_gpuseg": gi["n_masks"], "n_masks_cellpose": int(res.max()),
                          "ap50_vs_cellpose": ap50(res, ours)})
             emit(a, {"part": "segment", "partial": True, "model": name, "row": rows[-1]})
-        # one more 2048^2 pass with profiling events on: where the time goes
-        prof = run_json([os.path.join(a.build, "bench", "bench_segment"), path, images[-2],
+        # one more pass (the second-largest image, 2048^2 by default) with profiling events on:
+        # where the time goes
+        prof = run_json([os.path.join(a.build, "bench", "bench_segment"), path,
+                         images[-2] if len(images) > 1 else images[-1],
                          "--repeats", "3"], env=dict(os.environ, GPUSEG_PROFILE="1"))
         pi = prof["images"][0]
         out.append({"model": name, "path": os.path.relpath(path, common.ROOT),
@@ -302,8 +350,8 @@ def part_cli(a, tmp):
             "ap50": ap50(theirs, ours)}
 
 
-PARTS = {"info": part_info, "net": part_net, "masks": part_masks, "segment": part_segment,
-         "cli": part_cli}
+PARTS = {"info": part_info, "tune": part_tune, "net": part_net, "masks": part_masks,
+         "segment": part_segment, "cli": part_cli}
 
 
 def emit(a, obj):
@@ -325,16 +373,29 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="small sizes: to try the script")
     ap.add_argument("--deadline", type=float, default=None,
                     help="epoch seconds after which no further part starts")
+    ap.add_argument("--net-variants", default="auto,gemm,direct",
+                    help="bench_net runs: auto, gemm, direct, clblast, winograd, band")
+    ap.add_argument("--net-sides", default=None, help="image sides of the net part (e.g. 2048)")
+    ap.add_argument("--segment-sides", default=None, help="image sides of the segment part")
     a = ap.parse_args()
+    a.net_variants = [v for v in a.net_variants.split(",") if v]
     a.t0 = time.time()
     global DEV
     DEV = a.torch_device
     if a.smoke:
         SIDES.update(SMOKE)
+    if a.net_sides:
+        SIDES["net"] = tuple(int(x) for x in a.net_sides.split(","))
+    if a.segment_sides:
+        SIDES["segment"] = tuple(int(x) for x in a.segment_sides.split(","))
     a.models = [tuple(x.split("=", 1)) for x in a.models.split(",") if x]
-    a.models = [(n, p) for n, p in a.models if os.path.exists(p)]
+    a.models = [(n, p) for n, p in a.models if p == "random" or os.path.exists(p)]
     os.makedirs(a.out, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        for i, (n, p) in enumerate(a.models):
+            if p == "random":  # the full-width random CPnet (torch.manual_seed(0))
+                a.models[i] = (n, os.path.join(tmp, "full_random.pth"))
+                common.save_full_width_model(a.models[i][1])
         for part in a.parts.split(","):
             if a.deadline and time.time() > a.deadline:
                 emit(a, {"part": part, "skipped": "deadline"})

@@ -29,7 +29,7 @@ static size_t numel(const gpuseg_npy *a) {
     return n;
 }
 
-static const char *impls[] = {"direct", "clblast", "winograd"};
+static const char *impls[] = {"direct", "clblast", "winograd", "gemm"};
 #define N_IMPLS (int)(sizeof impls / sizeof impls[0])
 
 /* Forward of the fixture batch; output and style against PyTorch. */

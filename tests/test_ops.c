@@ -262,11 +262,14 @@ static const conv_case conv_cases[] = {
 };
 /* clang-format on */
 
-static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts, unsigned xvecs,
-                          unsigned couts1, unsigned xvecs1, unsigned layout) {
+static void run_all_cases_gemm(gpuseg__conv_impl impl, unsigned rows, unsigned couts,
+                               unsigned xvecs, unsigned couts1, unsigned xvecs1, unsigned layout,
+                               const gpuseg__gemm_params *gemm) {
     gpuseg_ctx *ctx = tu_ctx();
     gpuseg__ops_params p;
     gpuseg__ops_params_default(&p);
+    if (gemm)
+        p.gemm = *gemm;
     p.conv = impl;
     p.tile_rows = rows;
     p.tile_couts = couts;
@@ -281,17 +284,32 @@ static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts,
     for (size_t i = 0; i < sizeof conv_cases / sizeof conv_cases[0]; i++) {
         char label[96];
         const conv_case *c = &conv_cases[i];
+        gpuseg__gemm_params gp;
+        gpuseg__gemm_params_for(ops,
+                                &(gpuseg__conv_desc){.batch = c->batch,
+                                                     .cin = c->cin,
+                                                     .cout = c->cout,
+                                                     .height = c->h,
+                                                     .width = c->w,
+                                                     .ksize = c->k},
+                                &gp);
         snprintf(label, sizeof label,
-                 "%s tile %ux%ux%u 1x1 %ux%u %s case %zu (%ux%ux%ux%u -> %u, k%u)",
+                 "%s tile %ux%ux%u 1x1 %ux%u %s gemm %u,%u,%u,%u,%u,%u,%u case %zu (%ux%ux%ux%u "
+                 "-> %u, k%u)",
                  gpuseg__conv_impl_name(impl), ops->tile.rows, ops->tile.couts, ops->tile.xvecs,
                  ops->tile.couts1, ops->tile.xvecs1,
-                 ops->tile.layout == GPUSEG__CONV_BLOCK ? "block" : "band", i, c->batch, c->cin,
-                 c->h, c->w, c->cout, c->k);
+                 ops->tile.layout == GPUSEG__CONV_BLOCK ? "block" : "band", gp.tm, gp.th, gp.tw,
+                 gp.tk, gp.wm, gp.wn, gp.pad, i, c->batch, c->cin, c->h, c->w, c->cout, c->k);
         run_conv_case(ctx, ops, c, 1000 + i, label);
         ck_assert_int_eq(gpuseg__conv_choice(ops, &(gpuseg__conv_desc){.ksize = c->k}), impl);
     }
     gpuseg__ops_free(ops);
     gpuseg_ctx_free(ctx);
+}
+
+static void run_all_cases(gpuseg__conv_impl impl, unsigned rows, unsigned couts, unsigned xvecs,
+                          unsigned couts1, unsigned xvecs1, unsigned layout) {
+    run_all_cases_gemm(impl, rows, couts, xvecs, couts1, xvecs1, layout, NULL);
 }
 
 /* The tuned blocking, and one where every dimension is odd or larger than 1 (3 rows, 5 output
@@ -334,6 +352,154 @@ START_TEST(conv_winograd) {
 }
 END_TEST
 
+/* The implicit GEMM (kernels/conv_gemm.cl), prologue fused into its tile loads: the per-shape
+ * sets (default, cut down to small layers: TM and TK shrink for cout 1-9 and cin 1-7), the GPU
+ * default forced on every layer, and odd sets where nothing divides anything: 12 channels x 3x5
+ * pixels (15 pixels per tile, 12 work-items of 3x5 accumulators), K steps of 3 (cin 1, 2, 5, 7,
+ * 16, 64, 300 all end in a partial step), no padding; 1-wide tiles with 1x1 blocks; wide
+ * 4 x 32 tiles. Every set fits 48 KiB of local memory and 256 work-items (what GPUs offer), so
+ * the test runs the same everywhere. Every case: partial tiles in both directions, residual ==
+ * out, every prologue option. Same tolerance as the direct kernel (the same products summed in
+ * another order). */
+START_TEST(conv_gemm) {
+    unsetenv("GPUSEG_CONV_GEMM");
+    unsetenv("GPUSEG_CONV_TUNE");
+    const gpuseg__gemm_params sets[] = {{128, 8, 16, 8, 8, 8, 1},
+                                        {12, 3, 5, 3, 3, 5, 0},
+                                        {4, 1, 1, 2, 1, 1, 3},
+                                        {64, 4, 32, 8, 4, 8, 1}};
+    seen_ratio = 0;
+    run_all_cases_gemm(GPUSEG__CONV_GEMM, 0, 0, 0, 0, 0, 0, NULL);
+    for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
+        run_all_cases_gemm(GPUSEG__CONV_GEMM, 0, 0, 0, 0, 0, 0, &sets[i]);
+    fprintf(stderr, "gemm: worst error %.3f of the tolerance\n", seen_ratio);
+    ck_assert(seen_ratio <= 1.0);
+}
+END_TEST
+
+/* The tuner: with tuning on, the first GEMM call of a shape sweeps the candidate sets (cut down to
+ * the layer, each timed), keeps the fastest in the ops object and in the tuned file beside the
+ * program cache, which a new ops object reads; the result is right with the tuned set; a damaged
+ * file is ignored. A set the device cannot hold is refused with the reason, before anything
+ * runs. The half probe answers yes or no without leaving an error behind. */
+START_TEST(conv_gemm_tune) {
+    unsetenv("GPUSEG_CONV");
+    unsetenv("GPUSEG_CONV_GEMM");
+    unsetenv("GPUSEG_CONV_TUNE");
+    const char *dir = tu_tmpdir();
+    setenv("GPUSEG_CACHE_DIR", dir, 1);
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg__ops_params p;
+    gpuseg__ops_params_default(&p);
+    p.conv = GPUSEG__CONV_GEMM;
+    p.tune = 1;
+    gpuseg__ops *ops = NULL;
+    ck_assert_int_eq(gpuseg__ops_create(ctx, &p, &ops), GPUSEG_OK);
+    ck_assert_uint_eq(ops->n_tuned, 0);
+    const conv_case c = {2, 2, 2, 13, 11, 3, 1, 1, 1, 1, 1, 1, 1};
+    const gpuseg__conv_desc shape = {
+        .batch = 2, .cin = 2, .cout = 2, .height = 13, .width = 11, .ksize = 3};
+    run_conv_case(ctx, ops, &c, 91, "tuned gemm");
+    ck_assert_uint_eq(ops->n_tuned, 1);
+    const gpuseg__gemm_tuned *t = gpuseg__gemm_tuned_find(ops, &shape, false);
+    ck_assert_ptr_nonnull(t);
+    ck_assert(t->seconds > 0 && !gpuseg__gemm_check(ops, &t->p, 3));
+    ck_assert(t->p.tk <= 2 && t->p.tm <= 16); /* cut down to the layer */
+    gpuseg__gemm_params got;
+    gpuseg__gemm_params_for(ops, &shape, &got);
+    ck_assert(memcmp(&got, &t->p, sizeof got) == 0);
+    const gpuseg__gemm_params tuned = t->p;
+    /* the sweep by hand: every candidate reported, the best one kept */
+    gpuseg__gemm_trial trials[32];
+    unsigned nt = 0;
+    gpuseg__gemm_params best;
+    double bs = 0;
+    cl_mem in = upload(ctx, NULL, 2 * 2 * 13 * 11), w = upload(ctx, NULL, 2 * 2 * 9);
+    gpuseg__conv_desc d = shape;
+    d.weight = w;
+    ck_assert_int_eq(gpuseg__conv_gemm_tune(ops, &d, in, &best, &bs, trials, 32, &nt), GPUSEG_OK);
+    ck_assert_uint_ge(nt, 3);
+    double minimum = 0;
+    for (unsigned i = 0; i < nt; i++)
+        if (trials[i].seconds > 0 && (minimum == 0 || trials[i].seconds < minimum))
+            minimum = trials[i].seconds;
+    ck_assert(bs == minimum);
+    gpuseg__release(&in);
+    gpuseg__release(&w);
+    gpuseg__ops_free(ops);
+    if (ctx->use_cache) {
+        /* a new ops object knows the tuned set without tuning (no trials: n_tuned stays 1) */
+        p.tune = 0;
+        ck_assert_int_eq(gpuseg__ops_create(ctx, &p, &ops), GPUSEG_OK);
+        ck_assert_uint_eq(ops->n_tuned, 1);
+        ck_assert_ptr_nonnull(gpuseg__gemm_tuned_find(ops, &shape, true));
+        run_conv_case(ctx, ops, &c, 92, "tuned gemm, from the file");
+        gpuseg__ops_free(ops);
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd,
+                 "n=0; for f in '%s'/*.convtune; do [ -f \"$f\" ] && n=$((n+1)); "
+                 "echo 'gpuseg-conv-tune 1 1\n2 2 2 13 11 3 16 8 16 2 3 8 1 5.0' > \"$f\"; done; "
+                 "[ $n = 1 ]",
+                 dir);
+        ck_assert_int_eq(system(cmd), 0); /* WM 3 does not divide TM 16: malformed */
+        ck_assert_int_eq(gpuseg__ops_create(ctx, &p, &ops), GPUSEG_OK);
+        ck_assert_uint_eq(ops->n_tuned, 0);
+        gpuseg__ops_free(ops);
+        /* `cache clear` removes the tuned file */
+        size_t removed = 0;
+        gpuseg_ctx_params cp;
+        gpuseg_ctx_params_default(&cp);
+        cp.cache_dir = dir;
+        ck_assert_int_eq(gpuseg_cache_clear(&cp, &removed), GPUSEG_OK);
+        snprintf(cmd, sizeof cmd, "! ls '%s' | grep -q convtune", dir);
+        ck_assert_int_eq(system(cmd), 0);
+    }
+    (void)tuned;
+    /* AUTO with tuning on: the new shape is tuned, then the GEMM timed beside the others (on
+     * every device), and the result is right whichever wins */
+    gpuseg__ops_params pa;
+    gpuseg__ops_params_default(&pa);
+    pa.tune = 1;
+    ck_assert_int_eq(gpuseg__ops_create(ctx, &pa, &ops), GPUSEG_OK);
+    const conv_case c2 = {1, 3, 5, 9, 7, 3, 1, 1, 1, 0, 1, 1, 1};
+    run_conv_case(ctx, ops, &c2, 93, "auto, tuning on");
+    ck_assert_uint_eq(ops->n_choices, 1);
+    ck_assert(ops->choices[0].seconds_gemm > 0 && ops->choices[0].seconds_direct > 0);
+    ck_assert_ptr_nonnull(gpuseg__gemm_tuned_find(
+        ops,
+        &(gpuseg__conv_desc){.batch = 1, .cin = 3, .cout = 5, .height = 9, .width = 7, .ksize = 3},
+        false));
+    gpuseg__ops_free(ops);
+    /* a set too large for the device: refused, naming the layer's kernel size and the reason */
+    p.tune = 0;
+    p.gemm = (gpuseg__gemm_params){256, 64, 64, 64, 16, 8, 1};
+    ck_assert_int_eq(gpuseg__ops_create(ctx, &p, &ops), GPUSEG_OK);
+    ck_assert_ptr_nonnull(gpuseg__gemm_check(ops, &p.gemm, 3));
+    in = upload(ctx, NULL, 2 * 2 * 13 * 11);
+    w = upload(ctx, NULL, 2 * 2 * 9);
+    cl_mem out = upload(ctx, NULL, 2 * 2 * 13 * 11);
+    d.weight = w;
+    ck_assert_int_eq(gpuseg__conv2d(ops, &d, in, out), GPUSEG_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(gpuseg_ctx_last_error(ctx), "local memory") ||
+                      strstr(gpuseg_ctx_last_error(ctx), "work-group"),
+                  "%s", gpuseg_ctx_last_error(ctx));
+    gpuseg__release(&in);
+    gpuseg__release(&w);
+    gpuseg__release(&out);
+    /* fp16: reported or not, the probe answers and leaves no error */
+    const int h = gpuseg__ops_half_probe(ops);
+    ck_assert(h == 0 || h == 1);
+    ck_assert_int_eq(gpuseg__ops_half_probe(ops), h);
+    if (ctx->dev.fp16)
+        ck_assert_int_eq(h, 1);
+    fprintf(stderr, "half arithmetic on '%s': %s (cl_khr_fp16 %s)\n", ctx->dev.name,
+            h ? "yes" : "no", ctx->dev.fp16 ? "reported" : "not reported");
+    gpuseg__ops_free(ops);
+    gpuseg_ctx_free(ctx);
+    tu_rmtree(dir);
+}
+END_TEST
+
 START_TEST(conv_clblast) {
     run_all_cases(GPUSEG__CONV_CLBLAST, 0, 0, 0, 0, 0, 0);
 }
@@ -356,14 +522,15 @@ START_TEST(conv_auto) {
     run_conv_case(ctx, ops, &c, 77, "auto");
     gpuseg__conv_impl first = gpuseg__conv_choice(ops, &shape);
     ck_assert(first == GPUSEG__CONV_CLBLAST || first == GPUSEG__CONV_DIRECT ||
-              first == GPUSEG__CONV_WINOGRAD);
+              first == GPUSEG__CONV_WINOGRAD || first == GPUSEG__CONV_GEMM);
     ck_assert_uint_eq(ops->n_choices, 1);
     ck_assert(ops->choices[0].seconds_direct > 0 && ops->choices[0].seconds_winograd > 0);
-    /* CLBlast is timed on GPUs only (src/ops/conv.c choose) */
+    /* CLBlast and the GEMM are timed on GPUs only (src/ops/conv.c choose) */
     if (ctx->dev.type == GPUSEG_DEVICE_CPU)
-        ck_assert(ops->choices[0].seconds_clblast == 0 && first != GPUSEG__CONV_CLBLAST);
+        ck_assert(ops->choices[0].seconds_clblast == 0 && first != GPUSEG__CONV_CLBLAST &&
+                  ops->choices[0].seconds_gemm == 0 && first != GPUSEG__CONV_GEMM);
     else
-        ck_assert(ops->choices[0].seconds_clblast > 0);
+        ck_assert(ops->choices[0].seconds_clblast > 0 && ops->choices[0].seconds_gemm > 0);
     run_conv_case(ctx, ops, &c, 78, "auto again");
     ck_assert_uint_eq(ops->n_choices, 1); /* measured once */
     ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), first);
@@ -374,8 +541,9 @@ START_TEST(conv_auto) {
         ck_assert_uint_eq(ops->n_choices, 1);
         ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), first);
         gpuseg__ops_free(ops);
-        /* A file of format 1 (before Winograd: no third timing; a well-formed entry there) is
-         * ignored, so is a damaged one (measured again), and `cache clear` removes it. */
+        /* Files of format 1 and 2 (before Winograd and before the GEMM: fewer timings; a
+         * well-formed entry there) are ignored, so is a damaged one (measured again), and `cache
+         * clear` removes it. */
         char cmd[1400];
         snprintf(cmd, sizeof cmd,
                  "for f in '%s'/*.convchoice; do "
@@ -386,8 +554,17 @@ START_TEST(conv_auto) {
         ck_assert_uint_eq(ops->n_choices, 0);
         gpuseg__ops_free(ops);
         snprintf(cmd, sizeof cmd,
+                 "for f in '%s'/*.convchoice; do "
+                 "printf 'gpuseg-conv-choice 2 1\\n2 8 8 12 20 3 2 100.0 50.0 40.0\\n' > \"$f\"; "
+                 "done",
+                 dir);
+        ck_assert_int_eq(system(cmd), 0);
+        ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
+        ck_assert_uint_eq(ops->n_choices, 0);
+        gpuseg__ops_free(ops);
+        snprintf(cmd, sizeof cmd,
                  "n=0; for f in '%s'/*.convchoice; do [ -f \"$f\" ] && n=$((n+1)); "
-                 "echo 'gpuseg-conv-choice 2 5' > \"$f\"; done; [ $n = 1 ]",
+                 "echo 'gpuseg-conv-choice 3 5' > \"$f\"; done; [ $n = 1 ]",
                  dir);
         ck_assert_int_eq(system(cmd), 0);
         ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
@@ -416,12 +593,32 @@ START_TEST(conv_auto) {
     ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
     ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), GPUSEG__CONV_WINOGRAD);
     gpuseg__ops_free(ops);
+    setenv("GPUSEG_CONV", "gemm", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
+    ck_assert_int_eq(gpuseg__conv_choice(ops, &shape), GPUSEG__CONV_GEMM);
+    gpuseg__ops_free(ops);
     setenv("GPUSEG_CONV", "fastest", 1);
     ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
     ck_assert_ptr_null(ops);
     ck_assert(strstr(gpuseg_ctx_last_error(ctx), "GPUSEG_CONV") != NULL);
     ck_assert(strstr(gpuseg_ctx_last_error(ctx), "winograd") != NULL);
+    ck_assert(strstr(gpuseg_ctx_last_error(ctx), "gemm") != NULL);
     unsetenv("GPUSEG_CONV");
+    /* The GEMM's parameters: the environment override, and sets refused with the reason. */
+    setenv("GPUSEG_CONV_GEMM", "32,4,8,4,2,4", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
+    ck_assert(ops->gemm_force.tm == 32 && ops->gemm_force.th == 4 && ops->gemm_force.tw == 8 &&
+              ops->gemm_force.tk == 4 && ops->gemm_force.wm == 2 && ops->gemm_force.wn == 4 &&
+              ops->gemm_force.pad == 1);
+    gpuseg__ops_free(ops);
+    ops = NULL;
+    setenv("GPUSEG_CONV_GEMM", "32,4,8", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_ctx_last_error(ctx), "GPUSEG_CONV_GEMM='32,4,8'") != NULL);
+    setenv("GPUSEG_CONV_GEMM", "32,4,8,4,3,4", 1);
+    ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_INVALID_ARGUMENT);
+    ck_assert(strstr(gpuseg_ctx_last_error(ctx), "WM must divide TM") != NULL);
+    unsetenv("GPUSEG_CONV_GEMM");
     /* Blocking: the environment override, and sizes that would not fit in registers. */
     setenv("GPUSEG_CONV_TILE", "3,5,2", 1);
     ck_assert_int_eq(gpuseg__ops_create(ctx, NULL, &ops), GPUSEG_OK);
@@ -557,6 +754,36 @@ START_TEST(bn_fold_matches_formula) {
     gpuseg__bn_fold(&w, &b, &m, &v, 1, 1e-5f, &s, &t);
     ck_assert_float_eq_tol(s, 1.5f, 1e-6f);
     ck_assert_float_eq_tol(t, -1.0f, 1e-6f);
+}
+END_TEST
+
+/* The committed GEMM parameter table (src/ops/conv_params.c): every entry a valid set for its
+ * kernel size (device-independent checks), found again for its own shape and device, a
+ * neighbouring shape finds an entry of the same device and kernel size, another device none. */
+START_TEST(gemm_table) {
+    ck_assert_uint_ge(gpuseg__gemm_db_len, 1);
+    ck_assert_ptr_null(gpuseg__gemm_db[gpuseg__gemm_db_len].device); /* the end marker */
+    for (size_t i = 0; i < gpuseg__gemm_db_len; i++) {
+        const gpuseg__gemm_db_entry *e = &gpuseg__gemm_db[i];
+        ck_assert_msg(!gpuseg__gemm_check_sizes(&e->p), "entry %zu: %s", i,
+                      gpuseg__gemm_check_sizes(&e->p));
+        ck_assert(e->device && *e->device && (e->ksize == 1 || e->ksize == 3));
+        ck_assert(e->cin && e->cout && e->height && e->width && e->us > 0 && e->batch);
+        gpuseg__conv_desc d = {.batch = 1,
+                               .cin = e->cin,
+                               .cout = e->cout,
+                               .height = e->height,
+                               .width = e->width,
+                               .ksize = e->ksize};
+        const gpuseg__gemm_db_entry *f = gpuseg__gemm_db_find(e->device, &d);
+        ck_assert(f && f->cin == e->cin && f->cout == e->cout && f->height == e->height &&
+                  f->width == e->width && f->ksize == e->ksize);
+        d.height *= 2;
+        d.width *= 2;
+        f = gpuseg__gemm_db_find(e->device, &d);
+        ck_assert(f && strcmp(f->device, e->device) == 0 && f->ksize == e->ksize);
+        ck_assert_ptr_null(gpuseg__gemm_db_find("no such device", &d));
+    }
 }
 END_TEST
 
@@ -771,6 +998,7 @@ int main(void) {
     Suite *s = suite_create("ops");
     TCase *host = tcase_create("host");
     tcase_add_test(host, bn_fold_matches_formula);
+    tcase_add_test(host, gemm_table);
     suite_add_tcase(s, host);
     int dev = tu_require_device();
     if (dev == 1)
@@ -780,6 +1008,8 @@ int main(void) {
         tcase_set_timeout(d, 600);
         tcase_add_test(d, conv_direct);
         tcase_add_test(d, conv_winograd);
+        tcase_add_test(d, conv_gemm);
+        tcase_add_test(d, conv_gemm_tune);
         tcase_add_test(d, conv_clblast);
         tcase_add_test(d, conv_auto);
         tcase_add_test(d, conv_errors);

@@ -15,9 +15,11 @@
 #include "gpuseg/gpuseg.h"
 #include "gpuseg/gpuseg_cl.h"
 
-#define GPUSEG__ERRMSG_LEN   2048
-#define GPUSEG__MAX_PROGRAMS 64
-#define GPUSEG__MAX_KERNELS  256
+#define GPUSEG__ERRMSG_LEN 2048
+#define GPUSEG__MAX_PROGRAMS                                                                       \
+    256 /* the GEMM builds one program per parameter set (tuner: dozens)                           \
+         */
+#define GPUSEG__MAX_KERNELS 256
 
 #if defined(__GNUC__)
 #define GPUSEG__PRINTF(a, b) __attribute__((format(printf, a, b)))

@@ -433,7 +433,10 @@ static int is_cache_file(const char *name) {
             return 0;
     return strcmp(name + 64, ".clbin") == 0 || strncmp(name + 64, ".clbin.tmp-", 11) == 0 ||
            /* ops/conv_choice.c: measured convolution choices, keyed like the programs */
-           strcmp(name + 64, ".convchoice") == 0 || strncmp(name + 64, ".convchoice.tmp-", 16) == 0;
+           strcmp(name + 64, ".convchoice") == 0 ||
+           strncmp(name + 64, ".convchoice.tmp-", 16) == 0 ||
+           /* ops/conv_gemm.c: the GEMM tuner's parameter sets */
+           strcmp(name + 64, ".convtune") == 0 || strncmp(name + 64, ".convtune.tmp-", 14) == 0;
 }
 
 gpuseg_status gpuseg_cache_clear(const gpuseg_ctx_params *params, size_t *removed) {

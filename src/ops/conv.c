@@ -1,8 +1,9 @@
 /* ops/conv.c: the one convolution call. Validates the layer description and buffers, runs the
  * shared prologue (skip add, style constant, folded BN, ReLU, zero padding) into a scratch
  * buffer laid out for the chosen implementation, and dispatches to im2col + CLBlast, the direct
- * kernel or Winograd (3x3). Under AUTO, the first call per layer shape times each and keeps the
- * fastest (in memory, per ops object, and on disk: conv_choice.c). */
+ * kernel, Winograd (3x3) or the implicit GEMM (which applies the prologue itself). Under AUTO, the
+ * first call per layer shape times each and keeps the fastest (in memory, per ops object, and on
+ * disk: conv_choice.c). */
 #include <string.h>
 
 #include "ops/ops_internal.h"
@@ -17,6 +18,8 @@ const char *gpuseg__conv_impl_name(gpuseg__conv_impl impl) {
         return "direct";
     case GPUSEG__CONV_WINOGRAD:
         return "winograd";
+    case GPUSEG__CONV_GEMM:
+        return "gemm";
     }
     return "unknown";
 }
@@ -115,6 +118,8 @@ static gpuseg_status run_impl(gpuseg__ops *ops, gpuseg__conv_impl impl, const gp
         impl = GPUSEG__CONV_DIRECT;
     if (impl == GPUSEG__CONV_DIRECT && gpuseg__conv_direct_fused(ops, d))
         return gpuseg__conv1x1_fused(ops, d, in, out);
+    if (impl == GPUSEG__CONV_GEMM) /* applies the prologue while loading its tiles */
+        return gpuseg__conv_gemm(ops, d, NULL, in, out);
     gpuseg__conv_geom g;
     if (impl == GPUSEG__CONV_CLBLAST)
         gpuseg__conv_clblast_geom(d, &g);
@@ -167,7 +172,16 @@ gpuseg__conv_impl gpuseg__conv_choice(const gpuseg__ops *ops, const gpuseg__conv
     return e ? (gpuseg__conv_impl)e->impl : GPUSEG__CONV_AUTO;
 }
 
-/* The implementation for d's shape, measuring both now if AUTO has not yet decided. */
+/* With tuning on, a shape the tuner has not seen (at this batch) is tuned before the GEMM runs
+ * it, on the whole batch (src/ops/conv_gemm.c). */
+static gpuseg_status gemm_tune_if_new(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem in) {
+    if (!ops->tune || ops->gemm_force.tm || gpuseg__gemm_tuned_find(ops, d, false))
+        return GPUSEG_OK;
+    gpuseg_status st = gpuseg__conv_gemm_tune(ops, d, in, NULL, NULL, NULL, 0, NULL);
+    return st == GPUSEG_OK ? st : gpuseg__wrap(ops->ctx, st, "%s: tuning the GEMM", layer_name(d));
+}
+
+/* The implementation for d's shape, measuring each now if AUTO has not yet decided. */
 static gpuseg_status choose(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem in,
                             gpuseg__conv_impl *impl) {
     if (ops->conv != GPUSEG__CONV_AUTO) {
@@ -198,27 +212,48 @@ static gpuseg_status choose(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem
      * devices (tc stays 0): through PoCL it ran at 0.06-0.12 of OpenBLAS per core on every
      * CPnet shape (docs/ops.md), never near direct, and its trials cost a cold run ~15 s of
      * kernel compilation; GPUSEG_CONV=clblast still forces it. */
-    double tc = 0, td = 0, tw = 0;
+    /* The GEMM likewise only on GPUs, or where tuning is on (then tuned first): through PoCL it
+     * ran at a fraction of direct's speed on every CPnet shape (docs/ops.md) and each of its
+     * parameter sets is a program to compile. */
+    double tc = 0, td = 0, tw = 0, tg = 0;
     const bool wino = gpuseg__conv_winograd_takes(ops, d);
     const bool blast = ops->ctx->dev.type != GPUSEG_DEVICE_CPU;
+    bool gemm = ops->ctx->dev.type != GPUSEG_DEVICE_CPU || ops->tune;
     if ((st = time_impl(ops, GPUSEG__CONV_DIRECT, &t, in, trial, &td)) != GPUSEG_OK ||
         (wino && (st = time_impl(ops, GPUSEG__CONV_WINOGRAD, &t, in, trial, &tw)) != GPUSEG_OK) ||
-        (blast && (st = time_impl(ops, GPUSEG__CONV_CLBLAST, &t, in, trial, &tc)) != GPUSEG_OK))
+        (blast && (st = time_impl(ops, GPUSEG__CONV_CLBLAST, &t, in, trial, &tc)) != GPUSEG_OK) ||
+        (gemm && (st = gemm_tune_if_new(ops, d, in)) != GPUSEG_OK))
         return gpuseg__wrap(ops->ctx, st, "%s: measuring the convolution implementations",
                             layer_name(d));
+    if (gemm && (st = time_impl(ops, GPUSEG__CONV_GEMM, &t, in, trial, &tg)) != GPUSEG_OK) {
+        /* A set the device refuses at launch (a kernel's work-group limit below its size, on a
+         * device no one tuned): the GEMM is not a contender for this shape, the others are. */
+        if (st != GPUSEG_INVALID_ARGUMENT)
+            return gpuseg__wrap(ops->ctx, st, "%s: measuring the convolution implementations",
+                                layer_name(d));
+        gpuseg__log(ops->ctx, GPUSEG_LOG_DEBUG, "%s: gemm left out: %s", layer_name(d),
+                    gpuseg_ctx_last_error(ops->ctx));
+        gpuseg__clear_error(ops->ctx);
+        gemm = false;
+        tg = 0;
+    }
     gpuseg__conv_impl pick = GPUSEG__CONV_DIRECT;
     double best = td;
     if (wino && tw < best) {
         pick = GPUSEG__CONV_WINOGRAD;
         best = tw;
     }
-    if (blast && tc < best)
+    if (blast && tc < best) {
         pick = GPUSEG__CONV_CLBLAST;
+        best = tc;
+    }
+    if (gemm && tg < best)
+        pick = GPUSEG__CONV_GEMM;
     gpuseg__log(ops->ctx, GPUSEG_LOG_DEBUG,
-                "%s: %ux%ux%ux%u -> %u k%u: clblast %.3f ms, direct %.3f ms, winograd %.3f ms: "
-                "using %s",
+                "%s: %ux%ux%ux%u -> %u k%u: clblast %.3f ms, direct %.3f ms, winograd %.3f ms, "
+                "gemm %.3f ms: using %s",
                 layer_name(d), d->batch, d->cin, d->height, d->width, d->cout, d->ksize, 1e3 * tc,
-                1e3 * td, 1e3 * tw, gpuseg__conv_impl_name(pick));
+                1e3 * td, 1e3 * tw, 1e3 * tg, gpuseg__conv_impl_name(pick));
     if (ops->n_choices == GPUSEG__OPS_CHOICES)
         ops->n_choices = 0; /* full: forget the table in memory rather than measure every call */
     {
@@ -233,6 +268,7 @@ static gpuseg_status choose(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem
         e->seconds_clblast = tc;
         e->seconds_direct = td;
         e->seconds_winograd = tw;
+        e->seconds_gemm = tg;
         gpuseg__conv_choice_store(ops);
     }
     *impl = pick;
@@ -248,6 +284,8 @@ gpuseg_status gpuseg__conv2d(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_me
         return st;
     gpuseg__conv_impl impl = GPUSEG__CONV_DIRECT;
     if ((st = choose(ops, d, in, &impl)) != GPUSEG_OK)
+        return st;
+    if (impl == GPUSEG__CONV_GEMM && (st = gemm_tune_if_new(ops, d, in)) != GPUSEG_OK)
         return st;
     if ((st = run_impl(ops, impl, d, in, out)) != GPUSEG_OK)
         return gpuseg__wrap(ops->ctx, st, "%s (%s)", layer_name(d), gpuseg__conv_impl_name(impl));

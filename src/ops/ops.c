@@ -67,7 +67,8 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
     else
         gpuseg__ops_params_default(&p);
     if (p.conv != GPUSEG__CONV_AUTO && p.conv != GPUSEG__CONV_CLBLAST &&
-        p.conv != GPUSEG__CONV_DIRECT && p.conv != GPUSEG__CONV_WINOGRAD)
+        p.conv != GPUSEG__CONV_DIRECT && p.conv != GPUSEG__CONV_WINOGRAD &&
+        p.conv != GPUSEG__CONV_GEMM)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "ops: unknown convolution kind %d",
                             (int)p.conv);
     if (p.conv == GPUSEG__CONV_AUTO) {
@@ -80,9 +81,12 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
                 p.conv = GPUSEG__CONV_DIRECT;
             else if (strcmp(env, "winograd") == 0)
                 p.conv = GPUSEG__CONV_WINOGRAD;
+            else if (strcmp(env, "gemm") == 0)
+                p.conv = GPUSEG__CONV_GEMM;
             else if (strcmp(env, "auto") != 0)
                 return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                                    "GPUSEG_CONV='%s': expected clblast, direct, winograd or auto",
+                                    "GPUSEG_CONV='%s': expected clblast, direct, winograd, gemm or "
+                                    "auto",
                                     env);
         }
     }
@@ -127,13 +131,44 @@ gpuseg_status gpuseg__ops_create(gpuseg_ctx *ctx, const gpuseg__ops_params *para
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
                             "ops: fused 1x1 convolution tile %ux%u out of range", tile.couts1,
                             tile.xvecs1);
+    /* The GEMM's parameters for every shape: the params, else $GPUSEG_CONV_GEMM, else per shape.
+     * Checked here in the terms every device shares (sizes, divisibility); the device's limits
+     * are checked per layer (a set may fit a 1x1 layer's local memory and not a 3x3 one's). */
+    gpuseg__gemm_params gf = p.gemm;
+    if (!gf.tm) {
+        const char *env = getenv("GPUSEG_CONV_GEMM");
+        if (env && *env) {
+            gf.pad = 1;
+            if (sscanf(env, "%u,%u,%u,%u,%u,%u,%u", &gf.tm, &gf.th, &gf.tw, &gf.tk, &gf.wm, &gf.wn,
+                       &gf.pad) < 6)
+                return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                    "GPUSEG_CONV_GEMM='%s': expected TM,TH,TW,TK,WM,WN[,PAD]", env);
+        }
+    }
+    if (gf.tm) {
+        const char *why = gpuseg__gemm_check_sizes(&gf);
+        if (why)
+            return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                                "ops: gemm parameters %u,%u,%u,%u,%u,%u,%u: %s", gf.tm, gf.th,
+                                gf.tw, gf.tk, gf.wm, gf.wn, gf.pad, why);
+    }
+    int tune = p.tune;
+    if (!tune) {
+        const char *env = getenv("GPUSEG_CONV_TUNE");
+        tune = env && strcmp(env, "1") == 0;
+    }
     gpuseg__ops *ops = calloc(1, sizeof *ops);
     if (!ops)
         return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "ops: out of memory");
     ops->ctx = ctx;
     ops->conv = p.conv;
     ops->tile = tile;
-    if (ops->conv == GPUSEG__CONV_AUTO)
+    ops->gemm_force = gf;
+    ops->tune = tune;
+    ops->half = -1;
+    if (ops->conv == GPUSEG__CONV_AUTO || ops->conv == GPUSEG__CONV_GEMM)
+        gpuseg__gemm_tuned_load(ops);
+    if (ops->conv == GPUSEG__CONV_AUTO) /* after the tuned sets: they are part of its key */
         gpuseg__conv_choice_load(ops);
     *out = ops;
     return GPUSEG_OK;
@@ -149,6 +184,10 @@ void gpuseg__ops_free(gpuseg__ops *ops) {
     for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++)
         if (kernels[i])
             clReleaseKernel(kernels[i]);
+    for (unsigned i = 0; i < ops->n_gemm_k; i++) {
+        clReleaseKernel(ops->gemm_k[i].k3);
+        clReleaseKernel(ops->gemm_k[i].k1);
+    }
     free(ops);
 }
 

@@ -10,16 +10,25 @@
 #include "core/internal.h"
 
 /* Which convolution implementation runs. AUTO: $GPUSEG_CONV if set ("clblast", "direct",
- * "winograd" or "auto"), else the fastest, measured once per layer shape and device, kept in the
- * ops object and in a small file beside the program cache (when the cache is on). WINOGRAD forced
- * on a layer it does not take (1x1, or a cin whose transformed input does not fit the device's
- * local memory) runs the direct kernel there. */
+ * "winograd", "gemm" or "auto"), else the fastest, measured once per layer shape and device, kept
+ * in the ops object and in a small file beside the program cache (when the cache is on). WINOGRAD
+ * forced on a layer it does not take (1x1, or a cin whose transformed input does not fit the
+ * device's local memory) runs the direct kernel there. */
 typedef enum gpuseg__conv_impl {
     GPUSEG__CONV_AUTO = 0,
-    GPUSEG__CONV_CLBLAST = 1, /* im2col + CLBlastSgemm */
-    GPUSEG__CONV_DIRECT = 2,  /* kernels/conv_direct.cl conv*_direct */
-    GPUSEG__CONV_WINOGRAD = 3 /* kernels/conv_winograd.cl, 3x3 only */
+    GPUSEG__CONV_CLBLAST = 1,  /* im2col + CLBlastSgemm */
+    GPUSEG__CONV_DIRECT = 2,   /* kernels/conv_direct.cl conv*_direct */
+    GPUSEG__CONV_WINOGRAD = 3, /* kernels/conv_winograd.cl, 3x3 only */
+    GPUSEG__CONV_GEMM = 4      /* kernels/conv_gemm.cl: implicit GEMM, local-memory tiles */
 } gpuseg__conv_impl;
+
+/* One parameter set of the implicit-GEMM kernel (kernels/conv_gemm.cl, compile-time options):
+ * output channels x pixels per work-group (tm x th * tw; th x tw is the pixel rectangle of 3x3
+ * layers, 1x1 layers take th * tw consecutive pixels), input channels per K step (tk), the
+ * register block per work-item (wm x wn), and the local weight tile's row padding (pad). */
+typedef struct gpuseg__gemm_params {
+    unsigned tm, th, tw, tk, wm, wn, pad;
+} gpuseg__gemm_params;
 
 typedef struct gpuseg__ops_params {
     gpuseg__conv_impl conv; /* default AUTO */
@@ -31,6 +40,13 @@ typedef struct gpuseg__ops_params {
     /* How the direct kernel's work is spread: 0 = by device type (GPUs: block, others: band) or
      * $GPUSEG_CONV_LAYOUT=band|block; GPUSEG__CONV_BAND or GPUSEG__CONV_BLOCK. */
     unsigned layout;
+    /* The implicit GEMM's parameters for every shape (tm = 0: per shape, from the tuned cache, the
+     * committed table or the default), or $GPUSEG_CONV_GEMM="TM,TH,TW,TK,WM,WN[,PAD]". */
+    gpuseg__gemm_params gemm;
+    /* 1: the first use of a layer shape with the GEMM (forced or under AUTO) sweeps its
+     * parameter sets first and keeps the fastest (tuned cache); 0: $GPUSEG_CONV_TUNE=1 turns it
+     * on. */
+    int tune;
 } gpuseg__ops_params;
 
 /* The direct kernel's work split. BAND: a work-item computes its rows x channels block across
@@ -47,8 +63,9 @@ void gpuseg__ops_params_default(gpuseg__ops_params *p);
  */
 typedef struct gpuseg__ops gpuseg__ops;
 
-/* 0: prologue planes, 1: im2col columns, 2: trial output, 3: Winograd weights */
-#define GPUSEG__OPS_SCRATCH 4
+/* 0: prologue planes, 1: im2col columns, 2: trial output, 3: Winograd weights, 4: the tuner's
+ * output (a whole batch) */
+#define GPUSEG__OPS_SCRATCH 5
 /* Layer shapes remembered (CPnet has about 21 per tile shape and batch size; the table on disk
  * collects every model, tile shape and batch size used on the device, so it needs room). */
 #define GPUSEG__OPS_CHOICES 1024
@@ -59,7 +76,17 @@ typedef struct gpuseg__conv_choice_entry {
     int impl; /* gpuseg__conv_impl */
     double seconds_clblast, seconds_direct;
     double seconds_winograd; /* 0 where not measured (1x1 layers, or not taken) */
+    double seconds_gemm;     /* 0 where not measured (CPU devices unless tuning, below) */
 } gpuseg__conv_choice_entry;
+
+/* A GEMM parameter set the tuner kept for one layer shape (seconds: one run of the whole batch). */
+typedef struct gpuseg__gemm_tuned {
+    unsigned batch, cin, cout, height, width, ksize;
+    gpuseg__gemm_params p;
+    double seconds;
+} gpuseg__gemm_tuned;
+#define GPUSEG__GEMM_TUNED   256
+#define GPUSEG__GEMM_KERNELS 48
 
 /* Register blocking of the direct kernel: rows x output channels x 8-pixel vectors per work-item.
  */
@@ -76,7 +103,17 @@ struct gpuseg__ops {
     gpuseg__conv_tile tile;
     /* built with the tile's -D options; owned here (fused1, flat3: band layout only) */
     cl_kernel direct3, direct1, fused1, flat3;
-    cl_kernel wino_w, wino3; /* conv_winograd.cl: weight transform, the convolution */
+    cl_kernel wino_w, wino3;        /* conv_winograd.cl: weight transform, the convolution */
+    gpuseg__gemm_params gemm_force; /* tm = 0: per shape */
+    int tune;
+    struct {
+        gpuseg__gemm_params p;
+        cl_kernel k3, k1;
+    } gemm_k[GPUSEG__GEMM_KERNELS]; /* conv_gemm.cl's kernels per parameter set */
+    unsigned n_gemm_k;
+    gpuseg__gemm_tuned tuned[GPUSEG__GEMM_TUNED]; /* the tuner's results (and its file's) */
+    unsigned n_tuned;
+    int half; /* gpuseg__ops_half_probe: -1 not probed yet */
     cl_mem scratch[GPUSEG__OPS_SCRATCH];
     size_t scratch_bytes[GPUSEG__OPS_SCRATCH];
     gpuseg__conv_choice_entry choices[GPUSEG__OPS_CHOICES];
@@ -193,6 +230,60 @@ bool gpuseg__conv_winograd_takes(const gpuseg__ops *ops, const gpuseg__conv_desc
 void gpuseg__conv_winograd_geom(const gpuseg__conv_desc *d, gpuseg__conv_geom *g);
 gpuseg_status gpuseg__conv_winograd(gpuseg__ops *ops, const gpuseg__conv_desc *d,
                                     const gpuseg__conv_geom *g, cl_mem src, cl_mem out);
+/* The implicit GEMM (conv_gemm.c; no prologue pass: the kernel applies it while loading).
+ * gpuseg__gemm_check: 0 when p can run a ksize layer on this device, else why not (a static
+ * string: a size out of range, a block that does not divide its tile, a work-group or local
+ * memory over the device's limits). gpuseg__gemm_params_for: the set for d's shape: forced,
+ * else tuned (this batch, then any batch), else the committed table (conv_params.c), else the
+ * default; made valid for the device (TK cut down to the channels, then the default). */
+const char *gpuseg__gemm_check(const gpuseg__ops *ops, const gpuseg__gemm_params *p,
+                               unsigned ksize);
+/* The checks of gpuseg__gemm_check that do not depend on the device. */
+const char *gpuseg__gemm_check_sizes(const gpuseg__gemm_params *p);
+void gpuseg__gemm_params_for(const gpuseg__ops *ops, const gpuseg__conv_desc *d,
+                             gpuseg__gemm_params *p);
+/* Runs d with parameter set p (p NULL: gpuseg__gemm_params_for). */
+gpuseg_status gpuseg__conv_gemm(gpuseg__ops *ops, const gpuseg__conv_desc *d,
+                                const gpuseg__gemm_params *p, cl_mem in, cl_mem out);
+/* The tuner: times every valid candidate set on d (whole batch, residual left out, output into
+ * scratch slot 4), keeps the fastest in ops->tuned and the tuned file, and returns it.
+ * trials/max_trials (may be NULL/0) receive each candidate's set and seconds (0: refused on this
+ * device), *n_trials their count. */
+typedef struct gpuseg__gemm_trial {
+    gpuseg__gemm_params p;
+    double seconds;
+} gpuseg__gemm_trial;
+gpuseg_status gpuseg__conv_gemm_tune(gpuseg__ops *ops, const gpuseg__conv_desc *d, cl_mem in,
+                                     gpuseg__gemm_params *best, double *best_seconds,
+                                     gpuseg__gemm_trial *trials, unsigned max_trials,
+                                     unsigned *n_trials);
+/* The tuned entry for d's exact shape (batch included), or NULL. */
+const gpuseg__gemm_tuned *gpuseg__gemm_tuned_find(const gpuseg__ops *ops,
+                                                  const gpuseg__conv_desc *d, bool any_batch);
+/* The tuned file (<cache>/<key>.convtune, key: device identity + conv_gemm.cl): load at
+ * creation, store after each tuning; failures only cost a new tuning. */
+void gpuseg__gemm_tuned_load(gpuseg__ops *ops);
+void gpuseg__gemm_tuned_store(gpuseg__ops *ops);
+/* Whether the device computes `half`: cl_khr_fp16 reported, or a kernel with half arithmetic
+ * builds and gives the right result (NVIDIA computes half without reporting the extension).
+ * 1 yes, 0 no; probed once per ops object. */
+int gpuseg__ops_half_probe(gpuseg__ops *ops);
+
+/* The committed parameter table (conv_params.c): sets measured on real devices. */
+typedef struct gpuseg__gemm_db_entry {
+    const char *device; /* a case-insensitive substring of the device name */
+    unsigned ksize, cin, cout, height, width;
+    gpuseg__gemm_params p;
+    double us; /* the tuner's time for the entry's batch (informative) */
+    unsigned batch;
+} gpuseg__gemm_db_entry;
+extern const gpuseg__gemm_db_entry gpuseg__gemm_db[];
+extern const size_t gpuseg__gemm_db_len;
+/* The committed set for d on the device of that name: the exact shape, else the nearest shape of
+ * the same kernel size (log distance over cin, cout and plane pixels); NULL when the table has no
+ * entry for the device. */
+const gpuseg__gemm_db_entry *gpuseg__gemm_db_find(const char *device, const gpuseg__conv_desc *d);
+
 /* The choice table on disk (conv_choice.c): load at creation (AUTO only), store after each new
  * measurement. Failures only cost a new measurement, so neither reports one. */
 void gpuseg__conv_choice_load(gpuseg__ops *ops);

@@ -7,8 +7,11 @@
 # Build, libraries, data subset and wheels travel as one .device/carry/bundle.tar.xz (binaries
 # compress 6x; the device tool carries 64 MiB at most, the repository itself included), the
 # training pack beside it. Then: the device tool's `run` with carry [".device/carry"], command
-# `bash tools/device/session.sh PHASE SECONDS` (docs/gpu.md).
+# `bash tools/device/session.sh PHASE SECONDS` (docs/gpu.md). With --no-pack the training pack
+# is neither made nor linked (the `gemm` phase carries only the bundle).
 set -euo pipefail
+nopack=0
+[[ ${1:-} == --no-pack ]] && nopack=1
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
 dev=.device
@@ -42,11 +45,11 @@ cp "$S/README.md" "$D/"
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dev/whl" \
   cellpose==3.1.1.3 fastremap fill_voids natsort roifile
 # the training pack (train + dev, exact training inputs)
-[[ -s $dev/data/dsb2018.npz ]] || .venv/bin/python tools/train/pack_dsb.py
+[[ $nopack == 1 || -s $dev/data/dsb2018.npz ]] || .venv/bin/python tools/train/pack_dsb.py
 mkdir -p "$dev/carry"
 tar cf - -C "$dev" build-gpu lib shared whl | xz -T0 -6 >"$dev/carry/bundle.tar.xz.tmp"
 mv "$dev/carry/bundle.tar.xz.tmp" "$dev/carry/bundle.tar.xz"
-ln -f "$dev/data/dsb2018.npz" "$dev/carry/dsb2018.npz"
+[[ $nopack == 1 ]] || ln -f "$dev/data/dsb2018.npz" "$dev/carry/dsb2018.npz"
 du -shc "$dev"/carry/*
 # the device tool carries 64 MiB in all: tracked files + untracked-not-ignored + the carry
 tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)

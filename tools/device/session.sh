@@ -147,6 +147,52 @@ elif [[ $phase == bench ]]; then
     --parts info,segment,net,masks,cli --models "$models" --repeats 3 ${GPUSEG_BENCH_EXTRA:-} \
     --deadline $((t_start + secs - 25)) >/tmp/logs/bench.log 2>&1
   log "bench rc=$?"
+elif [[ $phase == gemm ]]; then
+  # gemm SECONDS [dry]: issue #15 in one call (~480 s; carry only .device/carry/bundle.tar.xz,
+  # made by prepare.sh --no-pack): the ctest suite on NVIDIA's OpenCL (at most a third of the
+  # time), then on the idle GPU bench/gpu_vs_cellpose.py's parts info,tune,net,segment: the GEMM
+  # tuned on every shape of the full-width CPnet and the bundled model (its sets kept for the
+  # parts after it; OUT/conv_params.c for the committed table), the network on 2048^2 (144
+  # tiles) under AUTO, GEMM and direct against PyTorch fp32 and TF32, the whole pipeline against
+  # Cellpose on 1024^2 and 2048^2 (full-width random CPnet and the bundled model); then
+  # bench/gpu_report.py writes OUT/report.md. No part starts after SECONDS - 25. With `dry` (and
+  # GPUSEG_SESSION_NO_ENV=1): the same on this machine (PoCL, PyTorch on the CPU, small sizes,
+  # build/, ctest -R test_ops; OUT defaults to /tmp/gemm-dry, logs in OUT/logs) (docs/gpu.md).
+  if [[ ${3:-} == dry ]]; then
+    build=build
+    py=${PYTHON:-/work/venv/bin/python}
+    out=${OUT:-/tmp/gemm-dry}
+    logs=$out/logs
+    export GPUSEG_CACHE_DIR=${GPUSEG_CACHE_DIR:-$out/cache}
+    extra=(--smoke --torch-device cpu --repeats 1 --net-sides 224 --segment-sides 256)
+    tests=${GPUSEG_CTEST_ARGS:--R test_ops}
+  else
+    build=build-gpu
+    py=python3
+    logs=/tmp/logs
+    nvidia-smi >$logs/nvidia-smi.txt 2>&1
+    extra=(--repeats 3 --net-sides 2048 --segment-sides 1024,2048)
+    tests=${GPUSEG_CTEST_ARGS:-}
+  fi
+  mkdir -p "$out" "$logs"
+  log "devices: $($build/gpuseg devices 2>&1 | head -3 | tr '\n' ' ')"
+  ctest_s=$((secs / 3))
+  # shellcheck disable=SC2086
+  (cd $build && GPUSEG_REQUIRE_DEVICE=1 timeout $ctest_s ctest -j4 --output-on-failure \
+    --timeout $((ctest_s - 10)) $tests) >$logs/ctest.log 2>&1
+  log "ctest rc=$?: $(grep -E 'tests passed|tests failed' $logs/ctest.log | tr '\n' ' ')"
+  cp $logs/ctest.log "$out/ctest.log"
+  # shellcheck disable=SC2086
+  $py bench/gpu_vs_cellpose.py --build $build --out "$out" --parts info,tune,net,segment \
+    --models "full=random,bundled=models/nuclei_gpuseg_v2" --net-variants auto,gemm,direct \
+    "${extra[@]}" ${GPUSEG_BENCH_EXTRA:-} --deadline $((t_start + secs - 25)) \
+    >$logs/bench.log 2>&1
+  log "bench rc=$?"
+  $py bench/gpu_report.py "$out" >>$logs/bench.log 2>&1
+  log "report rc=$?"
+  tar czf "$out/logs-$phase.tgz" -C "$(dirname "$logs")" "$(basename "$logs")" 2>/dev/null
+  log "end"
+  exit 0
 else
   echo "session.sh: unknown phase '$phase'" >&2
   exit 2
