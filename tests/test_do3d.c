@@ -1,0 +1,267 @@
+/* tests/test_do3d.c: 3-D segmentation (Cellpose 3.1.1.3's eval(do_3D=True), issue #18) against
+ * Cellpose on the same model file: tests/fixtures/do3d (tools/fixtures/make_do3d_fixtures.py,
+ * on the 12 x 61 x 57 crop of stardist's img3d.tif that tests/fixtures/stack holds, diameter 11,
+ * the bundled model): (a) anisotropy 1, (b) anisotropy 2 on every other plane, (c) flow3D_smooth
+ * 1. The combined flows (dZ, dY, dX, cellprob) at 600-1000 fixed voxels and their sums over the
+ * volume, and the masks (AP@0.5 >= 0.99 against Cellpose's; voxels identical counted), through
+ * gpuseg_segment_volume and `gpuseg segment --do-3d` (.tif, .npy, .bin + .json); refusals. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "gpuseg/gpuseg.h"
+#include "testutil.h"
+
+#define FIXTURES GPUSEG_SOURCE_DIR "/tests/fixtures/do3d"
+#define CROP     GPUSEG_SOURCE_DIR "/tests/fixtures/stack/img3d_crop.tif"
+
+static int g_dev;
+
+/* The cases of the fixture script: planes 0::zstep of the crop, anisotropy, flow3D_smooth. */
+static const struct {
+    const char *name;
+    uint32_t zstep;
+    double aniso, smooth;
+} CASES[] = {{"a", 1, 1.0, 0.0}, {"b", 2, 2.0, 0.0}, {"c", 1, 1.0, 1.0}};
+
+/* Flows tolerance, as a fraction of each channel's largest |value| over the volume (dZ, dY, dX
+ * up to ~9-10, cellprob up to ~29: sums of two or three views). Measured on PoCL: at most
+ * 9.1e-6 absolute, 6e-7 of range (case b's cellprob). Each voxel is a sum of two or three
+ * networks' outputs (each within ~3e-6 of range of PyTorch's, docs/net.md: the convolutions sum
+ * in another order), blended and resized twice (bilinear, float32); 2e-5 of range leaves 30x
+ * room for other devices (GPUs' fused multiply-adds) and stays far below what moves a mask. */
+#define FLOW_TOL 2e-5
+
+/* Planes 0, step, 2 step, ... of img (uint16, one channel). */
+static gpuseg_image *planes(const gpuseg_image *img, uint32_t step) {
+    uint32_t Z = (img->pages + step - 1) / step;
+    gpuseg_image *o = NULL;
+    ck_assert_int_eq(gpuseg_image_create(img->width, img->height, img->channels, Z, img->dtype, &o),
+                     GPUSEG_OK);
+    size_t plane = (size_t)img->width * img->height * img->channels * gpuseg_dtype_size(img->dtype);
+    for (uint32_t z = 0; z < Z; z++)
+        memcpy((char *)o->data + z * plane, (const char *)img->data + (size_t)z * step * plane,
+               plane);
+    return o;
+}
+
+/* A labels npy (uint8 or uint16) or image as uint32. */
+static uint32_t *npy_u32(const char *path, uint32_t dims[3]) {
+    gpuseg_npy *a = NULL;
+    ck_assert_msg(gpuseg_npy_read(path, &a) == GPUSEG_OK, "%s", gpuseg_last_error());
+    ck_assert_uint_eq(a->ndim, 3);
+    for (int i = 0; i < 3; i++)
+        dims[i] = (uint32_t)a->shape[i];
+    size_t n = (size_t)dims[0] * dims[1] * dims[2];
+    uint32_t *v = malloc(n * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = a->dtype == GPUSEG_DTYPE_U8    ? ((const uint8_t *)a->data)[i]
+               : a->dtype == GPUSEG_DTYPE_U16 ? ((const uint16_t *)a->data)[i]
+                                              : ((const uint32_t *)a->data)[i];
+    gpuseg_npy_free(a);
+    return v;
+}
+
+static uint32_t *image_u32(const gpuseg_image *im) {
+    size_t n = (size_t)im->width * im->height * im->pages;
+    uint32_t *v = malloc(n * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_uint_eq(im->channels, 1);
+    for (size_t i = 0; i < n; i++)
+        v[i] = im->dtype == GPUSEG_DTYPE_U16 ? ((const uint16_t *)im->data)[i]
+                                             : ((const uint32_t *)im->data)[i];
+    return v;
+}
+
+/* AP@0.5 of pred against Cellpose's masks (a volume scored as one image of Z*H rows: IoU counts
+ * voxels by label) and the count of identical voxels. */
+static double masks_ap(const uint32_t *want, const uint32_t *have, uint32_t Z, uint32_t H,
+                       uint32_t W, size_t *same, gpuseg_ap_result *res) {
+    const double thr[1] = {0.5};
+    ck_assert_int_eq(gpuseg_metrics_ap(want, have, Z * H, W, thr, 1, res), GPUSEG_OK);
+    size_t s = 0, n = (size_t)Z * H * W;
+    for (size_t i = 0; i < n; i++)
+        s += want[i] == have[i];
+    *same = s;
+    return res->ap;
+}
+
+static json_t *g_manifest;
+
+static json_t *manifest_case(const char *name) {
+    if (!g_manifest) {
+        json_error_t e;
+        g_manifest = json_load_file(FIXTURES "/manifest.json", 0, &e);
+        ck_assert_msg(g_manifest != NULL, "manifest.json: %s", e.text);
+    }
+    json_t *cases = json_object_get(g_manifest, "cases");
+    for (size_t i = 0; i < json_array_size(cases); i++) {
+        json_t *c = json_array_get(cases, i);
+        if (strcmp(json_string_value(json_object_get(c, "name")), name) == 0)
+            return c;
+    }
+    ck_abort_msg("manifest.json: no case %s", name);
+    return NULL;
+}
+
+static void check_case(size_t k) {
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert_msg(gpuseg_net_load(ctx, GPUSEG_BUNDLED_MODEL, &net) == GPUSEG_OK, "%s",
+                  gpuseg_last_error());
+    gpuseg_image *crop = NULL;
+    ck_assert_int_eq(gpuseg_image_read(CROP, &crop), GPUSEG_OK);
+    gpuseg_image *img = planes(crop, CASES[k].zstep);
+    const uint32_t Z = img->pages, H = img->height, W = img->width;
+    const size_t n = (size_t)Z * H * W;
+    gpuseg_segment_params p;
+    gpuseg_segment_params_default(&p);
+    p.diameter = 11;
+    p.want_flows = 1;
+    gpuseg_segment_result r;
+    ck_assert_msg(gpuseg_segment_volume(ctx, net, img, &p, CASES[k].aniso, CASES[k].smooth, &r) ==
+                      GPUSEG_OK,
+                  "%s", gpuseg_last_error());
+    ck_assert_ptr_nonnull(r.flows);
+    ck_assert(r.labels->pages == Z && r.labels->height == H && r.labels->width == W);
+    json_t *mc = manifest_case(CASES[k].name);
+    /* flows at the fixture's voxels */
+    char path[1024];
+    snprintf(path, sizeof path, FIXTURES "/%s_flows.npy", CASES[k].name);
+    gpuseg_npy *s = NULL;
+    ck_assert_msg(gpuseg_npy_read(path, &s) == GPUSEG_OK, "%s", gpuseg_last_error());
+    ck_assert(s->dtype == GPUSEG_DTYPE_F32 && s->ndim == 2 && s->shape[1] == 5);
+    const float *sv = s->data;
+    double maxe[4] = {0}, range[4];
+    for (int c = 0; c < 4; c++)
+        range[c] = json_real_value(json_array_get(json_object_get(mc, "max_abs"), (size_t)c));
+    for (size_t i = 0; i < s->shape[0]; i++) {
+        size_t v = (size_t)sv[5 * i];
+        ck_assert_uint_lt(v, n);
+        for (int c = 0; c < 4; c++) {
+            double e = fabs((double)r.flows[(size_t)c * n + v] - (double)sv[5 * i + 1 + c]);
+            maxe[c] = e > maxe[c] ? e : maxe[c];
+        }
+    }
+    /* sums over every voxel: a loose check of the voxels the sample leaves out */
+    double sum_e[4];
+    for (int c = 0; c < 4; c++) {
+        double sum = 0, sa = 0, gmax = 0;
+        for (size_t i = 0; i < n; i++) {
+            double f = r.flows[(size_t)c * n + i];
+            sum += f;
+            sa += fabs(f);
+            gmax = fabs(f) > gmax ? fabs(f) : gmax;
+        }
+        double want = json_real_value(json_array_get(json_object_get(mc, "sum"), (size_t)c));
+        double want_a = json_real_value(json_array_get(json_object_get(mc, "sum_abs"), (size_t)c));
+        sum_e[c] = fabs(sum - want) / (double)n;
+        ck_assert_msg(fabs(sa - want_a) / (double)n <= FLOW_TOL * range[c],
+                      "case %s channel %d: mean |v| %.6g vs Cellpose's %.6g", CASES[k].name, c,
+                      sa / (double)n, want_a / (double)n);
+        ck_assert_msg(fabs(gmax - range[c]) <= FLOW_TOL * range[c],
+                      "case %s channel %d: max |v| %.6g vs Cellpose's %.6g", CASES[k].name, c, gmax,
+                      range[c]);
+    }
+    for (int c = 0; c < 4; c++) {
+        ck_assert_msg(maxe[c] <= FLOW_TOL * range[c],
+                      "case %s channel %d: max |error| %.3g at the sampled voxels, over %.3g "
+                      "(%g of its range %.3g)",
+                      CASES[k].name, c, maxe[c], FLOW_TOL * range[c], FLOW_TOL, range[c]);
+        ck_assert_msg(sum_e[c] <= FLOW_TOL * range[c], "case %s channel %d: mean differs by %.3g",
+                      CASES[k].name, c, sum_e[c]);
+    }
+    /* masks */
+    uint32_t d[3];
+    snprintf(path, sizeof path, FIXTURES "/%s_masks.npy", CASES[k].name);
+    uint32_t *want = npy_u32(path, d);
+    ck_assert(d[0] == Z && d[1] == H && d[2] == W);
+    uint32_t *have = image_u32(r.labels);
+    size_t same;
+    gpuseg_ap_result res;
+    double ap = masks_ap(want, have, Z, H, W, &same, &res);
+    fprintf(stderr,
+            "do_3D case %s (%ux%ux%u, anisotropy %g, flow3D_smooth %g): flows max |error| dZ %.2g "
+            "dY %.2g dX %.2g cellprob %.2g (ranges %.3g %.3g %.3g %.3g); masks %u vs Cellpose's "
+            "%u, AP@0.5 %.4f, %zu of %zu voxels identical\n",
+            CASES[k].name, Z, H, W, CASES[k].aniso, CASES[k].smooth, maxe[0], maxe[1], maxe[2],
+            maxe[3], range[0], range[1], range[2], range[3], r.n_masks, res.n_true, ap, same, n);
+    ck_assert_msg(ap >= 0.99, "case %s: AP@0.5 %.4f against Cellpose's masks (%u vs %u)",
+                  CASES[k].name, ap, res.n_pred, res.n_true);
+    ck_assert_uint_eq(r.n_masks, (uint32_t)json_integer_value(json_object_get(mc, "n_masks")));
+    free(want);
+    free(have);
+    gpuseg_npy_free(s);
+    gpuseg_segment_result_free(&r);
+    gpuseg_image_free(img);
+    gpuseg_image_free(crop);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+}
+
+START_TEST(volume_matches_cellpose) {
+    if (g_dev)
+        return;
+    check_case((size_t)_i);
+}
+END_TEST
+
+START_TEST(volume_errors) {
+    if (g_dev)
+        return;
+    gpuseg_ctx *ctx = tu_ctx();
+    gpuseg_net *net = NULL;
+    ck_assert_int_eq(gpuseg_net_load(ctx, GPUSEG_BUNDLED_MODEL, &net), GPUSEG_OK);
+    gpuseg_image *crop = NULL;
+    ck_assert_int_eq(gpuseg_image_read(CROP, &crop), GPUSEG_OK);
+    gpuseg_segment_params p;
+    gpuseg_segment_params_default(&p);
+    p.diameter = 11;
+    gpuseg_segment_result r;
+    ck_assert_int_eq(gpuseg_segment_volume(ctx, net, crop, &p, 0.0, 0.0, &r),
+                     GPUSEG_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(gpuseg_last_error(), "anisotropy"));
+    ck_assert_int_eq(gpuseg_segment_volume(ctx, net, crop, &p, 1.0, -1.0, &r),
+                     GPUSEG_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(gpuseg_last_error(), "flow3D_smooth"));
+    ck_assert_int_eq(gpuseg_segment_volume(ctx, net, crop, &p, 1.0, NAN, &r),
+                     GPUSEG_INVALID_ARGUMENT);
+    gpuseg_image *one = planes(crop, 12); /* one plane */
+    ck_assert_uint_eq(one->pages, 1);
+    ck_assert_int_eq(gpuseg_segment_volume(ctx, net, one, &p, 1.0, 0.0, &r),
+                     GPUSEG_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(gpuseg_last_error(), "Z stack"));
+    ck_assert_int_eq(tu_count_lines(gpuseg_last_error()), 0);
+    ck_assert_ptr_null(r.labels);
+    /* an anisotropy that leaves no plane */
+    ck_assert_int_eq(gpuseg_segment_volume(ctx, net, crop, &p, 1e-3, 0.0, &r),
+                     GPUSEG_INVALID_ARGUMENT);
+    /* a cancel request stands: nothing is returned */
+    gpuseg_ctx_cancel(ctx, 1);
+    ck_assert_int_eq(gpuseg_segment_volume(ctx, net, crop, &p, 1.0, 0.0, &r), GPUSEG_CANCELLED);
+    ck_assert_ptr_null(r.labels);
+    gpuseg_image_free(one);
+    gpuseg_image_free(crop);
+    gpuseg_net_free(net);
+    gpuseg_ctx_free(ctx);
+}
+END_TEST
+
+int main(void) {
+    g_dev = tu_require_device();
+    if (g_dev == 1)
+        return 1;
+    Suite *s = suite_create("do3d");
+    TCase *d = tcase_create("device"); /* each case returns at once without a device */
+    tcase_set_timeout(d, 600);
+    tcase_add_loop_test(d, volume_matches_cellpose, 0, (int)(sizeof CASES / sizeof *CASES));
+    tcase_add_test(d, volume_errors);
+    suite_add_tcase(s, d);
+    int rc = tu_run(s);
+    json_decref(g_manifest);
+    return rc;
+}
