@@ -251,6 +251,155 @@ START_TEST(volume_errors) {
 }
 END_TEST
 
+/* Reads a .tif / .npy label volume as uint32 (pages must be Z). */
+static uint32_t *read_labels(const char *path, uint32_t *Z, uint32_t *H, uint32_t *W) {
+    gpuseg_image *im = NULL;
+    ck_assert_msg(gpuseg_image_read(path, &im) == GPUSEG_OK, "%s", gpuseg_last_error());
+    *Z = im->pages;
+    *H = im->height;
+    *W = im->width;
+    uint32_t *v = image_u32(im);
+    gpuseg_image_free(im);
+    return v;
+}
+
+/* `gpuseg segment --do-3d`: the labels as .bin + .json and (--save-tif) as a multi-page TIFF,
+ * against Cellpose's masks of case a; then the crop stored as (Y, C, X, Z) with a second, zero
+ * channel, read with --z-axis 3 --channel-axis 1 --chan 1 into .npy: the same labels; and
+ * --stitch-threshold with --z-axis on the crop stored as (Y, X, Z): the labels of
+ * tests/fixtures/stack (Cellpose's stitch_threshold 0.5). */
+START_TEST(cli_do3d_matches_cellpose) {
+    if (g_dev)
+        return;
+    const char *dir = tu_tmpdir();
+    uint32_t d[3];
+    uint32_t *want = npy_u32(FIXTURES "/a_masks.npy", d);
+    const uint32_t Z = d[0], H = d[1], W = d[2];
+    const size_t n = (size_t)Z * H * W;
+    tu_cli_result *r = tu_cli("segment " CROP " --model '%s' --diameter 11 --do_3D --save_tif "
+                              "--quiet --save-dir '%s' --save-flows",
+                              GPUSEG_BUNDLED_MODEL, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/img3d_crop_segmentation.json", dir);
+    size_t sn;
+    char *side = tu_read_file(path, &sn);
+    ck_assert_msg(strstr(side, "\"shape\":[12,61,57]") != NULL, "%s", side);
+    ck_assert_ptr_nonnull(strstr(side, "\"do_3D\":true"));
+    free(side);
+    snprintf(path, sizeof path, "%s/img3d_crop_segmentation.bin", dir);
+    size_t nb;
+    char *raw = tu_read_file(path, &nb);
+    ck_assert_uint_eq(nb, n * 2);
+    uint32_t *bin = malloc(n * sizeof *bin);
+    for (size_t i = 0; i < n; i++)
+        bin[i] = ((const uint16_t *)(const void *)raw)[i];
+    free(raw);
+    size_t same;
+    gpuseg_ap_result res;
+    ck_assert_double_ge(masks_ap(want, bin, Z, H, W, &same, &res), 0.99);
+    snprintf(path, sizeof path, "%s/img3d_crop_cp_masks.tif", dir);
+    uint32_t z, h, w;
+    uint32_t *tif = read_labels(path, &z, &h, &w);
+    ck_assert(z == Z && h == H && w == W);
+    ck_assert_mem_eq(tif, bin, n * sizeof *bin);
+    /* --save-flows: [4, Z, H, W] */
+    snprintf(path, sizeof path, "%s/img3d_crop_flows.npy", dir);
+    gpuseg_npy *f = NULL;
+    ck_assert_int_eq(gpuseg_npy_read(path, &f), GPUSEG_OK);
+    ck_assert(f->ndim == 4 && f->shape[0] == 4 && f->shape[1] == Z && f->shape[3] == W);
+    gpuseg_npy_free(f);
+    snprintf(path, sizeof path, "%s/img3d_crop_style.npy", dir);
+    ck_assert(!tu_exists(path));
+
+    /* the crop as (Y, C=2, X, Z), channel 1 the image, channel 2 zeros */
+    gpuseg_image *crop = NULL;
+    ck_assert_int_eq(gpuseg_image_read(CROP, &crop), GPUSEG_OK);
+    const uint16_t *cv = crop->data;
+    uint16_t *t = calloc(2 * n, sizeof *t);
+    for (uint32_t zz = 0; zz < Z; zz++)
+        for (uint32_t y = 0; y < H; y++)
+            for (uint32_t x = 0; x < W; x++)
+                t[(((size_t)y * 2 + 0) * W + x) * Z + zz] = cv[((size_t)zz * H + y) * W + x];
+    uint64_t shp[4] = {H, 2, W, Z};
+    char in[1024], out[1024];
+    snprintf(in, sizeof in, "%s/yxcz.npy", dir);
+    ck_assert_int_eq(gpuseg_npy_write(in, GPUSEG_DTYPE_U16, 4, shp, t), GPUSEG_OK);
+    snprintf(out, sizeof out, "%s/axes.npy", dir);
+    r = tu_cli("segment '%s' --model '%s' --diameter 11 --do-3d --z-axis 3 --channel_axis 1 "
+               "--chan 1 --quiet -o '%s'",
+               in, GPUSEG_BUNDLED_MODEL, out);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    uint32_t *ax = read_labels(out, &z, &h, &w);
+    ck_assert(z == Z && h == H && w == W);
+    ck_assert_mem_eq(ax, bin, n * sizeof *bin);
+    free(ax);
+    /* --stitch-threshold with --z-axis: the crop as (Y, X, Z) */
+    for (uint32_t zz = 0; zz < Z; zz++)
+        for (uint32_t y = 0; y < H; y++)
+            for (uint32_t x = 0; x < W; x++)
+                t[((size_t)y * W + x) * Z + zz] = cv[((size_t)zz * H + y) * W + x];
+    uint64_t shp3[3] = {H, W, Z};
+    snprintf(in, sizeof in, "%s/yxz.npy", dir);
+    ck_assert_int_eq(gpuseg_npy_write(in, GPUSEG_DTYPE_U16, 3, shp3, t), GPUSEG_OK);
+    snprintf(out, sizeof out, "%s/stitch.tif", dir);
+    r = tu_cli("segment '%s' --model '%s' --diameter 11 --stitch-threshold 0.5 --z-axis -1 "
+               "--quiet -o '%s'",
+               in, GPUSEG_BUNDLED_MODEL, out);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    free(r);
+    uint32_t *st = read_labels(out, &z, &h, &w);
+    uint32_t *sw =
+        read_labels(GPUSEG_SOURCE_DIR "/tests/fixtures/stack/cellpose_stitch.tif", &z, &h, &w);
+    ck_assert(z == Z && h == H && w == W);
+    ck_assert_double_ge(masks_ap(sw, st, Z, H, W, &same, &res), 0.99);
+    free(st);
+    free(sw);
+    free(t);
+    gpuseg_image_free(crop);
+    free(tif);
+    free(bin);
+    free(want);
+    tu_rmtree(dir);
+}
+END_TEST
+
+/* One-line refusals, before any device work. */
+START_TEST(cli_do3d_refusals) {
+    if (g_dev)
+        return;
+    static const struct {
+        const char *args;
+        int status;
+        const char *says;
+    } cases[] = {
+        {CROP " --do-3d --stitch-threshold 0.5", 2, "exclude each other"},
+        {CROP " --anisotropy 2", 2, "--anisotropy goes with --do-3d"},
+        {CROP " --flow3D_smooth 1", 2, "--flow3d-smooth goes with --do-3d"},
+        {CROP " --do-3d --save-png", 2, "--save-png"},
+        {CROP " --do-3d --anisotropy 0", 2, "--anisotropy"},
+        {CROP " --do-3d --z-axis 7", 2, "--z-axis"},
+        {CROP " --do-3d --z-axis 3 -o /tmp/gpuseg-do3d-never.npy", 1, "3 axes"},
+        {CROP " --do-3d --z-axis 1 --channel-axis 1 -o /tmp/gpuseg-do3d-never.npy", 1, "same axis"},
+        {GPUSEG_SOURCE_DIR "/examples/data/nuclei.png --do-3d", 1, "2-D image"},
+        {CROP " --do-3d --pretrained_model_ortho x", 2, "all three views"},
+        {CROP " -o /tmp/gpuseg-do3d-never.tif", 1, "--do-3d"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        tu_cli_result *r =
+            tu_cli("segment %s --model '%s' --quiet", cases[i].args, GPUSEG_BUNDLED_MODEL);
+        ck_assert_msg(r->status == cases[i].status, "%s: status %d: %s", cases[i].args, r->status,
+                      r->err);
+        ck_assert_msg(strstr(r->err, cases[i].says) != NULL, "%s: %s", cases[i].args, r->err);
+        ck_assert_msg(tu_count_lines(r->err) == 1, "%s: %s", cases[i].args, r->err);
+        free(r);
+    }
+    ck_assert(!tu_exists("/tmp/gpuseg-do3d-never.npy") && !tu_exists("/tmp/gpuseg-do3d-never.tif"));
+}
+END_TEST
+
 int main(void) {
     g_dev = tu_require_device();
     if (g_dev == 1)
@@ -260,6 +409,8 @@ int main(void) {
     tcase_set_timeout(d, 600);
     tcase_add_loop_test(d, volume_matches_cellpose, 0, (int)(sizeof CASES / sizeof *CASES));
     tcase_add_test(d, volume_errors);
+    tcase_add_test(d, cli_do3d_matches_cellpose);
+    tcase_add_test(d, cli_do3d_refusals);
     suite_add_tcase(s, d);
     int rc = tu_run(s);
     json_decref(g_manifest);
