@@ -312,6 +312,21 @@ START_TEST(cli_do3d_matches_cellpose) {
     gpuseg_npy_free(f);
     snprintf(path, sizeof path, "%s/img3d_crop_style.npy", dir);
     ck_assert(!tu_exists(path));
+    /* `gpuseg masks` on those flows, with segment's niter (trunc(200 / (17 / 11)) = 129): the
+     * same labels; a PNG is refused */
+    r = tu_cli("masks '%s/img3d_crop_flows.npy' -o '%s/m.npy' --niter 129", dir, dir);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_ptr_nonnull(strstr(r->out, "\"depth\":12"));
+    free(r);
+    snprintf(path, sizeof path, "%s/m.npy", dir);
+    uint32_t *m = read_labels(path, &z, &h, &w);
+    ck_assert(z == Z && h == H && w == W);
+    ck_assert_mem_eq(m, bin, n * sizeof *bin);
+    free(m);
+    r = tu_cli("masks '%s/img3d_crop_flows.npy' -o '%s/m.png'", dir, dir);
+    ck_assert_int_eq(r->status, 1);
+    ck_assert_ptr_nonnull(strstr(r->err, "PNG"));
+    free(r);
 
     /* the crop as (Y, C=2, X, Z), channel 1 the image, channel 2 zeros */
     gpuseg_image *crop = NULL;
