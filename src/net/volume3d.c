@@ -160,9 +160,76 @@ static gpuseg_status resize_volume(gpuseg_ctx *ctx, const float *x, uint32_t nch
     return GPUSEG_OK;
 }
 
+/* A sub-buffer of buf: `bytes` from `offset`; NULL when the device refuses it (an offset that
+ * is not a multiple of its base-address alignment): the caller then runs one slice at a time. */
+static cl_mem sub_buffer(cl_mem buf, size_t offset, size_t bytes) {
+    cl_buffer_region reg = {offset, bytes};
+    cl_int err = CL_SUCCESS;
+    cl_mem m = clCreateSubBuffer(buf, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &reg, &err);
+    return err == CL_SUCCESS ? m : NULL;
+}
+
+/* The slices of one view k at a time: device buffers for k slices' images and maps, and k
+ * windows on the network's input and output (sub-buffers) so that one forward pass takes the
+ * tiles of k slices (Cellpose's run_net batches several images the same way: batch_size //
+ * tiles per image). */
+#define MAX_GROUP 64
+typedef struct view_group {
+    unsigned k;
+    cl_mem din[MAX_GROUP], dmaps[MAX_GROUP], in[MAX_GROUP], out[MAX_GROUP];
+} view_group;
+
+static void group_free(view_group *vg) {
+    for (unsigned i = 0; i < MAX_GROUP; i++) {
+        gpuseg__release(&vg->din[i]);
+        gpuseg__release(&vg->dmaps[i]);
+        gpuseg__release(&vg->in[i]);
+        gpuseg__release(&vg->out[i]);
+    }
+    vg->k = 0;
+}
+
+/* Plans the network for the view's tiles (nt per slice of npx pixels, tile th x tw) and sets up
+ * *vg for as many slices per pass as the batch holds (at least 1). *bsz: the tiles per pass. */
+static gpuseg_status group_setup(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg__tile_geom *g,
+                                 size_t npx, uint32_t nslices, unsigned batch, view_group *vg,
+                                 unsigned *bsz) {
+    const uint32_t nt = g->ny * g->nx;
+    unsigned k = nt < batch ? batch / nt : 1;
+    k = k > nslices ? nslices : k;
+    k = k > MAX_GROUP ? MAX_GROUP : k;
+    k = k < 1 ? 1 : k;
+    gpuseg_status st =
+        gpuseg__plan_batch(ctx, net, k > 1 ? k * nt : (batch < nt ? batch : nt), g->th, g->tw, bsz);
+    if (st != GPUSEG_OK)
+        return st;
+    if (k > 1 && *bsz < k * nt)
+        k = *bsz / nt > 1 ? *bsz / nt : 1;
+    const size_t tin = (size_t)net->info.nbase[0] * g->th * g->tw * sizeof(float);
+    const size_t tout = (size_t)net->info.nout * g->th * g->tw * sizeof(float);
+    for (unsigned i = 0; i < k && k > 1; i++) {
+        vg->in[i] = sub_buffer(net->in, (size_t)i * nt * tin, (size_t)nt * tin);
+        vg->out[i] = sub_buffer(net->out, (size_t)i * nt * tout, (size_t)nt * tout);
+        if (!vg->in[i] || !vg->out[i]) { /* not aligned: one slice per pass */
+            group_free(vg);
+            k = 1;
+            break;
+        }
+    }
+    vg->k = k;
+    for (unsigned i = 0; st == GPUSEG_OK && i < k; i++)
+        if ((st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, 2 * npx * sizeof(float), "do_3D slice",
+                                 &vg->din[i])) == GPUSEG_OK)
+            st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, 3 * npx * sizeof(float), "do_3D maps",
+                                &vg->dmaps[i]);
+    return st;
+}
+
 /* The network on every slice of every view of x = [2][d], added into yf = [4][d] (zeroed by the
- * caller). One slice at a time: its tiles in batches of up to `batch`, blended on the device,
- * read back and added. *tiles receives the tiles run. Progress: [lo, hi] of the call. */
+ * caller). Slices go k at a time (group_setup): their images uploaded and cut into tiles, one
+ * forward pass (or, for slices of more tiles than a batch, batches of one slice's tiles), each
+ * slice blended on the device, read back and added. *tiles receives the tiles run. Progress:
+ * [lo, hi] of the call. */
 static gpuseg_status run_views(gpuseg_ctx *ctx, gpuseg_net *net, const float *x, vol_dims d,
                                const gpuseg_segment_params *p, float *yf, uint32_t *tiles,
                                unsigned *batch_used, double lo, double hi) {
@@ -175,9 +242,10 @@ static gpuseg_status run_views(gpuseg_ctx *ctx, gpuseg_net *net, const float *x,
     for (int v = 0; v < 3 && st == GPUSEG_OK; v++) {
         gpuseg__tile_geom g;
         memset(&g, 0, sizeof g);
+        view_group vg;
+        memset(&vg, 0, sizeof vg);
         const size_t npx = (size_t)sh[v] * sw[v];
         float *in = malloc(2 * npx * sizeof *in), *maps = malloc(3 * npx * sizeof *maps);
-        cl_mem din = NULL, dmaps = NULL;
         unsigned bsz = 0;
         if (!in || !maps)
             st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "do_3D: slices of %u x %u", sh[v], sw[v]);
@@ -185,45 +253,51 @@ static gpuseg_status run_views(gpuseg_ctx *ctx, gpuseg_net *net, const float *x,
             st = gpuseg__tile_geometry(ctx, sh[v], sw[v], 1.0, p->augment, p->tile_overlap, &g);
         const uint32_t nt = g.ny * g.nx;
         if (st == GPUSEG_OK)
-            st = gpuseg__plan_batch(ctx, net, p->batch_size < nt ? p->batch_size : nt, g.th, g.tw,
-                                    &bsz);
-        if (st == GPUSEG_OK && (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, 2 * npx * sizeof(float),
-                                                    "do_3D slice", &din)) == GPUSEG_OK)
-            st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, 3 * npx * sizeof(float), "do_3D maps",
-                                &dmaps);
+            st = group_setup(ctx, net, &g, npx, ns[v], p->batch_size, &vg, &bsz);
         if (bsz > *batch_used)
             *batch_used = bsz;
-        for (uint32_t s = 0; st == GPUSEG_OK && s < ns[v]; s++) {
+        for (uint32_t s0 = 0; st == GPUSEG_OK && s0 < ns[v]; s0 += vg.k) {
+            const unsigned kk = ns[v] - s0 < vg.k ? ns[v] - s0 : vg.k;
             if ((st = gpuseg__check_cancel(ctx, "do_3D")) != GPUSEG_OK)
                 break;
             gpuseg__progress(ctx,
                              v == VIEW_YX   ? "network YX"
                              : v == VIEW_ZX ? "network ZX"
                                             : "network ZY",
-                             s, ns[v], lo + (hi - lo) * (double)done / (double)total);
-            slice_get(x, 2, d, v, s, in);
-            gpuseg__blend b = {0};
-            if ((st = gpuseg__write_buf(ctx, din, 2 * npx * sizeof(float), in, "do_3D slice")) !=
-                    GPUSEG_OK ||
-                (st = gpuseg__blend_begin(ctx, &g, 3, &b)) != GPUSEG_OK)
-                break;
-            for (uint32_t first = 0; st == GPUSEG_OK && first < nt; first += bsz) {
-                uint32_t count = nt - first < bsz ? nt - first : bsz;
-                if ((st = gpuseg__tiles_extract(ctx, din, 2, &g, first, count, net->in)) ==
-                        GPUSEG_OK &&
-                    (st = gpuseg__net_forward(net, count)) == GPUSEG_OK)
-                    st = gpuseg__blend_add(ctx, &b, &g, net->out, first, count);
+                             s0, ns[v], lo + (hi - lo) * (double)done / (double)total);
+            for (unsigned i = 0; st == GPUSEG_OK && i < kk; i++) {
+                slice_get(x, 2, d, v, s0 + i, in);
+                if ((st = gpuseg__write_buf(ctx, vg.din[i], 2 * npx * sizeof(float), in,
+                                            "do_3D slice")) == GPUSEG_OK &&
+                    vg.k > 1)
+                    st = gpuseg__tiles_extract(ctx, vg.din[i], 2, &g, 0, nt, vg.in[i]);
             }
-            if (st == GPUSEG_OK && (st = gpuseg__blend_end(ctx, &b, &g, dmaps)) == GPUSEG_OK)
-                st = gpuseg__read_buf(ctx, dmaps, 3 * npx * sizeof(float), maps, "do_3D maps");
-            gpuseg__blend_free(&b);
-            if (st == GPUSEG_OK)
-                slice_add(yf, d, v, s, maps);
-            *tiles += nt;
-            done++;
+            if (st == GPUSEG_OK && vg.k > 1)
+                st = gpuseg__net_forward(net, kk * nt);
+            for (unsigned i = 0; st == GPUSEG_OK && i < kk; i++) {
+                gpuseg__blend b = {0};
+                st = gpuseg__blend_begin(ctx, &g, 3, &b);
+                if (vg.k > 1 && st == GPUSEG_OK)
+                    st = gpuseg__blend_add(ctx, &b, &g, vg.out[i], 0, nt);
+                for (uint32_t first = 0; vg.k == 1 && st == GPUSEG_OK && first < nt; first += bsz) {
+                    uint32_t count = nt - first < bsz ? nt - first : bsz;
+                    if ((st = gpuseg__tiles_extract(ctx, vg.din[0], 2, &g, first, count,
+                                                    net->in)) == GPUSEG_OK &&
+                        (st = gpuseg__net_forward(net, count)) == GPUSEG_OK)
+                        st = gpuseg__blend_add(ctx, &b, &g, net->out, first, count);
+                }
+                if (st == GPUSEG_OK &&
+                    (st = gpuseg__blend_end(ctx, &b, &g, vg.dmaps[i])) == GPUSEG_OK)
+                    st = gpuseg__read_buf(ctx, vg.dmaps[i], 3 * npx * sizeof(float), maps,
+                                          "do_3D maps");
+                gpuseg__blend_free(&b);
+                if (st == GPUSEG_OK)
+                    slice_add(yf, d, v, s0 + i, maps);
+                *tiles += nt;
+                done++;
+            }
         }
-        gpuseg__release(&din);
-        gpuseg__release(&dmaps);
+        group_free(&vg);
         gpuseg__tile_geom_free(&g);
         free(in);
         free(maps);
