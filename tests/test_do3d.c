@@ -48,32 +48,27 @@ static gpuseg_image *planes(const gpuseg_image *img, uint32_t step) {
     return o;
 }
 
-/* A labels npy (uint8 or uint16) or image as uint32. */
-static uint32_t *npy_u32(const char *path, uint32_t dims[3]) {
-    gpuseg_npy *a = NULL;
-    ck_assert_msg(gpuseg_npy_read(path, &a) == GPUSEG_OK, "%s", gpuseg_last_error());
-    ck_assert_uint_eq(a->ndim, 3);
-    for (int i = 0; i < 3; i++)
-        dims[i] = (uint32_t)a->shape[i];
-    size_t n = (size_t)dims[0] * dims[1] * dims[2];
-    uint32_t *v = malloc(n * sizeof *v);
-    ck_assert_ptr_nonnull(v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = a->dtype == GPUSEG_DTYPE_U8    ? ((const uint8_t *)a->data)[i]
-               : a->dtype == GPUSEG_DTYPE_U16 ? ((const uint16_t *)a->data)[i]
-                                              : ((const uint32_t *)a->data)[i];
-    gpuseg_npy_free(a);
-    return v;
-}
-
 static uint32_t *image_u32(const gpuseg_image *im) {
     size_t n = (size_t)im->width * im->height * im->pages;
     uint32_t *v = malloc(n * sizeof *v);
     ck_assert_ptr_nonnull(v);
     ck_assert_uint_eq(im->channels, 1);
     for (size_t i = 0; i < n; i++)
-        v[i] = im->dtype == GPUSEG_DTYPE_U16 ? ((const uint16_t *)im->data)[i]
-                                             : ((const uint32_t *)im->data)[i];
+        v[i] = im->dtype == GPUSEG_DTYPE_U8    ? ((const uint8_t *)im->data)[i]
+               : im->dtype == GPUSEG_DTYPE_U16 ? ((const uint16_t *)im->data)[i]
+                                               : ((const uint32_t *)im->data)[i];
+    return v;
+}
+
+/* Reads a .tif / .npy label volume as uint32 (pages must be Z). */
+static uint32_t *read_labels(const char *path, uint32_t *Z, uint32_t *H, uint32_t *W) {
+    gpuseg_image *im = NULL;
+    ck_assert_msg(gpuseg_image_read(path, &im) == GPUSEG_OK, "%s", gpuseg_last_error());
+    *Z = im->pages;
+    *H = im->height;
+    *W = im->width;
+    uint32_t *v = image_u32(im);
+    gpuseg_image_free(im);
     return v;
 }
 
@@ -177,8 +172,8 @@ static void check_case(size_t k) {
     }
     /* masks */
     uint32_t d[3];
-    snprintf(path, sizeof path, FIXTURES "/%s_masks.npy", CASES[k].name);
-    uint32_t *want = npy_u32(path, d);
+    snprintf(path, sizeof path, FIXTURES "/%s_masks.tif", CASES[k].name);
+    uint32_t *want = read_labels(path, &d[0], &d[1], &d[2]);
     ck_assert(d[0] == Z && d[1] == H && d[2] == W);
     uint32_t *have = image_u32(r.labels);
     size_t same;
@@ -251,18 +246,6 @@ START_TEST(volume_errors) {
 }
 END_TEST
 
-/* Reads a .tif / .npy label volume as uint32 (pages must be Z). */
-static uint32_t *read_labels(const char *path, uint32_t *Z, uint32_t *H, uint32_t *W) {
-    gpuseg_image *im = NULL;
-    ck_assert_msg(gpuseg_image_read(path, &im) == GPUSEG_OK, "%s", gpuseg_last_error());
-    *Z = im->pages;
-    *H = im->height;
-    *W = im->width;
-    uint32_t *v = image_u32(im);
-    gpuseg_image_free(im);
-    return v;
-}
-
 /* `gpuseg segment --do-3d`: the labels as .bin + .json and (--save-tif) as a multi-page TIFF,
  * against Cellpose's masks of case a; then the crop stored as (Y, C, X, Z) with a second, zero
  * channel, read with --z-axis 3 --channel-axis 1 --chan 1 into .npy: the same labels; and
@@ -273,7 +256,7 @@ START_TEST(cli_do3d_matches_cellpose) {
         return;
     const char *dir = tu_tmpdir();
     uint32_t d[3];
-    uint32_t *want = npy_u32(FIXTURES "/a_masks.npy", d);
+    uint32_t *want = read_labels(FIXTURES "/a_masks.tif", &d[0], &d[1], &d[2]);
     const uint32_t Z = d[0], H = d[1], W = d[2];
     const size_t n = (size_t)Z * H * W;
     tu_cli_result *r = tu_cli("segment " CROP " --model '%s' --diameter 11 --do_3D --save_tif "
