@@ -29,7 +29,7 @@ static const struct {
 
 /* Flows tolerance, as a fraction of each channel's largest |value| over the volume (dZ, dY, dX
  * up to ~9-10, cellprob up to ~29: sums of two or three views). Measured on PoCL: at most
- * 9.1e-6 absolute, 6e-7 of range (case b's cellprob). Each voxel is a sum of two or three
+ * ~9e-6 absolute, 6e-7 of a channel's range. Each voxel is a sum of two or three
  * networks' outputs (each within ~3e-6 of range of PyTorch's, docs/net.md: the convolutions sum
  * in another order), blended and resized twice (bilinear, float32); 2e-5 of range leaves 30x
  * room for other devices (GPUs' fused multiply-adds) and stays far below what moves a mask. */
