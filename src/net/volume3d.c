@@ -418,6 +418,9 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
     uint32_t *lab = NULL;
     gpuseg_status st = gpuseg__check_cancel(ctx, "gpuseg_segment_volume");
     double t0 = gpuseg__now_s();
+    /* seconds_net: the estimation's passes (their own network time, set by stack_diameter) and
+     * this pass's normalisation, resizes and network; seconds_masks: resize back, smoothing and
+     * masks */
     /* 1. channels and normalisation over the whole stack (norm3D), as [Z][H][W][2] */
     if (st == GPUSEG_OK) {
         gpuseg__progress(ctx, "normalising", 0, 0, 0.0);
@@ -431,8 +434,10 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
         q.invert = 0;
         q.chan = 1;
         q.chan2 = 2;
+        const double te = gpuseg__now_s();
         st = gpuseg__stack_diameter(ctx, net, xi, &q, f_diam, result);
         p.diameter = q.diameter;
+        t0 += gpuseg__now_s() - te; /* counted in result->seconds_net already */
     }
     float r = 1.0f;
     uint32_t niter = 0;
@@ -496,6 +501,7 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
         st = run_views(ctx, net, x, d, &p, yf, &ntiles, &result->batch_size, f_diam + 0.02, f_net);
     free(x);
     x = NULL;
+    double t1 = gpuseg__now_s();
     /* 4. resized back: YX per plane, then Z (OpenCV's 4-channel path: the EXACT rule) */
     if (st == GPUSEG_OK && resize) {
         gpuseg__progress(ctx, "resizing back", 0, 0, f_net);
@@ -524,7 +530,6 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
         gpuseg__progress(ctx, "smoothing", 0, 0, f_net);
         st = smooth_flows(ctx, yf, d, flow3d_smooth);
     }
-    double t1 = gpuseg__now_s();
     /* 6. masks */
     uint32_t nm = 0;
     if (st == GPUSEG_OK && !(lab = malloc(n0 * sizeof *lab)))
