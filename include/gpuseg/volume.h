@@ -96,11 +96,13 @@ GPUSEG_API gpuseg_status gpuseg_segment_stack(gpuseg_ctx *ctx, gpuseg_net *net,
  * masks), result->n_masks the largest label; with want_flows, result->flows is float32
  * [4][Z][H][W]: dZ, dY, dX (network scale, summed over two views), cellprob (summed over three);
  * no style (style NULL, style_len 0); n_tiles counts the network tiles of all slices.
- * Memory: peak host memory is about 36 bytes a voxel of the volume at the network's scale
- * (r^3 x anisotropy x the voxels) during the network phase (the resized input, 8 bytes a voxel;
- * the combined flows, 16; the input as float32 while it is resized) and about 40 bytes a voxel of
- * the input volume during the masks (the flows, 16; the masks' own buffers, ~20; the labels, 4);
- * the device holds one slice's tiles and maps at a time (docs/segment.md, "Z stacks").
+ * Memory (host; on PoCL the device buffers are host memory too): the network phase holds the
+ * two normalised channels at the network's scale (8 bytes a voxel of V' = Z Y X r^3 anisotropy
+ * voxels) and the combined flows (16 bytes a voxel of V'), while the device holds one group of
+ * slices' tiles and maps: each slice's outputs are added into the flows and dropped. The peak
+ * is the masks phase, about 64 bytes a voxel of the input (the flows, 16; the masks step's
+ * scaled copies on the host and the device, 32, and its lists, 12; the labels, 4): measured
+ * ~80 bytes a voxel of peak RSS above ~115 MiB fixed (docs/segment.md, "Z stacks").
  * Progress: "normalising", "resizing", "network YX" / "network ZX" / "network ZY" (slices done
  * of each view), "resizing back", "smoothing", "masks", "done"; cancellable between slices
  * (GPUSEG_CANCELLED with an empty result). */
