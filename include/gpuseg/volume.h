@@ -1,6 +1,8 @@
-/* gpuseg/volume.h: Z stacks (volumes) as Cellpose 3.1 segments them without do_3D: each plane
- * in 2-D, then the planes' masks linked across Z (utils.stitch3D) and the volume cleaned
- * (utils.fill_holes_and_remove_small_masks in 3-D). See docs/segment.md, "Z stacks". */
+/* gpuseg/volume.h: Z stacks (volumes) as Cellpose 3.1 segments them: with do_3D (the 2-D network
+ * on the YX, ZX and ZY slices, the three views' flows combined, 3-D masks:
+ * gpuseg_segment_volume), or without it: each plane in 2-D, then the planes' masks linked across
+ * Z (utils.stitch3D) and the volume cleaned (utils.fill_holes_and_remove_small_masks in 3-D:
+ * gpuseg_segment_stack). See docs/segment.md, "Z stacks". */
 #ifndef GPUSEG_VOLUME_H
 #define GPUSEG_VOLUME_H
 
@@ -68,6 +70,47 @@ GPUSEG_API gpuseg_status gpuseg_segment_stack(gpuseg_ctx *ctx, gpuseg_net *net,
                                               const gpuseg_segment_params *params,
                                               double stitch_threshold,
                                               gpuseg_segment_result *result);
+
+/* Segments a Z stack in 3-D as Cellpose 3.1 CellposeModel.eval(x, do_3D=True,
+ * anisotropy=anisotropy, flow3D_smooth=flow3d_smooth) (resample=True): img's pages are the
+ * planes (Z = img->pages >= 2, height and width >= 2; channels as gpuseg_segment_stack):
+ *   1. channels and normalisation over the whole stack (norm3D, as gpuseg_segment_stack);
+ *   2. the rescale r = diam_mean / diameter (diam_mean / diam_labels for diameter 0; with
+ *      params->estimate_diameter or a size model and diameter 0, the diameter is first estimated
+ *      on the middle plane in 2-D, as gpuseg_segment_stack does: Cellpose has no 3-D estimate);
+ *      when r != 1 or anisotropy != 1, each plane is resized to trunc(H r) x trunc(W r) and the
+ *      Z axis to trunc(Z anisotropy r) planes (bilinear, OpenCV's rule, on the device);
+ *   3. the 2-D network (tiles, taper blend; no further rescale) on every YX plane, every plane
+ *      at fixed Y (a Z x X image) and every plane at fixed X (a Z x Y image) (core.run_3D), the
+ *      views' outputs summed: dZ = ZX's + ZY's row flows, dY = YX's + ZY's, dX = YX's + ZX's,
+ *      cellprob = YX's + ZX's + ZY's logits (float32, in Cellpose's order);
+ *   4. resized back to Z x H x W (YX per plane, then Z) when step 2 resized;
+ *   5. flow3d_smooth > 0: dZ, dY, dX smoothed by a Gaussian of that sigma in voxels (scipy
+ *      gaussian_filter, truncate 4, mode reflect, Z then Y then X);
+ *   6. gpuseg_flows_to_masks3d with niter = trunc(200 / r) (or params->niter),
+ *      cellprob_threshold, min_size and max_size_fraction from params (no flow-error QC: Cellpose
+ *      skips it in 3-D; params->flow_threshold is ignored).
+ * params may be NULL (Cellpose's defaults). anisotropy: the Z step over the XY pixel size (> 0;
+ * 1: Cellpose's None). flow3d_smooth: >= 0 (0: off, Cellpose's default). params->page is ignored.
+ * On success result->labels is a one-channel image of Z pages (uint16, or uint32 above 65535
+ * masks), result->n_masks the largest label; with want_flows, result->flows is float32
+ * [4][Z][H][W]: dZ, dY, dX (network scale, summed over two views), cellprob (summed over three);
+ * no style (style NULL, style_len 0); n_tiles counts the network tiles of all slices.
+ * Memory (host; on PoCL the device buffers are host memory too): the network phase holds the
+ * two normalised channels at the network's scale (8 bytes a voxel of V' = Z Y X r^3 anisotropy
+ * voxels) and the combined flows (16 bytes a voxel of V'), while the device holds one group of
+ * slices' tiles and maps: each slice's outputs are added into the flows and dropped. The peak
+ * is the masks phase, about 64 bytes a voxel of the input (the flows, 16; the masks step's
+ * scaled copies on the host and the device, 32, and its lists, 12; the labels, 4): measured
+ * ~80 bytes a voxel of peak RSS above ~115 MiB fixed (docs/segment.md, "Z stacks").
+ * Progress: "normalising", "resizing", "network YX" / "network ZX" / "network ZY" (slices done
+ * of each view), "resizing back", "smoothing", "masks", "done"; cancellable between slices
+ * (GPUSEG_CANCELLED with an empty result). */
+GPUSEG_API gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net,
+                                               const gpuseg_image *img,
+                                               const gpuseg_segment_params *params,
+                                               double anisotropy, double flow3d_smooth,
+                                               gpuseg_segment_result *result);
 
 #ifdef __cplusplus
 }

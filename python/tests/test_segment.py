@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpuseg
-from conftest import EXAMPLE, run_cli
+from conftest import EXAMPLE, REPO, run_cli
 
 
 def test_segment_equals_cli_at_diameter_17(segmenter, example, tmp_path):
@@ -164,3 +164,20 @@ def test_segment_after_cancel_is_unchanged(segmenter, example):
         segmenter.segment(big, diameter=17, progress=cb)
     again, _ = segmenter.segment(big, diameter=17)
     assert np.array_equal(again, m)
+
+
+def test_segment_volume_equals_cli_do3d(segmenter, tmp_path):
+    """segment_volume (gpuseg_segment_volume) gives `gpuseg segment --do-3d`'s labels on the
+    committed 12 x 61 x 57 stack (tests/fixtures/do3d holds Cellpose's own)."""
+    stack = gpuseg.imread(REPO / "tests" / "fixtures" / "stack" / "img3d_crop.tif")
+    assert stack.shape == (12, 61, 57)
+    masks, info = segmenter.segment_volume(stack, diameter=11, return_flows=True)
+    assert masks.shape == stack.shape and info["flows"].shape == (4, 12, 61, 57)
+    out = tmp_path / "v.npy"
+    run_cli("segment", REPO / "tests" / "fixtures" / "stack" / "img3d_crop.tif", "--model",
+            gpuseg.default_model_path(), "--diameter", "11", "--do-3d", "--quiet", "-o", out)
+    np.testing.assert_array_equal(masks, np.load(out))
+    cellpose = gpuseg.imread(REPO / "tests" / "fixtures" / "do3d" / "a_masks.tif")
+    assert info["n_masks"] == cellpose.max()
+    with pytest.raises(gpuseg.GpusegError, match="Z stack"):
+        segmenter.segment_volume(stack[:1], diameter=11)

@@ -1,7 +1,8 @@
 /* cli/cmd_masks.c: `gpuseg masks FLOWS.npy -o OUT`: network outputs (float32 [3, H, W]: dY, dX,
  * cellprob) -> label image, as Cellpose 3.1's compute_masks + fill_holes_and_remove_small_masks
- * (docs/masks.md). The output format follows OUT's extension (.tif .png .npy .bin); one JSON
- * line with the result goes to stdout. */
+ * (docs/masks.md); a volume's (float32 [4, Z, H, W]: dZ, dY, dX, cellprob) -> 3-D labels
+ * (gpuseg_flows_to_masks3d, Cellpose's do_3D masks). The output format follows OUT's extension
+ * (.tif .png .npy .bin); one JSON line with the result goes to stdout. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -33,7 +34,9 @@ static bool known_extension(const char *path) {
 static void help(void) {
     printf("usage: gpuseg %s\n"
            "FLOWS.npy: float32 array [3, H, W] holding dY, dX (network scale) and the "
-           "cellprob logit.\nWrites labels (uint16, or uint32 above 65535 masks) to OUT: "
+           "cellprob logit, or [4, Z, H, W] holding dZ, dY, dX and the cellprob logit of a "
+           "volume (Cellpose's do_3D masks: no flow-error check; labels [Z, H, W], .png "
+           "refused).\nWrites labels (uint16, or uint32 above 65535 masks) to OUT: "
            ".tif .png .npy or .bin (+ .json); prints one JSON line.\n"
            "--flow-threshold 0 turns the flow-error check off; --min-size -1 (or 0) the "
            "size filter; --niter 0 means 200.\n" CLI_LIMITS_HELP,
@@ -82,25 +85,55 @@ int gpuseg_cmd_masks(int argc, char **argv) {
         cli_fail(st); /* the reader's message names the file */
         goto done;
     }
-    if (arr->dtype != GPUSEG_DTYPE_F32 || arr->ndim != 3 || arr->shape[0] != 3 ||
-        arr->shape[1] > UINT32_MAX || arr->shape[2] > UINT32_MAX) {
+    const bool vol = arr->dtype == GPUSEG_DTYPE_F32 && arr->ndim == 4 && arr->shape[0] == 4 &&
+                     arr->shape[1] <= UINT32_MAX && arr->shape[2] <= UINT32_MAX &&
+                     arr->shape[3] <= UINT32_MAX;
+    if (vol && strlen(out) > 4 && strcasecmp(out + strlen(out) - 4, ".png") == 0) {
+        cli_error("%s: a volume's labels do not fit a PNG (one page): use .tif, .npy or .bin", out);
+        goto done;
+    }
+    if (!vol && (arr->dtype != GPUSEG_DTYPE_F32 || arr->ndim != 3 || arr->shape[0] != 3 ||
+                 arr->shape[1] > UINT32_MAX || arr->shape[2] > UINT32_MAX)) {
         char shape[96] = "";
         size_t k = 0;
         for (uint32_t i = 0; i < arr->ndim && k < sizeof shape - 24; i++)
             k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%" PRIu64, i ? ", " : "",
                                   arr->shape[i]);
-        cli_error("%s: expected a float32 array of shape [3, H, W] (dY, dX, cellprob), got %s "
-                  "[%s]",
+        cli_error("%s: expected a float32 array of shape [3, H, W] (dY, dX, cellprob) or "
+                  "[4, Z, H, W] (dZ, dY, dX, cellprob), got %s [%s]",
                   in, gpuseg_dtype_name(arr->dtype), shape);
         goto done;
     }
-    const uint32_t H = (uint32_t)arr->shape[1], W = (uint32_t)arr->shape[2];
+    const uint32_t Z = vol ? (uint32_t)arr->shape[1] : 1;
+    const uint32_t H = (uint32_t)arr->shape[1 + vol], W = (uint32_t)arr->shape[2 + vol];
     if ((st = cli_ctx_create(device, &ctx)) != GPUSEG_OK) {
         cli_fail(st);
         goto done;
     }
     uint32_t n = 0;
-    if ((st = gpuseg_flows_to_masks(ctx, arr->data, H, W, &p, &labels, &n)) != GPUSEG_OK) {
+    if (vol) { /* a volume: uint32 labels, kept as uint16 below 65536 masks (Cellpose's) */
+        uint32_t *v = malloc((size_t)Z * H * W * sizeof *v);
+        if (!v) {
+            cli_error("%s: out of memory for %u x %u x %u labels", in, Z, H, W);
+            goto done;
+        }
+        st = gpuseg_flows_to_masks3d(ctx, arr->data, Z, H, W, &p, v, &n);
+        if (st == GPUSEG_OK)
+            st = gpuseg_image_create(W, H, 1, Z, n > 65535 ? GPUSEG_DTYPE_U32 : GPUSEG_DTYPE_U16,
+                                     &labels);
+        if (st == GPUSEG_OK) {
+            const size_t nv = (size_t)Z * H * W;
+            if (n > 65535)
+                memcpy(labels->data, v, nv * sizeof *v);
+            else
+                for (size_t i = 0; i < nv; i++)
+                    ((uint16_t *)labels->data)[i] = (uint16_t)v[i];
+        }
+        free(v);
+    } else {
+        st = gpuseg_flows_to_masks(ctx, arr->data, H, W, &p, &labels, &n);
+    }
+    if (st != GPUSEG_OK) {
         cli_error("%s: %s", in, gpuseg_last_error());
         goto done;
     }
@@ -118,10 +151,12 @@ int gpuseg_cmd_masks(int argc, char **argv) {
         cli_fail(st); /* the writer's message names the file */
         goto done;
     }
-    if (cli_json_print(json_pack("{s:o,s:o,s:i,s:i,s:i,s:s}", "input", cli_json_str(in), "output",
-                                 cli_json_str(out), "height", (int)H, "width", (int)W, "n_masks",
-                                 (int)n, "dtype", gpuseg_dtype_name(labels->dtype)),
-                       JSON_COMPACT) != 0)
+    json_t *res = json_pack("{s:o,s:o,s:i,s:i,s:i,s:s}", "input", cli_json_str(in), "output",
+                            cli_json_str(out), "height", (int)H, "width", (int)W, "n_masks", (int)n,
+                            "dtype", gpuseg_dtype_name(labels->dtype));
+    if (res && vol)
+        json_object_set_new(res, "depth", json_integer(Z));
+    if (cli_json_print(res, JSON_COMPACT) != 0)
         goto done;
     rc = CLI_OK;
 done:

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "axes.h"
 #include "cli.h"
 #include "commands.h"
 #include "labels_load.h"
@@ -86,6 +87,12 @@ typedef struct seg_job {
     bool exclude_edges, skip_existing;
     bool resume;   /* --resume: a streamed blockwise run continues from its saved state */
     double stitch; /* --stitch-threshold T: pages are a Z stack, stitched (0: 2-D images) */
+    /* --do-3d: pages are a Z stack segmented in 3-D (Cellpose's do_3D), with --anisotropy A (1)
+     * and --flow3d-smooth S (0); given: whether those two were given (they need --do-3d) */
+    bool do3d, aniso_given, smooth_given;
+    double anisotropy, flow3d_smooth;
+    /* --z-axis N / --channel-axis N (Cellpose's): CLI_AXIS_NONE when not given */
+    int z_axis, channel_axis;
     const char *output_name;              /* "_cp_masks" */
     const char *img_filter, *mask_filter; /* NULL, "_masks" */
     int depth; /* subfolder levels searched: 0, 1 (--look-one-level-down), -1 (--recursive) */
@@ -158,7 +165,7 @@ static bool output_paths(const seg_job *j, const char *image, seg_outputs *o) {
            out_path(o->masks_tif, j->save_tif, dir, stem, tif) &&
            out_path(o->outlines, j->save_outlines, dir, stem, "_outlines.png") &&
            out_path(o->flows, j->save_flows, dir, stem, "_flows.npy") &&
-           out_path(o->style, j->save_flows, dir, stem, "_style.npy") &&
+           out_path(o->style, j->save_flows && !j->do3d, dir, stem, "_style.npy") &&
            out_path(o->txt, j->save_txt, dir, stem, "_cp_outlines.txt") &&
            out_path(o->rois, j->save_rois, dir, stem, "_rois.zip") &&
            out_path(o->geojson, j->save_geojson, dir, stem, ".geojson");
@@ -203,7 +210,12 @@ static gpuseg_status write_outputs(segment_output *pipe, gpuseg_ctx *ctx, const 
     if (st != GPUSEG_OK)
         return st;
     const uint32_t Z = lab->pages; /* a stack: flows [Z,3,H,W], styles [Z,len] */
-    if (o->flows[0] && r->flows) {
+    if (o->flows[0] && r->flows && !r->style && Z > 1) { /* --do-3d: [4,Z,H,W], no style */
+        uint64_t shape[4] = {4, Z, r->labels->height, r->labels->width};
+        if ((st = gpuseg_npy_write_ex(o->flows, GPUSEG_DTYPE_F32, 4, shape, r->flows,
+                                      cli_write_flags)) != GPUSEG_OK)
+            return st;
+    } else if (o->flows[0] && r->flows) {
         uint64_t shape[4] = {Z, 3, r->labels->height, r->labels->width};
         if ((st = gpuseg_npy_write_ex(o->flows, GPUSEG_DTYPE_F32, Z > 1 ? 4 : 3,
                                       Z > 1 ? shape : shape + 1, r->flows, cli_write_flags)) !=
@@ -436,7 +448,9 @@ static const char *const USE =
     "segment IMAGE|FOLDER... [--model FILE|NAME] [--diameter 0|D|model] "
     "[--chan C --chan2 C2] [--invert] [--flow-threshold 0.4] [--cellprob-threshold 0.0] "
     "[--niter N] [--min-size 15] [--augment] [--tile-overlap 0.1] [--batch-size 8] "
-    "[--no-norm | --norm-percentile 1 99] [--exclude-on-edges] [--page N | --stitch-threshold T] "
+    "[--no-norm | --norm-percentile 1 99] [--exclude-on-edges] "
+    "[--page N | --stitch-threshold T | --do-3d [--anisotropy A] [--flow3d-smooth S]] "
+    "[--z-axis N] [--channel-axis N] "
     "[--block-size N] [--halo N] [--max-memory SIZE] [--resume] "
     "[--device SPEC] [-o OUT | --save-dir DIR] [--format bin|tif|png|npy] [--save-flows] "
     "[--save-outlines] [--save-png] [--save-tif] [--output-name _cp_masks] [--save-txt] "
@@ -565,12 +579,18 @@ static void print_help(void) {
            "--device gpu), --no_npy (gpuseg writes no _seg.npy); --save_png / --save_tif write "
            "STEM_cp_masks.png / .tif (--output_name: another suffix), --save_txt "
            "STEM_cp_outlines.txt, --save_rois STEM_rois.zip (ImageJ), --save-geojson "
-           "STEM.geojson (QuPath). A Cellpose flag gpuseg lacks (--do_3D, ...) is refused with "
+           "STEM.geojson (QuPath). A Cellpose flag gpuseg lacks (--Zstack, ...) is refused with "
            "one line saying why (docs/segment.md has the table).\n"
            "Z stacks (a multi-page TIFF, a [Z,Y,X] or [Z,Y,X,C] .npy): --stitch-threshold T "
            "segments each plane (the stack normalised as a whole) and links the masks across Z "
-           "as Cellpose's --stitch_threshold; the labels are written as a 3-D .tif, .npy or "
-           ".bin [Z,Y,X].\n"
+           "as Cellpose's --stitch_threshold; --do-3d (Cellpose's --do_3D) segments it in 3-D: "
+           "the network on every YX, ZX and ZY slice (after the Z axis is resized by "
+           "--anisotropy A, the Z step over the pixel size, default 1), the three views' flows "
+           "combined (optionally smoothed: --flow3d-smooth S, a Gaussian sigma in voxels) and "
+           "3-D masks (--save-flows: STEM_flows.npy float32 [4,Z,Y,X]: dZ, dY, dX, cellprob). "
+           "The labels are written as a 3-D .tif, .npy or .bin [Z,Y,X]. --z-axis N and "
+           "--channel-axis N (Cellpose's --z_axis, --channel_axis) name the file's axes when Z "
+           "is not a TIFF's pages or a .npy's first axis (negative: from the end).\n"
            "Large images: --block-size N (a multiple of 16, >= 64) segments blockwise, reading "
            "the image region by region, with --halo N pixels of context (default 4 x the "
            "diameter, >= 64); an image whose whole-image run is estimated (28 bytes per pixel "
@@ -585,7 +605,8 @@ static void print_help(void) {
            "run); a state of other settings is refused, and without --resume it is "
            "replaced.\n"
            "Refused before any device work, with one line: images of several pages without "
-           "--stitch-threshold (a Z stack, or channels stored as pages; --page N segments one), "
+           "--stitch-threshold or --do-3d (a Z stack, or channels stored as pages; --page N "
+           "segments one), --do-3d on a 2-D image or with --stitch-threshold, "
            "--chan/--chan2 beyond the "
            "image's channels, --chan2 with a model trained without a second channel, -o whose "
            "extension disagrees with --format, a missing or unwritable output folder, two "
@@ -645,6 +666,11 @@ enum {
     O_HALO,
     O_MAX_MEMORY,
     O_RESUME,
+    O_DO3D,
+    O_ANISO,
+    O_SMOOTH3D,
+    O_Z_AXIS,
+    O_CHANNEL_AXIS,
     O_UNSUPPORTED /* a Cellpose flag gpuseg lacks: the table index says which */
 };
 
@@ -658,19 +684,8 @@ static const struct {
     {"Zstack", "--Zstack",
      "a stack's pages are its Z planes: --stitch-threshold T segments them plane by plane and "
      "stitches the masks; --page N segments one page"},
-    {"do-3D", "--do_3D",
-     "3-D flows are not supported yet; --stitch-threshold T segments a Z stack plane by plane "
-     "and stitches the masks"},
-    {"flow3D-smooth", "--flow3D_smooth", "3-D flows (--do_3D) are not supported yet"},
-    {"anisotropy", "--anisotropy", "3-D flows (--do_3D) are not supported yet"},
     {"pretrained-model-ortho", "--pretrained_model_ortho",
-     "3-D flows (--do_3D) are not supported yet"},
-    {"z-axis", "--z_axis",
-     "gpuseg reads Z as stored: a TIFF's pages, a .npy's first axis ([Z,Y,X], [Z,Y,X,C]); store "
-     "the stack Z-first"},
-    {"channel-axis", "--channel_axis",
-     "gpuseg reads channels as stored (last axis; a TIFF's samples per pixel); store the image "
-     "channel-last"},
+     "--do-3d runs the one model on all three views (Cellpose's default)"},
     {"all-channels", "--all_channels", "use --chan and --chan2 (at most two channels)"},
     {"gpu-device", "--gpu_device", "use --device (an index or name from `gpuseg devices`)"},
     {"check-mkl", "--check_mkl", "gpuseg does not use MKL; drop the flag"},
@@ -752,6 +767,9 @@ static int switch_option(seg_job *j, int c) {
         return 1;
     case O_SKIP_EXISTING:
         j->skip_existing = true;
+        return 1;
+    case O_DO3D:
+        j->do3d = true;
         return 1;
     case O_QUIET:
         j->quiet = true;
@@ -856,6 +874,24 @@ static int job_option(seg_job *j, int c, const char *arg) {
             return CLI_USAGE;
         j->stitch = d;
         return CLI_OK;
+    case O_ANISO: /* Cellpose's --anisotropy: Z step over XY pixel size */
+        if (!cli_parse_double("--anisotropy", arg, 1e-3, 1e3, &d))
+            return CLI_USAGE;
+        j->anisotropy = d;
+        j->aniso_given = true;
+        return CLI_OK;
+    case O_SMOOTH3D: /* Cellpose's --flow3D_smooth: Gaussian sigma on the 3-D flows */
+        if (!cli_parse_double("--flow3d-smooth", arg, 0, 100, &d))
+            return CLI_USAGE;
+        j->flow3d_smooth = d;
+        j->smooth_given = true;
+        return CLI_OK;
+    case O_Z_AXIS:
+    case O_CHANNEL_AXIS:
+        if (!cli_parse_int(c == O_Z_AXIS ? "--z-axis" : "--channel-axis", arg, -4, 3, &l))
+            return CLI_USAGE;
+        *(c == O_Z_AXIS ? &j->z_axis : &j->channel_axis) = (int)l;
+        return CLI_OK;
     case O_BLOCK_SIZE: /* blocks fall on the streamed TIFF's tiles (multiples of 16) */
         if (!cli_parse_int("--block-size", arg, 1, 1L << 20, &l))
             return CLI_USAGE;
@@ -902,7 +938,7 @@ static int job_option(seg_job *j, int c, const char *arg) {
  * Cellpose's flags that gpuseg lacks (refused by name, from UNSUPPORTED). A long option is also
  * accepted with '_' for '-' (cli_getopt_long), so Cellpose's spellings of an option need no
  * entry of their own. */
-#define N_OPTS (76 + N_UNSUPPORTED)
+#define N_OPTS (84 + N_UNSUPPORTED)
 static struct option g_opts[N_OPTS];
 
 static void build_options(void) {
@@ -913,6 +949,13 @@ static void build_options(void) {
                                         {"chan2", required_argument, NULL, O_CHAN2},
                                         {"page", required_argument, NULL, O_PAGE},
                                         {"stitch-threshold", required_argument, NULL, O_STITCH},
+                                        {"do-3d", no_argument, NULL, O_DO3D},
+                                        {"do-3D", no_argument, NULL, O_DO3D},
+                                        {"anisotropy", required_argument, NULL, O_ANISO},
+                                        {"flow3d-smooth", required_argument, NULL, O_SMOOTH3D},
+                                        {"flow3D-smooth", required_argument, NULL, O_SMOOTH3D},
+                                        {"z-axis", required_argument, NULL, O_Z_AXIS},
+                                        {"channel-axis", required_argument, NULL, O_CHANNEL_AXIS},
                                         {"block-size", required_argument, NULL, O_BLOCK_SIZE},
                                         {"halo", required_argument, NULL, O_HALO},
                                         {"resume", no_argument, NULL, O_RESUME},
@@ -955,6 +998,8 @@ static void build_options(void) {
                                         {"max-in-flight", required_argument, NULL, O_IN_FLIGHT},
                                         CLI_LIMITS_LONG_OPTIONS,
                                         {"help", no_argument, NULL, 'h'}};
+    _Static_assert(sizeof own / sizeof *own + N_UNSUPPORTED < N_OPTS,
+                   "g_opts: raise N_OPTS for the new options");
     size_t n = 0;
     for (size_t i = 0; i < sizeof own / sizeof *own && n + 1 < N_OPTS; i++)
         g_opts[n++] = own[i];
@@ -985,7 +1030,10 @@ static int stack_conflicts(const seg_job *j) {
     }
     if (!what)
         return CLI_OK;
-    cli_error("--stitch-threshold %g segments Z stacks: it excludes %s", j->stitch, what);
+    if (j->do3d)
+        cli_error("--do-3d segments Z stacks: it excludes %s", what);
+    else
+        cli_error("--stitch-threshold %g segments Z stacks: it excludes %s", j->stitch, what);
     return CLI_USAGE;
 }
 
@@ -1012,6 +1060,8 @@ static const char *blockwise_conflict(const seg_job *j) {
         return "--augment (not supported blockwise)";
     if (j->stitch > 0)
         return "--stitch-threshold (Z stacks are segmented whole)";
+    if (j->do3d)
+        return "--do-3d (Z stacks are segmented whole)";
     if (!labels_tiff(j))
         return NULL;
     const char *what = j->save_outlines   ? "--save-outlines"
@@ -1050,7 +1100,7 @@ static bool goes_blockwise(const seg_job *j, uint32_t w, uint32_t h, uint32_t ch
         snprintf(why, len, "--block-size");
         return true;
     }
-    if (j->stitch > 0)
+    if (j->stitch > 0 || j->do3d)
         return false;
     uint64_t need = seg_blocks_estimate(w, h, channels, dtype);
     uint64_t budget = j->max_memory ? j->max_memory : seg_blocks_default_budget(dev_bytes);
@@ -1124,7 +1174,18 @@ static int parse_options(int argc, char **argv, seg_job *j) {
                   "--save-rois, --save-geojson and --skip-existing");
         return CLI_USAGE;
     }
-    if (j->stitch > 0 && stack_conflicts(j) != CLI_OK)
+    if (j->do3d && j->stitch > 0) {
+        cli_error("--do-3d and --stitch-threshold %g exclude each other: 3-D flows, or 2-D "
+                  "planes stitched (Cellpose ignores the threshold with --do_3D)",
+                  j->stitch);
+        return CLI_USAGE;
+    }
+    if (!j->do3d && (j->aniso_given || j->smooth_given)) {
+        cli_error("%s goes with --do-3d (3-D segmentation)",
+                  j->aniso_given ? "--anisotropy" : "--flow3d-smooth");
+        return CLI_USAGE;
+    }
+    if ((j->stitch > 0 || j->do3d) && stack_conflicts(j) != CLI_OK)
         return CLI_USAGE;
     if (j->resume && (j->stitch > 0 || !labels_tiff(j))) {
         cli_error("--resume continues a blockwise run that streams its labels into a tiled "
@@ -1190,16 +1251,24 @@ static bool make_dirs(const char *path) {
  * header cannot be read, the run reports it (as every other read error). */
 static int check_image(const seg_job *j, const char *image, const seg_outputs *o) {
     gpuseg_image_info info;
-    if (gpuseg_image_info_read_ex(image, &cli_limits, &info) == GPUSEG_OK) {
-        if (info.pages > 1 && !j->page_given && !(j->stitch > 0)) {
+    const bool axes = j->z_axis != CLI_AXIS_NONE || j->channel_axis != CLI_AXIS_NONE;
+    /* with --z-axis / --channel-axis the stored layout is not the image's: run_image checks it */
+    if (!axes && gpuseg_image_info_read_ex(image, &cli_limits, &info) == GPUSEG_OK) {
+        if (j->do3d && info.pages < 2) {
+            cli_error("%s: --do-3d needs a Z stack, and this is a 2-D image (1 page); give "
+                      "--z-axis N when Z is another axis of the file",
+                      image);
+            return CLI_FAIL;
+        }
+        if (info.pages > 1 && !j->page_given && !(j->stitch > 0) && !j->do3d) {
             cli_error("%s: %u pages (a Z stack, or channels stored as pages); gpuseg segments 2-D "
-                      "images unless asked for 3-D: --stitch-threshold T (Cellpose's "
-                      "--stitch_threshold, e.g. 0.5) segments the pages as Z planes and stitches "
-                      "the masks; --page N segments one page",
+                      "images unless asked for 3-D: --do-3d segments the stack in 3-D, "
+                      "--stitch-threshold T (e.g. 0.5) each plane with the masks stitched; "
+                      "--page N segments one page",
                       image, info.pages);
             return CLI_FAIL;
         }
-        if (!(j->stitch > 0) && j->p.page >= info.pages) {
+        if (!(j->stitch > 0) && !j->do3d && j->p.page >= info.pages) {
             cli_error("%s: --page %u, but the image has %u page%s (0..%u)", image, j->p.page,
                       info.pages, info.pages == 1 ? "" : "s", info.pages - 1);
             return CLI_FAIL;
@@ -1337,6 +1406,15 @@ static char *sidecar_extra(const seg_job *j, const char *image, const gpuseg_seg
         (int)p->page, "exclude_on_edges", j->exclude_edges);
     if (params && j->stitch > 0)
         json_object_set_new(params, "stitch_threshold", cli_json_num(j->stitch));
+    if (params && j->do3d) {
+        json_object_set_new(params, "do_3D", json_true());
+        json_object_set_new(params, "anisotropy", cli_json_num(j->anisotropy));
+        json_object_set_new(params, "flow3D_smooth", cli_json_num(j->flow3d_smooth));
+    }
+    if (params && j->z_axis != CLI_AXIS_NONE)
+        json_object_set_new(params, "z_axis", json_integer(j->z_axis));
+    if (params && j->channel_axis != CLI_AXIS_NONE)
+        json_object_set_new(params, "channel_axis", json_integer(j->channel_axis));
     json_t *o = json_pack(
         "{s:s,s:o,s:o,s:o,s:s,s:b,s:o,s:o,s:o,s:i,s:o,s:i,s:i,s:o}", "producer", "gpuseg segment",
         "gpuseg_version", cli_json_str(gpuseg_version()), "image", cli_json_str(image), "model",
@@ -1604,6 +1682,35 @@ static int run_image_blocks(const seg_job *j, seg_run *run, const char *image, c
     return rc;
 }
 
+/* check_image's checks of the pages and channels for an image read with --z-axis /
+ * --channel-axis (its layout known only once read). CLI_OK or CLI_FAIL (message printed). */
+static int axes_checks(const seg_job *j, const char *image, const gpuseg_image *img) {
+    if (j->do3d && img->pages < 2) {
+        cli_error("%s: --do-3d needs a Z stack, and with these axes this is a 2-D image (%u x %u, "
+                  "%u channel%s)",
+                  image, img->height, img->width, img->channels, img->channels == 1 ? "" : "s");
+        return CLI_FAIL;
+    }
+    if (img->pages > 1 && !j->page_given && !(j->stitch > 0) && !j->do3d) {
+        cli_error("%s: %u planes along --z-axis; segment them with --do-3d or --stitch-threshold "
+                  "T, or one with --page N",
+                  image, img->pages);
+        return CLI_FAIL;
+    }
+    if (!(j->stitch > 0) && !j->do3d && j->p.page >= img->pages) {
+        cli_error("%s: --page %u, but the image has %u page%s", image, j->p.page, img->pages,
+                  img->pages == 1 ? "" : "s");
+        return CLI_FAIL;
+    }
+    unsigned nc = img->channels;
+    if ((unsigned)j->p.chan > nc || (unsigned)j->p.chan2 > nc || (nc == 1 && j->p.chan2)) {
+        cli_error("%s: --chan %d --chan2 %d asked of an image with %u channel%s", image, j->p.chan,
+                  j->p.chan2, nc, nc == 1 ? " (grey: --chan 0 --chan2 0)" : "s");
+        return CLI_FAIL;
+    }
+    return CLI_OK;
+}
+
 /* Segments image i and hands its outputs over. CLI_OK, CLI_FAIL (reported; the batch goes on),
  * or -1 when a signal cancelled it (nothing of this image is written). */
 static int run_image(const seg_job *j, seg_run *run, size_t i) {
@@ -1626,7 +1733,8 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
     progress_draw(&run->progress, &(gpuseg_progress){"reading", 0, 0, 0.0});
     gpuseg_image_info info;
     char why[160];
-    if (gpuseg_image_info_read_ex(image, &cli_limits, &info) == GPUSEG_OK &&
+    const bool axes = j->z_axis != CLI_AXIS_NONE || j->channel_axis != CLI_AXIS_NONE;
+    if (!axes && gpuseg_image_info_read_ex(image, &cli_limits, &info) == GPUSEG_OK &&
         goes_blockwise(j, info.width, info.height, info.channels, info.dtype,
                        gpuseg_ctx_device(run->ctx)->global_mem_bytes, why, sizeof why)) {
         int rc = blockwise_conflict(j) ? CLI_FAIL : run_image_blocks(j, run, image, o, why, t0);
@@ -1637,8 +1745,17 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
         return rc;
     }
     gpuseg_image *img = NULL;
-    gpuseg_status st = gpuseg_image_read_ex(image, &cli_limits, &img);
-    if (st != GPUSEG_OK) {
+    gpuseg_status st;
+    if (axes) { /* the file's axes named: its checks (check_image's) here */
+        st = cli_read_with_axes(image, j->z_axis, j->channel_axis, &img);
+        int bad = st != GPUSEG_OK ? CLI_FAIL : axes_checks(j, image, img);
+        if (bad != CLI_OK) {
+            gpuseg_image_free(img);
+            free(o);
+            progress_clear(&run->progress);
+            return bad;
+        }
+    } else if ((st = gpuseg_image_read_ex(image, &cli_limits, &img)) != GPUSEG_OK) {
         free(o);
         progress_clear(&run->progress);
         return cli_fail(st);
@@ -1647,7 +1764,10 @@ static int run_image(const seg_job *j, seg_run *run, size_t i) {
     memset(&r, 0, sizeof r);
     gpuseg_segment_params p = j->p;
     p.size_model = run->size_model;
-    if (j->stitch > 0)
+    if (j->do3d)
+        st =
+            gpuseg_segment_volume(run->ctx, run->net, img, &p, j->anisotropy, j->flow3d_smooth, &r);
+    else if (j->stitch > 0)
         st = gpuseg_segment_stack(run->ctx, run->net, img, &p, j->stitch, &r);
     else
         st = gpuseg_segment(run->ctx, run->net, img, &p, &r);
@@ -1734,6 +1854,8 @@ int gpuseg_cmd_segment(int argc, char **argv) {
     gpuseg_segment_params_default(&j.p);
     j.p.estimate_diameter = 1; /* the command's default: --diameter 0 = estimate */
     j.format = "bin";
+    j.anisotropy = 1.0;
+    j.z_axis = j.channel_axis = CLI_AXIS_NONE;
     j.output_name = "_cp_masks";
     j.mask_filter = "_masks";
     j.so = (segment_output_opts)SEGMENT_OUTPUT_OPTS_INIT;

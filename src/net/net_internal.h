@@ -84,4 +84,18 @@ gpuseg_status gpuseg__rescale_niter(gpuseg_ctx *ctx, const gpuseg_net *net,
                                     const gpuseg_segment_params *p, float *rescale,
                                     uint32_t *niter);
 
+/* stack.c, shared with volume3d.c (Z stacks): Cellpose's convert_image + normalize_img(norm3D)
+ * over the whole stack into a new float32 image of 2 channels, Z pages (p->normalize 0: the
+ * channels only); the stack's one diameter estimated on its middle plane when p asks for it (p
+ * updated: diameter set, estimation off; the estimate's members of *out filled), as a share
+ * [0, share] of the call's progress; and a uint32 volume as a result's label image (uint16 up to
+ * 65535 masks). */
+gpuseg_status gpuseg__normalize_stack(gpuseg_ctx *ctx, const gpuseg_image *img,
+                                      const gpuseg_segment_params *p, gpuseg_image **out);
+gpuseg_status gpuseg__stack_diameter(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *x,
+                                     gpuseg_segment_params *p, double share,
+                                     gpuseg_segment_result *out);
+gpuseg_status gpuseg__volume_labels(gpuseg_ctx *ctx, const uint32_t *vol, uint32_t Z, uint32_t H,
+                                    uint32_t W, uint32_t n_masks, gpuseg_image **out);
+
 #endif

@@ -8,6 +8,7 @@
 
 #include "core/internal.h"
 #include "gpuseg/volume.h"
+#include "net/net_internal.h"
 
 static float load_sample(const gpuseg_image *img, size_t i) {
     switch (img->dtype) {
@@ -45,9 +46,10 @@ static float percentile(const float *sorted, size_t n, float pct) {
 }
 
 /* Cellpose's convert_image (channels [chan, chan2] -> 2 planes) and normalize_img(norm3D=True)
- * over the whole stack: a new float32 image of 2 channels, Z pages. */
-static gpuseg_status normalize_stack(gpuseg_ctx *ctx, const gpuseg_image *img,
-                                     const gpuseg_segment_params *p, gpuseg_image **out) {
+ * over the whole stack: a new float32 image of 2 channels, Z pages (p->normalize 0: the
+ * channels only). */
+gpuseg_status gpuseg__normalize_stack(gpuseg_ctx *ctx, const gpuseg_image *img,
+                                      const gpuseg_segment_params *p, gpuseg_image **out) {
     const uint32_t nc = img->channels, Z = img->pages, H = img->height, W = img->width;
     int sel[2];
     if (nc == 1) {
@@ -104,7 +106,7 @@ static gpuseg_status normalize_stack(gpuseg_ctx *ctx, const gpuseg_image *img,
         gpuseg_image_free(x);
         return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "normalising the stack: %zu samples", ns);
     }
-    for (int c = 0; c < 2; c++) {
+    for (int c = 0; c < 2 && p->normalize; c++) {
         float mn = v[c], mx = v[c];
         for (size_t i = 0; i < n; i++) {
             float t = v[2 * i + (size_t)c];
@@ -166,9 +168,9 @@ static gpuseg_status take_plane(gpuseg_ctx *ctx, const gpuseg_segment_result *r,
 
 /* One diameter for the stack: estimated on the middle plane when asked (sets p->diameter and
  * turns estimation off), as a share [0, share] of the call. */
-static gpuseg_status stack_diameter(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *x,
-                                    gpuseg_segment_params *p, double share,
-                                    gpuseg_segment_result *out) {
+gpuseg_status gpuseg__stack_diameter(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *x,
+                                     gpuseg_segment_params *p, double share,
+                                     gpuseg_segment_result *out) {
     if (p->diameter > 0 || (!p->estimate_diameter && !p->size_model))
         return GPUSEG_OK;
     gpuseg_segment_params q = *p;
@@ -195,8 +197,8 @@ static gpuseg_status stack_diameter(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
 }
 
 /* The stitched volume as the result's label image (uint16 unless a label needs uint32). */
-static gpuseg_status volume_labels(gpuseg_ctx *ctx, const uint32_t *vol, uint32_t Z, uint32_t H,
-                                   uint32_t W, uint32_t n_masks, gpuseg_image **out) {
+gpuseg_status gpuseg__volume_labels(gpuseg_ctx *ctx, const uint32_t *vol, uint32_t Z, uint32_t H,
+                                    uint32_t W, uint32_t n_masks, gpuseg_image **out) {
     gpuseg_dtype dt = n_masks > 65535 ? GPUSEG_DTYPE_U32 : GPUSEG_DTYPE_U16;
     gpuseg_status st = gpuseg_image_create(W, H, 1, Z, dt, out);
     if (st != GPUSEG_OK)
@@ -237,7 +239,7 @@ gpuseg_status gpuseg_segment_stack(gpuseg_ctx *ctx, gpuseg_net *net, const gpuse
     gpuseg_status st = gpuseg__check_cancel(ctx, "gpuseg_segment_stack");
     if (st == GPUSEG_OK && p.normalize) {
         gpuseg__progress(ctx, "normalising", 0, 0, 0.0);
-        if ((st = normalize_stack(ctx, img, &p, &x)) == GPUSEG_OK) {
+        if ((st = gpuseg__normalize_stack(ctx, img, &p, &x)) == GPUSEG_OK) {
             p.normalize = 0; /* done over the stack */
             p.invert = 0;
             p.chan = 1;
@@ -253,7 +255,7 @@ gpuseg_status gpuseg_segment_stack(gpuseg_ctx *ctx, gpuseg_net *net, const gpuse
     const int est = p.diameter <= 0 && (p.estimate_diameter || p.size_model);
     const double span = 0.97, unit = span / (Z + (est ? 1 : 0)), first = est ? unit : 0.0;
     if (st == GPUSEG_OK)
-        st = stack_diameter(ctx, net, planes, &p, first, result);
+        st = gpuseg__stack_diameter(ctx, net, planes, &p, first, result);
     const int32_t min_size = p.min_size;
     p.min_size = -1; /* Cellpose: min_size off per plane when stitching */
     for (uint32_t z = 0; st == GPUSEG_OK && z < Z; z++) {
@@ -283,7 +285,7 @@ gpuseg_status gpuseg_segment_stack(gpuseg_ctx *ctx, gpuseg_net *net, const gpuse
             st = gpuseg__wrap(ctx, st, "stitching %u planes", Z);
     }
     if (st == GPUSEG_OK)
-        st = volume_labels(ctx, vol, Z, H, W, nm, &result->labels);
+        st = gpuseg__volume_labels(ctx, vol, Z, H, W, nm, &result->labels);
     free(vol);
     if (st != GPUSEG_OK) {
         gpuseg_segment_result_free(result);

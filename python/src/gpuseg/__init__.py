@@ -460,6 +460,61 @@ class Segmenter(_lib.Closable):
         finally:
             L.gpuseg_segment_result_free(C.byref(r))
 
+    def segment_volume(self, stack: np.ndarray, diameter: Optional[Union[float, str]] = None,
+                       channels: Sequence[int] = (0, 0), *, anisotropy: float = 1.0,
+                       flow3d_smooth: float = 0.0, cellprob_threshold: float = 0.0,
+                       min_size: int = 15, niter: int = 0, max_size_fraction: float = 0.4,
+                       normalize: Union[bool, Tuple[float, float]] = True, invert: bool = False,
+                       augment: bool = False, tile_overlap: float = 0.1, batch_size: int = 8,
+                       return_flows: bool = False, progress: Optional[ProgressCallback] = None
+                       ) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """Segments a Z stack in 3-D as CellposeModel.eval(do_3D=True) (gpuseg_segment_volume,
+        docs/segment.md "Z stacks"): the network on every YX, ZX and ZY slice, the three views'
+        flows combined, 3-D masks.
+
+        stack: uint8, uint16 or float32; Z x H x W, or Z x H x W x C (C 1..4), Z >= 2.
+        anisotropy: the Z step over the XY pixel size (Cellpose's anisotropy; 1 = None).
+        flow3d_smooth: Gaussian sigma (voxels) on the flows; 0 = off.
+        diameter, channels, normalize: as segment().
+
+        Returns (masks, info): masks uint16 (uint32 above 65535) Z x H x W; info as segment()'s,
+        with flows float32 [4, Z, H, W] (dZ, dY, dX, cellprob) when asked for."""
+        if not self._net:
+            raise GpusegError("the segmenter is closed", "GPUSEG_INVALID_ARGUMENT")
+        a = np.asarray(stack)
+        if a.ndim not in (3, 4) or (a.ndim == 4 and not 1 <= a.shape[3] <= 4):
+            raise GpusegError(f"stack shape {a.shape} is not Z x H x W or Z x H x W x C with C "
+                              "1..4", "GPUSEG_INVALID_ARGUMENT")
+        Z = a.shape[0]
+        im, keep = _numpy_to_image(a.reshape((Z * a.shape[1],) + a.shape[2:]))
+        im.height, im.pages = a.shape[1], Z
+        p = self._params(diameter, channels, normalize=normalize,
+                         cellprob_threshold=cellprob_threshold, min_size=min_size, niter=niter,
+                         max_size_fraction=max_size_fraction, invert=int(invert),
+                         augment=int(augment), tile_overlap=tile_overlap,
+                         batch_size=batch_size, want_flows=int(return_flows), want_style=0)
+        L = _lib.lib()
+        t0 = time.perf_counter()
+        r = _lib.SegmentResult()
+        net = self._net
+        self.ctx._call(lambda: L.gpuseg_segment_volume(
+            self.ctx.handle, net, C.byref(im), C.byref(p), float(anisotropy),
+            float(flow3d_smooth), C.byref(r)), progress)
+        try:
+            masks = _image_to_numpy(r.labels.contents).reshape(Z, a.shape[1], a.shape[2])
+            info: Dict[str, Any] = {
+                "diameter": r.diameter, "n_masks": int(r.n_masks), "rescale": r.rescale,
+                "niter": int(r.niter), "n_tiles": int(r.n_tiles), "passes": int(r.passes),
+                "diameter_estimated": bool(r.diameter_estimated),
+                "timings": {"net": r.seconds_net, "masks": r.seconds_masks,
+                            "total": time.perf_counter() - t0}}
+            if return_flows and r.flows:
+                info["flows"] = np.ctypeslib.as_array(
+                    r.flows, shape=(4,) + masks.shape).copy()
+            return masks, info
+        finally:
+            L.gpuseg_segment_result_free(C.byref(r))
+
     def _segment_blocks(self, im: _lib.Image, keep: np.ndarray, p: _lib.SegmentParams,
                         block_size: int, halo: int, progress: Optional[ProgressCallback],
                         t0: float) -> Tuple[np.ndarray, Dict[str, Any]]:
