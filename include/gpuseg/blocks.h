@@ -58,7 +58,7 @@ typedef struct gpuseg_blocks_event {
      * identifies it in later blocks (gpuseg_blocks_params.known_masks) */
     const uint64_t *first_pixel;
     uint32_t n_too_big;   /* this block's count (gpuseg_blocks_result.n_too_big) */
-    uint32_t n_tiles_run; /* this block's network tiles */
+    uint32_t n_tiles_run; /* tiles this block ran through the network (not from the cache) */
 } gpuseg_blocks_event;
 
 /* A status other than GPUSEG_OK stops the run with it. */
