@@ -107,13 +107,19 @@ static void teardown(void) {
     gpuseg_ctx_free(g_ctx);
 }
 
-/* Whole vs blockwise at each block size; returns the blockwise largest device buffer of the
- * last. */
-static size_t check_equal(const gpuseg_image *img, const uint32_t *sizes, int nsizes,
-                          unsigned batch, size_t *whole_largest) {
+static uint32_t g_last_tiles, g_last_blocks; /* check_equal's last blockwise run's */
+
+/* Whole vs blockwise at each block size (and halo, 0: the default; halos NULL: all 0); each
+ * tile of the whole grid runs once (the tile cache); with `uncached`, the first size also runs
+ * without the cache: more tiles, the same labels to the bit. Returns the blockwise largest
+ * device buffer of the last. */
+static size_t check_equal(const gpuseg_image *img, double diameter, const uint32_t *sizes,
+                          const uint32_t *halos, int nsizes, unsigned batch, int uncached,
+                          size_t *whole_largest) {
     gpuseg_segment_params p;
     gpuseg_segment_params_default(&p);
     p.batch_size = batch;
+    p.diameter = diameter;
     gpuseg_segment_result whole;
     gpuseg__largest_buffer(g_ctx, 1);
     ck_assert_msg(gpuseg_segment(g_ctx, g_net, img, &p, &whole) == GPUSEG_OK, "%s",
@@ -130,6 +136,7 @@ static size_t check_equal(const gpuseg_image *img, const uint32_t *sizes, int ns
         gpuseg_blocks_params bp;
         gpuseg_blocks_params_default(&bp);
         bp.block_size = sizes[k];
+        bp.halo = halos ? halos[k] : 0;
         gpuseg_blocks_result br;
         gpuseg_image *lab = NULL;
         gpuseg__largest_buffer(g_ctx, 1);
@@ -160,7 +167,16 @@ static size_t check_equal(const gpuseg_image *img, const uint32_t *sizes, int ns
                img->width, img->height, sizes[k], br.halo, br.n_blocks,
                (unsigned long long)br.n_tiles_run, br.n_tiles, na, nb, br.n_masks, da, db,
                br.n_too_big, largest, *whole_largest);
+        printf("  tile cache peak %llu bytes\n", (unsigned long long)br.tile_cache_peak);
         fflush(stdout);
+        /* every tile of the whole grid went through the network once; the cache held some of
+         * them (tiles are at most 224 x 224) */
+        ck_assert_uint_eq(br.n_tiles_run, br.n_tiles);
+        g_last_tiles = br.n_tiles;
+        g_last_blocks = br.n_blocks;
+        if (br.n_tiles > 1)
+            ck_assert_uint_gt(br.tile_cache_peak, 0);
+        ck_assert_uint_le(br.tile_cache_peak, (uint64_t)br.n_tiles * 3 * 224 * 224 * 4);
         ck_assert_uint_eq(na, whole.n_masks);
         /* every difference must come from a mask the blocks flagged as bigger than the halo */
         if (br.n_too_big == 0) {
@@ -168,6 +184,22 @@ static size_t check_equal(const gpuseg_image *img, const uint32_t *sizes, int ns
             ck_assert_uint_eq(db, 0);
         } else {
             ck_assert_uint_le(da, br.n_too_big);
+        }
+        if (uncached && k == 0) {
+            gpuseg_blocks_params nc = bp;
+            nc.no_tile_cache = 1;
+            gpuseg_blocks_result rn;
+            gpuseg_image *ln = NULL;
+            ck_assert_msg(gpuseg_segment_blocks_image(g_ctx, g_net, img, &p, &nc, &ln, &rn) ==
+                              GPUSEG_OK,
+                          "%s", gpuseg_last_error());
+            printf("  without the tile cache: %llu tiles\n", (unsigned long long)rn.n_tiles_run);
+            ck_assert_uint_gt(rn.n_tiles_run, br.n_tiles);
+            ck_assert_uint_eq(rn.tile_cache_peak, 0);
+            ck_assert_uint_eq(rn.n_masks, br.n_masks);
+            ck_assert_msg(memcmp(ln->data, lab->data, (size_t)img->width * img->height * 4) == 0,
+                          "labels with and without the tile cache differ");
+            gpuseg_image_free(ln);
         }
         gpuseg_image_free(lab);
     }
@@ -182,7 +214,7 @@ START_TEST(blocks_equal_whole_example) {
                      GPUSEG_OK);
     const uint32_t sizes[] = {96, 128, 77};
     size_t wl;
-    check_equal(img, sizes, 3, 8, &wl);
+    check_equal(img, 0, sizes, NULL, 3, 8, 1, &wl);
     gpuseg_image_free(img);
 }
 END_TEST
@@ -194,8 +226,27 @@ START_TEST(blocks_equal_whole_large) {
     img = mirrored(src, 700, 900);
     const uint32_t sizes[] = {128, 201};
     size_t wl;
-    size_t largest = check_equal(img, sizes, 2, 8, &wl);
+    size_t largest = check_equal(img, 0, sizes, NULL, 2, 8, 0, &wl);
     ck_assert_uint_lt(largest, wl); /* below the whole-image run's largest buffer */
+    gpuseg_image_free(src);
+    gpuseg_image_free(img);
+}
+END_TEST
+
+/* The tile cache where a tile is needed by many blocks: at diameter 8 the image is resized
+ * about 2x (the grid 4 x 4 tiles, each 112 image pixels), so with blocks of 48 and a halo of 100
+ * (more than a tile) each tile row and column is needed by 5 or 6 block rows and columns; each
+ * tile still runs once, and the labels equal the whole image's and the uncached run's. */
+START_TEST(blocks_equal_whole_tiles) {
+    gpuseg_image *src, *img;
+    ck_assert_int_eq(gpuseg_image_read(GPUSEG_SOURCE_DIR "/examples/data/nuclei.png", &src),
+                     GPUSEG_OK);
+    img = mirrored(src, 300, 260);
+    const uint32_t sizes[] = {48}, halos[] = {100};
+    size_t wl;
+    check_equal(img, 8, sizes, halos, 1, 8, 1, &wl);
+    ck_assert_uint_ge(g_last_tiles, 12);
+    ck_assert_uint_eq(g_last_blocks, 7 * 6);
     gpuseg_image_free(src);
     gpuseg_image_free(img);
 }
@@ -334,6 +385,7 @@ START_TEST(blocks_resume_equal) {
                       GPUSEG_OK,
                   "%s", gpuseg_last_error());
     ck_assert_uint_eq(rf.n_blocks, 12);
+    ck_assert_uint_eq(rf.n_tiles_run, rf.n_tiles); /* the tile cache: each tile once */
     ck_assert_uint_eq(full.blocks, 12);
     ck_assert(full.have_norm);
     ck_assert_uint_eq(full.n_first, rf.n_masks);
@@ -369,6 +421,9 @@ START_TEST(blocks_resume_equal) {
                       GPUSEG_OK,
                   "%s", gpuseg_last_error());
     ck_assert_uint_eq(rp.n_blocks, 8);
+    /* the resumed run starts with an empty tile cache: the tiles its blocks need, each once */
+    ck_assert_uint_gt(rp.n_tiles_run, 0);
+    ck_assert_uint_le(rp.n_tiles_run, rf.n_tiles);
     ck_assert_uint_eq(rp.n_masks, rf.n_masks);
     ck_assert_uint_eq(part.blocks, 12);
     ck_assert(memcmp(&rp.norm_lo, &rf.norm_lo, sizeof rf.norm_lo) == 0);
@@ -406,6 +461,7 @@ int main(void) {
     tcase_add_test(d, blocks_equal_whole_example);
     tcase_add_test(d, blocks_errors);
     tcase_add_test(d, blocks_resume_equal);
+    tcase_add_test(d, blocks_equal_whole_tiles);
     tcase_add_test(d, blocks_equal_whole_large);
     suite_add_tcase(s, d);
     return tu_run(s);

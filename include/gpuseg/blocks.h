@@ -58,7 +58,7 @@ typedef struct gpuseg_blocks_event {
      * identifies it in later blocks (gpuseg_blocks_params.known_masks) */
     const uint64_t *first_pixel;
     uint32_t n_too_big;   /* this block's count (gpuseg_blocks_result.n_too_big) */
-    uint32_t n_tiles_run; /* this block's network tiles */
+    uint32_t n_tiles_run; /* tiles this block ran through the network (not from the cache) */
 } gpuseg_blocks_event;
 
 /* A status other than GPUSEG_OK stops the run with it. */
@@ -85,6 +85,19 @@ typedef struct gpuseg_blocks_params {
     uint32_t first_block;
     uint32_t n_known;
     const uint64_t *known_masks;
+    /* Each tile of the whole image's 224-pixel grid goes through the network once per run: a
+     * block keeps on the host the outputs of its tiles that a later block needs (3 x 224 x 224
+     * float32, 602,112 bytes per tile) and the later block reuses them (docs/blockwise.md,
+     * "Tile cache"). The cache holds about the tile rows that consecutive block rows share
+     * ((2 x halo x rescale + 224) / 187 at tile_overlap 0.1: 2 for a halo of 68 at rescale 1)
+     * times the tiles across the image (1.2 x width x rescale / 224): it grows with the image's
+     * width, not its height (~280 MB for a 40,000-pixel-wide slide with blocks of 1024, halo
+     * 68, rescale 1). A resumed run starts with it empty (its first blocks recompute the tiles
+     * that blocks before first_block ran).
+     * no_tile_cache = 1: no cache, tiles near block seams run in every block that needs them
+     * (about twice the network time, no host memory for tiles). Labels are the same either
+     * way. 0 (default): the cache. */
+    uint32_t no_tile_cache;
 } gpuseg_blocks_params;
 
 GPUSEG_API void gpuseg_blocks_params_default(gpuseg_blocks_params *p);
@@ -92,11 +105,14 @@ GPUSEG_API void gpuseg_blocks_params_default(gpuseg_blocks_params *p);
 /* The counters (blocks, tiles, n_too_big, seconds) count the blocks this call ran (from
  * first_block); n_masks counts all labels, the known ones included. */
 typedef struct gpuseg_blocks_result {
-    uint32_t n_masks;     /* distinct labels written: 1 .. n_masks */
-    uint32_t n_blocks;    /* blocks run */
-    uint32_t halo;        /* the halo used */
-    uint64_t n_tiles_run; /* network tiles run over all blocks (tiles near seams run twice) */
-    uint32_t n_tiles;     /* the whole image's tile grid (what gpuseg_segment runs) */
+    uint32_t n_masks;  /* distinct labels written: 1 .. n_masks */
+    uint32_t n_blocks; /* blocks run */
+    uint32_t halo;     /* the halo used */
+    /* network tiles run over all blocks: n_tiles for a whole run with the tile cache (each
+     * tile once), more without it (tiles near seams run in each block that needs them) or when
+     * resumed (the first blocks recompute tiles the blocks before them ran) */
+    uint64_t n_tiles_run;
+    uint32_t n_tiles; /* the whole image's tile grid (what gpuseg_segment runs) */
     /* masks that reached a block's halo edge, so are bigger than the halo: left 0 in that
      * block (a mask crossing several blocks is counted once per block) */
     uint32_t n_too_big;
@@ -104,6 +120,8 @@ typedef struct gpuseg_blocks_result {
     double diameter, rescale;     /* as gpuseg_segment_result */
     uint32_t niter;
     double seconds_percentiles, seconds_blocks;
+    /* the most host memory the tile cache held at once (bytes; 0 with no_tile_cache) */
+    uint64_t tile_cache_peak;
 } gpuseg_blocks_result;
 
 /* Segments the image of `src` as gpuseg_segment(params) would, block by block: the percentile

@@ -291,6 +291,14 @@ typedef struct blocks_run {
     uint32_t wy0, wx0, wh, ww, n0;
     uint64_t *new_first; /* first pixel of each new mask, in label order */
     size_t new_cap;
+    /* the tile cache (tile_cache_setup; tc NULL: none): network outputs [3][th][tw] of the whole
+     * grid's tiles that a later block needs, by tile index j * g.nx + i; the last block that
+     * needs tile (j, i) is last_row[j] * nbx + last_col[i] (UINT32_MAX: none) */
+    float **tc;
+    uint32_t *last_row, *last_col, nbx;
+    uint32_t k;             /* the block being run */
+    size_t tc_n, tc_peak;   /* tiles held now, at most */
+    cl_mem tc_chunk, tc_in; /* device: a chunk of the block's tile outputs; extraction scratch */
 } blocks_run;
 
 /* Tile rows j0..j1 whose padded extent meets resized rows [r0, r1) (starts increasing). */
@@ -309,6 +317,203 @@ static void tile_range(const uint32_t *start, uint32_t n, uint32_t t, uint32_t p
     *j1 = b;
 }
 
+/* The tile rows (rows = 1) or columns t0..t1 of the whole grid whose padded extent meets the
+ * resized rows/columns that the resize back of window rows/columns [w0, w1) reads. */
+static gpuseg_status window_tiles(gpuseg_ctx *ctx, const gpuseg__tile_geom *g, int rows,
+                                  uint32_t w0, uint32_t w1, uint32_t *t0, uint32_t *t1) {
+    uint32_t r0, r1;
+    gpuseg_status st =
+        rows
+            ? gpuseg__resize_source(ctx, g->lyr, g->ly0, w0, w1, 1, GPUSEG__RESIZE_EXACT, &r0, &r1)
+            : gpuseg__resize_source(ctx, g->lxr, g->lx0, w0, w1, 0, GPUSEG__RESIZE_EXACT, &r0, &r1);
+    if (st != GPUSEG_OK)
+        return st;
+    if (rows)
+        tile_range(g->ystart, g->ny, g->th, g->ypad1, r0, r1, t0, t1);
+    else
+        tile_range(g->xstart, g->nx, g->tw, g->xpad1, r0, r1, t0, t1);
+    return GPUSEG_OK;
+}
+
+/* ---- the tile cache ---------------------------------------------------------------------- */
+
+/* Sets up the tile cache of a run over blocks of bs with b's halo, nby x nbx blocks: for each
+ * tile row and column of the grid, the last block row/column whose window needs it (blocks run
+ * in row-major order, and the block rows/columns that need a tile row/column are contiguous, so
+ * the last block that needs tile (j, i) is last_row[j] * nbx + last_col[i]). */
+static gpuseg_status tile_cache_setup(blocks_run *b, uint32_t bs, uint32_t nby, uint32_t nbx) {
+    const gpuseg__tile_geom *g = &b->g;
+    const uint32_t H = b->src->height, W = b->src->width, hl = b->halo;
+    b->tc = calloc((size_t)g->ny * g->nx, sizeof *b->tc);
+    b->last_row = malloc(g->ny * sizeof *b->last_row);
+    b->last_col = malloc(g->nx * sizeof *b->last_col);
+    if (!b->tc || !b->last_row || !b->last_col)
+        return gpuseg__fail(b->ctx, GPUSEG_OUT_OF_MEMORY, "blocks: tile cache tables");
+    b->nbx = nbx;
+    for (int rows = 0; rows < 2; rows++) {
+        const uint32_t n = rows ? nby : nbx, L = rows ? H : W;
+        uint32_t *last = rows ? b->last_row : b->last_col;
+        memset(last, 0xff, (rows ? g->ny : g->nx) * sizeof *last);
+        for (uint32_t q = 0; q < n; q++) {
+            /* the window of run_block */
+            const uint32_t c0 = q * bs, c = L - c0 < bs ? L - c0 : bs;
+            const uint32_t w0 = c0 > hl ? c0 - hl : 0, w1 = L - (c0 + c) > hl ? c0 + c + hl : L;
+            uint32_t t0, t1;
+            gpuseg_status st = window_tiles(b->ctx, g, rows, w0, w1, &t0, &t1);
+            if (st != GPUSEG_OK)
+                return st;
+            for (uint32_t t = t0; t <= t1; t++)
+                last[t] = q;
+        }
+    }
+    return GPUSEG_OK;
+}
+
+/* The last block that needs tile (j, i) of the grid (UINT32_MAX: none). */
+static uint32_t tile_last(const blocks_run *b, uint32_t j, uint32_t i) {
+    if (b->last_row[j] == UINT32_MAX || b->last_col[i] == UINT32_MAX)
+        return UINT32_MAX;
+    return b->last_row[j] * b->nbx + b->last_col[i];
+}
+
+static void tile_cache_free(blocks_run *b) {
+    if (b->tc)
+        for (size_t t = 0; t < (size_t)b->g.ny * b->g.nx; t++)
+            free(b->tc[t]);
+    free(b->tc);
+    free(b->last_row);
+    free(b->last_col);
+    b->tc = NULL;
+    b->last_row = b->last_col = NULL;
+    gpuseg__release(&b->tc_chunk);
+    gpuseg__release(&b->tc_in);
+}
+
+/* The network step of a block: the tiles j0.. x i0.. of the grid that sub-geometry sg covers
+ * (cut from the resized window timg), blended into bl in tile order. Tiles in the cache are
+ * uploaded; the others go through the network in batches of b->bsz (the last smaller), as
+ * many as the whole-image run's batches, and those a later block needs are downloaded into
+ * the cache. The blend adds the block's tiles in tile order whatever their origin, so the sums
+ * are the same as when every tile runs here; after the step, the cached tiles no later block
+ * needs are freed. Without a cache (b->tc NULL) every tile runs. */
+static gpuseg_status net_tiles(blocks_run *b, cl_mem timg, const gpuseg__tile_geom *sg, uint32_t j0,
+                               uint32_t i0, gpuseg__blend *bl) {
+    gpuseg_ctx *ctx = b->ctx;
+    const uint32_t nt = sg->ny * sg->nx, bsz = b->bsz, gnx = b->g.nx;
+    const size_t in_bytes = (size_t)2 * sg->th * sg->tw * sizeof(float);
+    const size_t out_bytes = (size_t)3 * sg->th * sg->tw * sizeof(float);
+    gpuseg_status st = GPUSEG_OK;
+    cl_int err = CL_SUCCESS;
+    /* which of the block's tiles the cache has (before this block adds any) */
+    unsigned char *cached = calloc(nt, 1);
+    uint32_t *batch = malloc(bsz * sizeof *batch);
+    if (!cached || !batch) {
+        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "blocks: tile list");
+        goto done;
+    }
+#define GTILE(s) ((size_t)(j0 + (s) / sg->nx) * gnx + i0 + (s) % sg->nx)
+    if (b->tc)
+        for (uint32_t s = 0; s < nt; s++)
+            cached[s] = b->tc[GTILE(s)] != NULL;
+    if (!b->tc_chunk && (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, bsz * out_bytes,
+                                             "blocks: tile outputs", &b->tc_chunk)))
+        goto done;
+    uint32_t bn = 0, bpos = 0, nchunk = 0, cfirst = 0;
+    for (uint32_t s = 0; s < nt; s++) {
+        const size_t gt = GTILE(s);
+        if (cached[s]) {
+            err = clEnqueueWriteBuffer(ctx->queue, b->tc_chunk, CL_TRUE, nchunk * out_bytes,
+                                       out_bytes, b->tc[gt], 0, NULL, NULL);
+            if (err != CL_SUCCESS) {
+                st = gpuseg__fail_cl(ctx, err, "blocks: uploading a cached tile");
+                goto done;
+            }
+        } else {
+            if (bpos == bn) {
+                /* the next batch: up to bsz of the tiles to run, from this one on */
+                bn = bpos = 0;
+                for (uint32_t u = s; u < nt && bn < bsz; u++)
+                    if (!cached[u])
+                        batch[bn++] = u;
+                if (batch[bn - 1] - batch[0] == bn - 1) { /* consecutive: straight in */
+                    if ((st = gpuseg__tiles_extract(ctx, timg, 2, sg, batch[0], bn, b->net->in)))
+                        goto done;
+                } else {
+                    if (!b->tc_in && (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, bsz * in_bytes,
+                                                          "blocks: tile inputs", &b->tc_in)))
+                        goto done;
+                    for (uint32_t q = 0; q < bn;) {
+                        uint32_t r = 1;
+                        while (q + r < bn && batch[q + r] == batch[q] + r)
+                            r++;
+                        if ((st = gpuseg__tiles_extract(ctx, timg, 2, sg, batch[q], r, b->tc_in)))
+                            goto done;
+                        err = clEnqueueCopyBuffer(ctx->queue, b->tc_in, b->net->in, 0, q * in_bytes,
+                                                  r * in_bytes, 0, NULL, NULL);
+                        if (err != CL_SUCCESS) {
+                            st = gpuseg__fail_cl(ctx, err, "blocks: gathering tiles");
+                            goto done;
+                        }
+                        q += r;
+                    }
+                }
+                if ((st = gpuseg__net_forward(b->net, bn)))
+                    goto done;
+                b->res->n_tiles_run += bn;
+                for (uint32_t q = 0; b->tc && q < bn; q++) {
+                    const uint32_t u = batch[q], j = j0 + u / sg->nx, i = i0 + u % sg->nx;
+                    const uint32_t last = tile_last(b, j, i);
+                    if (last == UINT32_MAX || last <= b->k)
+                        continue;
+                    float *t = malloc(out_bytes);
+                    if (!t) {
+                        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "blocks: tile cache");
+                        goto done;
+                    }
+                    err = clEnqueueReadBuffer(ctx->queue, b->net->out, CL_TRUE, q * out_bytes,
+                                              out_bytes, t, 0, NULL, NULL);
+                    if (err != CL_SUCCESS) {
+                        free(t);
+                        st = gpuseg__fail_cl(ctx, err, "blocks: reading back a tile");
+                        goto done;
+                    }
+                    b->tc[(size_t)j * gnx + i] = t;
+                    if (++b->tc_n > b->tc_peak)
+                        b->tc_peak = b->tc_n;
+                }
+            }
+            err = clEnqueueCopyBuffer(ctx->queue, b->net->out, b->tc_chunk, bpos * out_bytes,
+                                      nchunk * out_bytes, out_bytes, 0, NULL, NULL);
+            if (err != CL_SUCCESS) {
+                st = gpuseg__fail_cl(ctx, err, "blocks: tile outputs");
+                goto done;
+            }
+            bpos++;
+        }
+        if (++nchunk == bsz || s == nt - 1) {
+            if ((st = gpuseg__blend_add(ctx, bl, sg, b->tc_chunk, cfirst, nchunk)))
+                goto done;
+            cfirst = s + 1;
+            nchunk = 0;
+        }
+    }
+    /* the cached tiles no later block needs */
+    for (uint32_t s = 0; b->tc && s < nt; s++) {
+        const uint32_t j = j0 + s / sg->nx, i = i0 + s % sg->nx;
+        const uint32_t last = tile_last(b, j, i);
+        if (b->tc[GTILE(s)] && (last == UINT32_MAX || last <= b->k)) {
+            free(b->tc[GTILE(s)]);
+            b->tc[GTILE(s)] = NULL;
+            b->tc_n--;
+        }
+    }
+#undef GTILE
+done:
+    free(cached);
+    free(batch);
+    return st;
+}
+
 /* The flows [3, wh, ww] of window (wy0, wx0, wh, ww) of the image, equal to the whole-image
  * run's: the tiles that the window's resize back reads, computed from the source region their
  * resize in reads. */
@@ -316,16 +521,12 @@ static gpuseg_status block_flows(blocks_run *b, uint32_t wy0, uint32_t wx0, uint
                                  uint32_t ww, cl_mem flows) {
     gpuseg_ctx *ctx = b->ctx;
     const gpuseg__tile_geom *g = &b->g;
-    uint32_t ry0, ry1, rx0, rx1, sy0, sy1, sx0, sx1, j0, j1, i0, i1;
+    uint32_t sy0, sy1, sx0, sx1, j0, j1, i0, i1;
     gpuseg_status st;
-    /* resized rows/columns the resize back reads */
-    if ((st = gpuseg__resize_source(ctx, g->lyr, g->ly0, wy0, wy0 + wh, 1, GPUSEG__RESIZE_EXACT,
-                                    &ry0, &ry1)) ||
-        (st = gpuseg__resize_source(ctx, g->lxr, g->lx0, wx0, wx0 + ww, 0, GPUSEG__RESIZE_EXACT,
-                                    &rx0, &rx1)))
+    /* the tiles whose padded extent meets the resized rows/columns the resize back reads */
+    if ((st = window_tiles(ctx, g, 1, wy0, wy0 + wh, &j0, &j1)) ||
+        (st = window_tiles(ctx, g, 0, wx0, wx0 + ww, &i0, &i1)))
         return st;
-    tile_range(g->ystart, g->ny, g->th, g->ypad1, ry0, ry1, &j0, &j1);
-    tile_range(g->xstart, g->nx, g->tw, g->xpad1, rx0, rx1, &i0, &i1);
     /* the resized rows/columns those tiles cover */
     int64_t a = (int64_t)g->ystart[j0] - g->ypad1, z = (int64_t)g->ystart[j1] + g->th - g->ypad1;
     const uint32_t ty0 = a < 0 ? 0 : (uint32_t)a, ty1 = z > g->lyr ? g->lyr : (uint32_t)z;
@@ -366,17 +567,10 @@ static gpuseg_status block_flows(blocks_run *b, uint32_t wy0, uint32_t wx0, uint
     sg.nx = i1 - i0 + 1;
     sg.ystart = g->ystart + j0;
     sg.xstart = g->xstart + i0;
-    const uint32_t nt = sg.ny * sg.nx;
     if ((st = gpuseg__blend_begin(ctx, &sg, 3, &bl)))
         goto done;
-    for (uint32_t first = 0; first < nt; first += b->bsz) {
-        uint32_t count = nt - first < b->bsz ? nt - first : b->bsz;
-        if ((st = gpuseg__tiles_extract(ctx, timg, 2, &sg, first, count, b->net->in)) ||
-            (st = gpuseg__net_forward(b->net, count)) ||
-            (st = gpuseg__blend_add(ctx, &bl, &sg, b->net->out, first, count)))
-            goto done;
-    }
-    b->res->n_tiles_run += nt;
+    if ((st = net_tiles(b, timg, &sg, j0, i0, &bl)))
+        goto done;
     gpuseg__release(&timg);
     if ((st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, (size_t)3 * th * tw * sizeof(float),
                              "blocks: blended maps", &maps)) ||
@@ -738,6 +932,8 @@ gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_sourc
         goto done;
     }
     const uint32_t nby = (H + bs - 1) / bs, nbx = (W + bs - 1) / bs, nb = nby * nbx;
+    if (!bp.no_tile_cache && (st = tile_cache_setup(&b, bs, nby, nbx)) != GPUSEG_OK)
+        goto done;
     gpuseg__progress(ctx, "blocks", bp.first_block, nb, 0.1 + 0.9 * bp.first_block / nb);
     for (uint32_t k = bp.first_block; k < nb; k++) {
         const uint32_t cy0 = (k / nbx) * bs, cx0 = (k % nbx) * bs;
@@ -748,6 +944,7 @@ gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_sourc
             gpuseg__progress_push(ctx, 0.1 + 0.9 * k / nb, 0.1 + 0.9 * (k + 1) / nb);
         const uint32_t big0 = result->n_too_big;
         const uint64_t tiles0 = result->n_tiles_run;
+        b.k = k;
         st = run_block(&b, cy0, cx0, ch, cw, sink, sink_user);
         if (st == GPUSEG_OK && bp.on_event)
             st = block_event(&b, &bp, k, nb, result->n_too_big - big0,
@@ -762,6 +959,7 @@ gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_sourc
         gpuseg__progress(ctx, "blocks", k + 1, nb, 0.1 + 0.9 * (k + 1) / nb);
     }
     result->n_masks = (uint32_t)b.ids.n;
+    result->tile_cache_peak = (uint64_t)b.tc_peak * 3 * b.g.th * b.g.tw * sizeof(float);
     result->seconds_blocks = gpuseg__now_s() - t1;
     gpuseg__progress(ctx, "done", 1, 1, 1.0);
 done:
@@ -771,6 +969,7 @@ done:
         memset(result, 0, sizeof *result);
         st = keep;
     }
+    tile_cache_free(&b);
     gpuseg__tile_geom_free(&b.g);
     free(b.ids.key);
     free(b.ids.val);
