@@ -127,7 +127,8 @@ class BlocksParams(C.Structure):
     # here so that gpuseg_blocks_params_default writes inside the structure
     _fields_ = [("block_size", C.c_uint32), ("halo", C.c_uint32), ("on_event", C.c_void_p),
                 ("event_user", C.c_void_p), ("norm", C.c_void_p), ("first_block", C.c_uint32),
-                ("n_known", C.c_uint32), ("known_masks", C.c_void_p)]
+                ("n_known", C.c_uint32), ("known_masks", C.c_void_p),
+                ("no_tile_cache", C.c_uint32)]
 
 
 class BlocksResult(C.Structure):
@@ -135,7 +136,8 @@ class BlocksResult(C.Structure):
                 ("n_tiles_run", C.c_uint64), ("n_tiles", C.c_uint32), ("n_too_big", C.c_uint32),
                 ("norm_lo", C.c_float * 2), ("norm_hi", C.c_float * 2),
                 ("diameter", C.c_double), ("rescale", C.c_double), ("niter", C.c_uint32),
-                ("seconds_percentiles", C.c_double), ("seconds_blocks", C.c_double)]
+                ("seconds_percentiles", C.c_double), ("seconds_blocks", C.c_double),
+                ("tile_cache_peak", C.c_uint64)]
 
 
 SHM_NAME_MAX = 128
