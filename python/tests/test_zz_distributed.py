@@ -180,3 +180,28 @@ def test_worker_device():
     assert [gd.worker_device(["0", "1"], n) for n in names] == ["0", "1", "0", "1", "0"]
     with pytest.raises(gpuseg.GpusegError):
         gd.worker_device([], 0)
+
+
+def test_array_source_ome_zarr(tmp_path, small):
+    """An OME-Zarr image (c, y, x, one channel): level 0 read region by region, axes from the
+    metadata, the reader pickled without its array; t > 1 refused."""
+    import pickle
+
+    def ome(path, a, axes):
+        g = zarr.open_group(store=str(path), mode="w")
+        g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in axes],
+                                   "datasets": [{"path": "0"}]}]
+        z = zarr.open_array(store=str(path / "0"), mode="w", shape=a.shape, chunks=a.shape,
+                            dtype=a.dtype)
+        z[...] = a
+    ome(tmp_path / "img.ome.zarr", small[None], ["c", "y", "x"])
+    src = gd.ArraySource(str(tmp_path / "img.ome.zarr"))
+    assert (src.height, src.width, src.channels) == (160, 192, 1)
+    src = pickle.loads(pickle.dumps(src))
+    reg = src.read(10, 20, 30, 40)
+    assert reg.shape == (40, 30, 1) and np.array_equal(reg[..., 0], small[20:60, 10:40])
+    ome(tmp_path / "t2.ome.zarr", np.stack([small, small])[:, None], ["t", "c", "y", "x"])
+    with pytest.raises(gpuseg.GpusegError, match="axis t has 2 entries"):
+        gd.ArraySource(str(tmp_path / "t2.ome.zarr"))
+    with pytest.raises(gpuseg.GpusegError, match="not a readable zarr"):
+        gd.ArraySource(str(tmp_path / "missing.zarr"))
