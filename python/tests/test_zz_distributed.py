@@ -205,3 +205,20 @@ def test_array_source_ome_zarr(tmp_path, small):
         gd.ArraySource(str(tmp_path / "t2.ome.zarr"))
     with pytest.raises(gpuseg.GpusegError, match="not a readable zarr"):
         gd.ArraySource(str(tmp_path / "missing.zarr"))
+
+
+def _mark_segmenter(dask_worker):
+    dask_worker.plugins[gd.PLUGIN_NAME].segmenter._test_mark = True
+
+
+def _marked(dask_worker):
+    return getattr(dask_worker.plugins[gd.PLUGIN_NAME].segmenter, "_test_mark", False)
+
+
+def test_register_keeps_warm_segmenters(client):
+    gd.register(client)
+    client.run(_mark_segmenter)
+    gd.register(client)  # the same model and device: the same Segmenters
+    assert list(client.run(_marked).values()) == [True, True]
+    gd.register(client, force=True)
+    assert list(client.run(_marked).values()) == [False, False]

@@ -81,13 +81,20 @@ class SegmenterPlugin(WorkerPlugin):
             self.segmenter = None
 
 
-def register(client: Client, model: Optional[str] = None, device: DeviceSpec = None) -> None:
-    """Registers SegmenterPlugin on every worker of client (and on workers that join later)."""
+def register(client: Client, model: Optional[str] = None, device: DeviceSpec = None,
+             force: bool = False) -> None:
+    """Registers SegmenterPlugin on every worker of client (and on workers that join later).
+    A second call from this client with the same model and device keeps the workers'
+    Segmenters (force=True makes new ones)."""
+    key = (model, repr(device))
+    if not force and getattr(client, "_gpuseg_plugin", None) == key:
+        return
     plugin = SegmenterPlugin(model, device)
     if hasattr(client, "register_plugin"):
         client.register_plugin(plugin, name=PLUGIN_NAME)
     else:  # dask < 2023.9
         client.register_worker_plugin(plugin, name=PLUGIN_NAME)
+    client._gpuseg_plugin = key
 
 
 def worker_segmenter() -> Segmenter:
@@ -465,6 +472,9 @@ def segment_zarr(input: Any, output: Union[str, os.PathLike], block_size: int = 
     removes its temporaries and leaves output absent (or as it was). progress(stage, done,
     total) is called on the client as blocks finish. Returns an info dict."""
     client = client or get_client()
+    unknown = sorted(set(segment_kw) - set(_PARAM_KEYS))
+    if unknown:
+        raise TypeError(f"segment_zarr: unknown arguments {unknown}")
     src = input if isinstance(input, ArraySource) else ArraySource(input, channel_axis)
     bs = int(block_size)
     chunk = int(chunk_size) if chunk_size else bs
