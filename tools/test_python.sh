@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/test_python.sh: the Python package's tests (python/, issue #17), a step of tools/test.sh.
 # Creates a venv in the build folder (ignored by git), installs the test dependencies from PyPI
-# (numpy, pytest, dask[distributed], zarr, scikit-build-core), pip-installs ./python (which
+# (numpy, pytest, dask[array,distributed], zarr, scikit-build-core), pip-installs ./python (which
 # builds libgpuseg with this repository's CMake into its own build folder) and runs pytest on
 # python/tests. When the venv cannot be made or PyPI cannot be reached, it prints one line
 # "== python package tests: SKIPPED (why)" and exits 0: a skip, never a pass. A failing build of
@@ -23,7 +23,7 @@ if [[ ! -x $venv/bin/python ]]; then
   "$base" -m venv "$venv" >"$log" 2>&1 || { rm -rf "$venv"; skip "$base -m venv failed (python3-venv missing?)"; }
 fi
 py="$venv/bin/python"
-deps=(numpy pytest "dask[distributed]" zarr "scikit-build-core>=0.8")
+deps=(numpy pytest "dask[array,distributed]" zarr "scikit-build-core>=0.8")
 if ! "$py" -m pip install -q --disable-pip-version-check "${deps[@]}" >>"$log" 2>&1; then
   skip "pip could not install ${deps[*]} (no PyPI?)"
 fi

@@ -144,6 +144,67 @@ GPUSEG_API gpuseg_status gpuseg_segment_blocks_image(
     gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img, const gpuseg_segment_params *params,
     const gpuseg_blocks_params *bp, gpuseg_image **labels, gpuseg_blocks_result *result);
 
+/* ---- distributed runs: the global plan once, then any block anywhere ------------------------
+ * For the blocks of one image run by several processes or machines (python/ gpuseg.distributed):
+ * gpuseg_blocks_plan_compute computes once what is global (the percentiles by the two streaming
+ * passes, the rescale, the resolved halo) into a plain structure that can be copied byte for byte
+ * to another process; gpuseg_segment_block then segments block k of the plan on any context,
+ * independently of the other blocks: it labels each pixel of the block's core with the key of its
+ * mask, the mask's global first pixel in raster order (y * width + x) plus 1 (0: background, or a
+ * mask bigger than the halo), so that every block that writes a mask gives it the same key. Keys
+ * of all blocks mapped to 1..n in increasing order number the masks by their first pixel as
+ * gpuseg_segment does, and equal gpuseg_segment_blocks' labels up to renumbering. Same context and
+ * same network plan per block as gpuseg_segment_blocks: with the same GPUSEG_CONV, bit-equal. */
+
+#define GPUSEG_BLOCKS_PLAN_VERSION 1u
+
+typedef struct gpuseg_blocks_plan {
+    uint32_t version;                /* GPUSEG_BLOCKS_PLAN_VERSION */
+    gpuseg_segment_params params;    /* the run's (size_model NULL, want_flows/style 0) */
+    uint32_t width, height;          /* the image */
+    uint32_t block_size, halo;       /* the halo resolved (never 0) */
+    uint32_t n_blocks_x, n_blocks_y; /* block k: row k / n_blocks_x, column k % n_blocks_x */
+    /* per network channel c, norm[4c ..]: the low and high percentiles, the mode (0: constant
+     * channel, left as is; 1: scaled; 2: high - low <= 1e-3) and high - low; 0 without
+     * normalisation */
+    float norm[8];
+    double diameter, rescale; /* as gpuseg_blocks_result */
+    uint32_t niter;
+    uint32_t n_tiles; /* the whole image's tile grid */
+    double seconds_percentiles;
+} gpuseg_blocks_plan;
+
+/* Computes the plan of a blockwise run of src (the checks and refusals of gpuseg_segment_blocks,
+ * and its two percentile passes, reading the image block by block). From bp only block_size and
+ * halo are used (no events; the resume fields do not apply). Progress: "percentiles". */
+GPUSEG_API gpuseg_status gpuseg_blocks_plan_compute(gpuseg_ctx *ctx, gpuseg_net *net,
+                                                    const gpuseg_block_source *src,
+                                                    const gpuseg_segment_params *params,
+                                                    const gpuseg_blocks_params *bp,
+                                                    gpuseg_blocks_plan *plan);
+
+/* The core of block k (0 .. n_blocks_x * n_blocks_y - 1): w x h pixels at (x0, y0). */
+GPUSEG_API gpuseg_status gpuseg_blocks_plan_core(const gpuseg_blocks_plan *plan, uint32_t k,
+                                                 uint32_t *x0, uint32_t *y0, uint32_t *w,
+                                                 uint32_t *h);
+
+typedef struct gpuseg_block_result {
+    uint32_t x0, y0, width, height; /* the core */
+    uint32_t n_masks;               /* distinct keys written */
+    uint32_t n_too_big;             /* masks of the core bigger than the halo (left 0) */
+    uint64_t n_tiles_run;
+    double seconds;
+} gpuseg_block_result;
+
+/* Segments block k of the plan: keys (w x h of gpuseg_blocks_plan_core, row-major; block_size^2
+ * always suffices) receives the mask key of each core pixel. src is the same image as the plan's
+ * (its width and height are checked), net the same model (its rescale is checked). Reads only the
+ * block's window (core + halo, and the tiles' context around it). */
+GPUSEG_API gpuseg_status gpuseg_segment_block(gpuseg_ctx *ctx, gpuseg_net *net,
+                                              const gpuseg_block_source *src,
+                                              const gpuseg_blocks_plan *plan, uint32_t k,
+                                              uint64_t *keys, gpuseg_block_result *result);
+
 #ifdef __cplusplus
 }
 #endif

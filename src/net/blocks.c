@@ -299,6 +299,9 @@ typedef struct blocks_run {
     uint32_t k;             /* the block being run */
     size_t tc_n, tc_peak;   /* tiles held now, at most */
     cl_mem tc_chunk, tc_in; /* device: a chunk of the block's tile outputs; extraction scratch */
+    /* gpuseg_segment_block: the core's mask keys go here (no id map, no sink) */
+    uint64_t *keys;
+    uint32_t keys_masks; /* masks given a key in the core */
 } blocks_run;
 
 /* Tile rows j0..j1 whose padded extent meets resized rows [r0, r1) (starts increasing). */
@@ -718,6 +721,9 @@ static gpuseg_status run_block(blocks_run *b, uint32_t cy0, uint32_t cx0, uint32
                             (e[2] == 0 && wx0 > 0) || (e[3] == ww - 1 && wx1 < W);
             if (big) {
                 b->res->n_too_big++;
+            } else if (b->keys) {
+                out = 1;
+                b->keys_masks++;
             } else {
                 const uint64_t first = (uint64_t)(wy0 + e[4] / ww) * W + wx0 + e[4] % ww;
                 if ((out = id_get(&b->ids, first)) == 0 || note_new(b, out, first) != 0) {
@@ -729,6 +735,16 @@ static gpuseg_status run_block(blocks_run *b, uint32_t cy0, uint32_t cx0, uint32
         e[5] = out;
     }
     sl[5] = 0;
+    if (b->keys) { /* key: the mask's global first pixel (raster index) + 1 */
+        for (uint32_t y = 0; y < ch; y++)
+            for (uint32_t x = 0; x < cw; x++) {
+                const uint32_t *e =
+                    sl + 6 * (size_t)b->win_labels[(size_t)(cy0 - wy0 + y) * ww + (cx0 - wx0 + x)];
+                b->keys[(size_t)y * cw + x] =
+                    e[5] ? (uint64_t)(wy0 + e[4] / ww) * W + wx0 + e[4] % ww + 1 : 0;
+            }
+        goto done;
+    }
     for (uint32_t y = 0; y < ch; y++)
         for (uint32_t x = 0; x < cw; x++)
             b->core[(size_t)y * cw + x] =
@@ -827,6 +843,93 @@ static gpuseg_status resume_start(blocks_run *b, const gpuseg_blocks_params *bp)
     return GPUSEG_OK;
 }
 
+/* What gpuseg_segment_blocks and the distributed entries share before the percentiles: checks
+ * p and bp, fills b (prep and masks parameters, the whole image's tile geometry) and result's
+ * diameter, rescale, niter, halo and n_tiles, and resolves bp->halo. blocks_free releases b. */
+static gpuseg_status blocks_init(blocks_run *b, gpuseg_ctx *ctx, gpuseg_net *net,
+                                 const gpuseg_block_source *src, const gpuseg_segment_params *pp,
+                                 gpuseg_blocks_params *bp, gpuseg_blocks_result *result) {
+    const gpuseg_segment_params p = *pp;
+    memset(b, 0, sizeof *b);
+    const uint32_t H = src->height, W = src->width;
+    gpuseg_status st = check(ctx, net, &p, bp, H, W);
+    if (st != GPUSEG_OK)
+        return st;
+    const gpuseg_model_info *mi = &net->info;
+    /* rescale and niter exactly as gpuseg_segment */
+    float r;
+    uint32_t niter;
+    if ((st = gpuseg__rescale_niter(ctx, net, &p, &r, &niter)) != GPUSEG_OK)
+        return st;
+    b->ctx = ctx;
+    b->net = net;
+    b->src = src;
+    b->res = result;
+    gpuseg__prep_params_default(&b->pp);
+    b->pp.chan = p.chan;
+    b->pp.chan2 = p.chan2;
+    b->pp.normalize = p.normalize;
+    b->pp.pct_lo = p.norm_lo;
+    b->pp.pct_hi = p.norm_hi;
+    b->pp.invert = p.invert;
+    b->pp.rescale = gpuseg__prep_rescale(r, H, W);
+    b->pp.tile_overlap = p.tile_overlap;
+    if (b->pp.invert && !b->pp.normalize)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "prep: invert needs normalisation (as in Cellpose)");
+    if (b->pp.normalize &&
+        !(b->pp.pct_lo >= 0.0f && b->pp.pct_lo < b->pp.pct_hi && b->pp.pct_hi <= 100.0f))
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "normalize: percentiles %g and %g (need 0 <= low < high <= 100)",
+                            (double)b->pp.pct_lo, (double)b->pp.pct_hi);
+    gpuseg_masks_params_default(&b->mp);
+    b->mp.cellprob_threshold = p.cellprob_threshold;
+    b->mp.flow_threshold = p.flow_threshold;
+    b->mp.niter = niter;
+    b->mp.min_size = p.min_size;
+    b->mp.max_size_fraction = p.max_size_fraction;
+    result->diameter = p.diameter > 0 ? p.diameter : (double)mi->diam_labels;
+    result->rescale = (double)r;
+    result->niter = niter;
+    if (bp->halo == 0) {
+        double h = 4.0 * result->diameter;
+        bp->halo = h < 64.0 ? 64 : (h > 65536.0 ? 65536 : (uint32_t)ceil(h));
+    }
+    b->halo = bp->halo;
+    result->halo = bp->halo;
+    if ((st = gpuseg__tile_geometry(ctx, H, W, b->pp.rescale, 0, p.tile_overlap, &b->g)))
+        return st;
+    result->n_tiles = b->g.ny * b->g.nx;
+    return GPUSEG_OK;
+}
+
+/* The network plan (the whole-image run's batch size, and so the same convolution choices for
+ * every batch but a block's last) and the host label buffers for blocks of side bs. */
+static gpuseg_status blocks_buffers(blocks_run *b, const gpuseg_segment_params *p, uint32_t bs) {
+    const uint32_t nt = b->res->n_tiles;
+    gpuseg_status st = gpuseg__plan_batch(b->ctx, b->net, p->batch_size < nt ? p->batch_size : nt,
+                                          b->g.th, b->g.tw, &b->bsz);
+    if (st != GPUSEG_OK)
+        return st;
+    const size_t wmax = (size_t)(bs + 2 * (size_t)b->halo) * (bs + 2 * (size_t)b->halo);
+    b->win_labels = malloc(wmax * sizeof *b->win_labels);
+    b->core = malloc(wmax * sizeof *b->core);
+    if (!b->win_labels || !b->core)
+        return gpuseg__fail(b->ctx, GPUSEG_OUT_OF_MEMORY, "blocks: label buffers");
+    return GPUSEG_OK;
+}
+
+static void blocks_free(blocks_run *b) {
+    tile_cache_free(b);
+    gpuseg__tile_geom_free(&b->g);
+    free(b->ids.key);
+    free(b->ids.val);
+    free(b->win_labels);
+    free(b->core);
+    free(b->stat);
+    free(b->new_first);
+}
+
 gpuseg_status
 gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_source *src,
                       const gpuseg_segment_params *params, const gpuseg_blocks_params *bparams,
@@ -846,60 +949,13 @@ gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_sourc
     else
         gpuseg_blocks_params_default(&bp);
     const uint32_t H = src->height, W = src->width;
-    gpuseg_status st = check(ctx, net, &p, &bp, H, W);
-    if (st != GPUSEG_OK)
-        return st;
-    const gpuseg_model_info *mi = &net->info;
-    /* rescale and niter exactly as gpuseg_segment */
-    float r;
-    uint32_t niter;
-    if ((st = gpuseg__rescale_niter(ctx, net, &p, &r, &niter)) != GPUSEG_OK)
-        return st;
     blocks_run b;
-    memset(&b, 0, sizeof b);
-    b.ctx = ctx;
-    b.net = net;
-    b.src = src;
-    b.res = result;
-    gpuseg__prep_params_default(&b.pp);
-    b.pp.chan = p.chan;
-    b.pp.chan2 = p.chan2;
-    b.pp.normalize = p.normalize;
-    b.pp.pct_lo = p.norm_lo;
-    b.pp.pct_hi = p.norm_hi;
-    b.pp.invert = p.invert;
-    b.pp.rescale = gpuseg__prep_rescale(r, H, W);
-    b.pp.tile_overlap = p.tile_overlap;
-    if (b.pp.invert && !b.pp.normalize)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "prep: invert needs normalisation (as in Cellpose)");
-    if (b.pp.normalize &&
-        !(b.pp.pct_lo >= 0.0f && b.pp.pct_lo < b.pp.pct_hi && b.pp.pct_hi <= 100.0f))
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "normalize: percentiles %g and %g (need 0 <= low < high <= 100)",
-                            (double)b.pp.pct_lo, (double)b.pp.pct_hi);
-    gpuseg_masks_params_default(&b.mp);
-    b.mp.cellprob_threshold = p.cellprob_threshold;
-    b.mp.flow_threshold = p.flow_threshold;
-    b.mp.niter = niter;
-    b.mp.min_size = p.min_size;
-    b.mp.max_size_fraction = p.max_size_fraction;
-    result->diameter = p.diameter > 0 ? p.diameter : (double)mi->diam_labels;
-    result->rescale = (double)r;
-    result->niter = niter;
-    if (bp.halo == 0) {
-        double h = 4.0 * result->diameter;
-        bp.halo = h < 64.0 ? 64 : (h > 65536.0 ? 65536 : (uint32_t)ceil(h));
-    }
-    b.halo = bp.halo;
-    result->halo = bp.halo;
+    gpuseg_status st = blocks_init(&b, ctx, net, src, &p, &bp, result);
+    if (st != GPUSEG_OK)
+        goto done;
     const uint32_t bs = bp.block_size;
-    const size_t wmax = (size_t)(bs + 2 * (size_t)b.halo) * (bs + 2 * (size_t)b.halo);
     double t0 = gpuseg__now_s();
     gpuseg__progress(ctx, "percentiles", 0, 2, 0.0);
-    if ((st = gpuseg__tile_geometry(ctx, H, W, b.pp.rescale, 0, p.tile_overlap, &b.g)))
-        goto done;
-    result->n_tiles = b.g.ny * b.g.nx;
     if ((st = resume_start(&b, &bp)) != GPUSEG_OK)
         goto done;
     if (b.pp.normalize && !bp.norm) {
@@ -919,18 +975,8 @@ gpuseg_segment_blocks(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_sourc
     }
     double t1 = gpuseg__now_s();
     result->seconds_percentiles = t1 - t0;
-    /* the whole-image run's network plan: the same batch size (and so the same convolution
-     * choices) for every batch but a block's last */
-    if ((st = gpuseg__plan_batch(ctx, net,
-                                 p.batch_size < result->n_tiles ? p.batch_size : result->n_tiles,
-                                 b.g.th, b.g.tw, &b.bsz)))
+    if ((st = blocks_buffers(&b, &p, bs)))
         goto done;
-    b.win_labels = malloc(wmax * sizeof *b.win_labels);
-    b.core = malloc(wmax * sizeof *b.core);
-    if (!b.win_labels || !b.core) {
-        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "blocks: label buffers");
-        goto done;
-    }
     const uint32_t nby = (H + bs - 1) / bs, nbx = (W + bs - 1) / bs, nb = nby * nbx;
     if (!bp.no_tile_cache && (st = tile_cache_setup(&b, bs, nby, nbx)) != GPUSEG_OK)
         goto done;
@@ -969,14 +1015,7 @@ done:
         memset(result, 0, sizeof *result);
         st = keep;
     }
-    tile_cache_free(&b);
-    gpuseg__tile_geom_free(&b.g);
-    free(b.ids.key);
-    free(b.ids.val);
-    free(b.win_labels);
-    free(b.core);
-    free(b.stat);
-    free(b.new_first);
+    blocks_free(&b);
     return st;
 }
 
@@ -1038,4 +1077,145 @@ gpuseg_status gpuseg_segment_blocks_image(gpuseg_ctx *ctx, gpuseg_net *net, cons
     }
     *labels = m.labels;
     return GPUSEG_OK;
+}
+
+/* ---- distributed runs: the plan once, then any block anywhere ----------------------------- */
+
+gpuseg_status gpuseg_blocks_plan_compute(gpuseg_ctx *ctx, gpuseg_net *net,
+                                         const gpuseg_block_source *src,
+                                         const gpuseg_segment_params *params,
+                                         const gpuseg_blocks_params *bparams,
+                                         gpuseg_blocks_plan *plan) {
+    gpuseg__clear_error(ctx);
+    if (!ctx || !net || !src || !src->read || !plan)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "gpuseg_blocks_plan_compute: NULL argument");
+    memset(plan, 0, sizeof *plan);
+    gpuseg_segment_params p;
+    gpuseg_blocks_params bp;
+    if (params)
+        p = *params;
+    else
+        gpuseg_segment_params_default(&p);
+    if (bparams)
+        bp = *bparams;
+    else
+        gpuseg_blocks_params_default(&bp);
+    gpuseg_blocks_result res;
+    memset(&res, 0, sizeof res);
+    blocks_run b;
+    gpuseg_status st = blocks_init(&b, ctx, net, src, &p, &bp, &res);
+    if (st != GPUSEG_OK)
+        goto done;
+    const double t0 = gpuseg__now_s();
+    gpuseg__progress(ctx, "percentiles", 0, 2, 0.0);
+    if (b.pp.normalize && (st = percentiles(ctx, src, &b.pp, bp.block_size, b.par, &res)))
+        goto done;
+    p.size_model = NULL; /* not used with a diameter (blocks_init refuses it without one) */
+    p.want_flows = p.want_style = 0;
+    plan->version = GPUSEG_BLOCKS_PLAN_VERSION;
+    plan->params = p;
+    plan->width = src->width;
+    plan->height = src->height;
+    plan->block_size = bp.block_size;
+    plan->halo = bp.halo;
+    plan->n_blocks_x = (src->width + bp.block_size - 1) / bp.block_size;
+    plan->n_blocks_y = (src->height + bp.block_size - 1) / bp.block_size;
+    memcpy(plan->norm, b.par, sizeof plan->norm);
+    plan->diameter = res.diameter;
+    plan->rescale = res.rescale;
+    plan->niter = res.niter;
+    plan->n_tiles = res.n_tiles;
+    plan->seconds_percentiles = gpuseg__now_s() - t0;
+    gpuseg__progress(ctx, "done", 1, 1, 1.0);
+done:
+    if (st != GPUSEG_OK) {
+        clFinish(ctx->queue);
+        memset(plan, 0, sizeof *plan);
+    }
+    blocks_free(&b);
+    return st;
+}
+
+gpuseg_status gpuseg_blocks_plan_core(const gpuseg_blocks_plan *plan, uint32_t k, uint32_t *x0,
+                                      uint32_t *y0, uint32_t *w, uint32_t *h) {
+    if (!plan || !x0 || !y0 || !w || !h)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "gpuseg_blocks_plan_core: NULL argument");
+    if (plan->version != GPUSEG_BLOCKS_PLAN_VERSION)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT,
+                            "blocks plan: version %u, this library's is %u (not a plan made by "
+                            "gpuseg_blocks_plan_compute?)",
+                            plan->version, GPUSEG_BLOCKS_PLAN_VERSION);
+    const uint64_t nb = (uint64_t)plan->n_blocks_x * plan->n_blocks_y;
+    if (k >= nb)
+        return gpuseg__fail(NULL, GPUSEG_INVALID_ARGUMENT, "block %u: the plan has %llu blocks", k,
+                            (unsigned long long)nb);
+    const uint32_t bs = plan->block_size;
+    *y0 = (k / plan->n_blocks_x) * bs;
+    *x0 = (k % plan->n_blocks_x) * bs;
+    *h = plan->height - *y0 < bs ? plan->height - *y0 : bs;
+    *w = plan->width - *x0 < bs ? plan->width - *x0 : bs;
+    return GPUSEG_OK;
+}
+
+gpuseg_status gpuseg_segment_block(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_block_source *src,
+                                   const gpuseg_blocks_plan *plan, uint32_t k, uint64_t *keys,
+                                   gpuseg_block_result *result) {
+    gpuseg__clear_error(ctx);
+    if (!ctx || !net || !src || !src->read || !plan || !keys || !result)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "gpuseg_segment_block: NULL argument");
+    memset(result, 0, sizeof *result);
+    uint32_t cx0, cy0, cw, ch;
+    gpuseg_status st = gpuseg_blocks_plan_core(plan, k, &cx0, &cy0, &cw, &ch);
+    if (st != GPUSEG_OK)
+        return gpuseg__wrap(ctx, st, "gpuseg_segment_block");
+    if (src->width != plan->width || src->height != plan->height)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "gpuseg_segment_block: the image is %ux%u, the plan's %ux%u",
+                            src->width, src->height, plan->width, plan->height);
+    if (plan->params.size_model)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "gpuseg_segment_block: the plan holds a size model pointer");
+    gpuseg_blocks_params bp;
+    gpuseg_blocks_params_default(&bp); /* no events, no resume */
+    bp.block_size = plan->block_size;
+    bp.halo = plan->halo;
+    gpuseg_blocks_result res;
+    memset(&res, 0, sizeof res);
+    blocks_run b;
+    const double t0 = gpuseg__now_s();
+    if ((st = blocks_init(&b, ctx, net, src, &plan->params, &bp, &res)))
+        goto done;
+    if (res.rescale != plan->rescale || res.niter != plan->niter) {
+        st = gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                          "gpuseg_segment_block: the plan was made with another model (rescale "
+                          "%g, niter %u; this net gives %g, %u)",
+                          plan->rescale, plan->niter, res.rescale, res.niter);
+        goto done;
+    }
+    memcpy(b.par, plan->norm, sizeof b.par);
+    b.keys = keys;
+    if ((st = blocks_buffers(&b, &plan->params, plan->block_size)) ||
+        (st = gpuseg__check_cancel(ctx, "blocks")) ||
+        (st = run_block(&b, cy0, cx0, ch, cw, NULL, NULL))) {
+        gpuseg__wrap(ctx, st, "block %u (%ux%u at (%u, %u))", k, cw, ch, cx0, cy0);
+        goto done;
+    }
+    result->x0 = cx0;
+    result->y0 = cy0;
+    result->width = cw;
+    result->height = ch;
+    result->n_masks = b.keys_masks;
+    result->n_too_big = res.n_too_big;
+    result->n_tiles_run = res.n_tiles_run;
+    result->seconds = gpuseg__now_s() - t0;
+    gpuseg__progress(ctx, "done", 1, 1, 1.0);
+done:
+    if (st != GPUSEG_OK) {
+        clFinish(ctx->queue);
+        memset(result, 0, sizeof *result);
+    }
+    blocks_free(&b);
+    return st;
 }

@@ -140,6 +140,34 @@ class BlocksResult(C.Structure):
                 ("tile_cache_peak", C.c_uint64)]
 
 
+# gpuseg/blocks.h: the distributed entries (a region-reading callback, the plan, one block)
+REGION_READ_FN = C.CFUNCTYPE(C.c_int, C.c_void_p, C.c_uint32, C.c_uint32, C.c_uint32,
+                             C.c_uint32, C.POINTER(C.POINTER(Image)))
+
+
+class BlockSource(C.Structure):
+    _fields_ = [("width", C.c_uint32), ("height", C.c_uint32), ("read", REGION_READ_FN),
+                ("user", C.c_void_p)]
+
+
+BLOCKS_PLAN_VERSION = 1
+
+
+class BlocksPlan(C.Structure):
+    _fields_ = [("version", C.c_uint32), ("params", SegmentParams), ("width", C.c_uint32),
+                ("height", C.c_uint32), ("block_size", C.c_uint32), ("halo", C.c_uint32),
+                ("n_blocks_x", C.c_uint32), ("n_blocks_y", C.c_uint32),
+                ("norm", C.c_float * 8), ("diameter", C.c_double), ("rescale", C.c_double),
+                ("niter", C.c_uint32), ("n_tiles", C.c_uint32),
+                ("seconds_percentiles", C.c_double)]
+
+
+class BlockResult(C.Structure):
+    _fields_ = [("x0", C.c_uint32), ("y0", C.c_uint32), ("width", C.c_uint32),
+                ("height", C.c_uint32), ("n_masks", C.c_uint32), ("n_too_big", C.c_uint32),
+                ("n_tiles_run", C.c_uint64), ("seconds", C.c_double)]
+
+
 SHM_NAME_MAX = 128
 
 
@@ -195,6 +223,8 @@ def _declare(lib: C.CDLL) -> None:
         "gpuseg_segment_result_free": (None, [P(SegmentResult)]),
         "gpuseg_image_read": (st, [C.c_char_p, P(P(Image))]),
         "gpuseg_image_free": (None, [P(Image)]),
+        "gpuseg_image_create": (st, [C.c_uint32, C.c_uint32, C.c_uint32, C.c_uint32, C.c_int,
+                                     P(P(Image))]),
         "gpuseg_masks_params_default": (None, [P(MasksParams)]),
         "gpuseg_flows_to_masks": (st, [vp, P(C.c_float), C.c_uint32, C.c_uint32,
                                        P(MasksParams), P(P(Image)), P(C.c_uint32)]),
@@ -207,6 +237,12 @@ def _declare(lib: C.CDLL) -> None:
         "gpuseg_blocks_params_default": (None, [P(BlocksParams)]),
         "gpuseg_segment_blocks_image": (st, [vp, vp, P(Image), P(SegmentParams),
                                              P(BlocksParams), P(P(Image)), P(BlocksResult)]),
+        "gpuseg_blocks_plan_compute": (st, [vp, vp, P(BlockSource), P(SegmentParams),
+                                            P(BlocksParams), P(BlocksPlan)]),
+        "gpuseg_blocks_plan_core": (st, [P(BlocksPlan), C.c_uint32, P(C.c_uint32),
+                                         P(C.c_uint32), P(C.c_uint32), P(C.c_uint32)]),
+        "gpuseg_segment_block": (st, [vp, vp, P(BlockSource), P(BlocksPlan), C.c_uint32,
+                                      P(C.c_uint64), P(BlockResult)]),
         "gpuseg_shm_open": (st, [C.c_char_p, C.c_double, P(vp)]),
         "gpuseg_shm_get_info": (P(ShmInfo), [vp]),
         "gpuseg_shm_payload": (vp, [vp]),
