@@ -62,6 +62,11 @@ GPUSEG_API const char *gpuseg_last_error(void);
 /* Library version as "MAJOR.MINOR.PATCH". */
 GPUSEG_API const char *gpuseg_version(void);
 
+/* sizeof of the public structure named `name` (its typedef name, e.g. "gpuseg_segment_params"),
+ * 0 for a name that is not one: for bindings that declare the structures without a compiler
+ * (the Python package checks its ctypes copies against it when it loads the library). */
+GPUSEG_API size_t gpuseg_struct_size(const char *name);
+
 /* Releases memory that a gpuseg function allocated and documented as "free with gpuseg_free".
  * Accepts NULL. */
 GPUSEG_API void gpuseg_free(void *p);

@@ -1,5 +1,6 @@
 """masks_from_flows, flows_from_labels, average_precision, imread and the shm helpers."""
 
+import ctypes
 import json
 
 import numpy as np
@@ -92,3 +93,24 @@ def test_shm_from_the_command():
     assert np.array_equal(labels, gpuseg.imread(EXAMPLE_LABELS))
     with pytest.raises(gpuseg.GpusegError):
         gpuseg.shm.unlink(info["shm"])
+
+
+def test_struct_sizes_match_the_library():
+    # every structure the binding mirrors has the library's size (checked again at load time)
+    from gpuseg import _lib
+
+    lib = _lib.lib()
+    for cls, name in _lib.STRUCTS.items():
+        assert lib.gpuseg_struct_size(name.encode()) == ctypes.sizeof(cls), name
+    assert lib.gpuseg_struct_size(b"no_such_struct") == 0
+
+
+def test_a_grown_structure_is_refused(monkeypatch):
+    from gpuseg import _lib
+
+    class Shrunk(ctypes.Structure):
+        _fields_ = [("block_size", ctypes.c_uint32)]
+
+    monkeypatch.setitem(_lib.STRUCTS, Shrunk, "gpuseg_blocks_params")
+    with pytest.raises(OSError, match="gpuseg_blocks_params is .* bytes in this library"):
+        _lib.check_struct_sizes(_lib.lib(), "libgpuseg.so")

@@ -257,11 +257,39 @@ def _declare(lib: C.CDLL) -> None:
         f.argtypes = args
 
 
+# The C name of each structure mirrored above, checked against the library's own sizes
+# (gpuseg_struct_size) when it is loaded: a library whose structures grew is refused, instead of
+# writing past these copies.
+STRUCTS = {Limits: "gpuseg_limits", CtxParams: "gpuseg_ctx_params",
+           DeviceInfo: "gpuseg_device_info", Progress: "gpuseg_progress", Image: "gpuseg_image",
+           ModelInfo: "gpuseg_model_info", SegmentParams: "gpuseg_segment_params",
+           SegmentResult: "gpuseg_segment_result", MasksParams: "gpuseg_masks_params",
+           ApResult: "gpuseg_ap_result", BlocksParams: "gpuseg_blocks_params",
+           BlocksResult: "gpuseg_blocks_result", BlockSource: "gpuseg_block_source",
+           BlocksPlan: "gpuseg_blocks_plan", BlockResult: "gpuseg_block_result",
+           ShmInfo: "gpuseg_shm_info"}
+
+
+def check_struct_sizes(handle: C.CDLL, path: str) -> None:
+    """Raises OSError naming the first structure whose size differs from the library's."""
+    size = handle.gpuseg_struct_size
+    size.restype = C.c_size_t
+    size.argtypes = [C.c_char_p]
+    for cls, name in STRUCTS.items():
+        want = size(name.encode())
+        if want != C.sizeof(cls):
+            raise OSError(f"{path}: {name} is {want} bytes in this library but {C.sizeof(cls)} "
+                          "in the Python binding: the package and libgpuseg do not match "
+                          "(reinstall with pip install ./python)")
+
+
 def lib() -> C.CDLL:
-    """The loaded library (loaded and declared on first use)."""
+    """The loaded library (loaded, checked and declared on first use)."""
     global _lib
     if _lib is None:
-        handle = C.CDLL(library_path())
+        path = library_path()
+        handle = C.CDLL(path)
+        check_struct_sizes(handle, path)
         _declare(handle)
         _lib = handle
     return _lib
