@@ -11,7 +11,8 @@
 #            machine; long on a small CPU
 #   --out    report folder (default bench/results/<host>-<UTC date>-<mode>/)
 #   --build  build folder (default build-bench/; configured -DCMAKE_BUILD_TYPE=Release)
-#   --parts  a subset of startup,conv,masks,net_full,net_bundled,e2e
+#   --parts  a subset of startup,conv,masks,net_full,net_bundled,e2e, or the optional part
+#            slides (issue #16: bench/slides_vs_cellpose.py; quick 40 MP, full 1 Gpx: hours)
 # Environment: GPUSEG_DEVICE picks the OpenCL device as for gpuseg itself.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +27,7 @@ while (($#)); do
     --out) out=$2; shift ;;
     --build) build=$2; shift ;;
     --parts) parts=$2; shift ;;
-    -h | --help) sed -n 2,16p "$0"; exit 0 ;;
+    -h | --help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift

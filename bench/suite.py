@@ -30,12 +30,18 @@ MODES = {
     "quick": {"startup_repeats": 1, "conv_batch": 2, "conv_repeats": 7, "conv_impl": "direct,winograd",
               "masks_repeats": 5, "masks_sides": "512,1024", "net_repeats": 1,
               "net_sides": "512", "net_bundled_sides": "512", "e2e_repeats": 3,
-              "permp_sides": "512,1024,2048", "permp_repeats": 3, "mem_side": 4096},
+              "permp_sides": "512,1024,2048", "permp_repeats": 3, "mem_side": 4096,
+              "slides_sides": "2048", "slides_repeats": "3", "slides_slide": "8000x5000",
+              "slides_cp_side": "2048"},
     "full": {"startup_repeats": 5, "conv_batch": 2, "conv_repeats": 5, "conv_impl": "all",
              "masks_repeats": 5, "masks_sides": "512,1024,2048", "net_repeats": 3,
              "net_sides": "512,1024", "net_bundled_sides": "512,1024", "e2e_repeats": 5,
-             "permp_sides": "256,512,1024,2048,4096", "permp_repeats": 3, "mem_side": 4096},
+             "permp_sides": "256,512,1024,2048,4096", "permp_repeats": 3, "mem_side": 4096,
+             "slides_sides": "4096,8192", "slides_repeats": "3,1", "slides_slide": "40000x25000",
+             "slides_cp_side": "4096"},
 }
+# Optional parts: run only when named in --parts (hours on a 2-core CPU in --full).
+OPTIONAL = {"slides": 6 * 3600}
 
 
 def run_part(name, cmd, out_dir, env=None, timeout=3600):
@@ -596,6 +602,12 @@ def main():
                 "--repeats", str(s["e2e_repeats"]), "--sides", s["permp_sides"],
                 "--permp-repeats", str(s["permp_repeats"]), "--mem-side",
                 str(s["mem_side"])] + (["--no-cli-warmup"] if a.mode == "quick" else []),
+        # issue #16 (optional): blockwise vs whole-image labels, the 1 Gpx slide (quick: 40 MP),
+        # Cellpose's distributed_segmentation; raw/slides.txt holds its JSON lines
+        "slides": [PY, os.path.join(HERE, "slides_vs_cellpose.py"), "--build", build, "--work",
+                   os.path.join(work, "slides"), "--sides", s["slides_sides"], "--repeats",
+                   s["slides_repeats"], "--slide", s["slides_slide"], "--cp-side",
+                   s["slides_cp_side"]],
     }
     parts = {}
     old = os.path.join(out, "report.json")
@@ -612,7 +624,8 @@ def main():
             penv["BENCH_NET_PROFILE"] = "1"
         if name == "masks":  # bench_masks reads the fixture relative to the repository
             pass
-        objs, secs, err = run_part(name, cmds[name], out, env=penv)
+        objs, secs, err = run_part(name, cmds[name], out, env=penv,
+                                   timeout=OPTIONAL.get(name, 3600))
         parts[name] = {"results": objs, "seconds": secs, "error": err,
                        "loadavg_after": common.loadavg()}
     dev = None
