@@ -226,7 +226,10 @@ static gpuseg_status open_tiff_reader(gpuseg_image_region_reader *r, uint64_t ma
     r->msgs = calloc(1, sizeof *r->msgs);
     if (!r->msgs)
         return gpuseg__fail(NULL, GPUSEG_OUT_OF_MEMORY, "%s: out of memory", r->path);
-    r->tif = gpuseg__tiff_open(r->path, "r", -1, r->msgs);
+    /* "m": no memory mapping. libtiff maps a whole file read with "r", and the pages a region
+     * reader touches then stay in the process's RSS: 1.06 GB of a 1 Gpx slide's 1.53 GiB peak
+     * (bench/results/cpu-pocl-2core/slides.md). Regions are read with pread instead. */
+    r->tif = gpuseg__tiff_open(r->path, "rm", -1, r->msgs);
     if (!r->tif)
         return gpuseg__fail(NULL, GPUSEG_FORMAT, "%s: not a readable TIFF file: %s", r->path,
                             gpuseg__tiff_why(r->msgs));
