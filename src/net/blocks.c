@@ -799,18 +799,9 @@ static gpuseg_status check(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_segmen
         return gpuseg__fail(ctx, GPUSEG_UNSUPPORTED,
                             "blockwise segmentation: augment, diameter estimation and size models "
                             "are not supported");
-    if (!isfinite(p->diameter) || p->diameter < 0)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "diameter %g: must be 0 (the model's own) or a positive number of "
-                            "pixels",
-                            p->diameter);
-    if (p->batch_size == 0 || p->batch_size > 1024)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "batch size %u: must be 1..1024",
-                            p->batch_size);
-    if (!isfinite(p->tile_overlap) || !isfinite(p->cellprob_threshold) ||
-        !isfinite(p->flow_threshold))
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "tile overlap and thresholds must be finite numbers");
+    gpuseg_status cst = gpuseg__check_segment_numbers(ctx, p);
+    if (cst != GPUSEG_OK)
+        return cst;
     if (bp->block_size < 16 || bp->block_size > 65536)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "block size %u: must be 16..65536",
                             bp->block_size);

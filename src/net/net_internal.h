@@ -77,6 +77,8 @@ gpuseg_status gpuseg__net_forward(gpuseg_net *net, unsigned batch);
 gpuseg_status gpuseg__plan_batch(gpuseg_ctx *ctx, gpuseg_net *net, unsigned want, uint32_t th,
                                  uint32_t tw, unsigned *got);
 double gpuseg__prep_rescale(float r, uint32_t ly0, uint32_t lx0);
+/* diameter >= 0, batch size 1..1024, finite tile overlap and thresholds (segment.c) */
+gpuseg_status gpuseg__check_segment_numbers(gpuseg_ctx *ctx, const gpuseg_segment_params *p);
 /* Cellpose's rescale (diam_mean / diameter, or diam_mean / diam_labels for diameter 0, in
  * float32) and Euler step count (trunc(200 / rescale) unless p->niter is given) for params p;
  * GPUSEG_INVALID_ARGUMENT for an absurd rescale. (segment.c; gpuseg_segment and blocks.c) */

@@ -16,6 +16,24 @@
  * paint winners 4, seed ids 4 bytes; the flows it is given are released after its first stage). */
 #define GPUSEG__MASKS_BYTES_PER_PIXEL 28
 
+/* The numeric fields every segmentation entry checks: diameter >= 0, batch size 1..1024, finite
+ * tile overlap and thresholds. */
+gpuseg_status gpuseg__check_segment_numbers(gpuseg_ctx *ctx, const gpuseg_segment_params *p) {
+    if (!isfinite(p->diameter) || p->diameter < 0)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "diameter %g: must be 0 (the model's own) or a positive number of "
+                            "pixels",
+                            p->diameter);
+    if (p->batch_size == 0 || p->batch_size > 1024)
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "batch size %u: must be 1..1024",
+                            p->batch_size);
+    if (!isfinite(p->tile_overlap) || !isfinite(p->cellprob_threshold) ||
+        !isfinite(p->flow_threshold))
+        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
+                            "tile overlap and thresholds must be finite numbers");
+    return GPUSEG_OK;
+}
+
 gpuseg_status gpuseg__rescale_niter(gpuseg_ctx *ctx, const gpuseg_net *net,
                                     const gpuseg_segment_params *p, float *rescale,
                                     uint32_t *niter) {
@@ -204,17 +222,9 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
                             "%s: the model has %d outputs; segmentation needs 3 (dY, dX, "
                             "cellprob)",
                             net->model_path, mi->nout);
-    if (!isfinite(p.diameter) || p.diameter < 0)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "diameter %g: must be 0 (the model's own) or a positive number of "
-                            "pixels",
-                            p.diameter);
-    if (p.batch_size == 0 || p.batch_size > 1024)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "batch size %u: must be 1..1024",
-                            p.batch_size);
-    if (!isfinite(p.tile_overlap) || !isfinite(p.cellprob_threshold) || !isfinite(p.flow_threshold))
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "tile overlap and thresholds must be finite numbers");
+    gpuseg_status cst = gpuseg__check_segment_numbers(ctx, &p);
+    if (cst != GPUSEG_OK)
+        return cst;
 
     float r;
     uint32_t niter;

@@ -400,17 +400,9 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
         p = *params;
     else
         gpuseg_segment_params_default(&p);
-    if (!isfinite(p.diameter) || p.diameter < 0)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "diameter %g: must be 0 (the model's own) or a positive number of "
-                            "pixels",
-                            p.diameter);
-    if (p.batch_size == 0 || p.batch_size > 1024)
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "batch size %u: must be 1..1024",
-                            p.batch_size);
-    if (!isfinite(p.tile_overlap) || !isfinite(p.cellprob_threshold))
-        return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT,
-                            "tile overlap and thresholds must be finite numbers");
+    gpuseg_status cst = gpuseg__check_segment_numbers(ctx, &p);
+    if (cst != GPUSEG_OK)
+        return cst;
     const vol_dims d0 = {img->pages, img->height, img->width};
     const size_t n0 = nvox(d0);
     gpuseg_image *xi = NULL;
