@@ -181,3 +181,17 @@ def test_segment_volume_equals_cli_do3d(segmenter, tmp_path):
     assert info["n_masks"] == cellpose.max()
     with pytest.raises(gpuseg.GpusegError, match="Z stack"):
         segmenter.segment_volume(stack[:1], diameter=11)
+
+
+def test_segment_stack_equals_cellpose_stitch(segmenter):
+    """segment_stack (gpuseg_segment_stack) gives Cellpose's eval(stitch_threshold=0.5) labels
+    on the committed 12 x 61 x 57 stack (tests/fixtures/stack/cellpose_stitch.tif, made by
+    tools/fixtures/make_stack_fixtures.py), as `gpuseg segment --stitch-threshold` does."""
+    stack = gpuseg.imread(REPO / "tests" / "fixtures" / "stack" / "img3d_crop.tif")
+    masks, info = segmenter.segment_stack(stack, 0.5, diameter=11, return_flows=True)
+    cellpose = gpuseg.imread(REPO / "tests" / "fixtures" / "stack" / "cellpose_stitch.tif")
+    assert masks.shape == cellpose.shape == (12, 61, 57)
+    np.testing.assert_array_equal(masks.astype(np.uint32), cellpose.astype(np.uint32))
+    assert info["n_masks"] == cellpose.max() and info["flows"].shape == (12, 3, 61, 57)
+    with pytest.raises(gpuseg.GpusegError, match="stitch_threshold"):
+        segmenter.segment_stack(stack, 0.0, diameter=11)

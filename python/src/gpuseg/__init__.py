@@ -460,6 +460,43 @@ class Segmenter(_lib.Closable):
         finally:
             L.gpuseg_segment_result_free(C.byref(r))
 
+    def _stack_image(self, stack: np.ndarray) -> Tuple[np.ndarray, _lib.Image, np.ndarray]:
+        """A Z x H x W (x C) array as a gpuseg_image of Z pages (the array, the image, and the
+        buffer that must outlive the call)."""
+        if not self._net:
+            raise GpusegError("the segmenter is closed", "GPUSEG_INVALID_ARGUMENT")
+        a = np.asarray(stack)
+        if a.ndim not in (3, 4) or (a.ndim == 4 and not 1 <= a.shape[3] <= 4):
+            raise GpusegError(f"stack shape {a.shape} is not Z x H x W or Z x H x W x C with C "
+                              "1..4", "GPUSEG_INVALID_ARGUMENT")
+        Z = a.shape[0]
+        im, keep = _numpy_to_image(a.reshape((Z * a.shape[1],) + a.shape[2:]))
+        im.height, im.pages = a.shape[1], Z
+        return a, im, keep
+
+    def _stack_call(self, a: np.ndarray, call: Callable[[Any], int], flows_shape: Optional[
+            Tuple[int, ...]], progress: Optional[ProgressCallback]
+                    ) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """Runs call(result pointer) (gpuseg_segment_volume or gpuseg_segment_stack) and returns
+        (masks Z x H x W, info); flows_shape: the flows' shape when asked for, else None."""
+        L = _lib.lib()
+        t0 = time.perf_counter()
+        r = _lib.SegmentResult()
+        self.ctx._call(lambda: call(C.byref(r)), progress)
+        try:
+            masks = _image_to_numpy(r.labels.contents).reshape(a.shape[:3])
+            info: Dict[str, Any] = {
+                "diameter": r.diameter, "n_masks": int(r.n_masks), "rescale": r.rescale,
+                "niter": int(r.niter), "n_tiles": int(r.n_tiles), "passes": int(r.passes),
+                "diameter_estimated": bool(r.diameter_estimated),
+                "timings": {"net": r.seconds_net, "masks": r.seconds_masks,
+                            "total": time.perf_counter() - t0}}
+            if flows_shape and r.flows:
+                info["flows"] = np.ctypeslib.as_array(r.flows, shape=flows_shape).copy()
+            return masks, info
+        finally:
+            L.gpuseg_segment_result_free(C.byref(r))
+
     def segment_volume(self, stack: np.ndarray, diameter: Optional[Union[float, str]] = None,
                        channels: Sequence[int] = (0, 0), *, anisotropy: float = 1.0,
                        flow3d_smooth: float = 0.0, cellprob_threshold: float = 0.0,
@@ -479,41 +516,52 @@ class Segmenter(_lib.Closable):
 
         Returns (masks, info): masks uint16 (uint32 above 65535) Z x H x W; info as segment()'s,
         with flows float32 [4, Z, H, W] (dZ, dY, dX, cellprob) when asked for."""
-        if not self._net:
-            raise GpusegError("the segmenter is closed", "GPUSEG_INVALID_ARGUMENT")
-        a = np.asarray(stack)
-        if a.ndim not in (3, 4) or (a.ndim == 4 and not 1 <= a.shape[3] <= 4):
-            raise GpusegError(f"stack shape {a.shape} is not Z x H x W or Z x H x W x C with C "
-                              "1..4", "GPUSEG_INVALID_ARGUMENT")
-        Z = a.shape[0]
-        im, keep = _numpy_to_image(a.reshape((Z * a.shape[1],) + a.shape[2:]))
-        im.height, im.pages = a.shape[1], Z
+        a, im, keep = self._stack_image(stack)
         p = self._params(diameter, channels, normalize=normalize,
                          cellprob_threshold=cellprob_threshold, min_size=min_size, niter=niter,
                          max_size_fraction=max_size_fraction, invert=int(invert),
                          augment=int(augment), tile_overlap=tile_overlap,
                          batch_size=batch_size, want_flows=int(return_flows), want_style=0)
-        L = _lib.lib()
-        t0 = time.perf_counter()
-        r = _lib.SegmentResult()
-        net = self._net
-        self.ctx._call(lambda: L.gpuseg_segment_volume(
-            self.ctx.handle, net, C.byref(im), C.byref(p), float(anisotropy),
-            float(flow3d_smooth), C.byref(r)), progress)
-        try:
-            masks = _image_to_numpy(r.labels.contents).reshape(Z, a.shape[1], a.shape[2])
-            info: Dict[str, Any] = {
-                "diameter": r.diameter, "n_masks": int(r.n_masks), "rescale": r.rescale,
-                "niter": int(r.niter), "n_tiles": int(r.n_tiles), "passes": int(r.passes),
-                "diameter_estimated": bool(r.diameter_estimated),
-                "timings": {"net": r.seconds_net, "masks": r.seconds_masks,
-                            "total": time.perf_counter() - t0}}
-            if return_flows and r.flows:
-                info["flows"] = np.ctypeslib.as_array(
-                    r.flows, shape=(4,) + masks.shape).copy()
-            return masks, info
-        finally:
-            L.gpuseg_segment_result_free(C.byref(r))
+        L, net = _lib.lib(), self._net
+        return self._stack_call(
+            a, lambda r: L.gpuseg_segment_volume(self.ctx.handle, net, C.byref(im), C.byref(p),
+                                                 float(anisotropy), float(flow3d_smooth), r),
+            (4,) + a.shape[:3] if return_flows else None, progress)
+
+    def segment_stack(self, stack: np.ndarray, stitch_threshold: float,
+                      diameter: Optional[Union[float, str]] = None,
+                      channels: Sequence[int] = (0, 0), *, flow_threshold: float = 0.4,
+                      cellprob_threshold: float = 0.0, min_size: int = 15, niter: int = 0,
+                      max_size_fraction: float = 0.4,
+                      normalize: Union[bool, Tuple[float, float]] = True, invert: bool = False,
+                      augment: bool = False, tile_overlap: float = 0.1, batch_size: int = 8,
+                      return_flows: bool = False, progress: Optional[ProgressCallback] = None
+                      ) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """Segments a Z stack plane by plane and links the planes' masks by IoU, as
+        CellposeModel.eval(do_3D=False, stitch_threshold=T) (gpuseg_segment_stack, `gpuseg
+        segment --stitch-threshold T`): one normalisation for the whole stack, each plane in
+        2-D, utils.stitch3D, then 3-D hole filling and the size filter.
+
+        stack: as segment_volume() (Z >= 1). stitch_threshold: the IoU above which a mask
+        joins the one it overlaps most in the previous plane (> 0). Other arguments: as
+        segment(). Returns (masks, info): masks Z x H x W; flows float32 [Z, 3, H, W] (dY, dX,
+        cellprob per plane) when asked for."""
+        t = float(stitch_threshold)
+        if not np.isfinite(t) or t <= 0:
+            raise GpusegError(f"stitch_threshold {stitch_threshold!r} is not a number > 0",
+                              "GPUSEG_INVALID_ARGUMENT")
+        a, im, keep = self._stack_image(stack)
+        p = self._params(diameter, channels, normalize=normalize, flow_threshold=flow_threshold,
+                         cellprob_threshold=cellprob_threshold, min_size=min_size, niter=niter,
+                         max_size_fraction=max_size_fraction, invert=int(invert),
+                         augment=int(augment), tile_overlap=tile_overlap,
+                         batch_size=batch_size, want_flows=int(return_flows), want_style=0)
+        L, net = _lib.lib(), self._net
+        Z, H, W = a.shape[:3]
+        return self._stack_call(
+            a, lambda r: L.gpuseg_segment_stack(self.ctx.handle, net, C.byref(im), C.byref(p),
+                                                t, r),
+            (Z, 3, H, W) if return_flows else None, progress)
 
     def _segment_blocks(self, im: _lib.Image, keep: np.ndarray, p: _lib.SegmentParams,
                         block_size: int, halo: int, progress: Optional[ProgressCallback],

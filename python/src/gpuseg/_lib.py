@@ -220,6 +220,8 @@ def _declare(lib: C.CDLL) -> None:
         "gpuseg_segment": (st, [vp, vp, P(Image), P(SegmentParams), P(SegmentResult)]),
         "gpuseg_segment_volume": (st, [vp, vp, P(Image), P(SegmentParams), C.c_double,
                                        C.c_double, P(SegmentResult)]),
+        "gpuseg_segment_stack": (st, [vp, vp, P(Image), P(SegmentParams), C.c_double,
+                                      P(SegmentResult)]),
         "gpuseg_segment_result_free": (None, [P(SegmentResult)]),
         "gpuseg_image_read": (st, [C.c_char_p, P(P(Image))]),
         "gpuseg_image_free": (None, [P(Image)]),
