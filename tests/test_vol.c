@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "flow/masks_internal.h"
 #include "gpuseg/metrics.h"
 #include "testutil.h"
 
@@ -288,8 +289,97 @@ START_TEST(whole_mask3d_shared_data) {
 }
 END_TEST
 
+/* Seed painting order of 3-D masks: torch.argsort (CPU, stable=False) of the seeds' counts,
+ * whose order of equal counts is libstdc++ std::sort's (gpuseg__torch_argsort_u32). Keys: the
+ * 101 seed counts of bench/vol_parity_full.py's case crop_c (full-width random model, seed 0;
+ * 46 of them tie), 200 keys (halved values of McIlroy's quicksort adversary against this
+ * introsort: they drive it into its heapsort branch, with ties) and 12 random counts
+ * (insertion-sort-only size); perm: torch 2.x's argsort of them (CPU, Linux). A stable sort
+ * differs on all three. */
+START_TEST(torch_argsort_order) {
+    static const uint32_t keys[101] = {
+        151, 18,  44, 62, 110, 31,  72, 20,  33, 16,  15, 72, 67,  14,  14,  80, 39,
+        13,  27,  31, 38, 45,  137, 58, 38,  17, 360, 54, 79, 113, 42,  22,  50, 42,
+        22,  287, 25, 50, 13,  13,  11, 24,  41, 12,  13, 14, 501, 63,  11,  14, 71,
+        15,  208, 45, 21, 42,  25,  14, 14,  14, 12,  14, 12, 31,  12,  351, 97, 14,
+        38,  11,  14, 89, 66,  106, 51, 37,  25, 16,  18, 22, 282, 251, 561, 14, 710,
+        37,  27,  27, 17, 219, 25,  50, 309, 15, 44,  16, 19, 18,  160, 16,  18};
+    static const uint32_t perm[101] = {
+        40, 48, 69, 43, 60, 62, 64, 17, 38, 39, 44, 70, 45, 49,  57, 58, 59, 83, 61, 67, 14,
+        13, 10, 51, 93, 9,  77, 95, 99, 25, 88, 78, 1,  97, 100, 96, 7,  54, 34, 79, 31, 41,
+        56, 76, 90, 36, 86, 87, 18, 5,  63, 19, 8,  85, 75, 20,  68, 24, 16, 42, 55, 30, 33,
+        2,  94, 21, 53, 37, 91, 32, 74, 27, 23, 3,  47, 72, 12,  50, 11, 6,  28, 15, 71, 66,
+        73, 4,  29, 22, 0,  98, 52, 89, 81, 80, 35, 92, 65, 26,  46, 82, 84};
+    static const uint32_t keys_h[200] = {
+        81, 0,  62, 1,  90, 2,  61, 3,  80, 4,  60, 5,  97, 6,  59, 7,  79, 8,  58, 9,  89, 10,  57,
+        11, 78, 12, 14, 13, 99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88, 87, 86, 85, 84, 83,  82,
+        81, 80, 79, 78, 77, 76, 75, 74, 73, 72, 71, 70, 69, 68, 67, 66, 65, 64, 63, 62, 61, 60,  59,
+        58, 94, 77, 88, 76, 98, 75, 87, 74, 93, 73, 86, 72, 96, 71, 85, 70, 92, 69, 84, 68, 100, 67,
+        83, 66, 91, 65, 82, 64, 95, 63, 0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13,  57,
+        55, 56, 54, 55, 53, 54, 52, 53, 51, 52, 50, 51, 49, 50, 48, 49, 47, 48, 46, 47, 45, 46,  44,
+        45, 43, 44, 42, 43, 41, 42, 40, 41, 39, 40, 38, 39, 37, 38, 36, 37, 35, 36, 34, 35, 33,  34,
+        32, 33, 31, 32, 30, 31, 29, 30, 28, 29, 27, 28, 26, 27, 25, 26, 24, 25, 23, 24, 22, 23,  21,
+        22, 20, 21, 19, 20, 18, 19, 17, 18, 16, 17, 15, 16, 14, 15, 56};
+    static const uint32_t perm_h[200] = {
+        1,   100, 3,   101, 5,   102, 7,   103, 9,   104, 11,  105, 13,  106, 15,  107, 17,
+        108, 19,  109, 21,  110, 23,  111, 25,  112, 27,  113, 26,  197, 195, 198, 193, 196,
+        194, 191, 192, 189, 190, 187, 185, 188, 186, 183, 184, 181, 179, 182, 177, 180, 178,
+        175, 176, 173, 171, 174, 169, 172, 170, 167, 165, 168, 166, 163, 164, 161, 159, 162,
+        160, 157, 158, 155, 156, 153, 151, 154, 152, 149, 150, 147, 148, 145, 143, 146, 141,
+        144, 139, 142, 137, 140, 135, 138, 133, 136, 131, 134, 129, 132, 127, 130, 125, 128,
+        123, 126, 121, 124, 119, 122, 117, 120, 115, 118, 199, 116, 22,  114, 18,  69,  14,
+        68,  10,  67,  6,   66,  2,   65,  99,  64,  97,  63,  95,  62,  93,  61,  91,  60,
+        59,  89,  87,  58,  85,  57,  83,  56,  81,  55,  79,  54,  77,  53,  75,  52,  73,
+        51,  71,  50,  24,  49,  16,  48,  8,   47,  0,   46,  96,  45,  92,  44,  43,  88,
+        84,  42,  80,  41,  76,  40,  72,  39,  20,  38,  4,   37,  94,  36,  35,  86,  78,
+        34,  70,  33,  98,  32,  31,  82,  12,  30,  29,  74,  28,  90};
+    static const uint32_t keys12[12] = {14, 13, 13, 14, 13, 14, 14, 11, 11, 12, 12, 14};
+    static const uint32_t perm12[12] = {7, 8, 9, 10, 1, 2, 4, 0, 3, 5, 6, 11};
+    uint32_t got[101];
+    gpuseg__torch_argsort_u32(keys, got, 101);
+    for (int i = 0; i < 101; i++)
+        ck_assert_msg(got[i] == perm[i], "position %d: %u, torch %u", i, got[i], perm[i]);
+    uint32_t goth[200];
+    gpuseg__torch_argsort_u32(keys_h, goth, 200);
+    for (int i = 0; i < 200; i++)
+        ck_assert_msg(goth[i] == perm_h[i], "heap case, position %d: %u, torch %u", i, goth[i],
+                      perm_h[i]);
+    gpuseg__torch_argsort_u32(keys12, got, 12);
+    for (int i = 0; i < 12; i++)
+        ck_assert_msg(got[i] == perm12[i], "n 12, position %d: %u, torch %u", i, got[i], perm12[i]);
+    /* a sorted result whatever the input (ascending keys, then many equal ones) */
+    static uint32_t big[5000];
+    uint32_t *idx = malloc(sizeof big);
+    ck_assert_ptr_nonnull(idx);
+    for (int t = 0; t < 3; t++) {
+        uint32_t x = 12345u + (uint32_t)t;
+        for (int i = 0; i < 5000; i++) {
+            x = x * 1103515245u + 12345u;
+            big[i] = t == 0 ? (uint32_t)i : t == 1 ? (x >> 16) % 7 : 5000u - (uint32_t)i / 3;
+        }
+        gpuseg__torch_argsort_u32(big, idx, 5000);
+        uint8_t *seen = calloc(5000, 1);
+        for (int i = 0; i < 5000; i++) {
+            ck_assert_uint_lt(idx[i], 5000);
+            ck_assert(!seen[idx[i]]);
+            seen[idx[i]] = 1;
+            if (i)
+                ck_assert_uint_le(big[idx[i - 1]], big[idx[i]]);
+        }
+        free(seen);
+    }
+    free(idx);
+    gpuseg__torch_argsort_u32(keys, got, 0);
+    gpuseg__torch_argsort_u32(keys, got, 1);
+    ck_assert_uint_eq(got[0], 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("vol");
+    TCase *h = tcase_create("host");
+    tcase_add_test(h, torch_argsort_order);
+    suite_add_tcase(s, h);
     int dev = tu_require_device();
     if (dev == 1)
         return 1;

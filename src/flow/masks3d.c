@@ -13,15 +13,9 @@
 #define M3_WIN  11 /* seed growth window side (Cellpose: slices seed-5 .. seed+5) */
 #define M3_WIN3 (M3_WIN * M3_WIN * M3_WIN)
 
-typedef struct m3_seed {
-    uint32_t count, index;
-} m3_seed;
-
-static int cmp_seed(const void *a, const void *b) {
-    const m3_seed *x = a, *y = b;
-    if (x->count != y->count)
-        return (x->count > y->count) - (x->count < y->count);
-    return (x->index > y->index) - (x->index < y->index);
+static int cmp_u32(const void *a, const void *b) {
+    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
 }
 
 /* The run's host and device data, released in one place (m3_free). */
@@ -165,9 +159,10 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_ou
     r->hist = malloc(nv * sizeof *r->hist);
     r->end = malloc((size_t)r->n * sizeof *r->end);
     uint32_t *sidx = malloc((ns ? ns : 1) * sizeof *sidx);
-    m3_seed *seeds = malloc((ns ? ns : 1) * sizeof *seeds);
+    uint32_t *cnt = malloc((ns ? ns : 1) * sizeof *cnt);
+    uint32_t *order = malloc((ns ? ns : 1) * sizeof *order);
     uint32_t *win = NULL;
-    if (!r->hist || !r->end || !sidx || !seeds) {
+    if (!r->hist || !r->end || !sidx || !cnt || !order) {
         st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
                           "flows to masks (3-D): no host memory for the "
                           "histogram");
@@ -183,19 +178,20 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_ou
     gpuseg__release(&r->d_hist);
     gpuseg__release(&r->d_end);
     gpuseg__release(&r->d_seeds);
-    for (uint32_t i = 0; i < ns; i++) {
-        seeds[i].index = sidx[i];
-        seeds[i].count = r->hist[sidx[i]];
-    }
-    /* Cellpose paints in ascending count order (torch.argsort, not stable): later seeds win.
-     * Ties: row-major order, as a stable sort gives (docs/masks.md). */
-    qsort(seeds, ns, sizeof *seeds, cmp_seed);
+    /* Cellpose lists the seeds in row-major order (torch.nonzero) and paints them in the order
+     * of torch.argsort of their counts (later seeds win). That sort is not stable, but on the
+     * CPU it is libstdc++'s std::sort, a fixed order for equal counts, which
+     * gpuseg__torch_argsort_u32 replays (docs/masks.md, "Volumes"). */
+    qsort(sidx, ns, sizeof *sidx, cmp_u32);
+    for (uint32_t i = 0; i < ns; i++)
+        cnt[i] = r->hist[sidx[i]];
+    gpuseg__torch_argsort_u32(cnt, order, ns);
     /* paint into r->lab (seed rank + 1 per histogram cell) */
     memset(r->lab, 0, nv * sizeof *r->lab);
     uint8_t cur[M3_WIN3], nxt[M3_WIN3], ok[M3_WIN3];
     const size_t HW = (size_t)r->H * r->W;
     for (uint32_t s = 0; s < ns; s++) {
-        const uint32_t v = seeds[s].index;
+        const uint32_t v = sidx[order[s]];
         const int z = (int)(v / HW), y = (int)((v % HW) / r->W), x = (int)(v % r->W);
         for (int a = 0; a < M3_WIN; a++)
             for (int b = 0; b < M3_WIN; b++)
@@ -249,7 +245,8 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_ou
 done:
     free(win);
     free(sidx);
-    free(seeds);
+    free(cnt);
+    free(order);
     return st;
 }
 
@@ -353,18 +350,45 @@ static gpuseg_status m3_fill(gpuseg_ctx *ctx, m3_run *r, uint32_t nval, uint32_t
 #define M3_AT(a, c, d) r->lab[(size_t)(b[0] + (a)) * HW + (size_t)(b[2] + (c)) * r->W + b[4] + (d)]
         memset(outside, 0, bn);
         size_t sp = 0;
-        /* seeds: non-l voxels on the box border */
-        for (uint32_t a = 0; a < bz; a++)
-            for (uint32_t c = 0; c < by; c++)
-                for (uint32_t d = 0; d < bx; d++) {
-                    if (!(a == 0 || a == bz - 1 || c == 0 || c == by - 1 || d == 0 || d == bx - 1))
+        /* seeds, as fill_voids 2.1's initialize_stack (on the Fortran-ordered box: its x, y, z
+         * are our z, y, x): each pair of opposite faces is scanned as one sequence per face
+         * (faces x = 0 / x = last: y outer, z inner; y = 0 / last: x outer, z inner; z = 0 /
+         * last: x outer, y inner) and only the first non-l voxel of each run of the sequence
+         * is a seed. A run goes on across the sequence's line breaks, so a border voxel that
+         * starts a line right after a line ending in non-l voxels is not a seed, and a hole
+         * reached only through such voxels is filled (Cellpose's 3-D masks carry this). */
+        for (int f = 0; f < 6; f++) {
+            const int face = f >> 1, last = f & 1;
+            const uint32_t n_out = face == 0 ? by : bx, n_in = face == 2 ? by : bz;
+            int placed = 0;
+            for (uint32_t o = 0; o < n_out; o++)
+                for (uint32_t i = 0; i < n_in; i++) {
+                    uint32_t a, c, d;
+                    if (face == 0) { /* x faces: (z = i, y = o) */
+                        a = i;
+                        c = o;
+                        d = last ? bx - 1 : 0;
+                    } else if (face == 1) { /* y faces: (z = i, x = o) */
+                        a = i;
+                        c = last ? by - 1 : 0;
+                        d = o;
+                    } else { /* z faces: (y = i, x = o) */
+                        a = last ? bz - 1 : 0;
+                        c = i;
+                        d = o;
+                    }
+                    if (M3_AT(a, c, d) == l) {
+                        placed = 0;
                         continue;
+                    }
                     const size_t q = ((size_t)a * by + c) * bx + d;
-                    if (M3_AT(a, c, d) != l) {
+                    if (!placed && !outside[q]) {
                         outside[q] = 1;
                         stack[sp++] = (uint32_t)q;
                     }
+                    placed = 1;
                 }
+        }
         while (sp) {
             const size_t q = stack[--sp];
             const uint32_t a = (uint32_t)(q / ((size_t)by * bx)), c = (uint32_t)((q / bx) % by),

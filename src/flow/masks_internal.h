@@ -70,4 +70,9 @@ void gpuseg__masks_size_filter(const uint32_t *count, uint32_t n_values, int32_t
 uint32_t gpuseg__masks_renumber(const uint32_t *count, const uint32_t *first, const uint8_t *remove,
                                 uint32_t n_values, uint32_t *map);
 
+/* idx = the permutation that PyTorch's CPU torch.argsort (stable=False) gives for key[0..n-1]:
+ * libstdc++'s std::sort (introsort) replayed step by step, so equal keys come out in torch's
+ * order, not in index order (flow/torch_argsort.c). */
+void gpuseg__torch_argsort_u32(const uint32_t *key, uint32_t *idx, uint32_t n);
+
 #endif
