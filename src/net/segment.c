@@ -226,8 +226,8 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     if (cst != GPUSEG_OK)
         return cst;
 
-    float r;
-    uint32_t niter;
+    float r = 1.0f;
+    uint32_t niter = 0;
     gpuseg_status rst = gpuseg__rescale_niter(ctx, net, &p, &r, &niter);
     if (rst != GPUSEG_OK)
         return rst;
