@@ -37,7 +37,10 @@ static void m3_free(m3_run *r) {
 }
 
 /* Voxels per mapped chunk when the scaled flows and the voxel list are written into their device
- * buffers (no whole host copy: 1 Mi voxels, 16 MiB of float4 at most mapped at once). */
+ * buffers (no whole host copy: 1 Mi voxels, 12 MiB at most mapped at once). */
+/* Followed voxels per work-item of m3_euler (its lanes take them in turn). */
+#define M3_PER_ITEM 64
+
 #define M3_CHUNK ((size_t)1 << 20)
 
 /* Maps bytes [off, off + bytes) of buf (blocking); NULL and the message on failure. */
@@ -102,16 +105,19 @@ static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
     r->n = n;
     if (n == 0)
         goto done;
-    if ((st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, nv * sizeof(cl_float4), "3-D scaled flows",
-                             &r->d_im)) != GPUSEG_OK ||
+    if ((st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, (3 * nv + 1) * sizeof(float),
+                             "3-D scaled flows", &r->d_im)) != GPUSEG_OK ||
         (st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, n * sizeof(uint32_t), "3-D voxel list",
                              &r->d_list)) != GPUSEG_OK)
         goto done;
     size_t off = 0; /* list entries written */
     for (size_t c = 0; c < nchunk && st == GPUSEG_OK; c++) {
         const size_t v0 = c * M3_CHUNK, v1 = c + 1 < nchunk ? v0 + M3_CHUNK : nv;
-        cl_float4 *im = m3_map(ctx, r->d_im, CL_MAP_WRITE_INVALIDATE_REGION, v0 * sizeof *im,
-                               (v1 - v0) * sizeof *im, "scaled flows", &st);
+        const size_t pad = v1 == nv; /* the float after the last voxel (read, not used) */
+        float *im = m3_map(ctx, r->d_im, CL_MAP_WRITE_INVALIDATE_REGION, 3 * v0 * sizeof *im,
+                           (3 * (v1 - v0) + pad) * sizeof *im, "scaled flows", &st);
+        if (im && pad)
+            im[3 * (v1 - v0)] = 0.0f;
         uint32_t *list = NULL;
         if (im && cnt[c])
             list = m3_map(ctx, r->d_list, CL_MAP_WRITE_INVALIDATE_REGION, off * sizeof *list,
@@ -122,11 +128,10 @@ static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
                 const int fg = cp[i] > p->cellprob_threshold;
                 float a = fg ? dx[i] / 5.0f : 0.0f, b = fg ? dy[i] / 5.0f : 0.0f,
                       cc = fg ? dz[i] / 5.0f : 0.0f;
-                cl_float4 *o = im + (i - v0);
-                o->s[0] = a * sx;
-                o->s[1] = b * sy;
-                o->s[2] = cc * sz;
-                o->s[3] = 0.0f;
+                float *o = im + 3 * (i - v0);
+                o[0] = a * sx;
+                o[1] = b * sy;
+                o[2] = cc * sz;
                 if (fg)
                     list[k++] = (uint32_t)i;
             }
@@ -158,14 +163,14 @@ static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
     }
     cl_kernel k;
     const cl_int D = (cl_int)r->Z, H = (cl_int)r->H, W = (cl_int)r->W;
-    const cl_uint niter = p->niter ? p->niter : 200, cn = n;
-    const size_t g = n;
+    const cl_uint niter = p->niter ? p->niter : 200, cn = n, per = M3_PER_ITEM;
+    const size_t g = (n + M3_PER_ITEM - 1) / M3_PER_ITEM;
     if ((st = gpuseg__kernel(ctx, "masks3d", "m3_euler", &k)) != GPUSEG_OK ||
-        (st = gpuseg__set_args(ctx, k, 12, sizeof(cl_mem), &r->d_im, sizeof(cl_mem), &r->d_list,
+        (st = gpuseg__set_args(ctx, k, 13, sizeof(cl_mem), &r->d_im, sizeof(cl_mem), &r->d_list,
                                sizeof(cl_uint), &cn, sizeof(cl_mem), &r->d_tz, sizeof(cl_mem),
                                &r->d_ty, sizeof(cl_mem), &r->d_tx, sizeof D, &D, sizeof H, &H,
-                               sizeof W, &W, sizeof niter, &niter, sizeof(cl_mem), &r->d_end,
-                               sizeof(cl_mem), &r->d_hist)) != GPUSEG_OK ||
+                               sizeof W, &W, sizeof niter, &niter, sizeof per, &per, sizeof(cl_mem),
+                               &r->d_end, sizeof(cl_mem), &r->d_hist)) != GPUSEG_OK ||
         (st = gpuseg__run(ctx, k, 1, &g, NULL)) != GPUSEG_OK)
         goto done;
 done:
