@@ -7,7 +7,7 @@
 #pragma OPENCL FP_CONTRACT OFF
 
 /* The scaled flows of voxel i (x, y, z; w: the next voxel's x, or the buffer's padding float). */
-#define M3_LOAD(i) vload4(0, im + 3 * (i))
+#define M3_LOAD(i) vload4(0, im + 3 * (size_t)(i))
 
 /* grid_sample of the 3 channels of im (x, y, z scaled flows, 3 floats a voxel, one float of
  * padding at the end) at the normalised position g = (x, y, z, 0): PyTorch's
@@ -26,8 +26,9 @@ static inline float4 m3_sample(__global const float *im, float4 L, int4 Lm1, int
     const float4 wxy = (float4)(w0.x, w1.x, w0.x, w1.x) * (float4)(w0.y, w0.y, w1.y, w1.y);
     const float4 wa = wxy * w0.z, wb = wxy * w1.z;
     float4 out = (float4)(0.0f);
-    if (all(convert_uint4(f0) < convert_uint4(Lm1))) {
-        const size_t b = (size_t)f0.z * (size_t)HW + (size_t)f0.y * (size_t)W + (size_t)f0.x;
+    /* the cell is inside where 0 <= floor(i) <= L - 2, that is 0 <= i < L - 1 */
+    if (all(i >= 0.0f && i < convert_float4(Lm1))) {
+        const uint b = (uint)f0.z * (uint)HW + (uint)f0.y * (uint)W + (uint)f0.x;
         out = out + M3_LOAD(b) * wa.x;
         out = out + M3_LOAD(b + 1) * wa.y;
         out = out + M3_LOAD(b + W) * wa.z;
