@@ -43,6 +43,13 @@ static void m3_free(m3_run *r) {
 
 #define M3_CHUNK ((size_t)1 << 20)
 
+/* Flags of the whole-volume buffers: on a CPU device, CL_MEM_ALLOC_HOST_PTR, so that the memory is
+ * allocated when the buffer is created (a refusal is then an error to report) rather than at its
+ * first use (PoCL aborts when that fails). */
+static cl_mem_flags m3_flags(const gpuseg_ctx *ctx, cl_mem_flags f) {
+    return ctx->dev.type == GPUSEG_DEVICE_CPU ? f | CL_MEM_ALLOC_HOST_PTR : f;
+}
+
 /* Maps bytes [off, off + bytes) of buf (blocking); NULL and the message on failure. */
 static void *m3_map(gpuseg_ctx *ctx, cl_mem buf, cl_map_flags flags, size_t off, size_t bytes,
                     const char *what, gpuseg_status *st) {
@@ -105,10 +112,10 @@ static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
     r->n = n;
     if (n == 0)
         goto done;
-    if ((st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, (3 * nv + 1) * sizeof(float),
+    if ((st = gpuseg__buffer(ctx, m3_flags(ctx, CL_MEM_READ_ONLY), (3 * nv + 1) * sizeof(float),
                              "3-D scaled flows", &r->d_im)) != GPUSEG_OK ||
-        (st = gpuseg__buffer(ctx, CL_MEM_READ_ONLY, n * sizeof(uint32_t), "3-D voxel list",
-                             &r->d_list)) != GPUSEG_OK)
+        (st = gpuseg__buffer(ctx, m3_flags(ctx, CL_MEM_READ_ONLY), n * sizeof(uint32_t),
+                             "3-D voxel list", &r->d_list)) != GPUSEG_OK)
         goto done;
     size_t off = 0; /* list entries written */
     for (size_t c = 0; c < nchunk && st == GPUSEG_OK; c++) {
@@ -149,10 +156,10 @@ static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
     if ((st = gpuseg__upload(ctx, tz, r->Z * sizeof *tz, "z coordinates", &r->d_tz)) != GPUSEG_OK ||
         (st = gpuseg__upload(ctx, ty, r->H * sizeof *ty, "y coordinates", &r->d_ty)) != GPUSEG_OK ||
         (st = gpuseg__upload(ctx, tx, r->W * sizeof *tx, "x coordinates", &r->d_tx)) != GPUSEG_OK ||
-        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, n * sizeof(uint32_t), "3-D end points",
-                             &r->d_end)) != GPUSEG_OK ||
-        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, nv * sizeof(uint32_t), "3-D histogram",
-                             &r->d_hist)) != GPUSEG_OK)
+        (st = gpuseg__buffer(ctx, m3_flags(ctx, CL_MEM_READ_WRITE), n * sizeof(uint32_t),
+                             "3-D end points", &r->d_end)) != GPUSEG_OK ||
+        (st = gpuseg__buffer(ctx, m3_flags(ctx, CL_MEM_READ_WRITE), nv * sizeof(uint32_t),
+                             "3-D histogram", &r->d_hist)) != GPUSEG_OK)
         goto done;
     const cl_uint zero = 0;
     cl_int err = clEnqueueFillBuffer(ctx->queue, r->d_hist, &zero, sizeof zero, 0,
