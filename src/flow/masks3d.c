@@ -36,11 +36,13 @@ static void m3_free(m3_run *r) {
         gpuseg__release(bufs[i]);
 }
 
+/* Followed voxels per work-item of m3_euler on a CPU device (its two lanes take them in turn;
+ * PoCL runs a work-group's items one after the other). Other devices: one voxel per work-item,
+ * for occupancy. */
+#define M3_PER_ITEM_CPU 64
+
 /* Voxels per mapped chunk when the scaled flows and the voxel list are written into their device
  * buffers (no whole host copy: 1 Mi voxels, 12 MiB at most mapped at once). */
-/* Followed voxels per work-item of m3_euler (its lanes take them in turn). */
-#define M3_PER_ITEM 64
-
 #define M3_CHUNK ((size_t)1 << 20)
 
 /* Flags of the whole-volume buffers: on a CPU device, CL_MEM_ALLOC_HOST_PTR, so that the memory is
@@ -170,8 +172,9 @@ static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
     }
     cl_kernel k;
     const cl_int D = (cl_int)r->Z, H = (cl_int)r->H, W = (cl_int)r->W;
-    const cl_uint niter = p->niter ? p->niter : 200, cn = n, per = M3_PER_ITEM;
-    const size_t g = (n + M3_PER_ITEM - 1) / M3_PER_ITEM;
+    const cl_uint niter = p->niter ? p->niter : 200, cn = n,
+                  per = ctx->dev.type == GPUSEG_DEVICE_CPU ? M3_PER_ITEM_CPU : 1;
+    const size_t g = (n + per - 1) / per;
     if ((st = gpuseg__kernel(ctx, "masks3d", "m3_euler", &k)) != GPUSEG_OK ||
         (st = gpuseg__set_args(ctx, k, 13, sizeof(cl_mem), &r->d_im, sizeof(cl_mem), &r->d_list,
                                sizeof(cl_uint), &cn, sizeof(cl_mem), &r->d_tz, sizeof(cl_mem),
