@@ -375,6 +375,143 @@ START_TEST(torch_argsort_order) {
 }
 END_TEST
 
+/* (g) kernels/masks3d.cl's m3_euler (cycle shortcuts, several voxels and two lanes a work-item,
+ * the no-test path for inner cells) against the plain loop on the host: niter steps of PyTorch's
+ * grid_sample arithmetic, no early exit. Every end point and histogram count must be equal, for
+ * niter values that end inside and after cycles, with 64 voxels a work-item (CPU devices) and
+ * one (other devices). Flows: the noisy network flows of the fixture, prepared as m3_follow
+ * does (cellprob > 0, / 5, * float32(2 / (L-1))). */
+static const uint32_t euler_niter[] = {1, 2, 3, 5, 8, 64, 200, 333};
+
+static void ref_sample(const float *im, int D, int H, int W, float gx, float gy, float gz,
+                       float out[3]) {
+    const float ix = ((gx + 1.0f) * (float)W - 1.0f) * 0.5f;
+    const float iy = ((gy + 1.0f) * (float)H - 1.0f) * 0.5f;
+    const float iz = ((gz + 1.0f) * (float)D - 1.0f) * 0.5f;
+    const int x0 = (int)floorf(ix), y0 = (int)floorf(iy), z0 = (int)floorf(iz);
+    const int xs[2] = {x0, x0 + 1}, ys[2] = {y0, y0 + 1}, zs[2] = {z0, z0 + 1};
+    const float wx[2] = {(float)(x0 + 1) - ix, ix - (float)x0};
+    const float wy[2] = {(float)(y0 + 1) - iy, iy - (float)y0};
+    const float wz[2] = {(float)(z0 + 1) - iz, iz - (float)z0};
+    out[0] = out[1] = out[2] = 0.0f;
+    for (int c = 0; c < 8; c++) {
+        const int a = c & 1, b = (c >> 1) & 1, d = c >> 2;
+        const int x = xs[a], y = ys[b], z = zs[d];
+        float w = wx[a] * wy[b];
+        w = w * wz[d];
+        if (x >= 0 && x < W && y >= 0 && y < H && z >= 0 && z < D) {
+            const float *v = im + 3 * (((size_t)z * H + y) * W + x);
+            for (int k = 0; k < 3; k++) {
+                const float pk = v[k] * w;
+                out[k] = out[k] + pk;
+            }
+        }
+    }
+}
+
+static void axis(float *t, uint32_t L) {
+    const float s = (float)(L - 1);
+    for (uint32_t i = 0; i < L; i++) {
+        float v = (float)i / s;
+        v = v * 2.0f;
+        t[i] = v - 1.0f;
+    }
+}
+
+START_TEST(m3_euler_matches_plain_loop) {
+    const uint32_t niter = euler_niter[_i / 2], per = _i % 2 ? 1 : 64;
+    gpuseg_npy *a = npy_load(fixture("net.npy"));
+    const uint32_t D = (uint32_t)a->shape[1], H = (uint32_t)a->shape[2], W = (uint32_t)a->shape[3];
+    const size_t nv = (size_t)D * H * W;
+    const float *fl = a->data;
+    float *im = malloc((3 * nv + 1) * sizeof *im), *t = malloc((D + H + W) * sizeof *t);
+    uint32_t *list = malloc(nv * sizeof *list), n = 0;
+    const float sc[3] = {(float)(2.0 / (double)(W - 1)), (float)(2.0 / (double)(H - 1)),
+                         (float)(2.0 / (double)(D - 1))};
+    for (size_t i = 0; i < nv; i++) {
+        const int fg = fl[3 * nv + i] > 0.0f;
+        for (int k = 0; k < 3; k++) /* x, y, z from dX, dY, dZ */
+            im[3 * i + k] = (fg ? fl[(2 - k) * nv + i] / 5.0f : 0.0f) * sc[k];
+        if (fg)
+            list[n++] = (uint32_t)i;
+    }
+    im[3 * nv] = 0.0f;
+    float *tz = t, *ty = t + D, *tx = ty + H;
+    axis(tz, D);
+    axis(ty, H);
+    axis(tx, W);
+    /* host: the plain loop */
+    uint32_t *want_end = malloc(n * sizeof *want_end), *want_hist = calloc(nv, sizeof *want_hist);
+    for (uint32_t i = 0; i < n; i++) {
+        const uint32_t v = list[i];
+        float p[3] = {tx[v % W], ty[(v / W) % H], tz[v / ((size_t)H * W)]}, d[3];
+        for (uint32_t s = 0; s < niter; s++) {
+            ref_sample(im, (int)D, (int)H, (int)W, p[0], p[1], p[2], d);
+            for (int k = 0; k < 3; k++)
+                p[k] = fminf(fmaxf(p[k] + d[k], -1.0f), 1.0f);
+        }
+        const uint32_t L[3] = {W, H, D};
+        int e[3];
+        for (int k = 0; k < 3; k++) {
+            float f = (p[k] + 1.0f) * 0.5f;
+            f = f * (float)(L[k] - 1);
+            e[k] = (int)f;
+            e[k] = e[k] < 0 ? 0 : e[k] > (int)L[k] - 1 ? (int)L[k] - 1 : e[k];
+        }
+        want_end[i] = ((uint32_t)e[2] * H + (uint32_t)e[1]) * W + (uint32_t)e[0];
+        want_hist[want_end[i]]++;
+    }
+    /* device */
+    gpuseg_ctx *ctx = tu_ctx();
+    cl_mem d_im = NULL, d_list = NULL, d_tz = NULL, d_ty = NULL, d_tx = NULL, d_end = NULL,
+           d_hist = NULL;
+    cl_kernel k;
+    const cl_int cD = (cl_int)D, cH = (cl_int)H, cW = (cl_int)W;
+    const cl_uint cn = n, cniter = niter, cper = per;
+    const size_t g = (n + per - 1) / per;
+    uint32_t *got_end = malloc(n * sizeof *got_end), *got_hist = malloc(nv * sizeof *got_hist);
+    ck_assert(gpuseg__upload(ctx, im, (3 * nv + 1) * sizeof *im, "im", &d_im) == GPUSEG_OK);
+    ck_assert(gpuseg__upload(ctx, list, n * sizeof *list, "list", &d_list) == GPUSEG_OK);
+    ck_assert(gpuseg__upload(ctx, tz, D * sizeof *tz, "tz", &d_tz) == GPUSEG_OK);
+    ck_assert(gpuseg__upload(ctx, ty, H * sizeof *ty, "ty", &d_ty) == GPUSEG_OK);
+    ck_assert(gpuseg__upload(ctx, tx, W * sizeof *tx, "tx", &d_tx) == GPUSEG_OK);
+    ck_assert(gpuseg__buffer(ctx, CL_MEM_READ_WRITE, n * sizeof(uint32_t), "end", &d_end) ==
+              GPUSEG_OK);
+    memset(got_hist, 0, nv * sizeof *got_hist);
+    ck_assert(gpuseg__buffer(ctx, CL_MEM_READ_WRITE, nv * sizeof(uint32_t), "hist", &d_hist) ==
+              GPUSEG_OK);
+    ck_assert(gpuseg__write_buf(ctx, d_hist, nv * sizeof *got_hist, got_hist, "hist") == GPUSEG_OK);
+    ck_assert_msg(gpuseg__kernel(ctx, "masks3d", "m3_euler", &k) == GPUSEG_OK, "%s",
+                  gpuseg_last_error());
+    ck_assert(gpuseg__set_args(ctx, k, 13, sizeof(cl_mem), &d_im, sizeof(cl_mem), &d_list,
+                               sizeof cn, &cn, sizeof(cl_mem), &d_tz, sizeof(cl_mem), &d_ty,
+                               sizeof(cl_mem), &d_tx, sizeof cD, &cD, sizeof cH, &cH, sizeof cW,
+                               &cW, sizeof cniter, &cniter, sizeof cper, &cper, sizeof(cl_mem),
+                               &d_end, sizeof(cl_mem), &d_hist) == GPUSEG_OK);
+    ck_assert(gpuseg__run(ctx, k, 1, &g, NULL) == GPUSEG_OK);
+    ck_assert(gpuseg__read_buf(ctx, d_end, n * sizeof *got_end, got_end, "end") == GPUSEG_OK);
+    ck_assert(gpuseg__read_buf(ctx, d_hist, nv * sizeof *got_hist, got_hist, "hist") == GPUSEG_OK);
+    size_t bad = 0;
+    for (uint32_t i = 0; i < n; i++)
+        bad += got_end[i] != want_end[i];
+    printf("m3_euler niter %u, %u voxels a work-item: %u voxels, %zu end points differ\n", niter,
+           per, n, bad);
+    ck_assert_uint_eq(bad, 0);
+    ck_assert_int_eq(memcmp(got_hist, want_hist, nv * sizeof *got_hist), 0);
+    cl_mem *bufs[] = {&d_im, &d_list, &d_tz, &d_ty, &d_tx, &d_end, &d_hist};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        gpuseg__release(bufs[i]);
+    free(got_end);
+    free(got_hist);
+    free(want_end);
+    free(want_hist);
+    free(im);
+    free(t);
+    free(list);
+    gpuseg_npy_free(a);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("vol");
     TCase *h = tcase_create("host");
@@ -388,6 +525,8 @@ int main(void) {
         tcase_set_timeout(d, 600);
         tcase_add_test(d, labels_to_flows3d_matches_cellpose);
         tcase_add_loop_test(d, masks3d_match_cellpose, 0, 2);
+        tcase_add_loop_test(d, m3_euler_matches_plain_loop, 0,
+                            2 * (int)(sizeof euler_niter / sizeof euler_niter[0]));
         tcase_add_test(d, round_trip3d);
         tcase_add_test(d, errors_and_empty);
         tcase_add_test(d, progress_and_cancel);

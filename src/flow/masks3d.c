@@ -18,23 +18,59 @@ static int cmp_u32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* The run's host and device data, released in one place (m3_free). */
+/* The run's device data (on PoCL, host memory too), released in one place (m3_free). The
+ * followed voxels are those with cellprob > threshold, in row-major order: no host list is kept,
+ * the assignment scans the caller's cellprob again (m3_seeding). */
 typedef struct m3_run {
     uint32_t Z, H, W;
     size_t nvox;
     uint32_t n; /* followed voxels */
-    uint32_t *list, *end, *hist, *lab;
+    uint32_t *lab;
     cl_mem d_im, d_list, d_tz, d_ty, d_tx, d_end, d_hist, d_seeds, d_ns;
 } m3_run;
 
 static void m3_free(m3_run *r) {
-    free(r->list);
-    free(r->end);
-    free(r->hist);
     cl_mem *bufs[] = {&r->d_im,  &r->d_list, &r->d_tz,    &r->d_ty, &r->d_tx,
                       &r->d_end, &r->d_hist, &r->d_seeds, &r->d_ns};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         gpuseg__release(bufs[i]);
+}
+
+/* Followed voxels per work-item of m3_euler on a CPU device (its two lanes take them in turn;
+ * PoCL runs a work-group's items one after the other). Other devices: one voxel per work-item,
+ * for occupancy. */
+#define M3_PER_ITEM_CPU 64
+
+/* Voxels per mapped chunk when the scaled flows and the voxel list are written into their device
+ * buffers (no whole host copy: 1 Mi voxels, 12 MiB at most mapped at once). */
+#define M3_CHUNK ((size_t)1 << 20)
+
+/* Flags of the whole-volume buffers: on a CPU device, CL_MEM_ALLOC_HOST_PTR, so that the memory is
+ * allocated when the buffer is created (a refusal is then an error to report) rather than at its
+ * first use (PoCL aborts when that fails). */
+static cl_mem_flags m3_flags(const gpuseg_ctx *ctx, cl_mem_flags f) {
+    return ctx->dev.type == GPUSEG_DEVICE_CPU ? f | CL_MEM_ALLOC_HOST_PTR : f;
+}
+
+/* Maps bytes [off, off + bytes) of buf (blocking); NULL and the message on failure. */
+static void *m3_map(gpuseg_ctx *ctx, cl_mem buf, cl_map_flags flags, size_t off, size_t bytes,
+                    const char *what, gpuseg_status *st) {
+    cl_int err = CL_SUCCESS;
+    void *ptr =
+        clEnqueueMapBuffer(ctx->queue, buf, CL_TRUE, flags, off, bytes, 0, NULL, NULL, &err);
+    if (!ptr || err != CL_SUCCESS)
+        *st = gpuseg__fail_cl(ctx, err, "flows to masks (3-D): mapping the %s (%zu bytes)", what,
+                              bytes);
+    return ptr;
+}
+
+/* Unmaps ptr from buf; keeps an earlier failure in *st. */
+static void m3_unmap(gpuseg_ctx *ctx, cl_mem buf, void *ptr, const char *what, gpuseg_status *st) {
+    if (!ptr)
+        return;
+    cl_int err = clEnqueueUnmapMemObject(ctx->queue, buf, ptr, 0, NULL, NULL);
+    if (err != CL_SUCCESS && *st == GPUSEG_OK)
+        *st = gpuseg__fail_cl(ctx, err, "flows to masks (3-D): unmapping the %s", what);
 }
 
 /* Normalised start coordinates of every index along an axis of length L, in PyTorch's float32
@@ -48,55 +84,84 @@ static void m3_axis(float *t, uint32_t L) {
     }
 }
 
-/* Stage 1 (host): threshold, dP * fg / 5 * (2 / (L-1)) per axis as numpy then PyTorch round it,
- * the list of followed voxels; Euler integration and histogram (device). */
+/* Stage 1: threshold, dP * fg / 5 * (2 / (L-1)) per axis as numpy then PyTorch round it, and
+ * the list of followed voxels, written chunk by chunk straight into the device buffers (host);
+ * Euler integration and histogram (device). */
 static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
                                const gpuseg_masks_params *p) {
     const size_t nv = r->nvox;
     const float *dz = flows, *dy = flows + nv, *dx = flows + 2 * nv, *cp = flows + 3 * nv;
     const float sx = (float)(2.0 / (double)(r->W - 1)), sy = (float)(2.0 / (double)(r->H - 1)),
                 sz = (float)(2.0 / (double)(r->Z - 1));
-    cl_float4 *im = malloc(nv * sizeof *im);
+    const size_t nchunk = (nv + M3_CHUNK - 1) / M3_CHUNK;
+    uint32_t *cnt = malloc(nchunk * sizeof *cnt); /* followed voxels per chunk */
     float *tz = malloc((size_t)(r->Z + r->H + r->W) * sizeof *tz);
-    r->list = malloc(nv * sizeof *r->list);
     gpuseg_status st = GPUSEG_OK;
-    if (!im || !tz || !r->list) {
+    if (!cnt || !tz) {
         st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
-                          "flows to masks (3-D): no host memory for %zu "
-                          "voxels",
-                          nv);
+                          "flows to masks (3-D): no host memory for %zu voxels", nv);
         goto done;
     }
     uint32_t n = 0;
-    for (size_t i = 0; i < nv; i++) {
-        const int fg = cp[i] > p->cellprob_threshold;
-        float a = fg ? dx[i] / 5.0f : 0.0f, b = fg ? dy[i] / 5.0f : 0.0f,
-              c = fg ? dz[i] / 5.0f : 0.0f;
-        im[i].s[0] = a * sx;
-        im[i].s[1] = b * sy;
-        im[i].s[2] = c * sz;
-        im[i].s[3] = 0.0f;
-        if (fg)
-            r->list[n++] = (uint32_t)i;
+    for (size_t c = 0; c < nchunk; c++) {
+        const size_t v1 = c + 1 < nchunk ? (c + 1) * M3_CHUNK : nv;
+        uint32_t k = 0;
+        for (size_t i = c * M3_CHUNK; i < v1; i++)
+            k += cp[i] > p->cellprob_threshold;
+        cnt[c] = k;
+        n += k;
     }
     r->n = n;
     if (n == 0)
+        goto done;
+    if ((st = gpuseg__buffer(ctx, m3_flags(ctx, CL_MEM_READ_ONLY), (3 * nv + 1) * sizeof(float),
+                             "3-D scaled flows", &r->d_im)) != GPUSEG_OK ||
+        (st = gpuseg__buffer(ctx, m3_flags(ctx, CL_MEM_READ_ONLY), n * sizeof(uint32_t),
+                             "3-D voxel list", &r->d_list)) != GPUSEG_OK)
+        goto done;
+    size_t off = 0; /* list entries written */
+    for (size_t c = 0; c < nchunk && st == GPUSEG_OK; c++) {
+        const size_t v0 = c * M3_CHUNK, v1 = c + 1 < nchunk ? v0 + M3_CHUNK : nv;
+        const size_t pad = v1 == nv; /* the float after the last voxel (read, not used) */
+        float *im = m3_map(ctx, r->d_im, CL_MAP_WRITE_INVALIDATE_REGION, 3 * v0 * sizeof *im,
+                           (3 * (v1 - v0) + pad) * sizeof *im, "scaled flows", &st);
+        if (im && pad)
+            im[3 * (v1 - v0)] = 0.0f;
+        uint32_t *list = NULL;
+        if (im && cnt[c])
+            list = m3_map(ctx, r->d_list, CL_MAP_WRITE_INVALIDATE_REGION, off * sizeof *list,
+                          cnt[c] * sizeof *list, "voxel list", &st);
+        if (im && (list || !cnt[c])) {
+            uint32_t k = 0;
+            for (size_t i = v0; i < v1; i++) {
+                const int fg = cp[i] > p->cellprob_threshold;
+                float a = fg ? dx[i] / 5.0f : 0.0f, b = fg ? dy[i] / 5.0f : 0.0f,
+                      cc = fg ? dz[i] / 5.0f : 0.0f;
+                float *o = im + 3 * (i - v0);
+                o[0] = a * sx;
+                o[1] = b * sy;
+                o[2] = cc * sz;
+                if (fg)
+                    list[k++] = (uint32_t)i;
+            }
+            off += k;
+        }
+        m3_unmap(ctx, r->d_list, list, "voxel list", &st);
+        m3_unmap(ctx, r->d_im, im, "scaled flows", &st);
+    }
+    if (st != GPUSEG_OK)
         goto done;
     float *ty = tz + r->Z, *tx = ty + r->H;
     m3_axis(tz, r->Z);
     m3_axis(ty, r->H);
     m3_axis(tx, r->W);
-    if ((st = gpuseg__upload(ctx, im, nv * sizeof *im, "3-D scaled flows", &r->d_im)) !=
-            GPUSEG_OK ||
-        (st = gpuseg__upload(ctx, r->list, n * sizeof *r->list, "3-D voxel list", &r->d_list)) !=
-            GPUSEG_OK ||
-        (st = gpuseg__upload(ctx, tz, r->Z * sizeof *tz, "z coordinates", &r->d_tz)) != GPUSEG_OK ||
+    if ((st = gpuseg__upload(ctx, tz, r->Z * sizeof *tz, "z coordinates", &r->d_tz)) != GPUSEG_OK ||
         (st = gpuseg__upload(ctx, ty, r->H * sizeof *ty, "y coordinates", &r->d_ty)) != GPUSEG_OK ||
         (st = gpuseg__upload(ctx, tx, r->W * sizeof *tx, "x coordinates", &r->d_tx)) != GPUSEG_OK ||
-        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, n * sizeof(uint32_t), "3-D end points",
-                             &r->d_end)) != GPUSEG_OK ||
-        (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, nv * sizeof(uint32_t), "3-D histogram",
-                             &r->d_hist)) != GPUSEG_OK)
+        (st = gpuseg__buffer(ctx, m3_flags(ctx, CL_MEM_READ_WRITE), n * sizeof(uint32_t),
+                             "3-D end points", &r->d_end)) != GPUSEG_OK ||
+        (st = gpuseg__buffer(ctx, m3_flags(ctx, CL_MEM_READ_WRITE), nv * sizeof(uint32_t),
+                             "3-D histogram", &r->d_hist)) != GPUSEG_OK)
         goto done;
     const cl_uint zero = 0;
     cl_int err = clEnqueueFillBuffer(ctx->queue, r->d_hist, &zero, sizeof zero, 0,
@@ -107,25 +172,35 @@ static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
     }
     cl_kernel k;
     const cl_int D = (cl_int)r->Z, H = (cl_int)r->H, W = (cl_int)r->W;
-    const cl_uint niter = p->niter ? p->niter : 200, cn = n;
-    const size_t g = n;
+    const cl_uint niter = p->niter ? p->niter : 200, cn = n,
+                  per = ctx->dev.type == GPUSEG_DEVICE_CPU ? M3_PER_ITEM_CPU : 1;
+    const size_t g = (n + per - 1) / per;
     if ((st = gpuseg__kernel(ctx, "masks3d", "m3_euler", &k)) != GPUSEG_OK ||
-        (st = gpuseg__set_args(ctx, k, 12, sizeof(cl_mem), &r->d_im, sizeof(cl_mem), &r->d_list,
+        (st = gpuseg__set_args(ctx, k, 13, sizeof(cl_mem), &r->d_im, sizeof(cl_mem), &r->d_list,
                                sizeof(cl_uint), &cn, sizeof(cl_mem), &r->d_tz, sizeof(cl_mem),
                                &r->d_ty, sizeof(cl_mem), &r->d_tx, sizeof D, &D, sizeof H, &H,
-                               sizeof W, &W, sizeof niter, &niter, sizeof(cl_mem), &r->d_end,
-                               sizeof(cl_mem), &r->d_hist)) != GPUSEG_OK ||
+                               sizeof W, &W, sizeof niter, &niter, sizeof per, &per, sizeof(cl_mem),
+                               &r->d_end, sizeof(cl_mem), &r->d_hist)) != GPUSEG_OK ||
         (st = gpuseg__run(ctx, k, 1, &g, NULL)) != GPUSEG_OK)
         goto done;
 done:
-    free(im);
+    free(cnt);
     free(tz);
+    /* the enqueued kernel keeps what it reads until it ends (OpenCL's reference counting) */
     gpuseg__release(&r->d_im);
+    gpuseg__release(&r->d_list);
+    gpuseg__release(&r->d_tz);
+    gpuseg__release(&r->d_ty);
+    gpuseg__release(&r->d_tx);
     return st;
 }
 
-/* Stage 2 (device): seeds; (host) sort, growth, painting, assignment into r->lab. */
-static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_out) {
+/* Stage 2 (device): seeds; (host) sort, growth, painting into r->lab, assignment: the k-th
+ * followed voxel (cellprob > threshold in row-major order, as m3_follow listed them) takes the
+ * painted cell of its end point. Histogram and end points are read through mappings (no copy on
+ * a device that shares host memory); the histogram's mapping then holds the painted cells. */
+static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, const float *cp, float threshold,
+                                uint32_t *n_seeds_out) {
     const size_t nv = r->nvox;
     const cl_uint cap = r->n / 11 + 1;
     gpuseg_status st;
@@ -156,35 +231,32 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_ou
                             "%llu (%s)",
                             ns, (unsigned long long)maxobj,
                             gpuseg__limit_hint(GPUSEG__LIMIT_OBJECTS, maxobj, hint, sizeof hint));
-    r->hist = malloc(nv * sizeof *r->hist);
-    r->end = malloc((size_t)r->n * sizeof *r->end);
     uint32_t *sidx = malloc((ns ? ns : 1) * sizeof *sidx);
     uint32_t *cnt = malloc((ns ? ns : 1) * sizeof *cnt);
     uint32_t *order = malloc((ns ? ns : 1) * sizeof *order);
-    uint32_t *win = NULL;
-    if (!r->hist || !r->end || !sidx || !cnt || !order) {
+    uint32_t *hist = NULL, *end = NULL;
+    if (!sidx || !cnt || !order) {
         st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
-                          "flows to masks (3-D): no host memory for the "
-                          "histogram");
+                          "flows to masks (3-D): no host memory for %u seeds", ns);
         goto done;
     }
-    if ((ns &&
-         (st = gpuseg__read_buf(ctx, r->d_seeds, ns * sizeof *sidx, sidx, "seeds")) != GPUSEG_OK) ||
-        (st = gpuseg__read_buf(ctx, r->d_hist, nv * sizeof *r->hist, r->hist, "histogram")) !=
-            GPUSEG_OK ||
-        (st = gpuseg__read_buf(ctx, r->d_end, (size_t)r->n * sizeof *r->end, r->end,
-                               "end points")) != GPUSEG_OK)
+    if (ns &&
+        (st = gpuseg__read_buf(ctx, r->d_seeds, ns * sizeof *sidx, sidx, "seeds")) != GPUSEG_OK)
         goto done;
-    gpuseg__release(&r->d_hist);
-    gpuseg__release(&r->d_end);
     gpuseg__release(&r->d_seeds);
+    gpuseg__release(&r->d_ns);
+    if (!(hist = m3_map(ctx, r->d_hist, CL_MAP_READ | CL_MAP_WRITE, 0, nv * sizeof *hist,
+                        "histogram", &st)) ||
+        !(end =
+              m3_map(ctx, r->d_end, CL_MAP_READ, 0, (size_t)r->n * sizeof *end, "end points", &st)))
+        goto done;
     /* Cellpose lists the seeds in row-major order (torch.nonzero) and paints them in the order
      * of torch.argsort of their counts (later seeds win). That sort is not stable, but on the
      * CPU it is libstdc++'s std::sort, a fixed order for equal counts, which
      * gpuseg__torch_argsort_u32 replays (docs/masks.md, "Volumes"). */
     qsort(sidx, ns, sizeof *sidx, cmp_u32);
     for (uint32_t i = 0; i < ns; i++)
-        cnt[i] = r->hist[sidx[i]];
+        cnt[i] = hist[sidx[i]];
     gpuseg__torch_argsort_u32(cnt, order, ns);
     /* paint into r->lab (seed rank + 1 per histogram cell) */
     memset(r->lab, 0, nv * sizeof *r->lab);
@@ -200,7 +272,7 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_ou
                     const int in = zz >= 0 && zz < (int)r->Z && yy >= 0 && yy < (int)r->H &&
                                    xx >= 0 && xx < (int)r->W;
                     ok[(a * M3_WIN + b) * M3_WIN + c] =
-                        in && r->hist[(size_t)zz * HW + (size_t)yy * r->W + (size_t)xx] > 2;
+                        in && hist[(size_t)zz * HW + (size_t)yy * r->W + (size_t)xx] > 2;
                 }
         memset(cur, 0, sizeof cur);
         cur[(5 * M3_WIN + 5) * M3_WIN + 5] = 1;
@@ -229,21 +301,19 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_ou
                         r->lab[(size_t)(z + a - 5) * HW + (size_t)(y + b - 5) * r->W +
                                (size_t)(x + c - 5)] = s + 1;
     }
-    /* assignment: each followed voxel takes the cell of its end point (win: the painted cells) */
-    win = malloc(nv * sizeof *win);
-    if (!win) {
-        st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
-                          "flows to masks (3-D): no host memory for the "
-                          "seed cells");
-        goto done;
-    }
+    /* assignment: the histogram is done with; its mapping takes the painted cells */
+    uint32_t *win = hist;
     memcpy(win, r->lab, nv * sizeof *win);
     memset(r->lab, 0, nv * sizeof *r->lab);
-    for (uint32_t i = 0; i < r->n; i++)
-        r->lab[r->list[i]] = win[r->end[i]];
+    for (size_t i = 0, q = 0; i < nv; i++)
+        if (cp[i] > threshold)
+            r->lab[i] = win[end[q++]];
     *n_seeds_out = ns;
 done:
-    free(win);
+    m3_unmap(ctx, r->d_end, end, "end points", &st);
+    m3_unmap(ctx, r->d_hist, hist, "histogram", &st);
+    gpuseg__release(&r->d_end);
+    gpuseg__release(&r->d_hist);
     free(sidx);
     free(cnt);
     free(order);
@@ -567,7 +637,7 @@ gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *flows, uint3
     }
     gpuseg__progress(ctx, "masks", 1, 4, 0.7);
     if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK ||
-        (st = m3_seeding(ctx, &r, &ns)) != GPUSEG_OK)
+        (st = m3_seeding(ctx, &r, flows + 3 * nv, p.cellprob_threshold, &ns)) != GPUSEG_OK)
         goto done;
     gpuseg__progress(ctx, "masks", 2, 4, 0.8);
     if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK ||
