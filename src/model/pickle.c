@@ -174,7 +174,7 @@ static int str_is(const gpuseg__pk_obj *o, const char *s) {
 }
 
 static gpuseg_status push_str(reader *r, const unsigned char *s, size_t n) {
-    uint32_t o;
+    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
     gpuseg_status st = new_obj(r, GPUSEG__PK_STR, &o);
     if (st != GPUSEG_OK)
         return st;
@@ -248,7 +248,7 @@ static gpuseg_status push_global(reader *r, const char *mod, size_t mlen, const 
                  mm, nn, r->mode == GPUSEG__PICKLE_NUMPY ? "size model" : "state dict");
         return fail(r, GPUSEG_UNSUPPORTED, msg);
     }
-    uint32_t o;
+    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
     gpuseg_status st = new_obj(r, GPUSEG__PK_GLOBAL, &o);
     if (st != GPUSEG_OK)
         return st;
@@ -291,7 +291,7 @@ static gpuseg_status op_persid(reader *r) {
         num->u.i < 0)
         return fail(r, GPUSEG_FORMAT,
                     "pickle persistent id is not ('storage', type, key, location, numel)");
-    uint32_t o;
+    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
     if ((st = new_obj(r, GPUSEG__PK_STORAGE, &o)) != GPUSEG_OK)
         return st;
     gpuseg__pk_obj *so = &r->p->objs[o];
@@ -348,7 +348,7 @@ static gpuseg_status rebuild_tensor(reader *r, uint32_t args) {
         p->tensors = nt;
         p->cap_tensors = cap;
     }
-    uint32_t o;
+    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
     gpuseg_status st = new_obj(r, GPUSEG__PK_TENSOR, &o);
     if (st != GPUSEG_OK)
         return st;
