@@ -331,6 +331,16 @@ class Context(_lib.Closable):
         return out
 
 
+def _result_info(r: _lib.SegmentResult, t0: float) -> Dict[str, Any]:
+    """The info dict of segment() / segment_volume() / segment_stack() from a result (t0: the
+    call's start, time.perf_counter())."""
+    return {"diameter": r.diameter, "n_masks": int(r.n_masks), "rescale": r.rescale,
+            "niter": int(r.niter), "n_tiles": int(r.n_tiles), "passes": int(r.passes),
+            "diameter_estimated": bool(r.diameter_estimated),
+            "timings": {"net": r.seconds_net, "masks": r.seconds_masks,
+                        "total": time.perf_counter() - t0}}
+
+
 class Segmenter(_lib.Closable):
     """A warm device context and network, as cellpose.models.CellposeModel.
 
@@ -446,12 +456,7 @@ class Segmenter(_lib.Closable):
         try:
             masks = _image_to_numpy(r.labels.contents)
             H, W = masks.shape
-            info: Dict[str, Any] = {
-                "diameter": r.diameter, "n_masks": int(r.n_masks), "rescale": r.rescale,
-                "niter": int(r.niter), "n_tiles": int(r.n_tiles), "passes": int(r.passes),
-                "diameter_estimated": bool(r.diameter_estimated),
-                "timings": {"net": r.seconds_net, "masks": r.seconds_masks,
-                            "total": time.perf_counter() - t0}}
+            info = _result_info(r, t0)
             if return_flows and r.flows:
                 info["flows"] = np.ctypeslib.as_array(r.flows, shape=(3, H, W)).copy()
             if return_style and r.style:
@@ -485,12 +490,7 @@ class Segmenter(_lib.Closable):
         self.ctx._call(lambda: call(C.byref(r)), progress)
         try:
             masks = _image_to_numpy(r.labels.contents).reshape(a.shape[:3])
-            info: Dict[str, Any] = {
-                "diameter": r.diameter, "n_masks": int(r.n_masks), "rescale": r.rescale,
-                "niter": int(r.niter), "n_tiles": int(r.n_tiles), "passes": int(r.passes),
-                "diameter_estimated": bool(r.diameter_estimated),
-                "timings": {"net": r.seconds_net, "masks": r.seconds_masks,
-                            "total": time.perf_counter() - t0}}
+            info = _result_info(r, t0)
             if flows_shape and r.flows:
                 info["flows"] = np.ctypeslib.as_array(r.flows, shape=flows_shape).copy()
             return masks, info
