@@ -100,9 +100,10 @@ GPUSEG_API gpuseg_status gpuseg_segment_stack(gpuseg_ctx *ctx, gpuseg_net *net,
  * two normalised channels at the network's scale (8 bytes a voxel of V' = Z Y X r^3 anisotropy
  * voxels) and the combined flows (16 bytes a voxel of V'), while the device holds one group of
  * slices' tiles and maps: each slice's outputs are added into the flows and dropped. The peak
- * is the masks phase, about 64 bytes a voxel of the input (the flows, 16; the masks step's
- * scaled copies on the host and the device, 32, and its lists, 12; the labels, 4): measured
- * ~80 bytes a voxel of peak RSS above ~115 MiB fixed (docs/segment.md, "Z stacks").
+ * is the masks phase, about 39 bytes a voxel of the input at 38% foreground (the flows, 16; the
+ * masks step's scaled flows, 12, histogram, 4, lists, 8 per followed voxel; the labels, 4):
+ * measured 33 bytes a voxel of peak RSS between 32x256x256 and 64x512x512 (docs/segment.md,
+ * "Z stacks").
  * Progress: "normalising", "resizing", "network YX" / "network ZX" / "network ZY" (slices done
  * of each view), "resizing back", "smoothing", "masks", "done"; cancellable between slices
  * (GPUSEG_CANCELLED with an empty result). */
