@@ -131,7 +131,17 @@ def test_progress_exception_stops_the_call(segmenter, example):
     assert m.max() > 0
 
 
-def test_keyboard_interrupt_cancels(segmenter, example):
+@pytest.fixture
+def sigint_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test: a process started in the
+    background by a non-interactive shell inherits SIGINT ignored, and Python then installs no
+    handler, so the signal these tests send would be dropped."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_keyboard_interrupt_cancels(segmenter, example, sigint_raises):
     """SIGINT during a call (sent to the main thread from the first progress report, so it can
     land while the worker thread is still being started) raises KeyboardInterrupt, stops the
     device work before its masks stage (the stages reported say where it stopped: no timing),
@@ -152,7 +162,7 @@ def test_keyboard_interrupt_cancels(segmenter, example):
     assert np.array_equal(again, m) and info["n_masks"] > 100
 
 
-def test_segment_after_cancel_is_unchanged(segmenter, example):
+def test_segment_after_cancel_is_unchanged(segmenter, example, sigint_raises):
     """A cancelled call leaves nothing behind: the next call gives the same labels."""
     big = np.tile(example, (4, 4, 1))
     m, _ = segmenter.segment(big, diameter=17)
