@@ -13,11 +13,6 @@
 #define M3_WIN  11 /* seed growth window side (Cellpose: slices seed-5 .. seed+5) */
 #define M3_WIN3 (M3_WIN * M3_WIN * M3_WIN)
 
-static int cmp_u32(const void *a, const void *b) {
-    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* The run's device data (on PoCL, host memory too), released in one place (m3_free). The
  * followed voxels are those with cellprob > threshold, in row-major order: no host list is kept,
  * the assignment scans the caller's cellprob again (m3_seeding). */
@@ -254,7 +249,7 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, const float *cp, flo
      * of torch.argsort of their counts (later seeds win). That sort is not stable, but on the
      * CPU it is libstdc++'s std::sort, a fixed order for equal counts, which
      * gpuseg__torch_argsort_u32 replays (docs/masks.md, "Volumes"). */
-    qsort(sidx, ns, sizeof *sidx, cmp_u32);
+    qsort(sidx, ns, sizeof *sidx, gpuseg__cmp_u32);
     for (uint32_t i = 0; i < ns; i++)
         cnt[i] = hist[sidx[i]];
     gpuseg__torch_argsort_u32(cnt, order, ns);

@@ -46,6 +46,7 @@ static gpuseg_status need(reader *r, size_t k, const unsigned char **out) {
 
 static gpuseg_status new_obj(reader *r, uint8_t type, uint32_t *idx) {
     gpuseg__pickle *p = r->p;
+    *idx = 0; /* defined on failure too (callers then return; gcc -O3 cannot see that) */
     if (p->n_objs == p->cap_objs) {
         if (p->cap_objs >= GPUSEG__PK_MAX_OBJECTS)
             return fail(r, GPUSEG_TOO_LARGE, "pickle creates too many objects");
@@ -130,7 +131,7 @@ static gpuseg_status seq_add(reader *r, uint32_t c, const uint32_t *items, size_
 
 /* Builds a tuple from stack[from .. sp) and replaces those items by it. */
 static gpuseg_status make_tuple(reader *r, size_t from) {
-    uint32_t t = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
+    uint32_t t;
     gpuseg_status st = new_obj(r, GPUSEG__PK_TUPLE, &t);
     if (st == GPUSEG_OK)
         st = seq_add(r, t, from < r->sp ? r->stack + from : NULL, r->sp - from);
@@ -174,7 +175,7 @@ static int str_is(const gpuseg__pk_obj *o, const char *s) {
 }
 
 static gpuseg_status push_str(reader *r, const unsigned char *s, size_t n) {
-    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
+    uint32_t o;
     gpuseg_status st = new_obj(r, GPUSEG__PK_STR, &o);
     if (st != GPUSEG_OK)
         return st;
@@ -184,7 +185,7 @@ static gpuseg_status push_str(reader *r, const unsigned char *s, size_t n) {
 }
 
 static gpuseg_status push_int(reader *r, uint8_t type, int64_t v) {
-    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
+    uint32_t o;
     gpuseg_status st = new_obj(r, type, &o);
     if (st != GPUSEG_OK)
         return st;
@@ -248,7 +249,7 @@ static gpuseg_status push_global(reader *r, const char *mod, size_t mlen, const 
                  mm, nn, r->mode == GPUSEG__PICKLE_NUMPY ? "size model" : "state dict");
         return fail(r, GPUSEG_UNSUPPORTED, msg);
     }
-    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
+    uint32_t o;
     gpuseg_status st = new_obj(r, GPUSEG__PK_GLOBAL, &o);
     if (st != GPUSEG_OK)
         return st;
@@ -291,7 +292,7 @@ static gpuseg_status op_persid(reader *r) {
         num->u.i < 0)
         return fail(r, GPUSEG_FORMAT,
                     "pickle persistent id is not ('storage', type, key, location, numel)");
-    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
+    uint32_t o;
     if ((st = new_obj(r, GPUSEG__PK_STORAGE, &o)) != GPUSEG_OK)
         return st;
     gpuseg__pk_obj *so = &r->p->objs[o];
@@ -348,7 +349,7 @@ static gpuseg_status rebuild_tensor(reader *r, uint32_t args) {
         p->tensors = nt;
         p->cap_tensors = cap;
     }
-    uint32_t o = 0; /* set by new_obj on success (zeroed for -O3 maybe-uninitialized) */
+    uint32_t o;
     gpuseg_status st = new_obj(r, GPUSEG__PK_TENSOR, &o);
     if (st != GPUSEG_OK)
         return st;

@@ -37,6 +37,8 @@ gpuseg_status gpuseg__check_segment_numbers(gpuseg_ctx *ctx, const gpuseg_segmen
 gpuseg_status gpuseg__rescale_niter(gpuseg_ctx *ctx, const gpuseg_net *net,
                                     const gpuseg_segment_params *p, float *rescale,
                                     uint32_t *niter) {
+    *rescale = 1.0f; /* defined on failure too */
+    *niter = 0;
     const gpuseg_model_info *mi = &net->info;
     /* Cellpose: rescale = diam_mean / diameter with a float32 diam_mean (numpy keeps float32
      * with a Python float), else diam_mean / diam_labels (both float32). */
@@ -226,8 +228,8 @@ static gpuseg_status segment_once(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg
     if (cst != GPUSEG_OK)
         return cst;
 
-    float r = 1.0f;
-    uint32_t niter = 0;
+    float r;
+    uint32_t niter;
     gpuseg_status rst = gpuseg__rescale_niter(ctx, net, &p, &r, &niter);
     if (rst != GPUSEG_OK)
         return rst;
