@@ -105,6 +105,23 @@ def tiled_image(side, source=TILE_SOURCE):
     return np.ascontiguousarray(np.tile(block, reps)[:side, :side])
 
 
+def mirror_tiled_3d(x, Z, S):
+    """A Z x Y x X stack mirrored along every axis and tiled to Z x S x S (deterministic)."""
+    b = np.concatenate([x, x[::-1]], 0)
+    b = np.concatenate([b, b[:, ::-1]], 1)
+    b = np.concatenate([b, b[:, :, ::-1]], 2)
+    reps = (-(-Z // b.shape[0]), -(-S // b.shape[1]), -(-S // b.shape[2]))
+    return np.ascontiguousarray(np.tile(b, reps)[:Z, :S, :S])
+
+
+def ap50(truth, pred):
+    """Cellpose's average precision at IoU 0.5 of pred against truth (label arrays, any dims)."""
+    from cellpose import metrics
+
+    return float(metrics.average_precision([truth.astype(np.int32)], [pred.astype(np.int32)],
+                                           threshold=[0.5])[0][0][0])
+
+
 def write_tiled(side, folder, source=TILE_SOURCE):
     import tifffile
 

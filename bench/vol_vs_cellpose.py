@@ -51,12 +51,7 @@ def stack(Z, S):
     """img3d.tif mirrored along every axis and tiled to Z x S x S (deterministic)."""
     import tifffile
 
-    x = tifffile.imread(IMG3D)
-    b = np.concatenate([x, x[::-1]], 0)
-    b = np.concatenate([b, b[:, ::-1]], 1)
-    b = np.concatenate([b, b[:, :, ::-1]], 2)
-    reps = (-(-Z // b.shape[0]), -(-S // b.shape[1]), -(-S // b.shape[2]))
-    return np.ascontiguousarray(np.tile(b, reps)[:Z, :S, :S])
+    return common.mirror_tiled_3d(tifffile.imread(IMG3D), Z, S)
 
 
 def run_measured(cmd, env=None, timeout=7200):
@@ -83,13 +78,6 @@ def run_measured(cmd, env=None, timeout=7200):
         lines = [ln for ln in open(ft.name).read().split("\n") if ln.strip().isdigit()]
         peak = int(lines[-1]) / 1024.0 if lines else None
         return wall, ru.ru_utime + ru.ru_stime, peak, rc, fo.read(), fe.read()
-
-
-def ap50(truth, pred):
-    from cellpose import metrics
-
-    return float(metrics.average_precision([truth.astype(np.int32)], [pred.astype(np.int32)],
-                                           threshold=[0.5])[0][0][0])
 
 
 def cellpose_eval_child(image, model, diameter, out, flows_out):
@@ -164,7 +152,7 @@ def bench_size(a, Z, S, env):
               f"{c[-1][0]:.1f} s (cpu {c[-1][1]:.1f})", file=sys.stderr)
     ours, theirs = np.load(g_out), np.load(c_out)
     check = {"n_masks_gpuseg": int(ours.max()), "n_masks_cellpose": int(theirs.max()),
-             "ap50_vs_cellpose": ap50(theirs, ours),
+             "ap50_vs_cellpose": common.ap50(theirs, ours),
              "identical_voxels": float((ours == theirs).mean())}
     rescale = child[0]["rescale"]
     niter = int(np.uint32(np.float32(1.0) / np.float32(rescale) * np.float32(200.0)))
@@ -187,7 +175,7 @@ def bench_size(a, Z, S, env):
     cm = json.loads(out.strip().splitlines()[-1])
     mg, mc = np.load(gm_out), np.load(cm_out)
     mcheck = {"n_masks_gpuseg": int(mg.max()), "n_masks_cellpose": int(mc.max()),
-              "ap50_vs_cellpose": ap50(mc, mg), "identical_voxels": float((mg == mc).mean())}
+              "ap50_vs_cellpose": common.ap50(mc, mg), "identical_voxels": float((mg == mc).mean())}
     gw, cw = [x[0] for x in g], [x[0] for x in c]
     gc, cc = [x[1] for x in g], [x[1] for x in c]
     res = {
