@@ -20,12 +20,15 @@
 
 static int g_dev;
 
-/* The cases of the fixture script: planes 0::zstep of the crop, anisotropy, flow3D_smooth. */
+/* The cases of the fixture script: planes 0::zstep of the crop, anisotropy, flow3D_smooth; two:
+ * a second channel (the crop mirrored in X), segmented with channels [1, 2]. */
 static const struct {
     const char *name;
     uint32_t zstep;
     double aniso, smooth;
-} CASES[] = {{"a", 1, 1.0, 0.0}, {"b", 2, 2.0, 0.0}, {"c", 1, 1.0, 1.0}};
+    int two;
+} CASES[] = {
+    {"a", 1, 1.0, 0.0, 0}, {"b", 2, 2.0, 0.0, 0}, {"c", 1, 1.0, 1.0, 0}, {"d", 1, 1.0, 0.0, 1}};
 
 /* Flows tolerance, as a fraction of each channel's largest |value| over the volume (dZ, dY, dX
  * up to ~9-10, cellprob up to ~29: sums of two or three views). Measured on PoCL: at most
@@ -117,6 +120,20 @@ static void check_case(size_t k) {
     gpuseg_segment_params_default(&p);
     p.diameter = 11;
     p.want_flows = 1;
+    if (CASES[k].two) { /* (Z, Y, X, 2): the crop, then the crop mirrored in X */
+        gpuseg_image *two = NULL;
+        ck_assert_int_eq(gpuseg_image_create(W, H, 2, Z, GPUSEG_DTYPE_U16, &two), GPUSEG_OK);
+        const uint16_t *a = img->data;
+        uint16_t *b = two->data;
+        for (size_t i = 0; i < n; i++) {
+            b[2 * i] = a[i];
+            b[2 * i + 1] = a[i - i % W + (W - 1 - i % W)];
+        }
+        gpuseg_image_free(img);
+        img = two;
+        p.chan = 1;
+        p.chan2 = 2;
+    }
     gpuseg_segment_result r;
     ck_assert_msg(gpuseg_segment_volume(ctx, net, img, &p, CASES[k].aniso, CASES[k].smooth, &r) ==
                       GPUSEG_OK,
@@ -188,6 +205,20 @@ static void check_case(size_t k) {
     ck_assert_msg(ap >= 0.99, "case %s: AP@0.5 %.4f against Cellpose's masks (%u vs %u)",
                   CASES[k].name, ap, res.n_pred, res.n_true);
     ck_assert_uint_eq(r.n_masks, (uint32_t)json_integer_value(json_object_get(mc, "n_masks")));
+    /* without want_flows the masks step takes the flows over and gives their pages back as it
+     * reads them (and the resizes theirs): the same labels, voxel for voxel */
+    p.want_flows = 0;
+    gpuseg_segment_result r2;
+    ck_assert_msg(gpuseg_segment_volume(ctx, net, img, &p, CASES[k].aniso, CASES[k].smooth, &r2) ==
+                      GPUSEG_OK,
+                  "%s", gpuseg_last_error());
+    ck_assert_ptr_null(r2.flows);
+    ck_assert_uint_eq(r2.n_masks, r.n_masks);
+    uint32_t *have2 = image_u32(r2.labels);
+    ck_assert_msg(memcmp(have, have2, n * sizeof *have) == 0,
+                  "case %s: labels differ when the flows are handed over", CASES[k].name);
+    free(have2);
+    gpuseg_segment_result_free(&r2);
     free(want);
     free(have);
     gpuseg_npy_free(s);

@@ -138,6 +138,14 @@ static inline bool gpuseg__add_size(size_t a, size_t b, size_t *out) {
     return true;
 }
 
+/* --- memory ------------------------------------------------------------------------------- */
+
+/* Gives the whole pages inside [p, p + bytes) back to the system (Linux: madvise MADV_DONTNEED;
+ * elsewhere nothing happens): for a buffer whose content there is no longer needed, so that the
+ * resident memory shrinks before the buffer is freed. The bytes become unspecified (zeros on
+ * Linux); the buffer stays valid and is freed as usual. */
+void gpuseg__drop_pages(void *p, size_t bytes);
+
 /* --- sorted label values --------------------------------------------------------------------- */
 
 /* qsort comparisons of uint32_t and uint64_t values. */

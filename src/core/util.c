@@ -1,11 +1,13 @@
 /* core/util.c: SHA-256 (nettle; program-cache keys and kernel hashes) and CRC-32 (zlib; ZIP
  * entries, PNG chunks, the shm payload) behind the library's own names, whole-file reading with
- * a size cap, and atomic writing of a buffer through core/afile.c. */
+ * a size cap, atomic writing of a buffer through core/afile.c, and page release. */
+#define _DEFAULT_SOURCE /* madvise's MADV_DONTNEED (glibc declares it only with this) */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -133,4 +135,18 @@ int gpuseg__cmp_u32(const void *a, const void *b) {
 int gpuseg__cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
+}
+
+void gpuseg__drop_pages(void *p, size_t bytes) {
+#if defined(__linux__)
+    const long ps = sysconf(_SC_PAGESIZE);
+    const size_t page = ps > 0 ? (size_t)ps : 4096;
+    const uintptr_t a = ((uintptr_t)p + page - 1) / page * page,
+                    b = ((uintptr_t)p + bytes) / page * page;
+    if (b > a)
+        (void)madvise((void *)a, b - a, MADV_DONTNEED); /* advice: a refusal changes nothing */
+#else
+    (void)p;
+    (void)bytes;
+#endif
 }

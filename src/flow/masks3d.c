@@ -14,8 +14,8 @@
 #define M3_WIN3 (M3_WIN * M3_WIN * M3_WIN)
 
 /* The run's device data (on PoCL, host memory too), released in one place (m3_free). The
- * followed voxels are those with cellprob > threshold, in row-major order: no host list is kept,
- * the assignment scans the caller's cellprob again (m3_seeding). */
+ * followed voxels are those with cellprob > threshold, in row-major order (d_list, kept for the
+ * assignment in m3_seeding: the caller's flows are not read after m3_follow). */
 typedef struct m3_run {
     uint32_t Z, H, W;
     size_t nvox;
@@ -81,8 +81,11 @@ static void m3_axis(float *t, uint32_t L) {
 
 /* Stage 1: threshold, dP * fg / 5 * (2 / (L-1)) per axis as numpy then PyTorch round it, and
  * the list of followed voxels, written chunk by chunk straight into the device buffers (host);
- * Euler integration and histogram (device). */
-static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
+ * Euler integration and histogram (device). own: NULL, or flows itself when the caller hands
+ * them over (gpuseg__flows_to_masks3d_consume): each chunk's pages of the four planes are then
+ * given back to the system once read, so that the flows (16 bytes a voxel) and their scaled
+ * copy (12) are not both resident. */
+static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows, float *own,
                                const gpuseg_masks_params *p) {
     const size_t nv = r->nvox;
     const float *dz = flows, *dy = flows + nv, *dx = flows + 2 * nv, *cp = flows + 3 * nv;
@@ -143,6 +146,8 @@ static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows,
         }
         m3_unmap(ctx, r->d_list, list, "voxel list", &st);
         m3_unmap(ctx, r->d_im, im, "scaled flows", &st);
+        for (int k = 0; own && k < 4; k++)
+            gpuseg__drop_pages(own + (size_t)k * nv + v0, (v1 - v0) * sizeof *own);
     }
     if (st != GPUSEG_OK)
         goto done;
@@ -183,7 +188,6 @@ done:
     free(tz);
     /* the enqueued kernel keeps what it reads until it ends (OpenCL's reference counting) */
     gpuseg__release(&r->d_im);
-    gpuseg__release(&r->d_list);
     gpuseg__release(&r->d_tz);
     gpuseg__release(&r->d_ty);
     gpuseg__release(&r->d_tx);
@@ -191,11 +195,10 @@ done:
 }
 
 /* Stage 2 (device): seeds; (host) sort, growth, painting into r->lab, assignment: the k-th
- * followed voxel (cellprob > threshold in row-major order, as m3_follow listed them) takes the
- * painted cell of its end point. Histogram and end points are read through mappings (no copy on
- * a device that shares host memory); the histogram's mapping then holds the painted cells. */
-static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, const float *cp, float threshold,
-                                uint32_t *n_seeds_out) {
+ * followed voxel (m3_follow's list) takes the painted cell of its end point. Histogram, list and
+ * end points are read through mappings (no copy on a device that shares host memory); the
+ * histogram's mapping then holds the painted cells. */
+static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, uint32_t *n_seeds_out) {
     const size_t nv = r->nvox;
     const cl_uint cap = r->n / 11 + 1;
     gpuseg_status st;
@@ -229,7 +232,7 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, const float *cp, flo
     uint32_t *sidx = malloc((ns ? ns : 1) * sizeof *sidx);
     uint32_t *cnt = malloc((ns ? ns : 1) * sizeof *cnt);
     uint32_t *order = malloc((ns ? ns : 1) * sizeof *order);
-    uint32_t *hist = NULL, *end = NULL;
+    uint32_t *hist = NULL, *end = NULL, *list = NULL;
     if (!sidx || !cnt || !order) {
         st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY,
                           "flows to masks (3-D): no host memory for %u seeds", ns);
@@ -242,8 +245,10 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, const float *cp, flo
     gpuseg__release(&r->d_ns);
     if (!(hist = m3_map(ctx, r->d_hist, CL_MAP_READ | CL_MAP_WRITE, 0, nv * sizeof *hist,
                         "histogram", &st)) ||
-        !(end =
-              m3_map(ctx, r->d_end, CL_MAP_READ, 0, (size_t)r->n * sizeof *end, "end points", &st)))
+        !(end = m3_map(ctx, r->d_end, CL_MAP_READ, 0, (size_t)r->n * sizeof *end, "end points",
+                       &st)) ||
+        !(list = m3_map(ctx, r->d_list, CL_MAP_READ, 0, (size_t)r->n * sizeof *list, "voxel list",
+                        &st)))
         goto done;
     /* Cellpose lists the seeds in row-major order (torch.nonzero) and paints them in the order
      * of torch.argsort of their counts (later seeds win). That sort is not stable, but on the
@@ -300,13 +305,14 @@ static gpuseg_status m3_seeding(gpuseg_ctx *ctx, m3_run *r, const float *cp, flo
     uint32_t *win = hist;
     memcpy(win, r->lab, nv * sizeof *win);
     memset(r->lab, 0, nv * sizeof *r->lab);
-    for (size_t i = 0, q = 0; i < nv; i++)
-        if (cp[i] > threshold)
-            r->lab[i] = win[end[q++]];
+    for (size_t q = 0; q < r->n; q++)
+        r->lab[list[q]] = win[end[q]];
     *n_seeds_out = ns;
 done:
+    m3_unmap(ctx, r->d_list, list, "voxel list", &st);
     m3_unmap(ctx, r->d_end, end, "end points", &st);
     m3_unmap(ctx, r->d_hist, hist, "histogram", &st);
+    gpuseg__release(&r->d_list);
     gpuseg__release(&r->d_end);
     gpuseg__release(&r->d_hist);
     free(sidx);
@@ -566,9 +572,10 @@ done:
     return st;
 }
 
-gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *flows, uint32_t Z, uint32_t H,
-                                      uint32_t W, const gpuseg_masks_params *params,
-                                      uint32_t *labels_out, uint32_t *n_masks) {
+/* gpuseg_flows_to_masks3d; own: NULL, or flows when handed over (m3_follow). */
+static gpuseg_status m3_masks(gpuseg_ctx *ctx, const float *flows, float *own, uint32_t Z,
+                              uint32_t H, uint32_t W, const gpuseg_masks_params *params,
+                              uint32_t *labels_out, uint32_t *n_masks) {
     gpuseg__clear_error(ctx);
     if (!ctx || !flows || !labels_out)
         return gpuseg__fail(ctx, GPUSEG_INVALID_ARGUMENT, "flows to masks (3-D): NULL argument");
@@ -616,7 +623,7 @@ gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *flows, uint3
     gpuseg_status st;
     gpuseg__progress(ctx, "masks", 0, 4, 0.0);
     if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK ||
-        (st = m3_follow(ctx, &r, flows, &p)) != GPUSEG_OK)
+        (st = m3_follow(ctx, &r, flows, own, &p)) != GPUSEG_OK)
         goto done;
     if (r.n == 0) {
         memset(labels_out, 0, nv * sizeof *labels_out);
@@ -632,7 +639,7 @@ gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *flows, uint3
     }
     gpuseg__progress(ctx, "masks", 1, 4, 0.7);
     if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK ||
-        (st = m3_seeding(ctx, &r, flows + 3 * nv, p.cellprob_threshold, &ns)) != GPUSEG_OK)
+        (st = m3_seeding(ctx, &r, &ns)) != GPUSEG_OK)
         goto done;
     gpuseg__progress(ctx, "masks", 2, 4, 0.8);
     if ((st = gpuseg__check_cancel(ctx, "flows to masks (3-D)")) != GPUSEG_OK ||
@@ -646,4 +653,17 @@ done:
     else if (n_masks)
         *n_masks = n;
     return st;
+}
+
+gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *flows, uint32_t Z, uint32_t H,
+                                      uint32_t W, const gpuseg_masks_params *params,
+                                      uint32_t *labels_out, uint32_t *n_masks) {
+    return m3_masks(ctx, flows, NULL, Z, H, W, params, labels_out, n_masks);
+}
+
+gpuseg_status gpuseg__flows_to_masks3d_consume(gpuseg_ctx *ctx, float *flows, uint32_t Z,
+                                               uint32_t H, uint32_t W,
+                                               const gpuseg_masks_params *params,
+                                               uint32_t *labels_out, uint32_t *n_masks) {
+    return m3_masks(ctx, flows, flows, Z, H, W, params, labels_out, n_masks);
 }

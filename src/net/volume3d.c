@@ -14,6 +14,7 @@
 
 #include "gpuseg/flows.h"
 #include "gpuseg/volume.h"
+#include "flow/masks_internal.h"
 #include "net/net_internal.h"
 #include "prep/prep_internal.h"
 
@@ -105,8 +106,11 @@ static void slice_add(float *yf, vol_dims d, int v, uint32_t s, const float *m) 
 
 /* Resizes the planar volume x = [nch][d.Z][d.H][d.W] along one view's slices (view YX: each
  * plane to dh x dw; view ZX: each Z x W slice to dh x dw = Z' x W) on the device with `rule`;
- * *out receives a new [nch][...] volume of dims *od. */
-static gpuseg_status resize_volume(gpuseg_ctx *ctx, const float *x, uint32_t nch, vol_dims d, int v,
+ * *out receives a new [nch][...] volume of dims *od. One channel after the other (the rule's
+ * arithmetic is per channel), each channel of x given back to the system once resized
+ * (gpuseg__drop_pages: x is the caller's to free, its content is then unspecified), so that the
+ * peak is x and one channel of the result rather than both volumes. */
+static gpuseg_status resize_volume(gpuseg_ctx *ctx, float *x, uint32_t nch, vol_dims d, int v,
                                    uint32_t dh, uint32_t dw, gpuseg__resize_rule rule, float **out,
                                    vol_dims *od) {
     vol_dims o = d;
@@ -124,8 +128,8 @@ static gpuseg_status resize_volume(gpuseg_ctx *ctx, const float *x, uint32_t nch
         w = d.W;
         ns = d.H;
     }
-    const size_t sin = (size_t)nch * h * w, sout = (size_t)nch * dh * dw;
-    float *vol = malloc(nvox(o) * nch * sizeof *vol);
+    const size_t sin = (size_t)h * w, sout = (size_t)dh * dw, nin = nvox(d), nout = nvox(o);
+    float *vol = malloc(nout * nch * sizeof *vol);
     float *a = malloc(sin * sizeof *a), *b = malloc(sout * sizeof *b);
     cl_mem da = NULL, db = NULL;
     gpuseg_status st = GPUSEG_OK;
@@ -138,14 +142,18 @@ static gpuseg_status resize_volume(gpuseg_ctx *ctx, const float *x, uint32_t nch
          (st = gpuseg__buffer(ctx, CL_MEM_READ_WRITE, sout * sizeof(float), "do_3D resize", &db)) !=
              GPUSEG_OK))
         st = gpuseg__wrap(ctx, st, "do_3D: resizing");
-    for (uint32_t s = 0; st == GPUSEG_OK && s < ns; s++) {
-        slice_get(x, nch, d, v, s, a);
-        if ((st = gpuseg__write_buf(ctx, da, sin * sizeof(float), a, "do_3D resize")) !=
-                GPUSEG_OK ||
-            (st = gpuseg__resize(ctx, da, nch, h, w, db, dh, dw, rule)) != GPUSEG_OK ||
-            (st = gpuseg__read_buf(ctx, db, sout * sizeof(float), b, "do_3D resize")) != GPUSEG_OK)
-            break;
-        slice_put(vol, nch, o, v, s, b);
+    for (uint32_t c = 0; st == GPUSEG_OK && c < nch; c++) {
+        for (uint32_t s = 0; st == GPUSEG_OK && s < ns; s++) {
+            slice_get(x + c * nin, 1, d, v, s, a);
+            if ((st = gpuseg__write_buf(ctx, da, sin * sizeof(float), a, "do_3D resize")) !=
+                    GPUSEG_OK ||
+                (st = gpuseg__resize(ctx, da, 1, h, w, db, dh, dw, rule)) != GPUSEG_OK ||
+                (st = gpuseg__read_buf(ctx, db, sout * sizeof(float), b, "do_3D resize")) !=
+                    GPUSEG_OK)
+                break;
+            slice_put(vol + c * nout, 1, o, v, s, b);
+        }
+        gpuseg__drop_pages(x + c * nin, nin * sizeof *x);
     }
     gpuseg__release(&da);
     gpuseg__release(&db);
@@ -230,9 +238,9 @@ static gpuseg_status group_setup(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_
  * forward pass (or, for slices of more tiles than a batch, batches of one slice's tiles), each
  * slice blended on the device, read back and added. *tiles receives the tiles run. Progress:
  * [lo, hi] of the call. */
-static gpuseg_status run_views(gpuseg_ctx *ctx, gpuseg_net *net, const float *x, vol_dims d,
-                               const gpuseg_segment_params *p, float *yf, uint32_t *tiles,
-                               unsigned *batch_used, double lo, double hi) {
+static gpuseg_status run_views(gpuseg_ctx *ctx, gpuseg_net *net, const float *x, uint32_t nchx,
+                               vol_dims d, const gpuseg_segment_params *p, float *yf,
+                               uint32_t *tiles, unsigned *batch_used, double lo, double hi) {
     const uint32_t ns[3] = {d.Z, d.H, d.W};
     const uint32_t sh[3] = {d.H, d.Z, d.Z}, sw[3] = {d.W, d.W, d.H};
     const uint64_t total = (uint64_t)d.Z + d.H + d.W;
@@ -249,6 +257,8 @@ static gpuseg_status run_views(gpuseg_ctx *ctx, gpuseg_net *net, const float *x,
         unsigned bsz = 0;
         if (!in || !maps)
             st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "do_3D: slices of %u x %u", sh[v], sw[v]);
+        else if (nchx == 1) /* the second channel is zeros (Cellpose's channels [c, 0]) */
+            memset(in + npx, 0, npx * sizeof *in);
         if (st == GPUSEG_OK)
             st = gpuseg__tile_geometry(ctx, sh[v], sw[v], 1.0, p->augment, p->tile_overlap, &g);
         const uint32_t nt = g.ny * g.nx;
@@ -266,7 +276,7 @@ static gpuseg_status run_views(gpuseg_ctx *ctx, gpuseg_net *net, const float *x,
                                             : "network ZY",
                              s0, ns[v], lo + (hi - lo) * (double)done / (double)total);
             for (unsigned i = 0; st == GPUSEG_OK && i < kk; i++) {
-                slice_get(x, 2, d, v, s0 + i, in);
+                slice_get(x, nchx, d, v, s0 + i, in);
                 if ((st = gpuseg__write_buf(ctx, vg.din[i], 2 * npx * sizeof(float), in,
                                             "do_3D slice")) == GPUSEG_OK &&
                     vg.k > 1)
@@ -370,6 +380,38 @@ static gpuseg_status smooth_flows(gpuseg_ctx *ctx, float *f, vol_dims d, double 
     return GPUSEG_OK;
 }
 
+/* The normalised stack xi ([Z][H][W][2], interleaved) as planar channels *x = [nchx][Z][H][W],
+ * rearranged in xi's own buffer (taken from it): one plane when the second channel is all zeros
+ * (Cellpose's channels [c, 0] or a one-channel stack: the network's second input is zeros, filled
+ * per slice by run_views), else two. The peak is the stack plus one plane, not two stacks. */
+static gpuseg_status planar_channels(gpuseg_ctx *ctx, gpuseg_image *xi, float **x, uint32_t *nchx) {
+    const size_t n = (size_t)xi->pages * xi->height * xi->width;
+    float *v = xi->data;
+    size_t i = 0;
+    while (i < n && v[2 * i + 1] == 0.0f)
+        i++;
+    float *c2 = NULL;
+    if (i < n && !(c2 = malloc(n * sizeof *c2)))
+        return gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "do_3D: %u x %u x %u voxels", xi->pages,
+                            xi->height, xi->width);
+    for (i = 0; c2 && i < n; i++)
+        c2[i] = v[2 * i + 1];
+    for (i = 0; i < n; i++) /* v[i] <- v[2 i]: the reads stay ahead of the writes */
+        v[i] = v[2 * i];
+    if (c2) {
+        memcpy(v + n, c2, n * sizeof *v);
+        free(c2);
+        *nchx = 2;
+    } else {
+        float *s = realloc(v, n * sizeof *v); /* shrinking: a refusal keeps v */
+        v = s ? s : v;
+        *nchx = 1;
+    }
+    xi->data = NULL;
+    *x = v;
+    return GPUSEG_OK;
+}
+
 gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img,
                                     const gpuseg_segment_params *params, double anisotropy,
                                     double flow3d_smooth, gpuseg_segment_result *result) {
@@ -435,17 +477,10 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
     uint32_t niter = 0;
     if (st == GPUSEG_OK)
         st = gpuseg__rescale_niter(ctx, net, &p, &r, &niter);
-    /* planar [2][Z][H][W] */
-    if (st == GPUSEG_OK && !(x = malloc(2 * n0 * sizeof *x)))
-        st =
-            gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "do_3D: %u x %u x %u voxels", d0.Z, d0.H, d0.W);
-    if (st == GPUSEG_OK) {
-        const float *v = xi->data;
-        for (size_t i = 0; i < n0; i++) {
-            x[i] = v[2 * i];
-            x[n0 + i] = v[2 * i + 1];
-        }
-    }
+    /* planar [nchx][Z][H][W], in the normalised stack's own buffer */
+    uint32_t nchx = 2;
+    if (st == GPUSEG_OK)
+        st = planar_channels(ctx, xi, &x, &nchx);
     gpuseg_image_free(xi);
     xi = NULL;
     /* 2. the resize: YX by r (trunc(L * r) in float32), then Z to trunc(Z * anisotropy * r) */
@@ -463,7 +498,7 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
                               (double)fw);
         vol_dims dm;
         if (st == GPUSEG_OK && r != 1.0f) {
-            st = resize_volume(ctx, x, 2, d0, VIEW_YX, (uint32_t)fh, (uint32_t)fw,
+            st = resize_volume(ctx, x, nchx, d0, VIEW_YX, (uint32_t)fh, (uint32_t)fw,
                                GPUSEG__RESIZE_CV, &tmp, &dm);
             if (st == GPUSEG_OK) {
                 free(x);
@@ -473,7 +508,7 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
             }
         }
         if (st == GPUSEG_OK) {
-            st = resize_volume(ctx, x, 2, d, VIEW_ZX, (uint32_t)fz, d.W, GPUSEG__RESIZE_CV, &xr,
+            st = resize_volume(ctx, x, nchx, d, VIEW_ZX, (uint32_t)fz, d.W, GPUSEG__RESIZE_CV, &xr,
                                &dm);
             if (st == GPUSEG_OK) {
                 free(x);
@@ -490,7 +525,8 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
         st = gpuseg__fail(ctx, GPUSEG_OUT_OF_MEMORY, "do_3D: flows of %u x %u x %u voxels", d.Z,
                           d.H, d.W);
     if (st == GPUSEG_OK)
-        st = run_views(ctx, net, x, d, &p, yf, &ntiles, &result->batch_size, f_diam + 0.02, f_net);
+        st = run_views(ctx, net, x, nchx, d, &p, yf, &ntiles, &result->batch_size, f_diam + 0.02,
+                       f_net);
     free(x);
     x = NULL;
     double t1 = gpuseg__now_s();
@@ -537,7 +573,11 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
         mp.max_size_fraction = p.max_size_fraction;
         gpuseg__progress(ctx, "masks", 0, 0, f_net + 0.02);
         gpuseg__progress_span sp = gpuseg__progress_push(ctx, f_net + 0.02, 0.99);
-        st = gpuseg_flows_to_masks3d(ctx, yf, d0.Z, d0.H, d0.W, &mp, lab, &nm);
+        /* the flows handed over unless the caller wants them: they and the masks step's scaled
+         * copy are then not resident together */
+        st = p.want_flows
+                 ? gpuseg_flows_to_masks3d(ctx, yf, d0.Z, d0.H, d0.W, &mp, lab, &nm)
+                 : gpuseg__flows_to_masks3d_consume(ctx, yf, d0.Z, d0.H, d0.W, &mp, lab, &nm);
         gpuseg__progress_pop(ctx, sp);
     }
     if (st == GPUSEG_OK)
