@@ -16,8 +16,9 @@ both see about the same load on a shared machine). For each size Z x S x S:
           (AP@0.5 of gpuseg's against Cellpose's) before the numbers are reported.
   masks   3-D masks alone on the same flows: Cellpose's (the float32 [4, Z, Y, X] dP and cellprob
           its eval returned) through `gpuseg masks FLOWS.npy` (a fresh process: npy read, device
-          set-up and labels write included; its stage time from the library is not printed, so
-          the process's wall and CPU are reported) against Cellpose's
+          set-up and labels write included, its wall and CPU time reported; and the library
+          call alone, wall and CPU time of the process's threads from its JSON line: what
+          Cellpose's figure measures) against Cellpose's
           dynamics.resize_and_compute_masks(dP, cellprob, niter, do_3D=True) timed in a Python
           process that has already imported Cellpose and loaded the flows (--cellpose-masks), both
           with niter = trunc(200 / rescale) as eval uses. Labels compared (AP@0.5).
@@ -28,6 +29,7 @@ x 512 do_3D run of Cellpose takes many minutes on 2 cores) give min/median/max.
 
     /work/venv/bin/python bench/vol_vs_cellpose.py --build build --work DIR
         [--sizes 32x256x256,64x512x512] [--repeats N] [--diameter 17] [--out results.json]
+        [--masks-only]   (the masks part alone, on the flows an earlier run left in DIR)
 """
 import argparse
 import json
@@ -123,6 +125,54 @@ def summary(v):
             "max": round(max(v), 3)}
 
 
+def bench_masks(a, Z, S, env, c_flows, niter):
+    """3-D masks alone on Cellpose's flows c_flows: `gpuseg masks` (a fresh process; its JSON line
+    also gives the library call's own wall and CPU time) against Cellpose's
+    resize_and_compute_masks timed in-process; labels compared."""
+    w = a.work
+    gm_out = os.path.join(w, f"gpuseg_masks_{Z}x{S}.npy")
+    cm_out = os.path.join(w, f"cellpose_masks_{Z}x{S}.npy")
+    gm, calls = [], []
+    for _ in range(a.repeats):
+        wall, cpu, rss, rc, out, err = run_measured(
+            [os.path.join(a.build, "gpuseg"), "masks", c_flows, "-o", gm_out, "--niter",
+             str(niter)], env)
+        if rc:
+            sys.exit(f"gpuseg masks failed ({rc}): {err.strip()[-500:]}")
+        gm.append((wall, cpu, rss))
+        line = json.loads(out.strip().splitlines()[-1])
+        calls.append((line["seconds"], line["cpu_seconds"]))
+    wall, cpu, rss, rc, out, err = run_measured(
+        [sys.executable, os.path.abspath(__file__), "--cellpose-masks", c_flows, str(niter),
+         cm_out, str(a.repeats)])
+    if rc:
+        sys.exit(f"cellpose masks failed ({rc}): {err.strip()[-800:]}")
+    cm = json.loads(out.strip().splitlines()[-1])
+    mg, mc = np.load(gm_out), np.load(cm_out)
+    mcheck = {"n_masks_gpuseg": int(mg.max()), "n_masks_cellpose": int(mc.max()),
+              "ap50_vs_cellpose": common.ap50(mc, mg), "identical_voxels": float((mg == mc).mean())}
+    cw, cc = statistics.median(cm["masks_s"]), statistics.median(cm["masks_cpu_s"])
+    return {
+        "niter": niter, "check": mcheck,
+        "gpuseg_process_wall_s": summary([x[0] for x in gm]),
+        "gpuseg_process_cpu_s": summary([x[1] for x in gm]),
+        "gpuseg_call_wall_s": summary([x[0] for x in calls]),
+        "gpuseg_call_cpu_s": summary([x[1] for x in calls]),
+        "gpuseg_peak_rss_mib": round(max(x[2] for x in gm), 1),
+        "cellpose_in_process_s": summary(cm["masks_s"]),
+        "cellpose_in_process_cpu_s": summary(cm["masks_cpu_s"]),
+        "cellpose_process_peak_rss_mib": round(rss, 1),
+        "ratio_wall_cellpose_over_gpuseg": round(
+            cw / statistics.median([x[0] for x in gm]), 2),
+        "ratio_cpu_cellpose_over_gpuseg": round(
+            cc / statistics.median([x[1] for x in gm]), 2),
+        "ratio_call_wall_cellpose_over_gpuseg": round(
+            cw / statistics.median([x[0] for x in calls]), 2),
+        "ratio_call_cpu_cellpose_over_gpuseg": round(
+            cc / statistics.median([x[1] for x in calls]), 2),
+    }
+
+
 def bench_size(a, Z, S, env):
     import tifffile
 
@@ -156,26 +206,7 @@ def bench_size(a, Z, S, env):
              "identical_voxels": float((ours == theirs).mean())}
     rescale = child[0]["rescale"]
     niter = int(np.uint32(np.float32(1.0) / np.float32(rescale) * np.float32(200.0)))
-    # masks alone on Cellpose's flows
-    gm_out = os.path.join(w, f"gpuseg_masks_{Z}x{S}.npy")
-    cm_out = os.path.join(w, f"cellpose_masks_{Z}x{S}.npy")
-    gm = []
-    for _ in range(a.repeats):
-        wall, cpu, rss, rc, _, err = run_measured(
-            [os.path.join(a.build, "gpuseg"), "masks", c_flows, "-o", gm_out, "--niter",
-             str(niter)], env)
-        if rc:
-            sys.exit(f"gpuseg masks failed ({rc}): {err.strip()[-500:]}")
-        gm.append((wall, cpu, rss))
-    wall, cpu, rss, rc, out, err = run_measured(
-        [sys.executable, os.path.abspath(__file__), "--cellpose-masks", c_flows, str(niter),
-         cm_out, str(a.repeats)])
-    if rc:
-        sys.exit(f"cellpose masks failed ({rc}): {err.strip()[-800:]}")
-    cm = json.loads(out.strip().splitlines()[-1])
-    mg, mc = np.load(gm_out), np.load(cm_out)
-    mcheck = {"n_masks_gpuseg": int(mg.max()), "n_masks_cellpose": int(mc.max()),
-              "ap50_vs_cellpose": common.ap50(mc, mg), "identical_voxels": float((mg == mc).mean())}
+    masks = bench_masks(a, Z, S, env, c_flows, niter)
     gw, cw = [x[0] for x in g], [x[0] for x in c]
     gc, cc = [x[1] for x in g], [x[1] for x in c]
     res = {
@@ -191,19 +222,7 @@ def bench_size(a, Z, S, env):
         "ratio_wall_cellpose_over_gpuseg": round(statistics.median(cw) / statistics.median(gw), 2),
         "ratio_cpu_cellpose_over_gpuseg": round(statistics.median(cc) / statistics.median(gc), 2),
         "ratio_rss_gpuseg_over_cellpose": round(max(x[2] for x in g) / max(x[2] for x in c), 3),
-        "masks": {
-            "niter": niter, "check": mcheck,
-            "gpuseg_process_wall_s": summary([x[0] for x in gm]),
-            "gpuseg_process_cpu_s": summary([x[1] for x in gm]),
-            "gpuseg_peak_rss_mib": round(max(x[2] for x in gm), 1),
-            "cellpose_in_process_s": summary(cm["masks_s"]),
-            "cellpose_in_process_cpu_s": summary(cm["masks_cpu_s"]),
-            "cellpose_process_peak_rss_mib": round(rss, 1),
-            "ratio_wall_cellpose_over_gpuseg": round(
-                statistics.median(cm["masks_s"]) / statistics.median([x[0] for x in gm]), 2),
-            "ratio_cpu_cellpose_over_gpuseg": round(
-                statistics.median(cm["masks_cpu_s"]) / statistics.median([x[1] for x in gm]), 2),
-        },
+        "masks": masks,
     }
     return res
 
@@ -224,6 +243,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--diameter", type=float, default=17.0)
     ap.add_argument("--out", default=None, help="JSON lines appended here as sizes finish")
+    ap.add_argument("--masks-only", action="store_true",
+                    help="only the masks part, on Cellpose's flows that an earlier run left in "
+                         "--work (cellpose_flows_ZxS.npy)")
     a = ap.parse_args()
     if not os.path.exists(IMG3D):
         sys.exit(f"{IMG3D}: missing (the stardist sample of ../shared/data)")
@@ -248,7 +270,18 @@ def main():
     for size in a.sizes.split(","):
         Z, Y, X = (int(v) for v in size.lower().split("x"))
         assert Y == X, "square planes only"
-        res = bench_size(a, Z, Y, env)
+        if a.masks_only:
+            flows = os.path.join(a.work, f"cellpose_flows_{Z}x{Y}.npy")
+            if not os.path.exists(flows):
+                sys.exit(f"{flows}: missing (run without --masks-only first)")
+            # eval's niter: trunc(200 / rescale), rescale = diam_mean (17, the bundled model's)
+            # / diameter in float32
+            rescale = np.float32(17.0) / np.float32(a.diameter)
+            niter = int(np.uint32(np.float32(1.0) / rescale * np.float32(200.0)))
+            res = {"size": [Z, Y, Y], "voxels": Z * Y * Y, "diameter": a.diameter,
+                   "repeats": a.repeats, "masks": bench_masks(a, Z, Y, env, flows, niter)}
+        else:
+            res = bench_size(a, Z, Y, env)
         res["loadavg_end"] = common.loadavg()
         print(json.dumps(res), flush=True)
         if a.out:

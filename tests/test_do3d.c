@@ -106,6 +106,14 @@ static json_t *manifest_case(const char *name) {
     return NULL;
 }
 
+/* gpuseg_segment_volume with case k's anisotropy and flow3D_smooth; asserts success. */
+static void run_case(gpuseg_ctx *ctx, gpuseg_net *net, const gpuseg_image *img,
+                     const gpuseg_segment_params *p, size_t k, gpuseg_segment_result *r) {
+    ck_assert_msg(gpuseg_segment_volume(ctx, net, img, p, CASES[k].aniso, CASES[k].smooth, r) ==
+                      GPUSEG_OK,
+                  "case %s: %s", CASES[k].name, gpuseg_last_error());
+}
+
 static void check_case(size_t k) {
     gpuseg_ctx *ctx = tu_ctx();
     gpuseg_net *net = NULL;
@@ -135,9 +143,7 @@ static void check_case(size_t k) {
         p.chan2 = 2;
     }
     gpuseg_segment_result r;
-    ck_assert_msg(gpuseg_segment_volume(ctx, net, img, &p, CASES[k].aniso, CASES[k].smooth, &r) ==
-                      GPUSEG_OK,
-                  "%s", gpuseg_last_error());
+    run_case(ctx, net, img, &p, k, &r);
     ck_assert_ptr_nonnull(r.flows);
     ck_assert(r.labels->pages == Z && r.labels->height == H && r.labels->width == W);
     json_t *mc = manifest_case(CASES[k].name);
@@ -209,9 +215,7 @@ static void check_case(size_t k) {
      * reads them (and the resizes theirs): the same labels, voxel for voxel */
     p.want_flows = 0;
     gpuseg_segment_result r2;
-    ck_assert_msg(gpuseg_segment_volume(ctx, net, img, &p, CASES[k].aniso, CASES[k].smooth, &r2) ==
-                      GPUSEG_OK,
-                  "%s", gpuseg_last_error());
+    run_case(ctx, net, img, &p, k, &r2);
     ck_assert_ptr_null(r2.flows);
     ck_assert_uint_eq(r2.n_masks, r.n_masks);
     uint32_t *have2 = image_u32(r2.labels);
@@ -331,6 +335,10 @@ START_TEST(cli_do3d_matches_cellpose) {
     r = tu_cli("masks '%s/img3d_crop_flows.npy' -o '%s/m.npy' --niter 129", dir, dir);
     ck_assert_msg(r->status == 0, "%s", r->err);
     ck_assert_ptr_nonnull(strstr(r->out, "\"depth\":12"));
+    /* the library call's own times (no start-up, read or write), as the bench uses them */
+    const char *sec = strstr(r->out, "\"seconds\":"), *cpu = strstr(r->out, "\"cpu_seconds\":");
+    ck_assert_msg(sec && cpu, "%s", r->out);
+    ck_assert(strtod(sec + 10, NULL) > 0.0 && strtod(cpu + 14, NULL) > 0.0);
     free(r);
     snprintf(path, sizeof path, "%s/m.npy", dir);
     uint32_t *m = read_labels(path, &z, &h, &w);

@@ -2,7 +2,9 @@
  * cellprob) -> label image, as Cellpose 3.1's compute_masks + fill_holes_and_remove_small_masks
  * (docs/masks.md); a volume's (float32 [4, Z, H, W]: dZ, dY, dX, cellprob) -> 3-D labels
  * (gpuseg_flows_to_masks3d, Cellpose's do_3D masks). The output format follows OUT's extension
- * (.tif .png .npy .bin); one JSON line with the result goes to stdout. */
+ * (.tif .png .npy .bin); one JSON line with the result goes to stdout, with the library call's
+ * wall and CPU seconds (what a caller that holds the flows pays; bench/vol_vs_cellpose.py sets
+ * them beside Cellpose's call timed the same way). */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <strings.h>
+#include <time.h>
 
 #include "cli.h"
 #include "commands.h"
@@ -31,13 +34,20 @@ static bool known_extension(const char *path) {
     "masks FLOWS.npy -o OUT [--cellprob-threshold 0.0] [--flow-threshold 0.4] [--niter 200] "      \
     "[--min-size 15] [--max-size-fraction 0.4] [--device SPEC]"
 
+/* Seconds of a clock (CLOCK_MONOTONIC: wall; CLOCK_PROCESS_CPUTIME_ID: CPU of every thread). */
+static double clock_s(clockid_t id) {
+    struct timespec t;
+    return clock_gettime(id, &t) == 0 ? (double)t.tv_sec + 1e-9 * (double)t.tv_nsec : 0.0;
+}
+
 static void help(void) {
     printf("usage: gpuseg %s\n"
            "FLOWS.npy: float32 array [3, H, W] holding dY, dX (network scale) and the "
            "cellprob logit, or [4, Z, H, W] holding dZ, dY, dX and the cellprob logit of a "
            "volume (Cellpose's do_3D masks: no flow-error check; labels [Z, H, W], .png "
            "refused).\nWrites labels (uint16, or uint32 above 65535 masks) to OUT: "
-           ".tif .png .npy or .bin (+ .json); prints one JSON line.\n"
+           ".tif .png .npy or .bin (+ .json); prints one JSON line (with \"seconds\" and "
+           "\"cpu_seconds\": the library call alone).\n"
            "--flow-threshold 0 turns the flow-error check off; --min-size -1 (or 0) the "
            "size filter; --niter 0 means 200.\n" CLI_LIMITS_HELP,
            USAGE);
@@ -111,6 +121,8 @@ int gpuseg_cmd_masks(int argc, char **argv) {
         goto done;
     }
     uint32_t n = 0;
+    const double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    double w1 = 0.0, c1 = 0.0;
     if (vol) { /* a volume: uint32 labels, kept as uint16 below 65536 masks (Cellpose's) */
         uint32_t *v = malloc((size_t)Z * H * W * sizeof *v);
         if (!v) {
@@ -118,6 +130,8 @@ int gpuseg_cmd_masks(int argc, char **argv) {
             goto done;
         }
         st = gpuseg_flows_to_masks3d(ctx, arr->data, Z, H, W, &p, v, &n);
+        w1 = clock_s(CLOCK_MONOTONIC);
+        c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         if (st == GPUSEG_OK)
             st = gpuseg_image_create(W, H, 1, Z, n > 65535 ? GPUSEG_DTYPE_U32 : GPUSEG_DTYPE_U16,
                                      &labels);
@@ -132,6 +146,8 @@ int gpuseg_cmd_masks(int argc, char **argv) {
         free(v);
     } else {
         st = gpuseg_flows_to_masks(ctx, arr->data, H, W, &p, &labels, &n);
+        w1 = clock_s(CLOCK_MONOTONIC);
+        c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     }
     if (st != GPUSEG_OK) {
         cli_error("%s: %s", in, gpuseg_last_error());
@@ -156,6 +172,10 @@ int gpuseg_cmd_masks(int argc, char **argv) {
                             "dtype", gpuseg_dtype_name(labels->dtype));
     if (res && vol)
         json_object_set_new(res, "depth", json_integer(Z));
+    if (res) { /* the library call alone: no start-up, npy read or labels write */
+        json_object_set_new(res, "seconds", json_real(w1 - w0));
+        json_object_set_new(res, "cpu_seconds", json_real(c1 - c0));
+    }
     if (cli_json_print(res, JSON_COMPACT) != 0)
         goto done;
     rc = CLI_OK;
