@@ -97,13 +97,14 @@ GPUSEG_API gpuseg_status gpuseg_segment_stack(gpuseg_ctx *ctx, gpuseg_net *net,
  * [4][Z][H][W]: dZ, dY, dX (network scale, summed over two views), cellprob (summed over three);
  * no style (style NULL, style_len 0); n_tiles counts the network tiles of all slices.
  * Memory (host; on PoCL the device buffers are host memory too): the network phase holds the
- * two normalised channels at the network's scale (8 bytes a voxel of V' = Z Y X r^3 anisotropy
- * voxels) and the combined flows (16 bytes a voxel of V'), while the device holds one group of
- * slices' tiles and maps: each slice's outputs are added into the flows and dropped. The peak
- * is the masks phase, about 39 bytes a voxel of the input at 38% foreground (the flows, 16; the
- * masks step's scaled flows, 12, histogram, 4, lists, 8 per followed voxel; the labels, 4):
- * measured 33 bytes a voxel of peak RSS between 32x256x256 and 64x512x512 (docs/segment.md,
- * "Z stacks").
+ * normalised channels at the network's scale (4 bytes a voxel of V' = Z Y X r^3 anisotropy
+ * voxels, 8 when the second channel is not zeros) and the combined flows (16 bytes a voxel of
+ * V'), while the device holds one group of slices' tiles and maps: each slice's outputs are
+ * added into the flows and dropped. That is the peak at r = anisotropy = 1: the masks step
+ * takes the flows over unless want_flows is set, giving their pages back as it copies them
+ * into its scaled flows (16 + 8 per followed voxel at most, bytes a voxel of the input), and
+ * resizes give each channel back once resized. Measured ~20 bytes a voxel of peak RSS between
+ * 32x256x256 and 64x512x512 (docs/segment.md, "Z stacks").
  * Progress: "normalising", "resizing", "network YX" / "network ZX" / "network ZY" (slices done
  * of each view), "resizing back", "smoothing", "masks", "done"; cancellable between slices
  * (GPUSEG_CANCELLED with an empty result). */
