@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import gpuseg
-from conftest import EXAMPLE_LABELS, MASK_FIXTURES, run_cli
+from conftest import EXAMPLE_LABELS, MASK_FIXTURES, REPO, run_cli
+
+VOL_FIXTURES = REPO / "tests" / "fixtures" / "vol"
 
 
 @pytest.mark.parametrize("flows,masks,kw", [
@@ -53,6 +55,31 @@ def test_flows_from_labels_equals_cli_and_round_trips(tmp_path):
     masks = gpuseg.masks_from_flows(np.concatenate([5 * flows, cellprob]))
     ap, tp, fp, fn = gpuseg.average_precision(labels, masks)
     assert ap[0] == 1.0
+
+
+def test_volume_masks_and_flows_match_cellpose():
+    """3-D (tests/fixtures/vol, tools/fixtures/make_vol_fixtures.py: a 24 x 48 x 48 crop of
+    stardist's mask3d.tif): Cellpose 3.1.1.3's do_3D masks of its noisy network-like flows and of
+    the clean flows of the labels, voxel for voxel (as tests/test_vol.c asserts); the labels'
+    3-D flows against Cellpose's masks_to_flows (test_vol.c's tolerance: last-bit rounding of
+    the float64 sums, a few values off by more than 1e-6 with float pairs)."""
+    labels = np.load(VOL_FIXTURES / "labels.npy")
+    net = np.load(VOL_FIXTURES / "net.npy")
+    got = gpuseg.masks_from_flows(net)
+    want = np.load(VOL_FIXTURES / "masks_net.npy")
+    assert got.dtype == np.uint16 and got.shape == labels.shape
+    assert np.array_equal(got, want)
+    ref = np.load(VOL_FIXTURES / "flows.npy")
+    flows = gpuseg.flows_from_labels(labels)
+    assert flows.shape == (3,) + labels.shape and flows.dtype == np.float32
+    err = np.abs(flows - ref)
+    assert (err > 1e-6).mean() <= 0.003 and err[err <= 1e-6].max() <= 2.4e-7
+    cellprob = np.where(labels > 0, 5.0, -5.0).astype(np.float32)[None]
+    clean = gpuseg.masks_from_flows(np.concatenate([5 * ref, cellprob]))
+    assert np.array_equal(clean, np.load(VOL_FIXTURES / "masks_clean.npy"))
+    with pytest.raises(gpuseg.GpusegError) as e:
+        gpuseg.masks_from_flows(net[:3])
+    assert "[4, Z, H, W]" in str(e.value)
 
 
 def test_average_precision_counts():

@@ -143,10 +143,12 @@ def _numpy_to_image(img: np.ndarray) -> Tuple[_lib.Image, np.ndarray]:
     return im, a
 
 
-def _labels_u32(labels: np.ndarray, what: str = "labels") -> np.ndarray:
+def _labels_u32(labels: np.ndarray, what: str = "labels", volume: bool = False) -> np.ndarray:
     a = np.asarray(labels)
-    if a.ndim != 2:
-        raise GpusegError(f"{what}: shape {a.shape} is not H x W", "GPUSEG_INVALID_ARGUMENT")
+    if a.ndim != 2 and not (volume and a.ndim == 3):
+        raise GpusegError(f"{what}: shape {a.shape} is not H x W" + (" or Z x H x W" if volume
+                                                                      else ""),
+                          "GPUSEG_INVALID_ARGUMENT")
     if a.dtype.kind not in "ui" and a.dtype != np.bool_:
         raise GpusegError(f"{what}: dtype {a.dtype} is not an integer type",
                           "GPUSEG_UNSUPPORTED")
@@ -296,10 +298,13 @@ class Context(_lib.Closable):
                          progress: Optional[ProgressCallback] = None) -> np.ndarray:
         """Labels from network outputs, as Cellpose 3.1 compute_masks + fill holes / remove
         small masks (gpuseg_flows_to_masks). flows: float32 [3, H, W] = dY, dX (network
-        scale), cellprob logit. Returns uint16 labels (uint32 above 65535 masks)."""
+        scale), cellprob logit; or a volume's [4, Z, H, W] = dZ, dY, dX, cellprob, as
+        Cellpose's do_3D masks (gpuseg_flows_to_masks3d: no flow-error check, flow_threshold
+        unused). Returns uint16 labels (uint32 above 65535 masks), H x W or Z x H x W."""
         f = np.asarray(flows)
-        if f.ndim != 3 or f.shape[0] != 3:
-            raise GpusegError(f"flows: shape {f.shape} is not [3, H, W]",
+        vol = f.ndim == 4 and f.shape[0] == 4
+        if not vol and (f.ndim != 3 or f.shape[0] != 3):
+            raise GpusegError(f"flows: shape {f.shape} is not [3, H, W] or [4, Z, H, W]",
                               "GPUSEG_INVALID_ARGUMENT")
         f = np.ascontiguousarray(f, dtype=np.float32)
         p = _lib.MasksParams()
@@ -307,9 +312,15 @@ class Context(_lib.Closable):
         L.gpuseg_masks_params_default(C.byref(p))
         p.flow_threshold, p.cellprob_threshold = flow_threshold, cellprob_threshold
         p.niter, p.min_size, p.max_size_fraction = niter, min_size, max_size_fraction
-        out = C.POINTER(_lib.Image)()
         nm = C.c_uint32()
         fp = f.ctypes.data_as(C.POINTER(C.c_float))
+        if vol:
+            lab = np.empty(f.shape[1:], np.uint32)
+            self._call(lambda: L.gpuseg_flows_to_masks3d(
+                self.handle, fp, f.shape[1], f.shape[2], f.shape[3], C.byref(p),
+                lab.ctypes.data_as(C.POINTER(C.c_uint32)), C.byref(nm)), progress)
+            return lab.astype(np.uint16) if nm.value <= 0xFFFF else lab
+        out = C.POINTER(_lib.Image)()
         self._call(lambda: L.gpuseg_flows_to_masks(self.handle, fp, f.shape[1], f.shape[2],
                                                    C.byref(p), C.byref(out), C.byref(nm)),
                    progress)
@@ -320,11 +331,19 @@ class Context(_lib.Closable):
 
     def flows_from_labels(self, labels: np.ndarray) -> np.ndarray:
         """Ideal flows of a label image, as Cellpose 3.1 masks_to_flows: float32 [2, H, W]
-        (dY, dX unit vectors; 0 on background)."""
-        lab = _labels_u32(labels)
+        (dY, dX unit vectors; 0 on background); of a Z x H x W label volume, float32
+        [3, Z, H, W] (dZ, dY, dX: the 2-D flows of the slices of the three views summed, as
+        Cellpose's masks_to_flows in 3-D; gpuseg_labels_to_flows3d)."""
+        lab = _labels_u32(labels, volume=True)
+        L = _lib.lib()
+        if lab.ndim == 3:
+            out = np.zeros((3,) + lab.shape, np.float32)
+            self._call(lambda: L.gpuseg_labels_to_flows3d(
+                self.handle, lab.ctypes.data_as(C.POINTER(C.c_uint32)), *lab.shape,
+                out.ctypes.data_as(C.POINTER(C.c_float))))
+            return out
         H, W = lab.shape
         out = np.zeros((2, H, W), np.float32)
-        L = _lib.lib()
         self._call(lambda: L.gpuseg_labels_to_flows(
             self.handle, lab.ctypes.data_as(C.POINTER(C.c_uint32)), H, W,
             out.ctypes.data_as(C.POINTER(C.c_float))))
@@ -612,14 +631,16 @@ def masks_from_flows(flows: np.ndarray, *, flow_threshold: float = 0.4,
                      max_size_fraction: float = 0.4, context: Optional[Context] = None,
                      progress: Optional[ProgressCallback] = None) -> np.ndarray:
     """Labels from float32 [3, H, W] flows (dY, dX, cellprob) as Cellpose 3.1's compute_masks,
-    on `context` (default: a shared context on $GPUSEG_DEVICE / the automatic device)."""
+    or from a volume's [4, Z, H, W] (dZ, dY, dX, cellprob) as its do_3D masks, on `context`
+    (default: a shared context on $GPUSEG_DEVICE / the automatic device)."""
     return (context or _context()).masks_from_flows(
         flows, flow_threshold=flow_threshold, cellprob_threshold=cellprob_threshold,
         niter=niter, min_size=min_size, max_size_fraction=max_size_fraction, progress=progress)
 
 
 def flows_from_labels(labels: np.ndarray, *, context: Optional[Context] = None) -> np.ndarray:
-    """Cellpose 3.1 masks_to_flows of a label image: float32 [2, H, W] (dY, dX)."""
+    """Cellpose 3.1 masks_to_flows of a label image: float32 [2, H, W] (dY, dX); of a label
+    volume Z x H x W: float32 [3, Z, H, W] (dZ, dY, dX)."""
     return (context or _context()).flows_from_labels(labels)
 
 
