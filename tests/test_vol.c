@@ -111,6 +111,36 @@ START_TEST(labels_to_flows3d_matches_cellpose) {
 }
 END_TEST
 
+/* gpuseg_flows_to_masks3d_consume (the flows handed over, their pages given back chunk by chunk
+ * as they are read) gives gpuseg_flows_to_masks3d's labels: on the flows tiled 5 x 5 in Y and X
+ * (24 x 240 x 240 = 1.38 M voxels: two of its 1 Mi-voxel chunks, so a chunk boundary too). */
+static void consume_matches(const float *net, const uint32_t d[3]) {
+    const uint32_t Z = d[0], H = 5 * d[1], W = 5 * d[2];
+    const size_t nv = (size_t)Z * H * W, nv0 = (size_t)d[0] * d[1] * d[2];
+    float *big = malloc(4 * nv * sizeof *big), *copy = malloc(4 * nv * sizeof *copy);
+    uint32_t *a = malloc(nv * sizeof *a), *b = malloc(nv * sizeof *b), na = 0, nb = 0;
+    ck_assert(big && copy && a && b);
+    for (size_t c = 0; c < 4; c++)
+        for (uint32_t z = 0; z < Z; z++)
+            for (uint32_t y = 0; y < H; y++)
+                for (uint32_t x = 0; x < W; x++)
+                    big[c * nv + ((size_t)z * H + y) * W + x] =
+                        net[c * nv0 + ((size_t)z * d[1] + y % d[1]) * d[2] + x % d[2]];
+    memcpy(copy, big, 4 * nv * sizeof *big);
+    ck_assert(gpuseg_flows_to_masks3d(tu_ctx(), big, Z, H, W, NULL, a, &na) == GPUSEG_OK);
+    ck_assert_msg(gpuseg_flows_to_masks3d_consume(tu_ctx(), copy, Z, H, W, NULL, b, &nb) ==
+                      GPUSEG_OK,
+                  "%s", gpuseg_last_error());
+    ck_assert_uint_gt(na, 25);
+    ck_assert_uint_eq(nb, na);
+    ck_assert_msg(memcmp(a, b, nv * sizeof *a) == 0,
+                  "labels differ when the flows are handed over");
+    free(big);
+    free(copy);
+    free(a);
+    free(b);
+}
+
 /* (b) flows -> masks on Cellpose's own inputs: identical label volumes. Case 0: noisy network
  * flows (net.npy); case 1: the clean flows of the labels (the round trip of Cellpose). */
 START_TEST(masks3d_match_cellpose) {
@@ -143,6 +173,7 @@ START_TEST(masks3d_match_cellpose) {
            _i, n, wmax, nd, ap9);
     ck_assert_uint_eq(n, wmax);
     ck_assert_uint_eq(nd, 0);
+    consume_matches(net, d);
     free(got);
     free(want);
     free(lab);

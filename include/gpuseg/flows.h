@@ -96,6 +96,18 @@ GPUSEG_API gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *f
                                                  uint32_t H, uint32_t W,
                                                  const gpuseg_masks_params *params,
                                                  uint32_t *labels_out, uint32_t *n_masks);
+/* gpuseg_flows_to_masks3d on flows the caller hands over: the same labels, in less memory. As
+ * each chunk of the four planes is copied into the step's scaled flows, its pages are given back
+ * to the system (Linux: madvise MADV_DONTNEED; elsewhere they stay until the caller frees
+ * them), so the flows (16 bytes a voxel) and the scaled copy (12) are not resident together:
+ * peak about 16 + 8 bytes per followed voxel, against 32 + 8 beside const flows. Afterwards the
+ * content of flows is unspecified (on failure too); the caller still frees the buffer, which
+ * must be writable memory it owns (not a read-only mapping). gpuseg_segment_volume uses it
+ * unless want_flows is set. */
+GPUSEG_API gpuseg_status gpuseg_flows_to_masks3d_consume(gpuseg_ctx *ctx, float *flows, uint32_t Z,
+                                                         uint32_t H, uint32_t W,
+                                                         const gpuseg_masks_params *params,
+                                                         uint32_t *labels_out, uint32_t *n_masks);
 
 /* ---- end of flows -> masks section ---------------------------------------------------------- */
 

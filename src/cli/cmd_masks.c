@@ -129,7 +129,8 @@ int gpuseg_cmd_masks(int argc, char **argv) {
             cli_error("%s: out of memory for %u x %u x %u labels", in, Z, H, W);
             goto done;
         }
-        st = gpuseg_flows_to_masks3d(ctx, arr->data, Z, H, W, &p, v, &n);
+        /* the flows are ours and read once: handed over (their pages given back as read) */
+        st = gpuseg_flows_to_masks3d_consume(ctx, arr->data, Z, H, W, &p, v, &n);
         w1 = clock_s(CLOCK_MONOTONIC);
         c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
         if (st == GPUSEG_OK)

@@ -82,7 +82,7 @@ static void m3_axis(float *t, uint32_t L) {
 /* Stage 1: threshold, dP * fg / 5 * (2 / (L-1)) per axis as numpy then PyTorch round it, and
  * the list of followed voxels, written chunk by chunk straight into the device buffers (host);
  * Euler integration and histogram (device). own: NULL, or flows itself when the caller hands
- * them over (gpuseg__flows_to_masks3d_consume): each chunk's pages of the four planes are then
+ * them over (gpuseg_flows_to_masks3d_consume): each chunk's pages of the four planes are then
  * given back to the system once read, so that the flows (16 bytes a voxel) and their scaled
  * copy (12) are not both resident. */
 static gpuseg_status m3_follow(gpuseg_ctx *ctx, m3_run *r, const float *flows, float *own,
@@ -661,9 +661,8 @@ gpuseg_status gpuseg_flows_to_masks3d(gpuseg_ctx *ctx, const float *flows, uint3
     return m3_masks(ctx, flows, NULL, Z, H, W, params, labels_out, n_masks);
 }
 
-gpuseg_status gpuseg__flows_to_masks3d_consume(gpuseg_ctx *ctx, float *flows, uint32_t Z,
-                                               uint32_t H, uint32_t W,
-                                               const gpuseg_masks_params *params,
-                                               uint32_t *labels_out, uint32_t *n_masks) {
+gpuseg_status gpuseg_flows_to_masks3d_consume(gpuseg_ctx *ctx, float *flows, uint32_t Z, uint32_t H,
+                                              uint32_t W, const gpuseg_masks_params *params,
+                                              uint32_t *labels_out, uint32_t *n_masks) {
     return m3_masks(ctx, flows, flows, Z, H, W, params, labels_out, n_masks);
 }

@@ -26,15 +26,6 @@ gpuseg_status gpuseg__masks_run(gpuseg_ctx *ctx, cl_mem flows, int take_flows, u
                                 uint32_t W, const gpuseg_masks_params *p, gpuseg__masks_debug *dbg,
                                 cl_mem *labels_out, gpuseg_dtype *dtype, uint32_t *n_masks);
 
-/* gpuseg_flows_to_masks3d on flows the caller hands over: the same labels, but each chunk of the
- * four planes is given back to the system (gpuseg__drop_pages) once read into the device's
- * scaled copy, so that the peak holds one of the two (docs/segment.md, "Z stacks"). Afterwards
- * the content of flows is unspecified; the caller still frees it. */
-gpuseg_status gpuseg__flows_to_masks3d_consume(gpuseg_ctx *ctx, float *flows, uint32_t Z,
-                                               uint32_t H, uint32_t W,
-                                               const gpuseg_masks_params *params,
-                                               uint32_t *labels_out, uint32_t *n_masks);
-
 /* A window of a larger image (blockwise segmentation, docs/blockwise.md): the H x W flows are
  * rows oy .. oy + H - 1 and columns ox .. ox + W - 1 of a gh x gw image. Euler positions are
  * the image's (so they round as in a whole-image run) and are clamped to the image;

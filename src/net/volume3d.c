@@ -14,7 +14,6 @@
 
 #include "gpuseg/flows.h"
 #include "gpuseg/volume.h"
-#include "flow/masks_internal.h"
 #include "net/net_internal.h"
 #include "prep/prep_internal.h"
 
@@ -577,7 +576,7 @@ gpuseg_status gpuseg_segment_volume(gpuseg_ctx *ctx, gpuseg_net *net, const gpus
          * copy are then not resident together */
         st = p.want_flows
                  ? gpuseg_flows_to_masks3d(ctx, yf, d0.Z, d0.H, d0.W, &mp, lab, &nm)
-                 : gpuseg__flows_to_masks3d_consume(ctx, yf, d0.Z, d0.H, d0.W, &mp, lab, &nm);
+                 : gpuseg_flows_to_masks3d_consume(ctx, yf, d0.Z, d0.H, d0.W, &mp, lab, &nm);
         gpuseg__progress_pop(ctx, sp);
     }
     if (st == GPUSEG_OK)
