@@ -120,6 +120,11 @@ def cellpose_masks_child(flows_path, niter, out, repeats):
     print(json.dumps({"masks_s": ts, "masks_cpu_s": cs, "n_masks": int(m.max())}))
 
 
+def eval_niter(rescale):
+    """Cellpose eval's niter for a rescale factor: trunc(1 / rescale * 200) in float32."""
+    return int(np.uint32(np.float32(1.0) / np.float32(rescale) * np.float32(200.0)))
+
+
 def summary(v):
     return {"median": round(statistics.median(v), 3), "min": round(min(v), 3),
             "max": round(max(v), 3)}
@@ -205,7 +210,7 @@ def bench_size(a, Z, S, env):
              "ap50_vs_cellpose": common.ap50(theirs, ours),
              "identical_voxels": float((ours == theirs).mean())}
     rescale = child[0]["rescale"]
-    niter = int(np.uint32(np.float32(1.0) / np.float32(rescale) * np.float32(200.0)))
+    niter = eval_niter(rescale)
     masks = bench_masks(a, Z, S, env, c_flows, niter)
     gw, cw = [x[0] for x in g], [x[0] for x in c]
     gc, cc = [x[1] for x in g], [x[1] for x in c]
@@ -276,8 +281,7 @@ def main():
                 sys.exit(f"{flows}: missing (run without --masks-only first)")
             # eval's niter: trunc(200 / rescale), rescale = diam_mean (17, the bundled model's)
             # / diameter in float32
-            rescale = np.float32(17.0) / np.float32(a.diameter)
-            niter = int(np.uint32(np.float32(1.0) / rescale * np.float32(200.0)))
+            niter = eval_niter(np.float32(17.0) / np.float32(a.diameter))
             res = {"size": [Z, Y, Y], "voxels": Z * Y * Y, "diameter": a.diameter,
                    "repeats": a.repeats, "masks": bench_masks(a, Z, Y, env, flows, niter)}
         else:

@@ -120,36 +120,28 @@ int gpuseg_cmd_masks(int argc, char **argv) {
         cli_fail(st);
         goto done;
     }
-    uint32_t n = 0;
-    const double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
-    double w1 = 0.0, c1 = 0.0;
-    if (vol) { /* a volume: uint32 labels, kept as uint16 below 65536 masks (Cellpose's) */
-        uint32_t *v = malloc((size_t)Z * H * W * sizeof *v);
-        if (!v) {
-            cli_error("%s: out of memory for %u x %u x %u labels", in, Z, H, W);
-            goto done;
-        }
-        /* the flows are ours and read once: handed over (their pages given back as read) */
-        st = gpuseg_flows_to_masks3d_consume(ctx, arr->data, Z, H, W, &p, v, &n);
-        w1 = clock_s(CLOCK_MONOTONIC);
-        c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
-        if (st == GPUSEG_OK)
-            st = gpuseg_image_create(W, H, 1, Z, n > 65535 ? GPUSEG_DTYPE_U32 : GPUSEG_DTYPE_U16,
-                                     &labels);
-        if (st == GPUSEG_OK) {
-            const size_t nv = (size_t)Z * H * W;
-            if (n > 65535)
-                memcpy(labels->data, v, nv * sizeof *v);
-            else
-                for (size_t i = 0; i < nv; i++)
-                    ((uint16_t *)labels->data)[i] = (uint16_t)v[i];
-        }
-        free(v);
-    } else {
-        st = gpuseg_flows_to_masks(ctx, arr->data, H, W, &p, &labels, &n);
-        w1 = clock_s(CLOCK_MONOTONIC);
-        c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    uint32_t n = 0, *v = NULL; /* a volume: uint32 labels, kept as uint16 below 65536 masks */
+    if (vol && !(v = malloc((size_t)Z * H * W * sizeof *v))) {
+        cli_error("%s: out of memory for %u x %u x %u labels", in, Z, H, W);
+        goto done;
     }
+    const double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    /* a volume's flows are ours and read once: handed over (their pages given back as read) */
+    st = vol ? gpuseg_flows_to_masks3d_consume(ctx, arr->data, Z, H, W, &p, v, &n)
+             : gpuseg_flows_to_masks(ctx, arr->data, H, W, &p, &labels, &n);
+    const double w1 = clock_s(CLOCK_MONOTONIC), c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    if (vol && st == GPUSEG_OK) /* as Cellpose returns them: uint16 below 65536 masks */
+        st = gpuseg_image_create(W, H, 1, Z, n > 65535 ? GPUSEG_DTYPE_U32 : GPUSEG_DTYPE_U16,
+                                 &labels);
+    if (vol && st == GPUSEG_OK) {
+        const size_t nv = (size_t)Z * H * W;
+        if (n > 65535)
+            memcpy(labels->data, v, nv * sizeof *v);
+        else
+            for (size_t i = 0; i < nv; i++)
+                ((uint16_t *)labels->data)[i] = (uint16_t)v[i];
+    }
+    free(v);
     if (st != GPUSEG_OK) {
         cli_error("%s: %s", in, gpuseg_last_error());
         goto done;
